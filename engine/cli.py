@@ -1,0 +1,247 @@
+"""The ``trainlab`` command line: headless runs and config files.
+
+Parsing and config handling import no torch; the loop (and torch with it) is
+imported only when a run starts, so ``trainlab config`` and ``--help`` answer fast.
+
+Exit codes: 0 the run completed (or stopped early by rule or on request); 1 user code
+or the engine failed; 2 bad input (config, file, flag); 3 the loss became non-finite;
+130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from engine import config as config_mod
+from engine import protocol
+from engine.config import Config, ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PROGRESS_INTERVAL_S = 1.0
+"""Human progress lines: at most one training line a second (evaluations always print)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="trainlab", description="A terminal lab for training neural networks."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", nargs="?", metavar="CONFIG.toml",
+                       help="run configuration (default: the digits MLP experiment)")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.FIELD=VALUE",
+                       help="override one config field, e.g. --set optim.lr=3e-3 (repeatable)")
+
+    run = sub.add_parser("run", help="train a run", description="Train a run.")
+    add_config_args(run)
+    run.add_argument("--headless", action="store_true",
+                     help="train in this terminal without the app, printing progress")
+    run.add_argument("--json", action="store_true",
+                     help="print every event as one JSON line (the scripting interface)")
+
+    cfg = sub.add_parser("config", help="print a configuration as commented TOML",
+                         description="Print the effective configuration as commented TOML.")
+    add_config_args(cfg)
+    cfg.add_argument("--defaults", action="store_true",
+                     help="print the complete default configuration")
+    return parser
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """The config file (or the defaults) with ``--set`` overrides applied."""
+    base = config_mod.load(path) if path else Config()
+    return config_mod.apply_overrides(base, overrides)
+
+
+# --- human-readable progress ------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+class ProgressPrinter:
+    """Turns events into short lines for a person watching a headless run."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+        self.last_line = 0.0
+        self.latest: protocol.MetricsBatch | None = None
+
+    def __call__(self, event: Any) -> None:
+        handler = getattr(self, "on_" + type(event).__name__, None)
+        if handler is not None:
+            handler(event)
+
+    def say(self, text: str, stream: TextIO | None = None) -> None:
+        print(text, file=stream or self.out, flush=True)
+
+    def on_RunStarted(self, e: protocol.RunStarted) -> None:
+        d, m, c = e.dataset, e.model, e.config
+        classes = f", {d.num_classes} classes" if d.num_classes else ", regression"
+        self.say(f"data: {d.name} {d.input_shape}: {d.train_size} train / {d.val_size} val"
+                 f"{classes}")
+        if d.num_classes:
+            counts = " ".join(f"{n}:{k}" for n, k in zip(d.class_names, d.train_counts))
+            self.say(f"      train class counts {counts}")
+        self.say(f"model: {m.arch}, {len(m.layers)} layers, {m.params:,} parameters; "
+                 f"loss {e.loss}; optimizer {c['optim']['name']} lr {c['optim']['lr']:g}")
+        self.say(f"device: {e.device}, {e.threads} thread(s); {e.steps_per_epoch} steps/epoch, "
+                 f"{e.total_steps} steps")
+
+    def on_MetricsBatch(self, e: protocol.MetricsBatch) -> None:
+        now = time.monotonic()
+        if now - self.last_line < PROGRESS_INTERVAL_S:
+            return
+        self.last_line = now
+        self.say(f"step {e.steps[-1]:>6}  epoch {e.epoch:>3}  loss {e.losses[-1]:.4f}  "
+                 f"lr {e.lrs[-1]:.2e}  {e.steps_per_sec:,.0f} steps/s")
+
+    def on_EvalDone(self, e: protocol.EvalDone) -> None:
+        acc = f"  val_acc {_pct(e.val_accuracy)}" if e.val_accuracy is not None else ""
+        self.say(f"eval {e.step:>6}  epoch {e.epoch:>3}  train_loss {_num(e.train_loss)}  "
+                 f"val_loss {_num(e.val_loss)}{acc}")
+
+    def on_HyperChanged(self, e: protocol.HyperChanged) -> None:
+        note = f" ({e.note})" if e.note else ""
+        self.say(f"step {e.step}: {e.key} {e.old!r} -> {e.new!r}{note}")
+
+    def on_Notice(self, e: protocol.Notice) -> None:
+        self.say(f"{e.level}: {e.message}", self.err if e.level != "info" else None)
+
+    def on_CommandRejected(self, e: protocol.CommandRejected) -> None:
+        self.say(f"rejected {e.command}: {e.reason}", self.err)
+
+    def on_CheckpointSaved(self, e: protocol.CheckpointSaved) -> None:
+        self.say(f"step {e.step}: checkpoint saved to {e.path}")
+
+    def on_EngineFailed(self, e: protocol.EngineFailed) -> None:
+        if e.traceback:
+            self.say(e.traceback.rstrip(), self.err)
+        self.say(f"trainlab: error: {e.message}", self.err)
+
+    def on_RunFinished(self, e: protocol.RunFinished) -> None:
+        if e.reason == "failed":
+            return
+        f = e.final
+        acc = f", val_acc {_pct(f.val_accuracy)}" if f.val_accuracy is not None else ""
+        best = f", best val_loss {_num(f.best_val_loss)} at step {f.best_step}" \
+            if f.best_step is not None else ""
+        self.say(f"{e.reason}: step {f.step}, epoch {f.epoch}, train_loss {_num(f.train_loss)}, "
+                 f"val_loss {_num(f.val_loss)}{acc}{best}; {f.elapsed_s:.1f} s")
+
+
+def json_printer(out: TextIO) -> Callable[[Any], None]:
+    """Every event as one line of strict JSON."""
+
+    def emit(event: Any) -> None:
+        print(protocol.to_json(event), file=out, flush=True)
+
+    return emit
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+def _exit_code(finished: protocol.RunFinished, failure: protocol.EngineFailed | None,
+               interrupted: bool) -> int:
+    if finished.reason == "failed":
+        return EXIT_BAD_INPUT if failure is not None and failure.kind == "config" else EXIT_FAILED
+    if finished.reason == "non_finite":
+        return EXIT_NON_FINITE
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab run --headless``: train in the foreground; Ctrl-C stops cleanly."""
+    if not args.headless and not args.json:
+        print("trainlab run: the interactive app is not in this version yet; "
+              "add --headless to train in this terminal", file=err)
+        return EXIT_BAD_INPUT
+    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        show(protocol.EngineFailed(0, "config", str(exc)))
+        if args.json:  # the JSON stream carries it; people reading stderr see it too
+            print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+
+    from engine.loop import run  # imports torch: only now that there is a run
+
+    commands: queue.Queue[Any] = queue.Queue()
+    interrupts = 0
+    failure: protocol.EngineFailed | None = None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # First Ctrl-C: stop at the next step boundary (final eval included).
+        # Second: give up at once.
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            raise KeyboardInterrupt
+        print("\nstopping after this step (Ctrl-C again to abort)", file=err, flush=True)
+        commands.put(protocol.Stop())
+
+    def emit(event: Any) -> None:
+        nonlocal failure
+        if isinstance(event, protocol.EngineFailed):
+            failure = event
+        show(event)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        finished = run(config, commands, emit)
+    except KeyboardInterrupt:
+        print("trainlab: aborted", file=err)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return _exit_code(finished, failure, interrupts > 0)
+
+
+def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab config``: the defaults, or a file with overrides, as commented TOML."""
+    if args.defaults and (args.config or args.overrides):
+        print("trainlab config: --defaults takes no CONFIG or --set", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        config = Config() if args.defaults else load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    out.write(config_mod.to_toml(config))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
+    "run": cmd_run,
+    "config": cmd_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``trainlab`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, sys.stdout, sys.stderr)
+    except BrokenPipeError:  # `trainlab run --json | head`: the reader left
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

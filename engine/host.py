@@ -1,0 +1,72 @@
+"""Running the loop in a thread beside an asyncio application.
+
+Events reach the application through an ``asyncio.Queue`` fed with
+``call_soon_threadsafe``: the trainer never waits for the UI (``call_from_thread``
+would block it until the UI had run the callback). Commands go the other way
+through a plain ``queue.Queue`` that the loop drains at step boundaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+from engine import protocol
+from engine.config import Config
+
+
+class ThreadHost:
+    """One run of ``engine.loop.run`` in a background thread.
+
+    Call ``start()`` from inside the running event loop that will read ``events``.
+    Stop it cooperatively with ``stop()``: the loop finishes its step and returns,
+    instead of being killed inside torch at interpreter exit.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.commands: queue.Queue[Any] = queue.Queue()
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start training; events begin to arrive in ``self.events``."""
+        if self._thread is not None:
+            raise RuntimeError("this host has already been started")
+        aloop = asyncio.get_running_loop()
+
+        def emit(event: Any) -> None:
+            try:
+                aloop.call_soon_threadsafe(self.events.put_nowait, event)
+            except RuntimeError:  # the app's loop is closed: nobody is listening
+                pass
+
+        def main() -> None:
+            from engine.loop import run  # torch is imported here, off the UI's start-up path
+
+            run(self.config, self.commands, emit)
+
+        self._thread = threading.Thread(target=main, name="trainlab-engine", daemon=True)
+        self._thread.start()
+
+    def send(self, command: Any) -> None:
+        """Queue a command; it applies at the next step boundary."""
+        if type(command).__name__ not in protocol.COMMANDS:
+            raise TypeError(f"{command!r} is not a protocol command")
+        self.commands.put(command)
+
+    @property
+    def running(self) -> bool:
+        """Is the training thread still alive?"""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Ask the run to stop and wait for the thread; True when it has ended."""
+        if self._thread is None:
+            return True
+        if self._thread.is_alive():
+            self.commands.put(protocol.Stop())
+        self._thread.join(timeout)
+        return not self._thread.is_alive()

@@ -1,0 +1,600 @@
+"""The training loop: ``run(config, commands, emit)``, a plain blocking call.
+
+It builds the data, model, objective, optimizer and schedule from the config, then
+steps. Commands are drained only at step boundaries, so every change applies to a
+whole step and is acknowledged by an event; while paused it blocks on the command
+queue (no busy wait). The loop knows nothing of who drives it: a thread beside the
+app, a CLI in the main thread, or a test with a pre-filled queue.
+
+Costs, per step: no host-device sync. Losses stay on the device in a list and cross
+to the host together when a metrics batch is due (at most every
+``METRICS_INTERVAL_S``), which is one sync per batch, not one per step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine import checkpoint, protocol
+from engine.config import Config, ConfigError, field_info
+from engine.data import Dataset, augment_batch, load_dataset, validate_augment
+from engine.init import init_weights
+from engine.losses import Objective, build_objective
+from engine.models import build_model, model_summary, set_dropout
+from engine.optim import (
+    OPTIMIZERS,
+    LRSchedule,
+    build_optimizer,
+    set_lr,
+    update_hyperparameters,
+)
+from engine.protocol import (
+    CheckpointSaved,
+    CommandRejected,
+    EngineFailed,
+    EvalDone,
+    FinalMetrics,
+    HyperChanged,
+    MetricsBatch,
+    Notice,
+    RunFinished,
+    RunStarted,
+    StateChanged,
+)
+from engine.usercode import UserCodeError
+
+Emit = Callable[[Any], None]
+
+METRICS_INTERVAL_S = 0.1
+"""At most ~10 metrics events a second, whatever the step rate."""
+EVAL_BATCH = 4096
+"""Validation runs in chunks of this many samples to bound memory on big sets."""
+
+
+class Batches:
+    """Shuffled mini-batches of training indices, one permutation per epoch.
+
+    The batch size is read on every call, so a live change applies from the next
+    step. A last batch of a single sample is folded into the one before it: a
+    BatchNorm layer cannot train on one sample.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self._order = torch.randperm(n, generator=self.generator)
+        self._pos = 0
+
+    def steps_left_in_epoch(self, batch_size: int) -> int:
+        """Batches still to come in the current epoch at this size."""
+        return steps_per_epoch(self.n - self._pos, batch_size)
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, bool]:
+        """Indices of the next batch, and whether it ends the epoch."""
+        remaining = self.n - self._pos
+        take = remaining if remaining <= batch_size + (batch_size > 1) else batch_size
+        idx = self._order[self._pos : self._pos + take]
+        self._pos += take
+        if self._pos < self.n:
+            return idx, False
+        self.epoch += 1
+        self._order = torch.randperm(self.n, generator=self.generator)
+        self._pos = 0
+        return idx, True
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Number of batches ``Batches`` yields per epoch for this size."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and batch_size == 1) else 0)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks CUDA when present; an explicit cuda without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"run.device = 'cuda' but no CUDA device is available (torch {torch.__version__}); "
+            "use auto or cpu"
+        )
+    return torch.device(name)
+
+
+class Trainer:
+    """The live state of one run: what was built, and the counters.
+
+    Build errors raise from the constructor; ``run`` turns them into events.
+    """
+
+    def __init__(self, config: Config, emit: Emit) -> None:
+        self.config = config
+        self.emit = emit
+        self.step = 0
+        self.changes: list[dict[str, Any]] = []
+
+        run = config.run
+        torch.set_num_threads(run.threads or max(1, (os.cpu_count() or 2) - 1))
+        self.device = resolve_device(run.device)
+        torch.manual_seed(run.seed)
+
+        data = load_dataset(config.data, run.seed)
+        validate_augment(config.data, data.is_image)
+        self.data = data
+        self._check_batch_size(config.data.batch_size)
+        self.objective: Objective = build_objective(
+            config.loss.name, data.task, data.num_classes, data.num_targets
+        )
+
+        self.model = build_model(config.model, data.input_shape, self.objective.num_outputs)
+        init_weights(self.model, config.init, config.model.activation)
+        self.model.to(self.device)
+        self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
+
+        self.x_train = data.x_train.to(self.device)
+        self.x_val = data.x_val.to(self.device)
+        self.t_train = self.objective.targets(data.y_train).to(self.device)
+        self.t_val = self.objective.targets(data.y_val).to(self.device)
+        self.y_val = data.y_val.to(self.device)
+
+        self.batches = Batches(len(data.x_train), run.seed)
+        self.augment_generator = torch.Generator(self.device).manual_seed(run.seed + 1)
+        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        self.schedule = LRSchedule(config.schedule, self.total_steps())
+
+        self.best_val_loss = math.inf
+        self.best_step: int | None = None
+        self.evals_without_improvement = 0
+        self.last_eval_step: int | None = None
+        self.last_val_loss: float | None = None
+        self.last_val_accuracy: float | None = None
+        self.last_train_loss: float | None = None
+        self.pending_losses: list[torch.Tensor] = []
+        self.pending_lrs: list[float] = []
+        self.interval_loss_sum = 0.0
+        self.interval_loss_count = 0
+        self.first_nonfinite_step: int | None = None
+        self.epoch_ended = False
+
+    # --- sizes -----------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        """The effective batch size (0 in the config means the full training set)."""
+        return self.config.data.batch_size or len(self.x_train)
+
+    def _check_batch_size(self, size: int) -> None:
+        n = len(self.data.x_train)
+        if size > n:
+            raise ConfigError(
+                f"data.batch_size = {size} is larger than the {n} training samples: "
+                "use at most that, or 0 for the full batch"
+            )
+        if size == 1 and self.config.model.norm == "batch":
+            raise ConfigError(
+                "data.batch_size = 1 cannot train BatchNorm (it needs 2+ samples per batch): "
+                "use a larger batch or model.norm = layer"
+            )
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the training set at the current batch size."""
+        return steps_per_epoch(len(self.x_train), self.batch_size)
+
+    def total_steps(self) -> int:
+        """Where the run ends: the sooner of run.max_steps and run.max_epochs."""
+        run = self.config.run
+        limits = [run.max_steps] if run.max_steps else []
+        if run.max_epochs:
+            epochs_after_this = run.max_epochs - self.batches.epoch - 1
+            left = self.batches.steps_left_in_epoch(self.batch_size)
+            left += max(0, epochs_after_this) * self.steps_per_epoch()
+            limits.append(self.step + (left if epochs_after_this >= 0 else 0))
+        return min(limits)
+
+    def finished(self) -> bool:
+        """Has the run reached run.max_steps or run.max_epochs?"""
+        run = self.config.run
+        return bool(
+            (run.max_steps and self.step >= run.max_steps)
+            or (run.max_epochs and self.batches.epoch >= run.max_epochs)
+        )
+
+    # --- the work ----------------------------------------------------------------
+
+    def started_event(self) -> RunStarted:
+        """Everything about the built run that a viewer needs up front."""
+        d = self.data
+        example = self.x_train[:2]
+        layers = tuple(
+            protocol.LayerInfo(r.name, r.kind, tuple(r.output_shape), r.params)
+            for r in model_summary(self.model, example)
+        )
+        params = sum(p.numel() for p in self.model.parameters())
+        return RunStarted(
+            config=self.config.to_dict(),
+            model=protocol.ModelInfo(self.config.model.arch, layers, params),
+            dataset=protocol.DatasetInfo(
+                name=d.name,
+                task=d.task,
+                input_shape=tuple(d.input_shape),
+                num_classes=d.num_classes,
+                train_size=len(d.x_train),
+                val_size=len(d.x_val),
+                class_names=tuple(d.class_names),
+                train_counts=tuple(d.class_counts("train")),
+                val_counts=tuple(d.class_counts("val")),
+            ),
+            loss=self.objective.name,
+            device=str(self.device),
+            threads=torch.get_num_threads(),
+            steps_per_epoch=self.steps_per_epoch(),
+            total_steps=self.total_steps(),
+        )
+
+    def train_step(self) -> int:
+        """One optimizer step on the next batch; returns its size. No host-device sync."""
+        cfg = self.config
+        idx, self.epoch_ended = self.batches.next(self.batch_size)
+        idx = idx.to(self.device)
+        x, target = self.x_train[idx], self.t_train[idx]
+        if cfg.data.augment:
+            x = augment_batch(x, cfg.data, self.data.is_image, self.augment_generator)
+
+        lr = cfg.optim.lr * self.schedule.factor(self.step)
+        set_lr(self.optimizer, lr)
+        reg = cfg.reg
+        data_losses: list[torch.Tensor] = []
+
+        # Every torch optimizer takes a closure; L-BFGS calls it several times.
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.objective.fn(self.model(x), target)
+            data_losses.append(loss.detach())
+            total = loss
+            if reg.l1:
+                total = total + reg.l1 * torch.stack(torch._foreach_norm(self.weights, 1)).sum()
+            total.backward()
+            if reg.clip_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), reg.clip_norm, foreach=True)
+            if reg.clip_value:
+                torch.nn.utils.clip_grad_value_(self.model.parameters(), reg.clip_value, foreach=True)
+            return total
+
+        self.optimizer.step(closure)
+        # The loss of the batch before this step's update (L-BFGS: its first evaluation).
+        self.pending_losses.append(data_losses[0])
+        self.pending_lrs.append(lr)
+        self.step += 1
+        return len(idx)
+
+    @torch.no_grad()
+    def evaluate(self) -> EvalDone | None:
+        """Validation loss (and accuracy) in eval mode; None without a validation set."""
+        n = len(self.x_val)
+        if n == 0:
+            return None
+        self.model.eval()
+        try:
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device)
+            for start in range(0, n, EVAL_BATCH):
+                out = self.model(self.x_val[start : start + EVAL_BATCH])
+                t = self.t_val[start : start + EVAL_BATCH]
+                loss_sum += self.objective.fn(out, t) * len(out)
+                if self.objective.predict is not None:
+                    y = self.y_val[start : start + EVAL_BATCH]
+                    correct += (self.objective.predict(out) == y).sum()
+            val_loss, n_correct = torch.stack([loss_sum / n, correct]).tolist()  # one sync
+        finally:
+            self.model.train()
+        accuracy = n_correct / n if self.objective.predict is not None else None
+        train_loss = (
+            self.interval_loss_sum / self.interval_loss_count
+            if self.interval_loss_count
+            else math.nan
+        )
+        self.interval_loss_sum, self.interval_loss_count = 0.0, 0
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_step = val_loss, self.step
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        self.last_eval_step = self.step
+        self.last_val_loss, self.last_val_accuracy = val_loss, accuracy
+        return EvalDone(
+            step=self.step,
+            epoch=self.batches.epoch,
+            val_loss=val_loss,
+            val_accuracy=accuracy,
+            train_loss=train_loss,
+            best_val_loss=self.best_val_loss,
+        )
+
+    def eval_due(self) -> bool:
+        """Is an evaluation due after the step just taken (run.eval_every, or epoch end)?"""
+        every = self.config.run.eval_every
+        due = self.step % every == 0 if every else self.epoch_ended
+        return due and self.last_eval_step != self.step
+
+    def full_batch_notice(self) -> Notice | None:
+        """A warning when a full-batch optimizer (L-BFGS, Rprop) gets mini-batches."""
+        name = self.config.optim.name
+        if not OPTIMIZERS[name].full_batch or self.batch_size == len(self.x_train):
+            return None
+        return Notice(
+            self.step,
+            "warning",
+            f"optim.name = {name} expects the full batch (data.batch_size = 0); "
+            f"it gets batches of {self.batch_size} of {len(self.x_train)}",
+        )
+
+    def flush_metrics(self, elapsed: float, samples: int) -> MetricsBatch | None:
+        """Ship the pending per-step losses; one host-device sync for all of them."""
+        if not self.pending_losses:
+            return None
+        losses = torch.stack(self.pending_losses).tolist()
+        first = self.step - len(losses) + 1
+        for i, value in enumerate(losses):
+            if math.isfinite(value):
+                self.interval_loss_sum += value
+                self.interval_loss_count += 1
+            elif self.first_nonfinite_step is None:
+                self.first_nonfinite_step = first + i
+        self.last_train_loss = losses[-1]
+        batch = MetricsBatch(
+            steps=tuple(range(first, self.step + 1)),
+            losses=tuple(losses),
+            lrs=tuple(self.pending_lrs),
+            epoch=self.batches.epoch,
+            steps_per_sec=len(losses) / elapsed if elapsed > 0 else 0.0,
+            samples_per_sec=samples / elapsed if elapsed > 0 else 0.0,
+        )
+        self.pending_losses, self.pending_lrs = [], []
+        return batch
+
+    def save_checkpoint(self, path: str) -> Path:
+        """Model, optimizer, schedule, counters, RNG states and the change log."""
+        target = Path(path or Path(self.config.run.checkpoint_dir) / f"step_{self.step}.pt")
+        payload = {
+            "step": self.step,
+            "epoch": self.batches.epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "optimizer_name": self.config.optim.name,
+            "schedule": self.schedule.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "batches": self.batches.generator.get_state(),
+                "augment": self.augment_generator.get_state(),
+            },
+            "changes": list(self.changes),
+        }
+        return checkpoint.save_atomic(payload, target)
+
+    # --- live changes --------------------------------------------------------------
+
+    def set_hyper(self, key: str, value: Any) -> HyperChanged:
+        """Apply a hot field from the next step; raises ConfigError if not allowed."""
+        if not field_info(key).spec.hot:
+            raise ConfigError(f"{key} is cold: it cannot change while training (restart or fork)")
+        old = self.config.get(key)
+        new_config = self.config.with_value(key, value)
+        new = new_config.get(key)
+        note = ""
+        if key == "data.batch_size":
+            self._check_batch_size(new)
+        if key.startswith("data.augment"):
+            validate_augment(new_config.data, self.data.is_image)
+        self.config = new_config
+        if key == "optim.name":
+            # Keep the weights, start the new optimizer from empty state.
+            self.optimizer = build_optimizer(self.model.parameters(), new_config.optim)
+            note = "optimizer state reset"
+        elif key.startswith("optim."):
+            update_hyperparameters(self.optimizer, new_config.optim)
+            entry = OPTIMIZERS[new_config.optim.name]
+            if key != "optim.lr" and key.removeprefix("optim.") not in entry.uses:
+                note = f"stored; {new_config.optim.name} does not use it"
+        elif key == "model.dropout":
+            note = f"{set_dropout(self.model, new)} dropout layer(s) set"
+        if key in ("data.batch_size", "run.max_steps", "run.max_epochs"):
+            self.schedule.total_steps = max(1, self.total_steps())
+        self.changes.append({"step": self.step, "key": key, "old": old, "new": new})
+        return HyperChanged(self.step, key, old, new, note)
+
+
+class _Control:
+    """What the commands asked for: paused or not, steps left to take, stop."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.step_budget = 0
+        self.stop_requested = False
+
+    @property
+    def may_step(self) -> bool:
+        return not self.stop_requested and (not self.paused or self.step_budget > 0)
+
+
+def _handle(command: Any, trainer: Trainer, control: _Control, emit: Emit) -> None:
+    """Apply one command at a step boundary and emit its acknowledgement."""
+    step = trainer.step
+    name = type(command).__name__
+
+    def reject(reason: str) -> None:
+        emit(CommandRejected(name, reason, step))
+
+    if isinstance(command, protocol.Pause):
+        if control.paused:
+            return reject("already paused")
+        control.paused, control.step_budget = True, 0
+        emit(StateChanged("paused", step, "pause requested"))
+    elif isinstance(command, protocol.Resume):
+        if not control.paused:
+            return reject("not paused")
+        control.paused, control.step_budget = False, 0
+        emit(StateChanged("running", step, "resumed"))
+    elif isinstance(command, protocol.Step):
+        if not control.paused:
+            return reject("single steps work while paused")
+        if not isinstance(command.n, int) or command.n < 1:
+            return reject(f"Step.n = {command.n!r}: expected an integer >= 1")
+        control.step_budget += command.n
+    elif isinstance(command, protocol.Stop):
+        control.stop_requested = True
+    elif isinstance(command, protocol.SetHyper):
+        try:
+            emit(trainer.set_hyper(command.key, command.value))
+        except ConfigError as exc:
+            return reject(str(exc))
+        if command.key in ("optim.name", "data.batch_size") and (
+            notice := trainer.full_batch_notice()
+        ):
+            emit(notice)
+    elif isinstance(command, protocol.SaveCheckpoint):
+        try:
+            path = trainer.save_checkpoint(command.path)
+        except OSError as exc:
+            return reject(f"checkpoint not written ({exc.strerror or exc}); the run goes on")
+        emit(CheckpointSaved(step, str(path)))
+    else:
+        reject(f"unknown command {command!r}")
+
+
+def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
+    if trainer is None:
+        return FinalMetrics(0, 0, None, None, None, None, None, time.monotonic() - started)
+    return FinalMetrics(
+        step=trainer.step,
+        epoch=trainer.batches.epoch,
+        train_loss=trainer.last_train_loss,
+        val_loss=trainer.last_val_loss,
+        val_accuracy=trainer.last_val_accuracy,
+        best_val_loss=trainer.best_val_loss if trainer.best_step is not None else None,
+        best_step=trainer.best_step,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _failure(exc: BaseException, step: int) -> EngineFailed:
+    """Sort an exception into the three kinds the user acts on differently."""
+    if isinstance(exc, ConfigError):
+        return EngineFailed(step, "config", str(exc))
+    if isinstance(exc, UserCodeError):
+        return EngineFailed(step, "user_code", str(exc), exc.traceback_text)
+    return EngineFailed(
+        step, "internal", f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
+    )
+
+
+def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
+    """Build and train the run described by ``config``; returns the RunFinished it emitted.
+
+    ``commands`` is drained at every step boundary; ``emit`` receives every event.
+    Never raises for a bad config or failing user code: those become ``EngineFailed``.
+    """
+    started = time.monotonic()
+    trainer: Trainer | None = None
+    control = _Control()
+    try:
+        trainer = Trainer(config, emit)
+        emit(trainer.started_event())
+        emit(StateChanged("running", 0, "started"))
+        if notice := trainer.full_batch_notice():
+            emit(notice)
+        reason = _train(trainer, control, commands, emit)
+    except Exception as exc:  # bad input, user code, or our own bug: report, never raise
+        step = trainer.step if trainer else 0
+        emit(_failure(exc, step))
+        emit(StateChanged("failed", step, str(exc)))
+        finished = RunFinished("failed", _final(trainer, started))
+        emit(finished)
+        return finished
+    state = "failed" if reason == "non_finite" else "finished"
+    emit(StateChanged(state, trainer.step, reason))
+    finished = RunFinished(reason, _final(trainer, started))
+    emit(finished)
+    return finished
+
+
+def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit: Emit) -> str:
+    """The step loop; returns why it ended."""
+    last_flush = time.monotonic()
+    samples = 0
+    warned_nonfinite = False
+
+    def flush() -> None:
+        nonlocal last_flush, samples
+        now = time.monotonic()
+        batch = trainer.flush_metrics(now - last_flush, samples)
+        last_flush, samples = now, 0
+        if batch is not None:
+            emit(batch)
+
+    def evaluate() -> None:
+        flush()  # the eval's train_loss covers every step up to here
+        result = trainer.evaluate()
+        if result is None:
+            return
+        emit(result)
+        if trainer.schedule.observe(result.val_loss):
+            factor = trainer.schedule.plateau_factor
+            emit(Notice(trainer.step, "info", f"reduce_on_plateau: lr factor now {factor:g}"))
+
+    while True:
+        # Step boundary: apply the waiting commands; block while paused. A Step(n)
+        # runs its n steps as a unit: later commands wait until they are done.
+        while control.step_budget == 0:
+            try:
+                command = commands.get(block=not control.may_step)
+            except queue.Empty:
+                break
+            _handle(command, trainer, control, emit)
+            if control.stop_requested:
+                break
+        if control.stop_requested or trainer.finished():
+            if trainer.last_eval_step != trainer.step:
+                evaluate()
+            flush()
+            return "stopped" if control.stop_requested else "completed"
+
+        samples += trainer.train_step()
+        stepping = control.paused  # spending a Step command's budget
+        if stepping:
+            control.step_budget -= 1
+
+        if stepping or time.monotonic() - last_flush >= METRICS_INTERVAL_S:
+            flush()
+            bad_step = trainer.first_nonfinite_step
+            if bad_step is not None and trainer.config.run.on_nonfinite == "stop":
+                emit(Notice(trainer.step, "error",
+                            f"training loss became non-finite at step {bad_step}; run stopped "
+                            "(run.on_nonfinite = stop)"))
+                return "non_finite"
+            if bad_step is not None and not warned_nonfinite:
+                warned_nonfinite = True
+                emit(Notice(trainer.step, "warning",
+                            f"training loss non-finite since step {bad_step}; continuing "
+                            "(run.on_nonfinite = continue)"))
+        if trainer.eval_due():
+            evaluate()
+            patience = trainer.config.reg.early_stop_patience
+            if patience and trainer.evals_without_improvement >= patience:
+                emit(Notice(trainer.step, "info",
+                            f"early stop: no better validation loss in {patience} evaluations "
+                            f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
+                flush()
+                return "early_stopped"
+        if stepping and control.step_budget == 0:
+            emit(StateChanged("paused", trainer.step, "single step done"))

@@ -1,0 +1,322 @@
+"""The only types that cross between the engine and whatever drives it.
+
+Commands are imperatives sent to the engine; events are past-tense facts it emits.
+All are frozen dataclasses of plain data (numbers, strings, tuples, nested
+dataclasses; never tensors), so they can go through a thread queue, a socket or a
+JSON line unchanged. Every command that takes effect is acknowledged by an event;
+one that cannot is answered by ``CommandRejected``.
+
+JSON: ``to_dict`` adds ``"event"`` or ``"command"`` set to the class name.
+Non-finite floats are written as the strings "NaN", "Infinity" and "-Infinity"
+(as the protobuf JSON mapping does, so the output stays valid JSON) and read back
+as floats wherever the field holds a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Union
+
+# --- commands -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Stop stepping at the next step boundary and wait for commands."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Continue training after a pause."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """While paused: run ``n`` optimizer steps, then pause again.
+
+    The n steps run as a unit: commands sent meanwhile apply after them.
+    """
+
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Stop:
+    """End the run at the next step boundary (a final evaluation still runs)."""
+
+
+@dataclass(frozen=True)
+class SetHyper:
+    """Change a hot config field (a dotted key such as ``optim.lr``) from the next step."""
+
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class SaveCheckpoint:
+    """Write a checkpoint now; an empty path means ``run.checkpoint_dir/step_<N>.pt``."""
+
+    path: str = ""
+
+
+Command = Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint
+
+# --- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One leaf module of the model, in forward order."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was built: the layers and the parameter count."""
+
+    arch: str
+    layers: tuple[LayerInfo, ...]
+    params: int
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the model trains on; class counts show imbalance at a glance."""
+
+    name: str
+    task: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_size: int
+    val_size: int
+    class_names: tuple[str, ...]
+    train_counts: tuple[int, ...]
+    val_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The run is built and about to take its first step."""
+
+    config: dict[str, Any]
+    model: ModelInfo
+    dataset: DatasetInfo
+    loss: str
+    device: str
+    threads: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class MetricsBatch:
+    """Per-step training losses and learning rates since the previous batch."""
+
+    steps: tuple[int, ...]
+    losses: tuple[float, ...]
+    lrs: tuple[float, ...]
+    epoch: int
+    steps_per_sec: float
+    samples_per_sec: float
+
+
+@dataclass(frozen=True)
+class EvalDone:
+    """Validation after ``step``; accuracy is None for regression."""
+
+    step: int
+    epoch: int
+    val_loss: float
+    val_accuracy: float | None
+    train_loss: float
+    """Mean training loss over the steps since the previous evaluation."""
+    best_val_loss: float
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """The run's state is now ``state``: running, paused, finished or failed."""
+
+    state: str
+    step: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class HyperChanged:
+    """A hot field changed at ``step`` (takes effect from step + 1)."""
+
+    step: int
+    key: str
+    old: Any
+    new: Any
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CommandRejected:
+    """A command that could not take effect, and why (the run is unaffected)."""
+
+    command: str
+    reason: str
+    step: int
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """A checkpoint was written (atomically) to ``path``."""
+
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something for the run log: level info, warning or error (the run may end)."""
+
+    step: int
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineFailed:
+    """The run could not go on. ``kind``: config (bad input), user_code or internal."""
+
+    step: int
+    kind: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class FinalMetrics:
+    """Where the run ended; metrics are None where there was nothing to measure."""
+
+    step: int
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The run ended. reason: completed, early_stopped, stopped, non_finite or failed."""
+
+    reason: str
+    final: FinalMetrics
+
+
+Event = (
+    RunStarted
+    | MetricsBatch
+    | EvalDone
+    | StateChanged
+    | HyperChanged
+    | CommandRejected
+    | CheckpointSaved
+    | Notice
+    | EngineFailed
+    | RunFinished
+)
+
+COMMANDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
+EVENTS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
+
+# --- JSON-safe dicts ------------------------------------------------------------
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any, hint: Any) -> Any:
+    """Rebuild ``value`` as the type ``hint`` describes (tuples, floats, dataclasses)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        if isinstance(value, str) and value in _NONFINITE:
+            return _NONFINITE[value]
+        return tuple(value) if isinstance(value, list) else value
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _decode(value, options[0])
+    if hint is float:
+        return _NONFINITE[value] if isinstance(value, str) else float(value)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(_decode(v, item) for v in value)
+    if origin is dict:
+        item = typing.get_args(hint)[1]
+        return {k: _decode(v, item) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        return cls(**{k: _decode(v, hints[k]) for k, v in data.items()})
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{cls.__name__}: {exc}") from None
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    """A JSON-safe dict of a command or event, tagged with its class name."""
+    name = type(message).__name__
+    tag = "event" if name in EVENTS else "command" if name in COMMANDS else None
+    if tag is None:
+        raise TypeError(f"{name} is not a protocol message")
+    return {tag: name, **_encode(message)}
+
+
+def from_dict(data: dict[str, Any]) -> Any:
+    """The command or event that ``to_dict`` produced; ValueError on anything else."""
+    data = dict(data)
+    if "event" in data:
+        registry, name = EVENTS, data.pop("event")
+    elif "command" in data:
+        registry, name = COMMANDS, data.pop("command")
+    else:
+        raise ValueError("a message needs an 'event' or 'command' field")
+    if name not in registry:
+        raise ValueError(f"unknown message type {name!r}")
+    return _build(registry[name], data)
+
+
+def to_json(message: Any) -> str:
+    """One line of strict JSON (no NaN literals)."""
+    return json.dumps(to_dict(message), allow_nan=False, separators=(",", ":"))
+
+
+def from_json(line: str) -> Any:
+    """Parse a line written by ``to_json``."""
+    return from_dict(json.loads(line))
