@@ -95,7 +95,8 @@ class ProgressPrinter:
         self.say(f"data: {d.name} {d.input_shape}: {d.train_size} train / {d.val_size} val"
                  f"{classes}")
         if d.num_classes:
-            counts = " ".join(f"{n}:{k}" for n, k in zip(d.class_names, d.train_counts))
+            pairs = zip(d.class_names, d.train_counts, strict=True)
+            counts = " ".join(f"{name}:{count}" for name, count in pairs)
             self.say(f"      train class counts {counts}")
         self.say(f"model: {m.arch}, {len(m.layers)} layers, {m.params:,} parameters; "
                  f"loss {e.loss}; optimizer {c['optim']['name']} lr {c['optim']['lr']:g}")

@@ -491,7 +491,7 @@ def hot_keys() -> tuple[str, ...]:
     return tuple(f.key for f in fields() if f.spec.hot)
 
 
-def _did_you_mean(word: str, candidates: list[str], *, list_all: bool = True) -> str:
+def did_you_mean(word: str, candidates: list[str], *, list_all: bool = True) -> str:
     """'; did you mean X?' for a close match, else the candidates (or nothing)."""
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     if close:
@@ -505,11 +505,11 @@ def _split_key(key: str) -> tuple[str, str]:
     if not dot or not name:
         raise ConfigError(f"'{key}' is not a config key: use section.field, e.g. optim.lr")
     if section not in sections:
-        raise ConfigError(f"unknown section '{section}'{_did_you_mean(section, list(sections))}")
+        raise ConfigError(f"unknown section '{section}'{did_you_mean(section, list(sections))}")
     names = [f.name for f in dataclasses.fields(sections[section])]
     if name not in names:
         full = [f"{section}.{n}" for n in names]
-        raise ConfigError(f"unknown key '{key}'{_did_you_mean(key, full)}")
+        raise ConfigError(f"unknown key '{key}'{did_you_mean(key, full)}")
     return section, name
 
 
@@ -563,7 +563,7 @@ def check_value(key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise bad()
         if spec.choices and value not in spec.choices:
-            hint = _did_you_mean(value, list(spec.choices), list_all=False)
+            hint = did_you_mean(value, list(spec.choices), list_all=False)
             raise ConfigError(f"{key} = {value!r} is not allowed: expected {_allowed(info)}{hint}")
         return value
     # tuple[str, ...]: a list of choices, each at most once.
@@ -575,7 +575,7 @@ def check_value(key: str, value: Any) -> Any:
             raise ConfigError(
                 f"{key}: '{item}' is not allowed: expected names from "
                 f"{', '.join(spec.choices)}"
-                f"{_did_you_mean(item, list(spec.choices), list_all=False)}"
+                f"{did_you_mean(item, list(spec.choices), list_all=False)}"
             )
     if len(set(value)) != len(value):
         raise ConfigError(f"{key} = {list(value)!r} names an entry twice")
@@ -622,7 +622,7 @@ def from_dict(data: Mapping[str, Any], base: Config | None = None) -> Config:
     for section, values in data.items():
         if section not in _section_types():
             known = list(_section_types())
-            raise ConfigError(f"unknown section '{section}'{_did_you_mean(section, known)}")
+            raise ConfigError(f"unknown section '{section}'{did_you_mean(section, known)}")
         if not isinstance(values, Mapping):
             raise ConfigError(f"'{section}' must be a table of fields, got {values!r}")
         for name, value in values.items():

@@ -9,6 +9,7 @@ through a plain ``queue.Queue`` that the loop drains at step boundaries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from typing import Any
@@ -38,10 +39,9 @@ class ThreadHost:
         aloop = asyncio.get_running_loop()
 
         def emit(event: Any) -> None:
-            try:
+            # RuntimeError: the app's loop is closed, nobody is listening.
+            with contextlib.suppress(RuntimeError):
                 aloop.call_soon_threadsafe(self.events.put_nowait, event)
-            except RuntimeError:  # the app's loop is closed: nobody is listening
-                pass
 
         def main() -> None:
             from engine.loop import run  # torch is imported here, off the UI's start-up path

@@ -26,7 +26,7 @@ import torch
 
 from engine import checkpoint, protocol
 from engine.config import Config, ConfigError, field_info
-from engine.data import Dataset, augment_batch, load_dataset, validate_augment
+from engine.data import augment_batch, load_dataset, validate_augment
 from engine.init import init_weights
 from engine.losses import Objective, build_objective
 from engine.models import build_model, model_summary, set_dropout
@@ -50,7 +50,7 @@ from engine.protocol import (
     RunStarted,
     StateChanged,
 )
-from engine.usercode import UserCodeError
+from engine.usercode import UserCodeError, raised_in_user_code
 
 Emit = Callable[[Any], None]
 
@@ -129,7 +129,7 @@ class Trainer:
         torch.manual_seed(run.seed)
 
         data = load_dataset(config.data, run.seed)
-        validate_augment(config.data, data.is_image)
+        validate_augment(config.data, data.is_image, data.input_shape)
         self.data = data
         self._check_batch_size(config.data.batch_size)
         self.objective: Objective = build_objective(
@@ -267,7 +267,8 @@ class Trainer:
             if reg.clip_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), reg.clip_norm, foreach=True)
             if reg.clip_value:
-                torch.nn.utils.clip_grad_value_(self.model.parameters(), reg.clip_value, foreach=True)
+                params = self.model.parameters()
+                torch.nn.utils.clip_grad_value_(params, reg.clip_value, foreach=True)
             return total
 
         self.optimizer.step(closure)
@@ -395,7 +396,7 @@ class Trainer:
         if key == "data.batch_size":
             self._check_batch_size(new)
         if key.startswith("data.augment"):
-            validate_augment(new_config.data, self.data.is_image)
+            validate_augment(new_config.data, self.data.is_image, self.data.input_shape)
         self.config = new_config
         if key == "optim.name":
             # Keep the weights, start the new optimizer from empty state.
@@ -493,9 +494,11 @@ def _failure(exc: BaseException, step: int) -> EngineFailed:
         return EngineFailed(step, "config", str(exc))
     if isinstance(exc, UserCodeError):
         return EngineFailed(step, "user_code", str(exc), exc.traceback_text)
-    return EngineFailed(
-        step, "internal", f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
-    )
+    trace = "".join(traceback.format_exception(exc))
+    if raised_in_user_code(exc):  # e.g. the user's forward() raised mid-run
+        return EngineFailed(step, "user_code", f"user code raised {type(exc).__name__}: {exc}",
+                            trace)
+    return EngineFailed(step, "internal", f"{type(exc).__name__}: {exc}", trace)
 
 
 def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
@@ -576,25 +579,27 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
 
         if stepping or time.monotonic() - last_flush >= METRICS_INTERVAL_S:
             flush()
-            bad_step = trainer.first_nonfinite_step
-            if bad_step is not None and trainer.config.run.on_nonfinite == "stop":
-                emit(Notice(trainer.step, "error",
-                            f"training loss became non-finite at step {bad_step}; run stopped "
-                            "(run.on_nonfinite = stop)"))
-                return "non_finite"
-            if bad_step is not None and not warned_nonfinite:
-                warned_nonfinite = True
-                emit(Notice(trainer.step, "warning",
-                            f"training loss non-finite since step {bad_step}; continuing "
-                            "(run.on_nonfinite = continue)"))
         if trainer.eval_due():
             evaluate()
-            patience = trainer.config.reg.early_stop_patience
-            if patience and trainer.evals_without_improvement >= patience:
-                emit(Notice(trainer.step, "info",
-                            f"early stop: no better validation loss in {patience} evaluations "
-                            f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
-                flush()
-                return "early_stopped"
+        # Checked after any flush (the periodic one or an evaluation's): only a flush
+        # brings the losses to the host, so this costs no sync of its own.
+        bad_step = trainer.first_nonfinite_step
+        if bad_step is not None and trainer.config.run.on_nonfinite == "stop":
+            emit(Notice(trainer.step, "error",
+                        f"training loss became non-finite at step {bad_step}; run stopped "
+                        "(run.on_nonfinite = stop)"))
+            return "non_finite"
+        if bad_step is not None and not warned_nonfinite:
+            warned_nonfinite = True
+            emit(Notice(trainer.step, "warning",
+                        f"training loss non-finite since step {bad_step}; continuing "
+                        "(run.on_nonfinite = continue)"))
+        patience = trainer.config.reg.early_stop_patience
+        if patience and trainer.evals_without_improvement >= patience:
+            emit(Notice(trainer.step, "info",
+                        f"early stop: no better validation loss in {patience} evaluations "
+                        f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
+            flush()
+            return "early_stopped"
         if stepping and control.step_budget == 0:
             emit(StateChanged("paused", trainer.step, "single step done"))

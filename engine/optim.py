@@ -88,7 +88,9 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 }
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: OptimConfig
+) -> torch.optim.Optimizer:
     """A fresh optimizer (empty state) of kind ``cfg.name`` over ``params``."""
     entry = OPTIMIZERS[cfg.name]
     return entry.cls(list(params), lr=cfg.lr, **entry.kwargs(cfg))

@@ -17,6 +17,10 @@ from typing import Any
 
 from engine.config import ConfigError
 
+_user_files: set[str] = set()
+"""Source files of the user modules loaded so far: a traceback through one of them
+during training (e.g. in the model's forward) is the user's error, not ours."""
+
 
 class UserCodeError(Exception):
     """The user's function raised; ``traceback_text`` is its formatted traceback."""
@@ -42,6 +46,8 @@ def load_callable(path: str, key: str) -> Callable[..., Any]:
         raise ConfigError(f"{key} = {path!r}: cannot import module {exc.name!r}") from None
     except Exception as exc:  # the module itself raised while importing
         raise UserCodeError(f"importing {module_name!r} ({key})", exc) from exc
+    if getattr(module, "__file__", None):
+        _user_files.add(str(Path(module.__file__).resolve()))
     fn = getattr(module, attr, None)
     if fn is None:
         raise ConfigError(f"{key} = {path!r}: module {module_name!r} has no {attr!r}")
@@ -56,3 +62,9 @@ def call_user(fn: Callable[..., Any], what: str, *args: Any) -> Any:
         return fn(*args)
     except Exception as exc:
         raise UserCodeError(what, exc) from exc
+
+
+def raised_in_user_code(exc: BaseException) -> bool:
+    """Did ``exc`` pass through a user module (one loaded by ``load_callable``)?"""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(str(Path(frame.filename).resolve()) in _user_files for frame in frames)

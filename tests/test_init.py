@@ -1,0 +1,186 @@
+"""Tests for engine.init: each scheme's statistics against its formula, biases, norms."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from engine.config import INIT_SCHEMES, ConfigError, InitConfig, ModelConfig
+from engine.init import INITIALIZERS, init_weights
+from engine.models import build_model
+
+SLOPE = 0.01  # leaky_relu's negative slope, stated independently of engine.models
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def big_linear() -> nn.Module:
+    """600 in, 400 out: 240k weights, so the sample variance is within ~1% of the truth."""
+    return nn.Linear(600, 400)
+
+
+def big_conv() -> nn.Module:
+    """fan_in 32*3*3 = 288, fan_out 64*3*3 = 576, 18k weights."""
+    return nn.Conv2d(32, 64, kernel_size=3)
+
+
+LAYERS = {
+    "linear": (big_linear, 600, 400),
+    "conv": (big_conv, 288, 576),
+}
+
+
+def init(layer: nn.Module, activation: str = "relu", **fields: object) -> torch.Tensor:
+    init_weights(layer, InitConfig(**fields), activation)  # type: ignore[arg-type]
+    return layer.weight.detach()
+
+
+def assert_moments(weight: torch.Tensor, variance: float, rel: float = 0.06) -> None:
+    w = weight.double()
+    assert w.var().item() == pytest.approx(variance, rel=rel)
+    assert abs(w.mean().item()) < 0.05 * variance**0.5
+
+
+def test_every_scheme_but_default_is_registered() -> None:
+    assert set(INITIALIZERS) | {"default"} == set(INIT_SCHEMES)
+    assert "default" not in INITIALIZERS
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_zeros_and_constant_are_exact(layer: str) -> None:
+    make, _, _ = LAYERS[layer]
+    assert torch.equal(init(make(), scheme="zeros"), torch.zeros_like(make().weight))
+    weight = init(make(), scheme="constant", value=0.7)
+    assert torch.all(weight == torch.tensor(0.7))
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_normal_has_variance_std_squared(layer: str) -> None:
+    make, _, _ = LAYERS[layer]
+    assert_moments(init(make(), scheme="normal", std=0.02), 0.02**2)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_uniform_has_variance_bound_squared_over_three(layer: str) -> None:
+    make, _, _ = LAYERS[layer]
+    weight = init(make(), scheme="uniform", bound=0.1)
+    assert_moments(weight, 0.1**2 / 3)
+    assert weight.abs().max() <= 0.1
+    assert weight.abs().max() > 0.099  # really spread over the whole interval
+
+
+@pytest.mark.parametrize("scheme", ["xavier_normal", "xavier_uniform"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_xavier_has_variance_two_over_fan_sum(layer: str, scheme: str) -> None:
+    make, fan_in, fan_out = LAYERS[layer]
+    # Gain 1 whatever the activation.
+    for activation in ("tanh", "relu"):
+        assert_moments(init(make(), activation, scheme=scheme), 2 / (fan_in + fan_out))
+
+
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+@pytest.mark.parametrize("scheme", ["kaiming_normal", "kaiming_uniform"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_kaiming_has_variance_two_over_fan(layer: str, scheme: str, mode: str) -> None:
+    make, fan_in, fan_out = LAYERS[layer]
+    fan = fan_in if mode == "fan_in" else fan_out
+    # The ReLU gain for every activation but leaky_relu (the documented choice).
+    for activation in ("relu", "tanh", "gelu"):
+        assert_moments(init(make(), activation, scheme=scheme, mode=mode), 2 / fan)
+    leaky = init(make(), "leaky_relu", scheme=scheme, mode=mode)
+    assert_moments(leaky, 2 / ((1 + SLOPE**2) * fan))
+
+
+def test_kaiming_leaky_relu_gain_uses_the_slope() -> None:
+    # With 240k weights the 1e-4 relative difference is invisible in a variance, so
+    # check the bound of kaiming_uniform exactly: gain * sqrt(3 / fan).
+    weight = init(big_linear(), "leaky_relu", scheme="kaiming_uniform")
+    bound = (2 / (1 + SLOPE**2)) ** 0.5 * (3 / 600) ** 0.5
+    assert weight.abs().max().item() <= bound
+    assert weight.abs().max().item() > 0.999 * bound
+
+
+@pytest.mark.parametrize(
+    ("make", "rows", "cols"),
+    [
+        (big_linear, 400, 600),  # wide: W W^T = I
+        (lambda: nn.Linear(10, 30), 30, 10),  # tall: W^T W = I
+        (lambda: nn.Conv2d(8, 16, kernel_size=3), 16, 8 * 9),  # flattened to 16 x 72
+        (lambda: nn.Conv2d(16, 8, kernel_size=1), 8, 16),
+    ],
+)
+def test_orthogonal_rows_or_columns_are_orthonormal(
+    make: Callable[[], nn.Module], rows: int, cols: int
+) -> None:
+    weight = init(make(), scheme="orthogonal").reshape(rows, -1).double()
+    assert weight.shape == (rows, cols)
+    gram = weight @ weight.T if rows <= cols else weight.T @ weight
+    torch.testing.assert_close(
+        gram, torch.eye(min(rows, cols), dtype=torch.float64), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("scheme", [s for s in INIT_SCHEMES if s != "default"])
+def test_biases_set_and_every_weight_layer_reached(scheme: str) -> None:
+    model = nn.Sequential(
+        nn.Conv1d(2, 3, 3),
+        nn.Conv2d(2, 3, 3),
+        nn.Conv3d(2, 3, 3),
+        nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)),
+    )
+    init_weights(model, InitConfig(scheme=scheme, bias=0.3, value=0.2), "relu")
+    layers = [m for m in model.modules() if hasattr(m, "bias") and m.bias is not None]
+    assert len(layers) == 5
+    for layer in layers:
+        assert torch.all(layer.bias == torch.tensor(0.3))
+        assert layer.weight.requires_grad and layer.weight.grad_fn is None
+    if scheme == "constant":
+        assert all(torch.all(layer.weight == torch.tensor(0.2)) for layer in layers)
+
+
+def test_layers_without_bias_are_fine() -> None:
+    layer = nn.Linear(3, 2, bias=False)
+    init_weights(layer, InitConfig(scheme="zeros", bias=1.0), "relu")
+    assert torch.equal(layer.weight, torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_default_leaves_every_parameter_bitwise_unchanged(arch: str) -> None:
+    cfg = ModelConfig(arch=arch, depth=2, width=8, channels=4, norm="batch")
+    model = build_model(cfg, (1, 6, 6) if arch == "cnn" else (5,), 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_weights(model, InitConfig(scheme="default", bias=0.5), "relu")
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("arch", "norm"), [("mlp", "batch"), ("mlp", "layer"), ("cnn", "batch"), ("cnn", "layer")]
+)
+def test_norm_layers_untouched_and_head_included(arch: str, norm: str) -> None:
+    cfg = ModelConfig(arch=arch, depth=2, width=8, channels=4, norm=norm)
+    model = build_model(cfg, (1, 6, 6) if arch == "cnn" else (5,), 3)
+    init_weights(model, InitConfig(scheme="constant", value=0.5, bias=0.25), "relu")
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm))
+    ]
+    assert len(norms) == 2
+    for m in norms:
+        assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+    assert torch.all(model.head.weight == 0.5) and torch.all(model.head.bias == 0.25)
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    cfg = dataclasses.replace(InitConfig(), scheme="lecun")
+    with pytest.raises(ConfigError, match=r"init\.scheme = 'lecun'"):
+        init_weights(nn.Linear(2, 2), cfg, "relu")

@@ -1,0 +1,331 @@
+"""The training loop without threads: a pre-filled command queue, events in a list."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import protocol
+from engine.checkpoint import load
+from engine.data import load_dataset
+from engine.loop import Batches, steps_per_epoch
+from engine.models import build_model
+from engine.protocol import Pause, SaveCheckpoint, SetHyper, Step, Stop
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+
+
+def finished(events: list) -> protocol.RunFinished:
+    assert type(events[-1]).__name__ == "RunFinished"
+    return events[-1]
+
+
+def test_loss_falls_and_run_completes():
+    events = run_loop(tiny_config(run__max_steps=60, optim__lr=0.01))
+    losses = losses_by_step(events)
+    assert sorted(losses) == list(range(1, 61))  # every step reported exactly once
+    first, last = sum(losses[s] for s in range(1, 6)), sum(losses[s] for s in range(56, 61))
+    assert last < 0.5 * first
+    end = finished(events)
+    assert end.reason == "completed" and end.final.step == 60
+    assert of_type(events, "StateChanged")[-1].state == "finished"
+
+
+def test_event_order_starts_and_ends_right():
+    events = run_loop(tiny_config())
+    names = [type(e).__name__ for e in events]
+    assert names[:2] == ["RunStarted", "StateChanged"]
+    assert names[-1] == "RunFinished"
+    started = events[0]
+    assert started.dataset.train_size + started.dataset.val_size == 200
+    assert sum(started.dataset.train_counts) == started.dataset.train_size
+    assert started.model.params == sum(layer.params for layer in started.model.layers)
+
+
+def test_same_seed_same_losses_other_seed_differs():
+    a = losses_by_step(run_loop(tiny_config(run__seed=3)))
+    b = losses_by_step(run_loop(tiny_config(run__seed=3)))
+    c = losses_by_step(run_loop(tiny_config(run__seed=4)))
+    assert a == b
+    assert a != c
+
+
+def test_commands_act_at_the_right_step():
+    commands = [Pause(), Step(3), SetHyper("optim.lr", 0.5), Step(2), Stop()]
+    events = run_loop(tiny_config(optim__lr=0.01, run__max_steps=100), commands)
+    changed = of_type(events, "HyperChanged")
+    assert [(c.step, c.key, c.old, c.new) for c in changed] == [(3, "optim.lr", 0.01, 0.5)]
+    lrs = {}
+    for batch in of_type(events, "MetricsBatch"):
+        lrs.update(zip(batch.steps, batch.lrs, strict=True))
+    assert lrs == {1: 0.01, 2: 0.01, 3: 0.01, 4: 0.5, 5: 0.5}
+    paused = [(e.step, e.reason) for e in of_type(events, "StateChanged") if e.state == "paused"]
+    assert paused == [(0, "pause requested"), (3, "single step done"), (5, "single step done")]
+    end = finished(events)
+    assert end.reason == "stopped" and end.final.step == 5
+
+
+def test_bad_commands_are_rejected_and_the_run_goes_on():
+    commands = [
+        Step(1),  # not paused
+        SetHyper("model.depth", 5),  # cold
+        SetHyper("optim.lr", -1.0),  # out of range
+        SetHyper("optim.lrr", 0.1),  # unknown
+        SetHyper("optim.lr", float("nan")),
+    ]
+    events = run_loop(tiny_config(), commands)
+    rejected = of_type(events, "CommandRejected")
+    assert [r.command for r in rejected] == ["Step", "SetHyper", "SetHyper", "SetHyper", "SetHyper"]
+    assert "while paused" in rejected[0].reason
+    assert "model.depth is cold" in rejected[1].reason
+    assert "optim.lr = -1.0" in rejected[2].reason and "> 0" in rejected[2].reason
+    assert "did you mean 'optim.lr'" in rejected[3].reason
+    assert "nan" in rejected[4].reason
+    assert not of_type(events, "HyperChanged")
+    assert finished(events).reason == "completed"
+
+
+def test_switching_optimizer_keeps_weights_and_resets_state(tmp_path: Path):
+    before, after = tmp_path / "before.pt", tmp_path / "after.pt"
+    commands = [
+        Pause(), Step(5), SaveCheckpoint(str(before)), SetHyper("optim.name", "sgd"),
+        SaveCheckpoint(str(after)), Step(1), Stop(),
+    ]
+    events = run_loop(tiny_config(optim__name="adam"), commands)
+    change = of_type(events, "HyperChanged")[0]
+    assert (change.key, change.old, change.new, change.step) == ("optim.name", "adam", "sgd", 5)
+    assert "reset" in change.note
+    a, b = load(before), load(after)
+    assert a["optimizer_name"] == "adam" and b["optimizer_name"] == "sgd"
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name])
+    assert a["optimizer"]["state"]  # Adam had moments
+    assert not b["optimizer"]["state"]  # the new SGD starts empty
+    assert b["changes"] == [{"step": 5, "key": "optim.name", "old": "adam", "new": "sgd"}]
+    assert finished(events).final.step == 6
+
+
+def test_batch_size_change_applies_to_the_epoch_length():
+    # 160 training samples: at 32 an epoch is 5 steps, at 10 it is 16.
+    config = tiny_config(run__max_steps=0, run__max_epochs=1)
+    assert finished(run_loop(config)).final.step == 5
+    events = run_loop(config, [SetHyper("data.batch_size", 10)])
+    assert finished(events).final.step == 16
+    events = run_loop(config, [SetHyper("data.batch_size", 500)])
+    assert "larger than the 160 training samples" in of_type(events, "CommandRejected")[0].reason
+
+
+def test_full_batch_is_zero_and_lbfgs_trains():
+    config = tiny_config(
+        data__batch_size=0, optim__name="lbfgs", optim__lr=1.0, run__max_steps=10
+    )
+    events = run_loop(config)
+    assert events[0].steps_per_epoch == 1
+    losses = losses_by_step(events)
+    assert losses[10] < 0.5 * losses[1]
+    assert not [n for n in of_type(events, "Notice") if n.level == "warning"]
+    # A mini-batch run with L-BFGS says it expects the full batch.
+    warned = of_type(run_loop(tiny_config(optim__name="lbfgs", optim__lr=1.0)), "Notice")
+    assert any("expects the full batch" in n.message for n in warned)
+
+
+def test_dropout_changes_live():
+    events = run_loop(tiny_config(model__depth=2), [SetHyper("model.dropout", 0.5)])
+    change = of_type(events, "HyperChanged")[0]
+    assert change.new == 0.5 and change.note.startswith("2 dropout")
+
+
+def test_changing_an_unused_hyperparameter_says_so():
+    events = run_loop(tiny_config(optim__name="adam"), [SetHyper("optim.momentum", 0.5)])
+    assert "adam does not use it" in of_type(events, "HyperChanged")[0].note
+
+
+def test_evaluation_matches_an_independent_computation(tmp_path: Path):
+    config = tiny_config(run__max_steps=15, run__eval_every=15)
+    path = tmp_path / "end.pt"
+    events = run_loop(config, [Pause(), Step(15), SaveCheckpoint(str(path)), Stop()])
+    done = next(e for e in of_type(events, "EvalDone") if e.step == 15)
+    # Rebuild the model and the data outside the loop and evaluate by hand.
+    data = load_dataset(config.data, config.run.seed)
+    model = build_model(config.model, data.input_shape, data.num_classes)
+    model.load_state_dict(load(path)["model"])
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.x_val)
+        loss = torch.nn.functional.cross_entropy(logits, data.y_val).item()
+        accuracy = (logits.argmax(1) == data.y_val).float().mean().item()
+    assert done.val_loss == pytest.approx(loss, rel=1e-5)
+    assert done.val_accuracy == pytest.approx(accuracy)
+    # train_loss is the mean of the per-step losses since the previous evaluation.
+    losses = losses_by_step(events)
+    assert done.train_loss == pytest.approx(sum(losses.values()) / len(losses))
+
+
+def test_evaluates_once_per_epoch_by_default():
+    events = run_loop(tiny_config(run__max_steps=0, run__max_epochs=3))
+    assert [e.step for e in of_type(events, "EvalDone")] == [5, 10, 15]
+    assert [e.epoch for e in of_type(events, "EvalDone")] == [1, 2, 3]
+
+
+def test_early_stopping_on_a_flat_validation_loss():
+    # A learning rate of 1e-30 changes nothing: every evaluation after the first is no better.
+    config = tiny_config(
+        optim__name="sgd", optim__lr=1e-30, run__eval_every=1, reg__early_stop_patience=3
+    )
+    events = run_loop(config)
+    end = finished(events)
+    assert end.reason == "early_stopped" and end.final.step == 4
+    assert end.final.best_step == 1
+
+
+def test_regression_has_no_accuracy():
+    events = run_loop(tiny_config(data__dataset="sine", run__max_steps=10))
+    assert events[0].loss == "mse"
+    done = of_type(events, "EvalDone")[-1]
+    assert done.val_accuracy is None and math.isfinite(done.val_loss)
+    assert finished(events).final.val_accuracy is None
+
+
+def _write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
+    name = f"user_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    monkeypatch.chdir(tmp_path)
+    return name
+
+
+def test_non_finite_loss_stops_the_run():
+    # Plain SGD at lr 100 on a regression blows up within a few steps.
+    config = tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
+                         run__max_steps=200)
+    events = run_loop(config)
+    losses = losses_by_step(events)
+    first_bad = min(step for step, loss in losses.items() if not math.isfinite(loss))
+    end = finished(events)
+    assert end.reason == "non_finite"
+    assert end.final.step < 200
+    assert of_type(events, "StateChanged")[-1].state == "failed"
+    assert f"non-finite at step {first_bad};" in of_type(events, "Notice")[-1].message
+    events = run_loop(config.with_value("run.on_nonfinite", "continue"))
+    assert finished(events).reason == "completed"
+    warnings = [n for n in of_type(events, "Notice") if n.level == "warning"]
+    assert len(warnings) == 1  # said once, not every step
+
+
+def test_user_model_that_raises_in_forward_is_reported_as_user_code(tmp_path, monkeypatch):
+    name = _write_module(tmp_path, monkeypatch, """
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self, n_in, n_out):
+                super().__init__()
+                self.fc = torch.nn.Linear(n_in, n_out)
+                self.calls = 0
+            def forward(self, x):
+                self.calls += 1
+                if self.calls > 3:
+                    raise RuntimeError("my forward broke")
+                return self.fc(x)
+        def build(input_shape, num_outputs):
+            return Net(input_shape[0], num_outputs)
+    """)
+    events = run_loop(tiny_config(model__arch="custom", model__factory=f"{name}:build"))
+    failed = of_type(events, "EngineFailed")[0]
+    assert failed.kind == "user_code"
+    assert "my forward broke" in failed.message
+    assert f"{name}.py" in failed.traceback and 'raise RuntimeError("my forward broke")' in \
+        failed.traceback
+    assert finished(events).reason == "failed"
+
+
+def test_user_factory_that_raises_at_build(tmp_path, monkeypatch):
+    name = _write_module(tmp_path, monkeypatch, """
+        def build(input_shape, num_outputs):
+            return 1 / 0
+    """)
+    events = run_loop(tiny_config(model__arch="custom", model__factory=f"{name}:build"))
+    failed = of_type(events, "EngineFailed")[0]
+    assert failed.kind == "user_code" and "ZeroDivisionError" in failed.message
+    assert "return 1 / 0" in failed.traceback
+
+
+def test_bad_input_is_a_config_failure_not_a_crash(tmp_path):
+    events = run_loop(tiny_config(data__dataset=str(tmp_path / "missing.csv")))
+    failed = of_type(events, "EngineFailed")[0]
+    assert failed.kind == "config" and "not found" in failed.message
+    assert finished(events).reason == "failed"
+    events = run_loop(tiny_config(data__batch_size=1000))
+    assert "data.batch_size = 1000" in of_type(events, "EngineFailed")[0].message
+    events = run_loop(tiny_config(model__arch="cnn"))
+    assert of_type(events, "EngineFailed")[0].kind == "config"
+
+
+def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path: Path):
+    target = tmp_path / "ck" / "a.pt"
+    events = run_loop(tiny_config(), [SaveCheckpoint(str(target))])
+    saved = of_type(events, "CheckpointSaved")[0]
+    assert saved.path == str(target) and saved.step == 0
+    payload = torch.load(target, weights_only=True)
+    assert {"model", "optimizer", "schedule", "rng", "step", "config", "changes"} <= set(payload)
+    assert list(target.parent.iterdir()) == [target]  # no temporary file left behind
+    # An unwritable target is refused, and the run is unaffected.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    events = run_loop(tiny_config(), [SaveCheckpoint(str(blocker / "sub" / "b.pt"))])
+    assert "checkpoint not written" in of_type(events, "CommandRejected")[0].reason
+    assert finished(events).reason == "completed"
+
+
+def test_metrics_are_batched_not_one_event_per_step():
+    # Evaluations flush too; with none until the end, only the timer decides.
+    events = run_loop(tiny_config(run__max_steps=2000, data__batch_size=8,
+                                  run__eval_every=100_000))
+    batches = of_type(events, "MetricsBatch")
+    elapsed = finished(events).final.elapsed_s
+    assert len(batches) <= elapsed / 0.1 + 3  # ~10 a second at most, plus the final flush
+    assert sum(len(b.steps) for b in batches) == 2000
+
+
+def _walk(value: object) -> None:
+    assert not isinstance(value, torch.Tensor)
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _walk(getattr(value, f.name))
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _walk(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _walk(item)
+    else:
+        assert value is None or isinstance(value, (int, float, str, bool)), type(value)
+
+
+def test_no_tensor_in_any_event(tmp_path: Path):
+    commands = [Pause(), Step(2), SetHyper("optim.lr", 0.1), SaveCheckpoint(str(tmp_path / "c.pt")),
+                SetHyper("model.depth", 2), Step(1), Stop()]
+    events = run_loop(tiny_config(run__eval_every=1), commands)
+    kinds = {type(e).__name__ for e in events}
+    assert {"RunStarted", "MetricsBatch", "EvalDone", "HyperChanged", "CheckpointSaved",
+            "CommandRejected", "StateChanged", "RunFinished"} <= kinds
+    for event in events:
+        _walk(event)
+        assert protocol.from_json(protocol.to_json(event)) is not None
+
+
+def test_batches_cover_every_sample_once_per_epoch():
+    batches = Batches(101, seed=0)
+    seen, ends, sizes = [], 0, []
+    while ends < 1:
+        idx, end = batches.next(10)
+        seen += idx.tolist()
+        sizes.append(len(idx))
+        ends += end
+    assert sorted(seen) == list(range(101))
+    assert sizes == [10] * 9 + [11]  # a last batch of 1 folds into the one before
+    assert len(sizes) == steps_per_epoch(101, 10)
+    assert steps_per_epoch(103, 10) == 11
+    assert steps_per_epoch(100, 10) == 10 and steps_per_epoch(5, 1) == 5
