@@ -1,0 +1,156 @@
+"""The trainlab command: exit codes, messages, the JSON stream, config output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from engine import protocol
+from engine.cli import main
+from engine.config import Config, from_dict
+
+TINY = ["--set", "data.dataset=blobs", "--set", "data.samples=200", "--set", "model.depth=1",
+        "--set", "model.width=8", "--set", "run.max_epochs=0", "--set", "run.max_steps=30",
+        "--set", "run.threads=1"]
+
+
+def test_config_defaults_is_complete_and_loads_back(capsys):
+    assert main(["config", "--defaults"]) == 0
+    text = capsys.readouterr().out
+    assert from_dict(tomllib.loads(text)) == Config()
+    assert "# Base learning rate" in text and "hot" in text and "cold" in text
+
+
+def test_config_with_overrides_prints_the_effective_config(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\ndepth = 6\n")
+    assert main(["config", str(path), "--set", "optim.lr=0.3"]) == 0
+    loaded = from_dict(tomllib.loads(capsys.readouterr().out))
+    assert loaded.model.depth == 6 and loaded.optim.lr == 0.3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--headless", "--set", "optim.lr=abc"], "optim.lr = 'abc'"),
+        (["run", "--headless", "--set", "optim.lrr=0.1"], "did you mean 'optim.lr'"),
+        (["run", "--headless", "--set", "model.activation=rleu"], "did you mean 'relu'"),
+        (["run", "missing.toml", "--headless"], "config file not found: missing.toml"),
+        (["run", "--headless", "--set", "data.dataset=nope.csv"], "file not found"),
+        (["config", "--set", "optim.lr=nan"], "optim.lr = nan"),
+        (["run"], "add --headless"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_headless_run_prints_progress_and_exits_0(capsys):
+    assert main(["run", "--headless", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "data: blobs" in out and "completed: step 30" in out and "val_acc" in out
+
+
+def test_json_stream_is_one_event_per_line(capsys):
+    assert main(["run", "--headless", "--json", *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    events = [protocol.from_json(line) for line in lines]
+    assert all(json.loads(line)["event"] == type(e).__name__ for line, e in zip(
+        lines, events, strict=True))
+    assert type(events[0]).__name__ == "RunStarted"
+    final = json.loads(lines[-1])
+    assert final["event"] == "RunFinished" and final["reason"] == "completed"
+    assert {"step", "train_loss", "val_loss", "val_accuracy"} <= set(final["final"])
+    assert final["final"]["step"] == 30
+
+
+def test_json_config_error_is_an_event_too(capsys):
+    assert main(["run", "--json", "--set", "model.depth=0"]) == 2
+    captured = capsys.readouterr()
+    event = protocol.from_json(captured.out.strip())
+    assert isinstance(event, protocol.EngineFailed) and event.kind == "config"
+    assert "model.depth = 0" in captured.err
+
+
+def test_user_code_error_exits_1_with_its_traceback(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken_data_mod.py").write_text(textwrap.dedent("""
+        def load():
+            raise ValueError("no such table")
+    """))
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--headless", "--set", "data.dataset=custom",
+            "--set", "data.factory=broken_data_mod:load"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert 'raise ValueError("no such table")' in err
+    assert "data.factory broken_data_mod:load raised ValueError: no such table" in err
+
+
+def test_non_finite_loss_exits_3(capsys):
+    argv = ["run", "--headless", *TINY, "--set", "data.dataset=sine", "--set", "optim.name=sgd",
+            "--set", "optim.lr=100"]
+    assert main(argv) == 3
+    assert "non-finite" in capsys.readouterr().err
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "engine", *args]
+
+
+def test_console_script_runs_the_default_experiment_to_90_percent():
+    """The README's main job: no config, the digits MLP, >= 90% validation accuracy."""
+    proc = subprocess.run(_cli("run", "--headless", "--json"), capture_output=True, text=True,
+                          timeout=110, check=False)
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stdout.splitlines()[-1])["final"]
+    assert final["val_accuracy"] >= 0.90
+    assert final["elapsed_s"] < 60
+
+
+def test_ctrl_c_stops_at_a_step_boundary_and_exits_130():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _cli("run", "--headless", "--json", *TINY, "--set", "run.max_steps=10000000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    # Wait until it trains, then interrupt as a user would.
+    for line in proc.stdout:
+        if '"MetricsBatch"' in line:
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    last = json.loads(out.splitlines()[-1])
+    assert last["event"] == "RunFinished" and last["reason"] == "stopped"
+    assert last["final"]["val_loss"] is not None  # the final evaluation still ran
+    assert "stopping after this step" in err
+
+
+def test_no_args_prints_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "usage: trainlab" in capsys.readouterr().err
+
+
+def test_config_file_round_trip_through_the_cli(tmp_path: Path, capsys):
+    main(["config", "--defaults"])
+    path = tmp_path / "defaults.toml"
+    path.write_text(capsys.readouterr().out)
+    assert main(["config", str(path)]) == 0
+    assert from_dict(tomllib.loads(capsys.readouterr().out)) == Config()
