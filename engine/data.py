@@ -237,7 +237,15 @@ _NPZ_SPLIT = ("x_train", "y_train", "x_val", "y_val")
 def _read_npz(path: Path, cfg: DataConfig) -> _Source:
     where = f"data.dataset = {str(path)!r}"
     try:
-        with np.load(path, allow_pickle=False) as archive:  # no pickle: no code runs
+        loaded = np.load(path, allow_pickle=False)  # no pickle: no code from the file runs
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"{where} is not a .npz archive (expected arrays saved with numpy.savez)"
+        ) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array renamed
+        raise ConfigError(f"{where} is a single array, not a .npz archive of x and y")
+    try:
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot read it as .npz: {exc}") from None

@@ -479,3 +479,16 @@ def test_validate_augment_rejects_image_augmentations_for_tabular_data() -> None
         assert "(4,)" in str(err.value)
     with pytest.raises(ConfigError, match="'flip' needs image data"):
         augment_batch(torch.zeros(4, 4), cfg(augment=("flip",)), False, gen())
+
+
+def test_npz_that_is_not_an_archive_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("junk.npz").write_text("not an archive")
+    np.save("single.npy", np.zeros(3))
+    Path("single.npy").rename("single.npz")
+    with pytest.raises(ConfigError, match=r"'junk\.npz' is not a \.npz archive"):
+        load_dataset(DataConfig(dataset="junk.npz"), seed=0)
+    with pytest.raises(ConfigError, match=r"is a single array, not a \.npz archive"):
+        load_dataset(DataConfig(dataset="single.npz"), seed=0)
