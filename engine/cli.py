@@ -124,7 +124,7 @@ class ProgressPrinter:
         self.say(f"{e.level}: {e.message}", self.err if e.level != "info" else None)
 
     def on_CommandRejected(self, e: protocol.CommandRejected) -> None:
-        self.say(f"rejected {e.command}: {e.reason}", self.err)
+        self.say(f"rejected {e.command_type}: {e.reason}", self.err)
 
     def on_CheckpointSaved(self, e: protocol.CheckpointSaved) -> None:
         self.say(f"step {e.step}: checkpoint saved to {e.path}")

@@ -513,6 +513,11 @@ def _split_key(key: str) -> tuple[str, str]:
     return section, name
 
 
+def _bound(x: float) -> str:
+    """Whole numbers exactly (2**32-1, not 4.29497e+09); others compactly."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _allowed(info: FieldInfo) -> str:
     spec = info.spec
     if spec.choices:
@@ -521,12 +526,12 @@ def _allowed(info: FieldInfo) -> str:
         return "true or false"
     kind = "an integer" if info.type is int else "a number"
     if spec.low is not None and spec.high is not None and not spec.low_open:
-        return f"{kind} from {spec.low:g} to {spec.high:g}"
+        return f"{kind} from {_bound(spec.low)} to {_bound(spec.high)}"
     parts = []
     if spec.low is not None:
-        parts.append(f"{'>' if spec.low_open else '>='} {spec.low:g}")
+        parts.append(f"{'>' if spec.low_open else '>='} {_bound(spec.low)}")
     if spec.high is not None:
-        parts.append(f"<= {spec.high:g}")
+        parts.append(f"<= {_bound(spec.high)}")
     return f"{kind} {' and '.join(parts)}" if parts else kind
 
 
@@ -604,6 +609,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name!r} is not an import path: expected 'package.module:function'")
     if not d.dataset:
         raise ConfigError("data.dataset is empty: expected a dataset name or a file path")
+    if config.optim.name == "nesterov" and config.optim.momentum == 0:
+        raise ConfigError("optim.name = 'nesterov' needs optim.momentum > 0 (it is 0)")
     if r.max_steps == 0 and r.max_epochs == 0:
         raise ConfigError("run.max_steps and run.max_epochs are both 0: set at least one")
 
@@ -649,14 +656,30 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return _toml_string(value)
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
 
 

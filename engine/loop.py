@@ -386,7 +386,11 @@ class Trainer:
     # --- live changes --------------------------------------------------------------
 
     def set_hyper(self, key: str, value: Any) -> HyperChanged:
-        """Apply a hot field from the next step; raises ConfigError if not allowed."""
+        """Apply a hot field from the next step; raises ConfigError if not allowed.
+
+        Everything that can fail runs before the new config is kept, so a rejected
+        change leaves the run exactly as it was.
+        """
         if not field_info(key).spec.hot:
             raise ConfigError(f"{key} is cold: it cannot change while training (restart or fork)")
         old = self.config.get(key)
@@ -395,10 +399,9 @@ class Trainer:
         note = ""
         if key == "data.batch_size":
             self._check_batch_size(new)
-        if key.startswith("data.augment"):
+        elif key.startswith("data.augment"):
             validate_augment(new_config.data, self.data.is_image, self.data.input_shape)
-        self.config = new_config
-        if key == "optim.name":
+        elif key == "optim.name":
             # Keep the weights, start the new optimizer from empty state.
             self.optimizer = build_optimizer(self.model.parameters(), new_config.optim)
             note = "optimizer state reset"
@@ -409,6 +412,7 @@ class Trainer:
                 note = f"stored; {new_config.optim.name} does not use it"
         elif key == "model.dropout":
             note = f"{set_dropout(self.model, new)} dropout layer(s) set"
+        self.config = new_config
         if key in ("data.batch_size", "run.max_steps", "run.max_epochs"):
             self.schedule.total_steps = max(1, self.total_steps())
         self.changes.append({"step": self.step, "key": key, "old": old, "new": new})

@@ -167,7 +167,8 @@ class HyperChanged:
 class CommandRejected:
     """A command that could not take effect, and why (the run is unaffected)."""
 
-    command: str
+    command_type: str
+    """Class name of the rejected command (not 'command': that key tags commands in JSON)."""
     reason: str
     step: int
 
