@@ -369,6 +369,35 @@ class RegConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    """Per-layer statistics: how often the instruments look inside the network."""
+
+    every: int = param(
+        10,
+        "Steps between per-layer scalar snapshots (also at least 0.1 s apart); 0 turns the "
+        "instruments off, and untracked steps cost nothing.",
+        low=0,
+        hot=True,
+    )
+    hist_every: int = param(
+        50,
+        "Steps between histograms of weights, gradients and activations (also at least "
+        "1 s apart); 0 for none.",
+        low=0,
+        hot=True,
+    )
+    budget: float = param(
+        0.0,
+        "When > 0, choose the snapshot cadence to keep the measured cost of the "
+        "instruments under this fraction of training time (e.g. 0.02), instead of "
+        "stats.every.",
+        low=0.0,
+        high=0.5,
+        hot=True,
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Length, evaluation, reproducibility and hardware."""
 
@@ -415,6 +444,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     reg: RegConfig = field(default_factory=RegConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def get(self, key: str) -> Any:

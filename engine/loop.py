@@ -19,6 +19,7 @@ import queue
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,15 @@ from engine.protocol import (
     EvalDone,
     FinalMetrics,
     HyperChanged,
+    LayerStatsSnapshot,
     MetricsBatch,
+    NonFiniteDetected,
     Notice,
     RunFinished,
     RunStarted,
     StateChanged,
 )
+from engine.stats import Instruments, first_nonfinite
 from engine.usercode import UserCodeError, raised_in_user_code
 
 Emit = Callable[[Any], None]
@@ -147,6 +151,9 @@ class Trainer:
         self.t_val = self.objective.targets(data.y_val).to(self.device)
         self.y_val = data.y_val.to(self.device)
 
+        self.instruments = Instruments(self.model, self.x_train[:2], config.stats)
+        self.pending_snapshots: list[LayerStatsSnapshot] = []
+        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batches = Batches(len(data.x_train), run.seed)
         self.augment_generator = torch.Generator(self.device).manual_seed(run.seed + 1)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
@@ -242,17 +249,35 @@ class Trainer:
         )
 
     def train_step(self) -> int:
-        """One optimizer step on the next batch; returns its size. No host-device sync."""
+        """One optimizer step on the next batch; returns its size.
+
+        No host-device sync unless the step is tracked by the instruments (then one).
+        """
         cfg = self.config
         idx, self.epoch_ended = self.batches.next(self.batch_size)
         idx = idx.to(self.device)
         x, target = self.x_train[idx], self.t_train[idx]
         if cfg.data.augment:
             x = augment_batch(x, cfg.data, self.data.is_image, self.augment_generator)
+        self.last_batch = (x, target)
 
         lr = cfg.optim.lr * self.schedule.factor(self.step)
         set_lr(self.optimizer, lr)
-        reg = cfg.reg
+        started = time.perf_counter()
+        tracked = self.instruments.due(self.step + 1)
+        with self.instruments.track(self.step + 1) if tracked else nullcontext() as tracker:
+            loss = self._optimizer_step(x, target, tracker)
+        self.instruments.record(time.perf_counter() - started, tracked)
+        if tracked and (snapshot := self.instruments.take()) is not None:
+            self.pending_snapshots.append(snapshot)
+        # The loss of the batch before this step's update (L-BFGS: its first evaluation).
+        self.pending_losses.append(loss)
+        self.pending_lrs.append(lr)
+        self.step += 1
+        return len(idx)
+
+    def _optimizer_step(self, x: torch.Tensor, target: torch.Tensor, tracker: Any) -> torch.Tensor:
+        reg = self.config.reg
         data_losses: list[torch.Tensor] = []
 
         # Every torch optimizer takes a closure; L-BFGS calls it several times.
@@ -264,6 +289,8 @@ class Trainer:
             if reg.l1:
                 total = total + reg.l1 * torch.stack(torch._foreach_norm(self.weights, 1)).sum()
             total.backward()
+            if tracker is not None:
+                tracker.after_backward()  # raw gradients, before clipping
             if reg.clip_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), reg.clip_norm, foreach=True)
             if reg.clip_value:
@@ -272,11 +299,36 @@ class Trainer:
             return total
 
         self.optimizer.step(closure)
-        # The loss of the batch before this step's update (L-BFGS: its first evaluation).
-        self.pending_losses.append(data_losses[0])
-        self.pending_lrs.append(lr)
-        self.step += 1
-        return len(idx)
+        return data_losses[0]
+
+    def measure(self, x: torch.Tensor, target: torch.Tensor) -> tuple[float, LayerStatsSnapshot]:
+        """Loss and per-layer statistics of one forward/backward, without updating.
+
+        Gradients are left as computed (the next step zeroes them). Used by the init
+        probe and to find where a non-finite loss came from.
+        """
+        self.instruments.requested = True  # with histograms
+        with self.instruments.track(self.step, update=False) as tracker:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.objective.fn(self.model(x), target)
+            loss.backward()
+            tracker.after_backward()
+        snapshot = self.instruments.take()
+        assert snapshot is not None
+        return loss.item(), snapshot
+
+    def locate_nonfinite(self, step: int) -> NonFiniteDetected:
+        """Which layer turned non-finite first, from a measured pass on the last batch."""
+        where = None
+        if self.last_batch is not None:
+            _, snapshot = self.measure(*self.last_batch)
+            where = first_nonfinite(snapshot)
+        if where is None:
+            return NonFiniteDetected(step, "", "loss", f"the loss turned non-finite at step "
+                                     f"{step}; every layer's values are finite")
+        layer, kind = where
+        return NonFiniteDetected(step, layer, kind,
+                                 f"{kind} of layer {layer} turned non-finite (step {step})")
 
     @torch.no_grad()
     def evaluate(self) -> EvalDone | None:
@@ -413,6 +465,7 @@ class Trainer:
         elif key == "model.dropout":
             note = f"{set_dropout(self.model, new)} dropout layer(s) set"
         self.config = new_config
+        self.instruments.cfg = new_config.stats
         if key in ("data.batch_size", "run.max_steps", "run.max_epochs"):
             self.schedule.total_steps = max(1, self.total_steps())
         self.changes.append({"step": self.step, "key": key, "old": old, "new": new})
@@ -467,6 +520,10 @@ def _handle(command: Any, trainer: Trainer, control: _Control, emit: Emit) -> No
             notice := trainer.full_batch_notice()
         ):
             emit(notice)
+    elif isinstance(command, protocol.RequestSnapshot):
+        trainer.instruments.requested = command.histograms  # answered by the snapshot
+        if control.paused:
+            emit(Notice(step, "info", "the snapshot comes with the next step"))
     elif isinstance(command, protocol.SaveCheckpoint):
         try:
             path = trainer.save_checkpoint(command.path)
@@ -540,14 +597,26 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
     last_flush = time.monotonic()
     samples = 0
     warned_nonfinite = False
+    located_nonfinite = False
 
     def flush() -> None:
-        nonlocal last_flush, samples
+        """Metrics, then the snapshots of their steps (so a viewer has the loss first)."""
+        nonlocal last_flush, samples, located_nonfinite
         now = time.monotonic()
         batch = trainer.flush_metrics(now - last_flush, samples)
         last_flush, samples = now, 0
         if batch is not None:
             emit(batch)
+        snapshots, trainer.pending_snapshots = trainer.pending_snapshots, []
+        for snapshot in snapshots:
+            emit(snapshot)
+            where = first_nonfinite(snapshot)
+            if where is not None and not located_nonfinite:
+                located_nonfinite = True
+                layer, kind = where
+                emit(NonFiniteDetected(snapshot.step, layer, kind,
+                                       f"{kind} of layer {layer} turned non-finite "
+                                       f"(step {snapshot.step})"))
 
     def evaluate() -> None:
         flush()  # the eval's train_loss covers every step up to here
@@ -588,6 +657,9 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
         # Checked after any flush (the periodic one or an evaluation's): only a flush
         # brings the losses to the host, so this costs no sync of its own.
         bad_step = trainer.first_nonfinite_step
+        if bad_step is not None and not located_nonfinite:
+            located_nonfinite = True
+            emit(trainer.locate_nonfinite(bad_step))
         if bad_step is not None and trainer.config.run.on_nonfinite == "stop":
             emit(Notice(trainer.step, "error",
                         f"training loss became non-finite at step {bad_step}; run stopped "

@@ -65,7 +65,14 @@ class SaveCheckpoint:
     path: str = ""
 
 
-Command = Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint
+@dataclass(frozen=True)
+class RequestSnapshot:
+    """Measure the next step's per-layer statistics whatever the schedule says."""
+
+    histograms: bool = True
+
+
+Command = Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint | RequestSnapshot
 
 # --- events -------------------------------------------------------------------
 
@@ -201,6 +208,73 @@ class EngineFailed:
 
 
 @dataclass(frozen=True)
+class LayerStats:
+    """One weight layer's health at a tracked step (None: not applicable or not measured).
+
+    Activation figures are taken at the output of the activation that follows the layer
+    (``activation`` names its kind; '' means the layer's own output, as for the head).
+    """
+
+    name: str
+    kind: str
+    activation: str
+    act_mean: float
+    act_std: float
+    act_min: float
+    act_max: float
+    saturated_frac: float | None
+    """Share of activations pinned near the bounds (tanh, sigmoid, scaled sigmoid only)."""
+    dead_frac: float | None
+    """Share of units that output 0 for every sample (ReLU only)."""
+    zero_frac: float
+    grad_out_std: float | None
+    """Std of the loss gradient w.r.t. the activation: the backward signal."""
+    weight_norm: float
+    weight_std: float
+    grad_norm: float
+    grad_std: float
+    grad_max: float
+    update_ratio: float | None
+    """||dW|| / ||W|| of this step (healthy around 1e-3); None when nothing was updated."""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts in equal bins from ``lo`` to ``hi`` of one quantity of one layer."""
+
+    layer: str
+    quantity: str
+    """weight, grad or act."""
+    lo: float
+    hi: float
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerStatsSnapshot:
+    """Per-layer statistics of one tracked step, rows in forward order."""
+
+    step: int
+    layers: tuple[LayerStats, ...]
+    histograms: tuple[Histogram, ...]
+    sample_rows: int
+    """Activation statistics use at most this many samples of the batch."""
+    overhead: float | None = None
+    """Measured share of training time spent on the instruments so far."""
+
+
+@dataclass(frozen=True)
+class NonFiniteDetected:
+    """The first layer whose values turned NaN or inf (forward order, then backward)."""
+
+    step: int
+    layer: str
+    where: str
+    """activation, gradient, weight, or loss when no layer shows it."""
+    message: str
+
+
+@dataclass(frozen=True)
 class FinalMetrics:
     """Where the run ended; metrics are None where there was nothing to measure."""
 
@@ -233,6 +307,8 @@ Event = (
     | Notice
     | EngineFailed
     | RunFinished
+    | LayerStatsSnapshot
+    | NonFiniteDetected
 )
 
 COMMANDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}

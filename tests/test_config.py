@@ -28,6 +28,8 @@ from engine.config import (
 # One changed field (at least) in every section, including a tuple and a bool, strings
 # that need escaping in TOML, a float written with an exponent and the largest seed.
 NON_DEFAULT: dict[str, Any] = {
+    "stats.every": 3,
+    "stats.budget": 0.02,
     "model.arch": "custom",
     "model.factory": "my_pkg.nets:build",
     "model.residual": True,

@@ -22,12 +22,17 @@ from engine.protocol import (
     EngineFailed,
     EvalDone,
     FinalMetrics,
+    Histogram,
     HyperChanged,
     LayerInfo,
+    LayerStats,
+    LayerStatsSnapshot,
     MetricsBatch,
     ModelInfo,
+    NonFiniteDetected,
     Notice,
     Pause,
+    RequestSnapshot,
     Resume,
     RunFinished,
     RunStarted,
@@ -154,6 +159,24 @@ EXAMPLES: dict[type, list[Any]] = {
         EngineFailed(3, "internal", "boom", 'Traceback:\n  File "x.py"\n'),
     ],
     RunFinished: [RunFinished("failed", FINAL_NONE), RunFinished("completed", FINAL_NONFINITE)],
+    RequestSnapshot: [RequestSnapshot(), RequestSnapshot(histograms=False)],
+    LayerStatsSnapshot: [
+        LayerStatsSnapshot(
+            step=10,
+            layers=(
+                LayerStats("blocks.0.linear", "Linear", "Tanh", 0.01, 0.5, -1.0, 1.0, 0.2, None,
+                           0.0, 1e-4, 3.2, 0.05, 0.1, 1e-3, 0.02, 1e-3),
+                LayerStats("head", "Linear", "", NAN, INF, -INF, INF, None, None, 0.0, None,
+                           NAN, NAN, INF, NAN, INF, None),
+            ),
+            histograms=(Histogram("head", "weight", -0.5, 0.5, (1, 2, 3)),
+                        Histogram("head", "act", NAN, INF, ())),
+            sample_rows=256,
+            overhead=0.012,
+        ),
+        LayerStatsSnapshot(step=0, layers=(), histograms=(), sample_rows=64),
+    ],
+    NonFiniteDetected: [NonFiniteDetected(12, "blocks.3.linear", "gradient", "went inf")],
 }
 
 ALL = [pytest.param(x, id=f"{type(x).__name__}-{i}")
