@@ -11,6 +11,7 @@ or the engine failed; 2 bad input (config, file, flag); 3 the loss became non-fi
 from __future__ import annotations
 
 import argparse
+import json
 import queue
 import signal
 import sys
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_config_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", nargs="?", metavar="CONFIG.toml",
                        help="run configuration (default: the digits MLP experiment)")
+        p.add_argument("--preset", metavar="NAME",
+                       help="start from a built-in experiment (see trainlab presets)")
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.FIELD=VALUE",
                        help="override one config field, e.g. --set optim.lr=3e-3 (repeatable)")
@@ -48,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true",
                      help="print every event as one JSON line (the scripting interface)")
 
+    probe = sub.add_parser(
+        "probe", help="measure every layer of the initialized model on one batch",
+        description="Build the model, run one forward/backward on one batch without "
+        "updating, and print per-layer statistics: the init health check.")
+    add_config_args(probe)
+    probe.add_argument("--json", action="store_true",
+                       help="print one JSON object with loss and layers")
+
+    sub.add_parser("presets", help="list the built-in experiments",
+                   description="List the built-in experiments (use with --preset NAME).")
+
     cfg = sub.add_parser("config", help="print a configuration as commented TOML",
                          description="Print the effective configuration as commented TOML.")
     add_config_args(cfg)
@@ -56,10 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: str | None, overrides: list[str]) -> Config:
-    """The config file (or the defaults) with ``--set`` overrides applied."""
+def load_config(path: str | None, overrides: list[str], preset: str | None = None) -> Config:
+    """The config file (or the defaults), then the preset, then ``--set`` overrides."""
+    from engine.presets import apply_preset
+
     base = config_mod.load(path) if path else Config()
+    if preset:
+        base = apply_preset(base, preset)
     return config_mod.apply_overrides(base, overrides)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The effective config of a subcommand's CONFIG, --preset and --set arguments."""
+    return load_config(args.config, args.overrides, args.preset)
 
 
 # --- human-readable progress ------------------------------------------------------
@@ -174,7 +197,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     show = json_printer(out) if args.json else ProgressPrinter(out, err)
     try:
-        config = load_config(args.config, args.overrides)
+        config = config_from_args(args)
     except ConfigError as exc:
         show(protocol.EngineFailed(0, "config", str(exc)))
         if args.json:  # the JSON stream carries it; people reading stderr see it too
@@ -216,11 +239,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab config``: the defaults, or a file with overrides, as commented TOML."""
-    if args.defaults and (args.config or args.overrides):
-        print("trainlab config: --defaults takes no CONFIG or --set", file=err)
+    if args.defaults and (args.config or args.overrides or args.preset):
+        print("trainlab config: --defaults takes no CONFIG, --preset or --set", file=err)
         return EXIT_BAD_INPUT
     try:
-        config = Config() if args.defaults else load_config(args.config, args.overrides)
+        config = Config() if args.defaults else config_from_args(args)
     except ConfigError as exc:
         print(f"trainlab: error: {exc}", file=err)
         return EXIT_BAD_INPUT
@@ -228,8 +251,78 @@ def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_layer_table(snapshot: protocol.LayerStatsSnapshot) -> str:
+    """Per-layer statistics as an aligned text table (the probe's human output)."""
+    header = ("layer", "act", "mean", "std", "sat%", "dead%", "zero%", "grad_out_std",
+              "w_norm", "grad_norm")
+    def pct(value: float | None) -> str:
+        return _cell(None if value is None else 100 * value, ".1f")
+
+    rows = [header]
+    for r in snapshot.layers:
+        rows.append((
+            r.name, r.activation or "-", _cell(r.act_mean, ".3g"), _cell(r.act_std, ".3g"),
+            pct(r.saturated_frac), pct(r.dead_frac), pct(r.zero_frac),
+            _cell(r.grad_out_std, ".3g"), _cell(r.weight_norm, ".3g"), _cell(r.grad_norm, ".3g"),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    return "\n".join(lines)
+
+
+def cmd_probe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab probe``: one measured forward/backward of the initialized model."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    from engine.loop import describe_failure
+    from engine.probe import probe
+
+    try:
+        result = probe(config)
+    except Exception as exc:  # bad input or user code: the same report as a run's
+        failure = describe_failure(exc, 0)
+        if failure.traceback:
+            print(failure.traceback.rstrip(), file=err)
+        print(f"trainlab: error: {failure.message}", file=err)
+        return EXIT_BAD_INPUT if failure.kind == "config" else EXIT_FAILED
+    snapshot = result.snapshot
+    if args.json:
+        body = protocol.encode(snapshot)
+        payload = {"loss": protocol.encode(result.loss), "batch_size": result.batch_size,
+                   "sample_rows": snapshot.sample_rows, "layers": body["layers"],
+                   "histograms": body["histograms"]}
+        print(json.dumps(payload, allow_nan=False), file=out)
+        return EXIT_OK
+    print(format_layer_table(snapshot), file=out)
+    rows = min(snapshot.sample_rows, result.batch_size)
+    print(f"\nloss {result.loss:.4g} on one batch of {result.batch_size} "
+          f"(activation statistics over {rows} samples); nothing was updated", file=out)
+    return EXIT_OK
+
+
+def cmd_presets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab presets``: the built-in experiments, one line each."""
+    from engine.presets import PRESETS
+
+    width = max(len(name) for name in PRESETS)
+    for preset in PRESETS.values():
+        print(f"{preset.name.ljust(width)}  {preset.summary}", file=out)
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "run": cmd_run,
+    "probe": cmd_probe,
+    "presets": cmd_presets,
     "config": cmd_config,
 }
 

@@ -549,7 +549,7 @@ def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
     )
 
 
-def _failure(exc: BaseException, step: int) -> EngineFailed:
+def describe_failure(exc: BaseException, step: int) -> EngineFailed:
     """Sort an exception into the three kinds the user acts on differently."""
     if isinstance(exc, ConfigError):
         return EngineFailed(step, "config", str(exc))
@@ -580,7 +580,7 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
         reason = _train(trainer, control, commands, emit)
     except Exception as exc:  # bad input, user code, or our own bug: report, never raise
         step = trainer.step if trainer else 0
-        emit(_failure(exc, step))
+        emit(describe_failure(exc, step))
         emit(StateChanged("failed", step, str(exc)))
         finished = RunFinished("failed", _final(trainer, started))
         emit(finished)

@@ -319,15 +319,17 @@ EVENTS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
+    """A JSON-safe copy of ``value``: dataclasses as dicts, tuples as lists, non-finite
+    floats as "NaN", "Infinity" and "-Infinity"."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [encode(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
+        return {str(k): encode(v) for k, v in value.items()}
     return value
 
 
@@ -372,7 +374,7 @@ def to_dict(message: Any) -> dict[str, Any]:
     tag = "event" if name in EVENTS else "command" if name in COMMANDS else None
     if tag is None:
         raise TypeError(f"{name} is not a protocol message")
-    return {tag: name, **_encode(message)}
+    return {tag: name, **encode(message)}
 
 
 def from_dict(data: dict[str, Any]) -> Any:
