@@ -152,6 +152,9 @@ class ProgressPrinter:
     def on_CheckpointSaved(self, e: protocol.CheckpointSaved) -> None:
         self.say(f"step {e.step}: checkpoint saved to {e.path}")
 
+    def on_NonFiniteDetected(self, e: protocol.NonFiniteDetected) -> None:
+        self.say(f"non-finite: {e.message}", self.err)
+
     def on_EngineFailed(self, e: protocol.EngineFailed) -> None:
         if e.traceback:
             self.say(e.traceback.rstrip(), self.err)
