@@ -23,7 +23,10 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
-            torch.save(payload, tmp)
+            try:
+                torch.save(payload, tmp)
+            except RuntimeError as exc:  # torch's zip writer reports a failed write so
+                raise OSError(f"writing {path.name} failed: {exc}") from exc
             tmp.flush()
             os.fsync(tmp.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp_name, path)

@@ -202,7 +202,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as exc:
+        # The same ending as a run the engine refuses, so scripts see one shape.
         show(protocol.EngineFailed(0, "config", str(exc)))
+        show(protocol.StateChanged("failed", 0, str(exc)))
+        show(protocol.RunFinished(
+            "failed", protocol.FinalMetrics(0, 0, None, None, None, None, None, 0.0)))
         if args.json:  # the JSON stream carries it; people reading stderr see it too
             print(f"trainlab: error: {exc}", file=err)
         return EXIT_BAD_INPUT
@@ -338,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `trainlab run --json | head`: the reader left
         sys.stderr.close()
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler was in place
+        print("trainlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

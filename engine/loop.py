@@ -13,6 +13,7 @@ to the host together when a metrics batch is due (at most every
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import queue
@@ -72,12 +73,18 @@ class Batches:
     BatchNorm layer cannot train on one sample.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, device: torch.device | None = None) -> None:
         self.n = n
+        self.device = device or torch.device("cpu")
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
-        self._order = torch.randperm(n, generator=self.generator)
+        self._order = self._permutation()
         self._pos = 0
+
+    def _permutation(self) -> torch.Tensor:
+        # Drawn on the CPU (same order on any device), copied once per epoch: indexing
+        # with device-resident indices needs no host-to-device copy per step.
+        return torch.randperm(self.n, generator=self.generator).to(self.device)
 
     def steps_left_in_epoch(self, batch_size: int) -> int:
         """Batches still to come in the current epoch at this size."""
@@ -92,7 +99,7 @@ class Batches:
         if self._pos < self.n:
             return idx, False
         self.epoch += 1
-        self._order = torch.randperm(self.n, generator=self.generator)
+        self._order = self._permutation()
         self._pos = 0
         return idx, True
 
@@ -101,6 +108,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     """Number of batches ``Batches`` yields per epoch for this size."""
     full, rest = divmod(n, batch_size)
     return full + (1 if rest > 1 or (rest == 1 and batch_size == 1) else 0)
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (affinity-limited on shared servers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,7 +143,7 @@ class Trainer:
         self.changes: list[dict[str, Any]] = []
 
         run = config.run
-        torch.set_num_threads(run.threads or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(run.threads or max(1, _usable_cores() - 1))
         self.device = resolve_device(run.device)
         torch.manual_seed(run.seed)
 
@@ -143,6 +158,7 @@ class Trainer:
         self.model = build_model(config.model, data.input_shape, self.objective.num_outputs)
         init_weights(self.model, config.init, config.model.activation)
         self.model.to(self.device)
+        self._check_model(config)
         self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
 
         self.x_train = data.x_train.to(self.device)
@@ -154,7 +170,7 @@ class Trainer:
         self.instruments = Instruments(self.model, self.x_train[:2], config.stats)
         self.pending_snapshots: list[LayerStatsSnapshot] = []
         self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.batches = Batches(len(data.x_train), run.seed)
+        self.batches = Batches(len(data.x_train), run.seed, self.device)
         self.augment_generator = torch.Generator(self.device).manual_seed(run.seed + 1)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.schedule = LRSchedule(config.schedule, self.total_steps())
@@ -179,6 +195,32 @@ class Trainer:
     def batch_size(self) -> int:
         """The effective batch size (0 in the config means the full training set)."""
         return self.config.data.batch_size or len(self.x_train)
+
+    def _check_model(self, config: Config) -> None:
+        """A model that cannot train on this data fails now, with the reason, not mid-run."""
+        source = "model.factory" if config.model.arch == "custom" else "model.arch"
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError(f"{source}: the model has no trainable parameters")
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model(self.data.x_train[:2].to(self.device))
+        finally:
+            self.model.train()
+        want = self.objective.num_outputs
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(out), want):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"{source}: the model's output is {got} for a batch of 2; the "
+                f"{self.objective.name} loss on this data needs (batch, {want})"
+            )
+        needs_val = [key for key, on in (
+            ("reg.early_stop_patience", config.reg.early_stop_patience),
+            ("schedule.name = reduce_on_plateau", config.schedule.name == "reduce_on_plateau"),
+        ) if on]
+        if needs_val and len(self.data.x_val) == 0:
+            raise ConfigError(f"{needs_val[0]} needs a validation set, and there is none "
+                              "(data.val_fraction is 0): set data.val_fraction > 0")
 
     def _check_batch_size(self, size: int) -> None:
         n = len(self.data.x_train)
@@ -255,7 +297,6 @@ class Trainer:
         """
         cfg = self.config
         idx, self.epoch_ended = self.batches.next(self.batch_size)
-        idx = idx.to(self.device)
         x, target = self.x_train[idx], self.t_train[idx]
         if cfg.data.augment:
             x = augment_batch(x, cfg.data, self.data.is_image, self.augment_generator)
@@ -327,6 +368,13 @@ class Trainer:
             return NonFiniteDetected(step, "", "loss", f"the loss turned non-finite at step "
                                      f"{step}; every layer's values are finite")
         layer, kind = where
+        if kind == "weight":
+            # Found after the bad update: it spread NaN into every weight it touched.
+            return NonFiniteDetected(
+                step, layer, kind,
+                f"the loss turned non-finite at step {step}; the update after it made the "
+                f"weights of {layer} (the first layer) non-finite. To see where it began, "
+                "track every step (stats.every = 1)")
         return NonFiniteDetected(step, layer, kind,
                                  f"{kind} of layer {layer} turned non-finite (step {step})")
 
@@ -512,6 +560,8 @@ def _handle(command: Any, trainer: Trainer, control: _Control, emit: Emit) -> No
     elif isinstance(command, protocol.Stop):
         control.stop_requested = True
     elif isinstance(command, protocol.SetHyper):
+        if not isinstance(command.key, str):
+            return reject(f"SetHyper.key = {command.key!r}: expected a dotted key such as optim.lr")
         try:
             emit(trainer.set_hyper(command.key, command.value))
         except ConfigError as exc:
@@ -598,6 +648,8 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
     samples = 0
     warned_nonfinite = False
     located_nonfinite = False
+    deferred: collections.deque[Any] = collections.deque()
+    """Commands that arrived during a Step(n): applied once its n steps are done."""
 
     def flush() -> None:
         """Metrics, then the snapshots of their steps (so a viewer has the loss first)."""
@@ -618,9 +670,15 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
                                        f"{kind} of layer {layer} turned non-finite "
                                        f"(step {snapshot.step})"))
 
+    def restart_clock() -> None:
+        """Throughput counts training only, not pauses or evaluations."""
+        nonlocal last_flush, samples
+        last_flush, samples = time.monotonic(), 0
+
     def evaluate() -> None:
         flush()  # the eval's train_loss covers every step up to here
         result = trainer.evaluate()
+        restart_clock()
         if result is None:
             return
         emit(result)
@@ -628,48 +686,82 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
             factor = trainer.schedule.plateau_factor
             emit(Notice(trainer.step, "info", f"reduce_on_plateau: lr factor now {factor:g}"))
 
+    def nonfinite_verdict() -> bool:
+        """After a flush: report a non-finite loss; True when the run must stop."""
+        nonlocal warned_nonfinite, located_nonfinite
+        bad_step = trainer.first_nonfinite_step
+        if bad_step is None:
+            return False
+        if not located_nonfinite:
+            located_nonfinite = True
+            emit(trainer.locate_nonfinite(bad_step))
+        if trainer.config.run.on_nonfinite == "stop":
+            emit(Notice(trainer.step, "error",
+                        f"training loss became non-finite at step {bad_step}; run stopped "
+                        "(run.on_nonfinite = stop)"))
+            return True
+        if not warned_nonfinite:
+            warned_nonfinite = True
+            emit(Notice(trainer.step, "warning",
+                        f"training loss non-finite since step {bad_step}; continuing "
+                        "(run.on_nonfinite = continue)"))
+        return False
+
     while True:
-        # Step boundary: apply the waiting commands; block while paused. A Step(n)
-        # runs its n steps as a unit: later commands wait until they are done.
-        while control.step_budget == 0:
-            try:
-                command = commands.get(block=not control.may_step)
-            except queue.Empty:
-                break
+        # Step boundary. A Step(n) runs its n steps as a unit: other commands wait in
+        # `deferred` until they are done, except a Stop or Pause with nothing queued
+        # ahead of it, which cuts the steps short (commands still apply in order).
+        while not control.stop_requested:
+            if control.step_budget > 0:
+                try:
+                    command = commands.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(command, protocol.Stop | protocol.Pause) and not deferred:
+                    control.step_budget = 0
+                    if isinstance(command, protocol.Pause):
+                        emit(StateChanged("paused", trainer.step, "steps interrupted"))
+                        continue
+                    _handle(command, trainer, control, emit)
+                else:
+                    deferred.append(command)
+                continue
+            if deferred:
+                _handle(deferred.popleft(), trainer, control, emit)
+                continue
+            if not control.may_step:
+                if trainer.finished():
+                    break  # nothing left to wait for: end the run, paused or not
+                flush()  # everything up to the pause is shown before waiting
+                command = commands.get()  # paused: block, no busy wait
+                restart_clock()
+            else:
+                try:
+                    command = commands.get_nowait()
+                except queue.Empty:
+                    break
             _handle(command, trainer, control, emit)
-            if control.stop_requested:
-                break
         if control.stop_requested or trainer.finished():
             if trainer.last_eval_step != trainer.step:
                 evaluate()
             flush()
+            if nonfinite_verdict():
+                return "non_finite"
             return "stopped" if control.stop_requested else "completed"
 
         samples += trainer.train_step()
         stepping = control.paused  # spending a Step command's budget
         if stepping:
             control.step_budget -= 1
+        steps_done = stepping and control.step_budget == 0
 
-        if stepping or time.monotonic() - last_flush >= METRICS_INTERVAL_S:
+        if steps_done or time.monotonic() - last_flush >= METRICS_INTERVAL_S:
             flush()
         if trainer.eval_due():
             evaluate()
-        # Checked after any flush (the periodic one or an evaluation's): only a flush
-        # brings the losses to the host, so this costs no sync of its own.
-        bad_step = trainer.first_nonfinite_step
-        if bad_step is not None and not located_nonfinite:
-            located_nonfinite = True
-            emit(trainer.locate_nonfinite(bad_step))
-        if bad_step is not None and trainer.config.run.on_nonfinite == "stop":
-            emit(Notice(trainer.step, "error",
-                        f"training loss became non-finite at step {bad_step}; run stopped "
-                        "(run.on_nonfinite = stop)"))
+        # Only a flush brings losses to the host, so this check costs no sync of its own.
+        if nonfinite_verdict():
             return "non_finite"
-        if bad_step is not None and not warned_nonfinite:
-            warned_nonfinite = True
-            emit(Notice(trainer.step, "warning",
-                        f"training loss non-finite since step {bad_step}; continuing "
-                        "(run.on_nonfinite = continue)"))
         patience = trainer.config.reg.early_stop_patience
         if patience and trainer.evals_without_improvement >= patience:
             emit(Notice(trainer.step, "info",
@@ -677,5 +769,5 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
                         f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
             flush()
             return "early_stopped"
-        if stepping and control.step_budget == 0:
+        if steps_done:
             emit(StateChanged("paused", trainer.step, "single step done"))

@@ -160,13 +160,16 @@ class LRSchedule:
     def factor(self, step: int) -> float:
         """Multiplier on optim.lr for ``step``, warmup included."""
         c = self.cfg
-        warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
-        progress = step / max(1, self.total_steps - 1)
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        # The schedule starts where warmup ends and spans the rest of the run.
+        step -= c.warmup_steps
+        progress = step / max(1, self.total_steps - c.warmup_steps - 1)
         if c.name == "reduce_on_plateau":
             f = self.plateau_factor
         else:
             f = SCHEDULE_FACTORS[c.name](c, step, progress)
-        return warm * f
+        return f
 
     def observe(self, val_loss: float) -> bool:
         """Feed a validation loss; True when reduce_on_plateau just decayed the rate."""

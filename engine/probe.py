@@ -29,6 +29,5 @@ def probe(config: Config) -> ProbeResult:
     """
     trainer = Trainer(config, emit=lambda event: None)
     idx, _ = trainer.batches.next(trainer.batch_size)
-    idx = idx.to(trainer.device)
     loss, snapshot = trainer.measure(trainer.x_train[idx], trainer.t_train[idx])
     return ProbeResult(loss, snapshot, len(idx))

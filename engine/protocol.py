@@ -39,7 +39,9 @@ class Resume:
 class Step:
     """While paused: run ``n`` optimizer steps, then pause again.
 
-    The n steps run as a unit: commands sent meanwhile apply after them.
+    The n steps run as a unit: commands sent meanwhile apply after them, in order,
+    except a Stop or Pause with no other command waiting before it, which cuts the
+    steps short.
     """
 
     n: int = 1
@@ -218,15 +220,15 @@ class LayerStats:
     name: str
     kind: str
     activation: str
-    act_mean: float
-    act_std: float
-    act_min: float
-    act_max: float
+    act_mean: float | None
+    act_std: float | None
+    act_min: float | None
+    act_max: float | None
     saturated_frac: float | None
     """Share of activations pinned near the bounds (tanh, sigmoid, scaled sigmoid only)."""
     dead_frac: float | None
     """Share of units that output 0 for every sample (ReLU only)."""
-    zero_frac: float
+    zero_frac: float | None
     grad_out_std: float | None
     """Std of the loss gradient w.r.t. the activation: the backward signal."""
     weight_norm: float
@@ -235,7 +237,8 @@ class LayerStats:
     grad_std: float
     grad_max: float
     update_ratio: float | None
-    """||dW|| / ||W|| of this step (healthy around 1e-3); None when nothing was updated."""
+    """||dW|| / ||W|| of this step, W before the update (healthy around 1e-3); None when
+    nothing was updated. Weight figures are the weights this step computed with."""
 
 
 @dataclass(frozen=True)

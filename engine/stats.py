@@ -79,6 +79,9 @@ class Row:
     act_module: nn.Module
     act_kind: str
     """Class name of the activation ('' when the row uses the layer's own output)."""
+    act_call: int = 0
+    """Which call of ``act_module`` in a forward pass is this row's (one activation
+    module may follow several layers)."""
 
     @property
     def weight(self) -> torch.Tensor:
@@ -108,16 +111,19 @@ def find_rows(model: nn.Module, example: torch.Tensor) -> list[Row]:
         for module, training in was_training.items():
             module.train(training)
     rows: list[Row] = []
+    calls: dict[nn.Module, int] = {}
     for module in order:
+        call = calls[module] = calls.get(module, -1) + 1
         if isinstance(module, WEIGHT_LAYERS):
             if any(r.layer is module for r in rows):
                 continue  # a layer applied twice keeps its first position
             name = names[module] or type(module).__name__
-            rows.append(Row(name, module, name, module, ""))
+            rows.append(Row(name, module, name, module, "", call))
         elif rows and rows[-1].act_kind == "" and rows[-1].act_module is rows[-1].layer:
             # The first activation after a weight layer is that layer's activation.
-            rows[-1].act_module, rows[-1].act_name = module, names[module]
-            rows[-1].act_kind = type(module).__name__
+            row = rows[-1]
+            row.act_module, row.act_name, row.act_call = module, names[module], call
+            row.act_kind = type(module).__name__
     return rows
 
 
@@ -130,12 +136,19 @@ def _units_view(a: torch.Tensor) -> torch.Tensor:
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (population) std from one sum and one dot: measured far cheaper on the
-    CPU than ``std_mean``."""
+    CPU than ``std_mean``.
+
+    The values are shifted by their first element first: E[x^2] - E[x]^2 cancels
+    catastrophically in float32 when the mean dwarfs the spread (all-equal weights
+    must show std 0, the symmetry problem).
+    """
     flat = x.reshape(-1).float()
     n = flat.numel()
-    mean = flat.sum() / n
-    var = (torch.dot(flat, flat) / n - mean * mean).clamp_min(0.0)
-    return mean, var.sqrt()
+    shift = flat[0]
+    centred = flat - shift
+    offset = centred.sum() / n
+    var = (torch.dot(centred, centred) / n - offset * offset).clamp_min(0.0)
+    return offset + shift, var.sqrt()
 
 
 def _histogram(x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +157,12 @@ def _histogram(x: torch.Tensor) -> torch.Tensor:
     stride = max(1, flat.numel() // HIST_SAMPLES)
     sample = flat[::stride][:HIST_SAMPLES]
     finite = torch.isfinite(sample)
-    sample = torch.where(finite, sample, torch.zeros_like(sample))
-    lo, hi = sample.min(), sample.max()
+    inf = torch.full_like(sample, math.inf)
+    # The range covers finite values only (0..0 when there are none).
+    lo = torch.where(finite, sample, inf).min()
+    hi = torch.where(finite, sample, -inf).max()
+    lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
+    sample = torch.where(finite, sample, lo)
     width = (hi - lo).clamp_min(1e-12)
     idx = ((sample - lo) / width * HIST_BINS).long().clamp_(0, HIST_BINS - 1)
     counts = torch.zeros(HIST_BINS, device=x.device).scatter_add_(0, idx, finite.float())
@@ -161,17 +178,24 @@ class _Recording:
         self.act: dict[int, torch.Tensor] = {}
         self.grad_out_std: dict[int, torch.Tensor] = {}
         self.act_hist: dict[int, torch.Tensor] = {}
-        self.nonfinite_act: list[int] = []
-        self.nonfinite_grad: list[int] = []
+        self._calls: dict[nn.Module, int] = {}
 
-    def activation_hook(self, index: int):
-        row = self.rows[index]
+    def attach(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """One forward hook per distinct activation module (removed by the caller)."""
+        by_module: dict[nn.Module, dict[int, int]] = {}
+        for index, row in enumerate(self.rows):
+            by_module.setdefault(row.act_module, {})[row.act_call] = index
+        return [module.register_forward_hook(self._hook(module, rows_by_call))
+                for module, rows_by_call in by_module.items()]
 
-        def hook(module: nn.Module, args: object, out: torch.Tensor) -> None:
-            if index in self.act or not isinstance(out, torch.Tensor):
-                return  # L-BFGS evaluates several times: keep the first pass
+    def _hook(self, module: nn.Module, rows_by_call: dict[int, int]):
+        def hook(mod: nn.Module, args: object, out: torch.Tensor) -> None:
+            call = self._calls[module] = self._calls.get(module, -1) + 1
+            index = rows_by_call.get(call)
+            if index is None or index in self.act or not isinstance(out, torch.Tensor):
+                return  # not a row's call, or a repeat pass (L-BFGS evaluates again)
             with torch.no_grad():
-                self.act[index] = _activation_stats(out.detach(), row.act_kind)
+                self.act[index] = _activation_stats(out.detach(), self.rows[index].act_kind)
                 if self.histograms:
                     self.act_hist[index] = _histogram(out[:ACT_SAMPLE_ROWS])
             if out.requires_grad:
@@ -287,10 +311,7 @@ class Instruments:
         histograms = self._histograms_due(step)
         self.requested = None
         rec = _Recording(self.rows, histograms)
-        handles = [
-            row.act_module.register_forward_hook(rec.activation_hook(i))
-            for i, row in enumerate(self.rows)
-        ]
+        handles = rec.attach()
         tracker = _Tracker(self, rec)
         if update:
             torch._foreach_copy_(self._prev, [w.detach() for w in self.weights])
@@ -318,13 +339,23 @@ def first_nonfinite(snapshot: LayerStatsSnapshot) -> tuple[str, str] | None:
     for row in snapshot.layers:
         if not math.isfinite(row.weight_norm):
             return row.name, "weight"
-        if not (math.isfinite(row.act_mean) and math.isfinite(row.act_std)):
+        if row.act_mean is not None and not (
+            math.isfinite(row.act_mean) and math.isfinite(row.act_std or 0.0)
+        ):
             return row.name, "activation"
     for row in reversed(snapshot.layers):
         grads = (row.grad_norm, row.grad_out_std if row.grad_out_std is not None else 0.0)
         if not all(math.isfinite(g) for g in grads):
             return row.name, "gradient"
     return None
+
+
+def _norm_std_max(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(3, L): norm, std and max |x| of each tensor; norms in one _foreach call."""
+    norms = torch.stack(torch._foreach_norm(tensors))
+    maxes = torch.stack(torch._foreach_norm(tensors, math.inf))
+    stds = torch.stack([_moments(t)[1] for t in tensors])
+    return torch.stack([norms, stds, maxes])
 
 
 class _Tracker:
@@ -338,28 +369,25 @@ class _Tracker:
 
     def after_backward(self) -> None:
         """Read the raw gradients (before clipping); later calls are ignored."""
-        if self._grads is not None:
+        if self._grads is not None or not self.owner.weights:
             return
         weights = self.owner.weights
         grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights]
         with torch.no_grad():
-            norms = torch.stack(torch._foreach_norm(grads))
-            maxes = torch.stack(torch._foreach_norm(grads, math.inf))
-            sums = torch.stack([g.sum() for g in grads])
-            counts = torch.tensor([g.numel() for g in grads], device=norms.device,
-                                  dtype=norms.dtype)
-            mean = sums / counts
-            std = (norms * norms / counts - mean * mean).clamp_min(0.0).sqrt()
-            self._grads = torch.stack([norms, std, maxes])
+            self._grads = _norm_std_max([g.detach() for g in grads])
             if self.rec.histograms:
                 self._grad_hists = [_histogram(g) for g in grads]
 
     def finish(self, step: int, *, update: bool) -> LayerStatsSnapshot:
+        """Assemble every row and histogram and bring them to the host in one transfer."""
         rows, rec = self.owner.rows, self.rec
-        weights = [w.detach() for w in self.owner.weights]
+        after = [w.detach() for w in self.owner.weights]
+        # Weight figures describe the weights this step computed with (before its
+        # update): a NaN that the update spreads upstream is then not blamed on them.
+        used = self.owner._prev if update else after
         n = len(rows)
+        device = after[0].device if after else torch.device("cpu")
         with torch.no_grad():
-            device = weights[0].device if weights else torch.device("cpu")
             table = torch.full((n, len(COLUMNS)), math.nan, device=device)
             for i in range(n):
                 if i in rec.act:
@@ -367,37 +395,34 @@ class _Tracker:
                 if i in rec.grad_out_std:
                     table[i, _COL["grad_out_std"]] = rec.grad_out_std[i]
             if n:
-                w_norm = torch.stack(torch._foreach_norm(weights))
-                w_sum = torch.stack([w.sum() for w in weights])
-                count = torch.tensor([w.numel() for w in weights], device=device,
-                                     dtype=w_norm.dtype)
-                w_mean = w_sum / count
-                table[:, _COL["weight_norm"]] = w_norm
-                table[:, _COL["weight_std"]] = (
-                    w_norm * w_norm / count - w_mean * w_mean).clamp_min(0.0).sqrt()
+                w_stats = _norm_std_max(used)
+                table[:, _COL["weight_norm"]] = w_stats[0]
+                table[:, _COL["weight_std"]] = w_stats[1]
                 if self._grads is not None:
                     table[:, _COL["grad_norm"] : _COL["grad_max"] + 1] = self._grads.t()
                 if update:
-                    delta = torch._foreach_sub(weights, self.owner._prev)
+                    delta = torch._foreach_sub(after, self.owner._prev)
                     table[:, _COL["update_ratio"]] = torch.stack(
-                        torch._foreach_norm(delta)) / w_norm.clamp_min(1e-30)
+                        torch._foreach_norm(delta)) / w_stats[0].clamp_min(1e-30)
             hists: list[tuple[str, str, torch.Tensor]] = []
             if rec.histograms:
                 for i, row in enumerate(rows):
-                    hists.append((row.name, "weight", _histogram(weights[i])))
+                    hists.append((row.name, "weight", _histogram(used[i])))
                     if self._grad_hists:
                         hists.append((row.name, "grad", self._grad_hists[i]))
                     if i in rec.act_hist:
                         hists.append((row.name, "act", rec.act_hist[i]))
-            hist_matrix = torch.stack([h for _, _, h in hists]) if hists else None
-            # The one transfer of this snapshot.
-            flat = torch.cat([table.reshape(-1)] + ([hist_matrix.reshape(-1)] if hists else []))
-            values = flat.cpu().tolist()
-        scalars = [values[i * len(COLUMNS) : (i + 1) * len(COLUMNS)] for i in range(n)]
-        layer_rows = tuple(_layer_stats(row, vals) for row, vals in zip(rows, scalars, strict=True))
-        offset = n * len(COLUMNS)
-        width = 2 + HIST_BINS
-        chunks = [values[offset + k * width : offset + (k + 1) * width] for k in range(len(hists))]
+            parts = [table.reshape(-1)] + [h for _, _, h in hists]
+            values = torch.cat(parts).cpu().tolist()  # the one transfer of this snapshot
+        width = len(COLUMNS)
+        layer_rows = tuple(
+            _layer_stats(row, values[i * width : (i + 1) * width], measured=i in rec.act)
+            for i, row in enumerate(rows)
+        )
+        offset = n * width
+        hist_width = 2 + HIST_BINS
+        chunks = [values[offset + k * hist_width : offset + (k + 1) * hist_width]
+                  for k in range(len(hists))]
         histograms = tuple(
             Histogram(name, quantity, lo=chunk[0], hi=chunk[1],
                       counts=tuple(int(c) for c in chunk[2:]))
@@ -416,21 +441,26 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _layer_stats(row: Row, v: list[float]) -> LayerStats:
+def _layer_stats(row: Row, v: list[float], *, measured: bool) -> LayerStats:
+    """One row from its scalar columns; activation figures None when its activation
+    did not run this step (e.g. a layer skipped by stochastic depth)."""
     c = _COL
+
+    def act(name: str) -> float | None:
+        return v[c[name]] if measured else None
+
     return LayerStats(
         name=row.name,
         kind=type(row.layer).__name__,
         activation=row.act_kind,
-        act_mean=v[c["act_mean"]],
-        act_std=v[c["act_std"]],
-        act_min=v[c["act_min"]],
-        act_max=v[c["act_max"]],
-        saturated_frac=_none_if_nan(v[c["saturated_frac"]]) if row.act_kind in _BOUNDED
-        else None,
-        dead_frac=_none_if_nan(v[c["dead_frac"]]) if row.act_kind in _DEAD_CAN_HAPPEN else None,
-        zero_frac=v[c["zero_frac"]],
-        grad_out_std=_none_if_nan(v[c["grad_out_std"]]),
+        act_mean=act("act_mean"),
+        act_std=act("act_std"),
+        act_min=act("act_min"),
+        act_max=act("act_max"),
+        saturated_frac=act("saturated_frac") if row.act_kind in _BOUNDED else None,
+        dead_frac=act("dead_frac") if row.act_kind in _DEAD_CAN_HAPPEN else None,
+        zero_frac=act("zero_frac"),
+        grad_out_std=_none_if_nan(v[c["grad_out_std"]]) if measured else None,
         weight_norm=v[c["weight_norm"]],
         weight_std=v[c["weight_std"]],
         grad_norm=v[c["grad_norm"]],

@@ -80,8 +80,11 @@ def test_json_stream_is_one_event_per_line(capsys):
 def test_json_config_error_is_an_event_too(capsys):
     assert main(["run", "--json", "--set", "model.depth=0"]) == 2
     captured = capsys.readouterr()
-    event = protocol.from_json(captured.out.strip())
-    assert isinstance(event, protocol.EngineFailed) and event.kind == "config"
+    events = [protocol.from_json(line) for line in captured.out.splitlines()]
+    # The same ending as a config the engine refuses: failure, state, finish.
+    assert [type(e).__name__ for e in events] == ["EngineFailed", "StateChanged", "RunFinished"]
+    assert events[0].kind == "config" and events[1].state == "failed"
+    assert events[2].reason == "failed"
     assert "model.depth = 0" in captured.err
 
 

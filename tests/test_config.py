@@ -499,3 +499,10 @@ def test_configs_are_hashable_and_compare_by_value() -> None:
     assert hash(Config()) == hash(Config())
     assert Config().with_value("optim.lr", 0.5) == Config().with_value("optim.lr", 0.5)
     assert Config().with_value("optim.lr", 0.5) != Config()
+
+
+def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"[model]\n# caf\xe9\ndepth = 2\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load(path)

@@ -61,3 +61,17 @@ def test_send_refuses_what_is_not_a_command():
     host = ThreadHost(tiny_config())
     with pytest.raises(TypeError, match="not a protocol command"):
         host.send("pause")
+
+
+def test_stop_ends_a_huge_single_step_request_promptly():
+    async def scenario() -> None:
+        host = ThreadHost(tiny_config(run__max_steps=10**9))
+        host.start()
+        await _next(host, "RunStarted")
+        host.send(protocol.Pause())
+        host.send(protocol.Step(10**8))
+        await asyncio.sleep(0.3)
+        assert host.stop(timeout=10)  # the loop saw the Stop between the steps
+        assert (await _next(host, "RunFinished")).reason == "stopped"
+
+    asyncio.run(scenario())

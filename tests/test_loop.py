@@ -329,3 +329,64 @@ def test_batches_cover_every_sample_once_per_epoch():
     assert len(sizes) == steps_per_epoch(101, 10)
     assert steps_per_epoch(103, 10) == 11
     assert steps_per_epoch(100, 10) == 10 and steps_per_epoch(5, 1) == 5
+
+
+def test_nan_in_the_last_steps_still_stops_the_run():
+    # Find the step where this run diverges, then end the run exactly there: the
+    # non-finite check must also follow the final flush.
+    diverging = tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
+                            run__max_steps=200, run__on_nonfinite="continue")
+    losses = losses_by_step(run_loop(diverging))
+    first_bad = min(step for step, loss in losses.items() if not math.isfinite(loss))
+    config = diverging.with_values({"run.max_steps": first_bad, "run.on_nonfinite": "stop"})
+    end = finished(run_loop(config))
+    assert end.reason == "non_finite" and end.final.step == first_bad
+
+
+def test_single_steps_are_batched_into_few_metrics_events():
+    events = run_loop(tiny_config(run__max_steps=1500, run__eval_every=100_000),
+                      [Pause(), Step(1500)])
+    batches = of_type(events, "MetricsBatch")
+    assert sum(len(b.steps) for b in batches) == 1500
+    assert len(batches) <= finished(events).final.elapsed_s / 0.1 + 3
+
+
+def test_stop_and_pause_cut_a_long_step_short_but_keep_order():
+    events = run_loop(tiny_config(run__max_steps=10_000), [Pause(), Step(10**6), Stop()])
+    # Stop was queued behind nothing else, so it cut in before the first of the steps.
+    assert finished(events).reason == "stopped" and finished(events).final.step == 0
+    commands = [Pause(), Step(10**6), SetHyper("optim.lr", 0.5), Stop()]
+    events = run_loop(tiny_config(run__max_steps=50), commands)
+    # Stop waited behind the SetHyper, which waited for the steps: the run ran out first.
+    assert finished(events).reason == "completed"
+
+
+def test_a_non_string_key_is_rejected_not_fatal():
+    events = run_loop(tiny_config(), [SetHyper(5, 0.1)])  # type: ignore[arg-type]
+    assert "expected a dotted key" in of_type(events, "CommandRejected")[0].reason
+    assert finished(events).reason == "completed"
+
+
+def test_a_model_that_cannot_fit_the_data_fails_before_training(tmp_path, monkeypatch):
+    name = _write_module(tmp_path, monkeypatch, """
+        import torch
+        def three_outputs(input_shape, num_outputs):
+            return torch.nn.Linear(input_shape[0], 3)
+        def no_parameters(input_shape, num_outputs):
+            return torch.nn.Flatten()
+    """)
+    events = run_loop(tiny_config(model__arch="custom", model__factory=f"{name}:three_outputs",
+                                  data__classes=4))
+    failed = of_type(events, "EngineFailed")[0]
+    assert failed.kind == "config" and "model.factory" in failed.message
+    assert "(2, 3)" in failed.message and "(batch, 4)" in failed.message
+    assert not of_type(events, "MetricsBatch")
+    events = run_loop(tiny_config(model__arch="custom", model__factory=f"{name}:no_parameters"))
+    assert "no trainable parameters" in of_type(events, "EngineFailed")[0].message
+
+
+def test_validation_features_need_a_validation_set():
+    for key, value in (("reg.early_stop_patience", 2), ("schedule.name", "reduce_on_plateau")):
+        config = tiny_config(data__val_fraction=0.0).with_value(key, value)
+        failed = of_type(run_loop(config), "EngineFailed")[0]
+        assert failed.kind == "config" and "needs a validation set" in failed.message

@@ -268,11 +268,16 @@ def test_warmup_then_constant() -> None:
     assert got == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
 
 
-def test_warmup_multiplies_the_schedule() -> None:
+def test_schedule_starts_where_warmup_ends() -> None:
     cfg = ScheduleConfig(name="step", step_size=2, gamma=0.5, warmup_steps=5)
     got = factors(cfg, 12)
-    expected = [min(1.0, (s + 1) / 5) * 0.5 ** (s // 2) for s in range(12)]
+    expected = [(s + 1) / 5 for s in range(5)] + [0.5 ** ((s - 5) // 2) for s in range(5, 12)]
     assert got == pytest.approx(expected, rel=1e-12)
+    # cosine spans the steps after warmup: 1 right after it, min_factor at the last step.
+    # 22 steps: warmup 0..4, then 17 cosine steps 5..21 with progress (s - 5) / 16.
+    cosine = factors(ScheduleConfig(name="cosine", warmup_steps=5), 22)
+    assert cosine[4] == pytest.approx(1.0) and cosine[5] == pytest.approx(1.0)
+    assert cosine[13] == pytest.approx(0.5) and cosine[21] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_total_steps_may_change() -> None:
@@ -312,7 +317,7 @@ def test_reduce_on_plateau_with_warmup() -> None:
     schedule = LRSchedule(cfg, 10)
     schedule.observe(1.0)
     assert schedule.observe(2.0) is True
-    assert schedule.factor(0) == pytest.approx(0.5 * 0.1)
+    assert schedule.factor(0) == pytest.approx(0.5)  # warmup comes first
     assert schedule.factor(5) == pytest.approx(0.1)
 
 
