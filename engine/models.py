@@ -343,35 +343,22 @@ def _first_tensor(value: object) -> torch.Tensor | None:
     return None
 
 
-def model_summary(model: nn.Module, example: torch.Tensor) -> list[LayerRow]:
-    """One row per leaf-module call, in forward order, from one pass over ``example``.
+def trace_forward(
+    model: nn.Module, example: torch.Tensor, select: Callable[[nn.Module], bool]
+) -> list[tuple[nn.Module, object]]:
+    """(module, output) for every call of a selected module, in forward order.
 
-    ``example`` is a batch (its first dimension is dropped from the shapes). The pass runs
-    under no_grad in eval mode (so BatchNorm's running statistics and dropout are left
-    alone); every module's previous train/eval mode is restored and the hooks are removed
-    afterwards, also when the forward raises. A leaf called twice gives two rows; a
-    non-tensor output reports the shape of its first tensor, or () if it has none.
+    One pass over ``example`` under no_grad in eval mode (so BatchNorm's running
+    statistics and dropout are left alone). Every module's previous train/eval mode is
+    restored and the hooks are removed afterwards, also when the forward raises.
     """
-    names = {module: name for name, module in model.named_modules()}
-    rows: list[LayerRow] = []
-
-    def hook(module: nn.Module, _inputs: object, output: object) -> None:
-        tensor = _first_tensor(output)
-        rows.append(
-            LayerRow(
-                name=names[module] or type(module).__name__,  # a leaf root has name ""
-                kind=type(module).__name__,
-                output_shape=tuple(tensor.shape[1:]) if tensor is not None else (),
-                params=sum(p.numel() for p in module.parameters() if p.requires_grad),
-            )
-        )
-
+    calls: list[tuple[nn.Module, object]] = []
     # Per module, since a model may mix modes (e.g. a frozen, eval-mode backbone).
     modes = {module: module.training for module in model.modules()}
     handles = [
-        module.register_forward_hook(hook)
+        module.register_forward_hook(lambda mod, _inputs, out: calls.append((mod, out)))
         for module in model.modules()
-        if next(module.children(), None) is None
+        if select(module)
     ]
     try:
         model.eval()
@@ -382,4 +369,30 @@ def model_summary(model: nn.Module, example: torch.Tensor) -> list[LayerRow]:
             handle.remove()
         for module, training in modes.items():
             module.training = training
+    return calls
+
+
+def model_summary(model: nn.Module, example: torch.Tensor) -> list[LayerRow]:
+    """One row per leaf-module call, in forward order, from one traced pass over ``example``.
+
+    ``example`` is a batch (its first dimension is dropped from the shapes). A leaf called
+    twice gives two rows; a non-tensor output reports the shape of its first tensor, or
+    () if it has none.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    rows = []
+    for module, output in trace_forward(model, example, _is_leaf):
+        tensor = _first_tensor(output)
+        rows.append(
+            LayerRow(
+                name=names[module] or type(module).__name__,  # a leaf root has name ""
+                kind=type(module).__name__,
+                output_shape=tuple(tensor.shape[1:]) if tensor is not None else (),
+                params=sum(p.numel() for p in module.parameters() if p.requires_grad),
+            )
+        )
     return rows
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None

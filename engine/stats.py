@@ -31,7 +31,7 @@ from torch import nn
 
 from engine.config import StatsConfig
 from engine.init import WEIGHT_LAYERS
-from engine.models import ACTIVATION_BUILDERS
+from engine.models import ACTIVATION_BUILDERS, trace_forward
 from engine.protocol import Histogram, LayerStats, LayerStatsSnapshot
 
 TANH_SATURATION = 0.99
@@ -94,22 +94,8 @@ def find_rows(model: nn.Module, example: torch.Tensor) -> list[Row]:
     Weight layers that do not run in the forward pass get no row.
     """
     names = {module: name for name, module in model.named_modules()}
-    order: list[nn.Module] = []
-    handles = [
-        m.register_forward_hook(lambda module, args, out: order.append(module))
-        for m in model.modules()
-        if isinstance(m, WEIGHT_LAYERS + ACTIVATION_TYPES)
-    ]
-    was_training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in was_training.items():
-            module.train(training)
+    tracked_types = WEIGHT_LAYERS + ACTIVATION_TYPES
+    order = [m for m, _ in trace_forward(model, example, lambda m: isinstance(m, tracked_types))]
     rows: list[Row] = []
     calls: dict[nn.Module, int] = {}
     for module in order:

@@ -928,3 +928,17 @@ def test_a_skipped_layer_is_not_a_nonfinite_activation() -> None:
     snap = inst.take()
     assert math.isfinite(loss.item())
     assert first_nonfinite(snap) is None
+
+
+def test_budget_picks_the_cadence_from_measured_costs() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    inst = Instruments(model, torch.zeros(2, 3), StatsConfig(every=10, budget=0.02))
+    assert inst.interval() == 10  # nothing measured yet: stats.every
+    for _ in range(50):
+        inst.record(0.010, tracked=False)  # an untracked step: 10 ms
+    inst.record(0.011, tracked=True)  # a tracked step costs 1 ms more
+    # 1 ms extra every k steps of 10 ms stays under 2% when k >= 1 / (0.02 * 10) = 5.
+    assert inst.interval() == 5
+    assert inst.overhead == pytest.approx(0.001 / 0.511, rel=1e-6)
+    inst.cfg = StatsConfig(every=10, budget=0.0)
+    assert inst.interval() == 10  # budget off: the fixed cadence again
