@@ -136,9 +136,8 @@ class Trainer:
     Build errors raise from the constructor; ``run`` turns them into events.
     """
 
-    def __init__(self, config: Config, emit: Emit) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.emit = emit
         self.step = 0
         self.changes: list[dict[str, Any]] = []
 
@@ -622,7 +621,7 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
     trainer: Trainer | None = None
     control = _Control()
     try:
-        trainer = Trainer(config, emit)
+        trainer = Trainer(config)
         emit(trainer.started_event())
         emit(StateChanged("running", 0, "started"))
         if notice := trainer.full_batch_notice():

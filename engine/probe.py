@@ -27,7 +27,7 @@ def probe(config: Config) -> ProbeResult:
 
     Raises ConfigError or UserCodeError like a run's build does.
     """
-    trainer = Trainer(config, emit=lambda event: None)
+    trainer = Trainer(config)
     idx, _ = trainer.batches.next(trainer.batch_size)
     loss, snapshot = trainer.measure(trainer.x_train[idx], trainer.t_train[idx])
     return ProbeResult(loss, snapshot, len(idx))

@@ -408,8 +408,7 @@ def test_update_ratio_of_an_sgd_step() -> None:
 
 
 def test_update_ratio_of_a_trainer_step(exact_schedule: None) -> None:
-    trainer = Trainer(tiny_config(stats__every=1, optim__name="sgd", optim__lr=0.1),
-                      lambda event: None)
+    trainer = Trainer(tiny_config(stats__every=1, optim__name="sgd", optim__lr=0.1))
     layers = [trainer.model.blocks[0].linear, trainer.model.head]
     for _ in range(2):
         before = [m.weight.detach().clone() for m in layers]
@@ -541,7 +540,7 @@ def test_hooks_removed_after_tracked_steps_also_when_the_body_raises() -> None:
 
 
 def test_trainer_steps_leave_no_hooks() -> None:
-    trainer = Trainer(tiny_config(stats__every=1, stats__hist_every=1), lambda event: None)
+    trainer = Trainer(tiny_config(stats__every=1, stats__hist_every=1))
     for _ in range(3):
         trainer.train_step()
     assert len(trainer.pending_snapshots) >= 1
