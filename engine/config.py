@@ -374,7 +374,7 @@ class StatsConfig:
 
     every: int = param(
         10,
-        "Steps between per-layer scalar snapshots (also at least 0.1 s apart); 0 turns the "
+        "Steps between per-layer scalar snapshots (also at least 0.25 s apart); 0 turns the "
         "instruments off, and untracked steps cost nothing.",
         low=0,
         hot=True,

@@ -47,8 +47,9 @@ HIST_BINS = 32
 HIST_SAMPLES = 2048
 """Histograms bin at most this many strided values (~64 a bin on average): binning was
 the most expensive statistic when measured, full tensors far more so."""
-MIN_SCALAR_INTERVAL_S = 0.1
-"""Scalar snapshots at most ~10 a second, whatever stats.every says."""
+MIN_SCALAR_INTERVAL_S = 0.25
+"""Scalar snapshots at most 4 a second, whatever stats.every says: the app redraws at
+most 4 times a second (DESIGN.md section 3), so faster snapshots would never be seen."""
 MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
 
@@ -155,35 +156,54 @@ def _count_nonzero(x: torch.Tensor) -> torch.Tensor:
     return x.sign().abs().sum()
 
 
+_NON_NEGATIVE = {"ReLU", "ReLU6"}
+"""Outputs >= 0: sign() alone counts the non-zeros (no abs pass)."""
+
+
 def _activation_raw(out: torch.Tensor, kind: str) -> torch.Tensor:
     """The ACT_RAW reductions of one activation, on the device.
 
     Moments and counts use the first ACT_SAMPLE_ROWS samples; dead units are counted
     over the whole batch (a unit is dead when it is 0 for every sample; the units of a
-    conv output are its channels).
+    conv output are its channels). On a CPU each op costs microseconds of dispatch, so
+    this keeps to the few that each figure needs.
     """
     full = out.detach()
-    flat = full[:ACT_SAMPLE_ROWS].reshape(-1).float()
+    flat = full[:ACT_SAMPLE_ROWS].reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
     lo, hi = torch.aminmax(flat)
-    parts = [*_raw_moments(flat), lo, hi, _count_nonzero(flat)]
-    zero = torch.zeros((), device=flat.device)
+    signs = flat.sign()
+    nonzero = (signs if kind in _NON_NEGATIVE else signs.abs()).sum()
     if kind in _SATURATION:
         centre, radius = _SATURATION[kind]
         centred = flat - centre if centre else flat
-        parts.append(_count_nonzero(torch.relu(centred.abs() - radius)))  # |a - c| > r
+        saturated = torch.relu(centred.abs() - radius).sign().sum()  # |a - c| > r
     else:
-        parts.append(zero)
+        saturated = nonzero * 0.0
     units = full.shape[1] if full.dim() > 1 else 1
     if kind in _DEAD_CAN_HAPPEN:
         # Max over the batch first (contiguous blocks), then over positions: measured up
         # to 13x faster than one amax over (0, 2, 3) on conv outputs.
         per_unit = full.amax(0).reshape(units, -1).amax(1)
-        parts.append((per_unit <= 0).sum().float())
+        dead = (per_unit <= 0).sum(dtype=torch.float32)
     else:
-        parts.append(zero)
-    parts += [torch.full((), float(flat.numel()), device=flat.device),
-              torch.full((), float(units), device=flat.device)]
-    return torch.stack(parts)
+        dead = saturated * 0.0
+    sizes = _constant((float(flat.numel()), float(units)), flat.device)
+    return torch.cat([torch.stack([*_raw_moments(flat), lo, hi, nonzero, saturated, dead]),
+                      sizes])
+
+
+_constants: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}
+
+
+def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A small constant vector on the device, made once (a tensor from Python values is
+    a host-to-device copy on a GPU)."""
+    key = (values, device)
+    if key not in _constants:
+        _constants[key] = torch.tensor(values, device=device)
+    return _constants[key]
 
 
 def _strided_sample(x: torch.Tensor) -> torch.Tensor:
@@ -257,8 +277,8 @@ class _Recording:
             if index not in self.grad_out:
                 with torch.no_grad():
                     flat = grad[:ACT_SAMPLE_ROWS].reshape(-1).float()
-                    size = torch.full((), float(flat.numel()), device=flat.device)
-                    self.grad_out[index] = torch.stack([*_raw_moments(flat), size])
+                    size = _constant((float(flat.numel()),), flat.device)
+                    self.grad_out[index] = torch.cat([torch.stack(_raw_moments(flat)), size])
 
         return hook
 
@@ -458,12 +478,16 @@ class _Tracker:
             table = torch.full((n, len(COLUMNS)), math.nan, device=device)
             if n:
                 sizes = owner.weight_sizes
-                weight = _tensor_columns(_tensor_raw(used), sizes)
+                # Weights and gradients through one set of ops (each op costs dispatch).
+                raw = _tensor_raw(used)
+                if self._grads is not None:
+                    raw, sizes = torch.cat([raw, self._grads]), sizes.repeat(2)
+                columns = _tensor_columns(raw, sizes)
+                weight = columns[:n]
                 table[:, _COL["weight_norm"]] = weight[:, 0]
                 table[:, _COL["weight_std"]] = weight[:, 1]
                 if self._grads is not None:
-                    grad = _tensor_columns(self._grads, sizes)
-                    table[:, _COL["grad_norm"] : _COL["grad_max"] + 1] = grad
+                    table[:, _COL["grad_norm"] : _COL["grad_max"] + 1] = columns[n:]
                 if update:
                     delta = torch.stack(torch._foreach_norm(torch._foreach_sub(after, used)))
                     table[:, _COL["update_ratio"]] = delta / weight[:, 0].clamp_min(1e-30)
