@@ -424,7 +424,8 @@ class RunConfig:
     )
     on_nonfinite: str = param(
         "stop",
-        "When the training loss turns NaN or inf: stop the run, or continue.",
+        "When the training loss turns NaN or inf: stop the run (on a CPU before that "
+        "step's update, so the weights stay finite), or continue.",
         choices=("stop", "continue"),
         hot=True,
     )

@@ -186,6 +186,8 @@ class Trainer:
         self.interval_loss_sum = 0.0
         self.interval_loss_count = 0
         self.first_nonfinite_step: int | None = None
+        self.update_skipped = False
+        """The last step's update was withheld because its loss was not finite."""
         self.epoch_ended = False
 
     # --- sizes -----------------------------------------------------------------
@@ -338,8 +340,26 @@ class Trainer:
                 torch.nn.utils.clip_grad_value_(params, reg.clip_value, foreach=True)
             return total
 
-        self.optimizer.step(closure)
-        return data_losses[0]
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            self.optimizer.step(closure)  # evaluates the closure as often as it needs
+            return data_losses[0]
+        closure()
+        loss = data_losses[0]
+        # On a CPU reading the loss waits for nothing, so a non-finite loss is caught
+        # before its update: the weights stay finite and the layer that broke can still
+        # be found. (On a GPU this would be a sync per step; there the metrics flush finds
+        # it, after the update.)
+        if (
+            self.device.type == "cpu"
+            and self.config.run.on_nonfinite == "stop"
+            and not math.isfinite(loss.item())
+        ):
+            self.update_skipped = True
+            if self.first_nonfinite_step is None:
+                self.first_nonfinite_step = self.step + 1
+            return loss
+        self.optimizer.step()
+        return loss
 
     def measure(self, x: torch.Tensor, target: torch.Tensor) -> tuple[float, LayerStatsSnapshot]:
         """Loss and per-layer statistics of one forward/backward, without updating.
@@ -695,9 +715,10 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
             located_nonfinite = True
             emit(trainer.locate_nonfinite(bad_step))
         if trainer.config.run.on_nonfinite == "stop":
+            kept = "; its update was not applied" if trainer.update_skipped else ""
             emit(Notice(trainer.step, "error",
-                        f"training loss became non-finite at step {bad_step}; run stopped "
-                        "(run.on_nonfinite = stop)"))
+                        f"training loss became non-finite at step {bad_step}{kept}; run "
+                        "stopped (run.on_nonfinite = stop)"))
             return True
         if not warned_nonfinite:
             warned_nonfinite = True
@@ -754,7 +775,8 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
             control.step_budget -= 1
         steps_done = stepping and control.step_budget == 0
 
-        if steps_done or time.monotonic() - last_flush >= METRICS_INTERVAL_S:
+        if (steps_done or trainer.update_skipped
+                or time.monotonic() - last_flush >= METRICS_INTERVAL_S):
             flush()
         if trainer.eval_due():
             evaluate()

@@ -390,3 +390,24 @@ def test_validation_features_need_a_validation_set():
         config = tiny_config(data__val_fraction=0.0).with_value(key, value)
         failed = of_type(run_loop(config), "EngineFailed")[0]
         assert failed.kind == "config" and "needs a validation set" in failed.message
+
+
+def test_on_the_cpu_a_non_finite_loss_withholds_its_update():
+    from engine.loop import Trainer
+
+    trainer = Trainer(tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0))
+    before = None
+    while not trainer.update_skipped:
+        assert trainer.step < 200, "the run never diverged"
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.train_step()
+    after = list(trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)  # the last good weights are kept
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert trainer.first_nonfinite_step == trainer.step
+    # With on_nonfinite = continue the update is applied as before.
+    trainer = Trainer(tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
+                                  run__on_nonfinite="continue"))
+    for _ in range(20):
+        trainer.train_step()
+    assert not trainer.update_skipped

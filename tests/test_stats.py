@@ -799,10 +799,6 @@ def test_loop_tracked_step_names_the_injected_layer(
     assert (detected.step, detected.layer, detected.where) == (3, "l2", mode)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN LIMITATION, for the non-finite policies of the doctor issue (skip the step / roll "
-    "back): with stats.every=0 the loss is found non-finite only after the optimizer step "
-    "spread NaN into every weight, so the first layer ('l1', 'weight') is named"))
 def test_loop_untracked_step_names_the_injected_layer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
