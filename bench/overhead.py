@@ -176,7 +176,7 @@ def plain_loop(cfg: Config, data: Dataset, n_steps: int) -> tuple[Times, float]:
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    init_weights(model, cfg.init, cfg.model.activation)
+    init_weights(model, cfg.init, cfg.model.activation, cfg.model.arch)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     x_all, y_all = data.x_train, data.y_train
     n, batch = len(x_all), cfg.data.batch_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import signal
 import sys
@@ -121,7 +122,8 @@ class ProgressPrinter:
             pairs = zip(d.class_names, d.train_counts, strict=True)
             counts = " ".join(f"{name}:{count}" for name, count in pairs)
             self.say(f"      train class counts {counts}")
-        self.say(f"model: {m.arch}, {len(m.layers)} layers, {m.params:,} parameters; "
+        weighted = sum(1 for layer in m.layers if layer.params)
+        self.say(f"model: {m.arch}, {weighted} layers with weights, {m.params:,} parameters; "
                  f"loss {e.loss}; optimizer {c['optim']['name']} lr {c['optim']['lr']:g}")
         self.say(f"device: {e.device}, {e.threads} thread(s); {e.steps_per_epoch} steps/epoch, "
                  f"{e.total_steps} steps")
@@ -131,7 +133,7 @@ class ProgressPrinter:
         if now - self.last_line < PROGRESS_INTERVAL_S:
             return
         self.last_line = now
-        self.say(f"step {e.steps[-1]:>6}  epoch {e.epoch:>3}  loss {e.losses[-1]:.4f}  "
+        self.say(f"step {e.steps[-1]:>6}  epoch {e.epoch:>3}  loss {e.losses[-1]:.4g}  "
                  f"lr {e.lrs[-1]:.2e}  {e.steps_per_sec:,.0f} steps/s")
 
     def on_EvalDone(self, e: protocol.EvalDone) -> None:
@@ -227,11 +229,19 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print("\nstopping after this step (Ctrl-C again to abort)", file=err, flush=True)
         commands.put(protocol.Stop())
 
+    reader_gone = False
+
     def emit(event: Any) -> None:
-        nonlocal failure
+        nonlocal failure, reader_gone
         if isinstance(event, protocol.EngineFailed):
             failure = event
-        show(event)
+        if reader_gone:
+            return
+        try:
+            show(event)
+        except BrokenPipeError:  # `trainlab run ... | head`: the reader left; stop quietly
+            reader_gone = True
+            commands.put(protocol.Stop())
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -241,6 +251,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGINT, previous)
+    if reader_gone:
+        # Python flushes stdout at exit; point it at /dev/null so that cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     return _exit_code(finished, failure, interrupts > 0)
 
 

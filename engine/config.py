@@ -34,6 +34,7 @@ ACTIVATIONS = (
     "identity",
 )
 INIT_SCHEMES = (
+    "auto",
     "default",
     "zeros",
     "constant",
@@ -162,10 +163,10 @@ class InitConfig:
     """How the weights of linear and convolution layers are initialized."""
 
     scheme: str = param(
-        "kaiming_normal",
-        "Weight initializer. default keeps PyTorch's own; xavier_* suit tanh-like "
-        "activations, kaiming_* the ReLU family; zeros and constant show the symmetry "
-        "problem.",
+        "auto",
+        "Weight initializer. auto: a custom model keeps its own, a built-in net gets "
+        "kaiming_normal for the ReLU family and xavier_normal for tanh-like activations. "
+        "default keeps PyTorch's own; zeros and constant show the symmetry problem.",
         choices=INIT_SCHEMES,
     )
     std: float = param(0.01, "normal: standard deviation of N(0, std^2).", low=0.0)
@@ -551,10 +552,14 @@ def _bound(x: float) -> str:
 
 def _allowed(info: FieldInfo) -> str:
     spec = info.spec
+    if typing.get_origin(info.type) is tuple:
+        return "a list of names from " + ", ".join(spec.choices or ())
     if spec.choices:
         return "one of " + ", ".join(spec.choices)
     if info.type is bool:
         return "true or false"
+    if info.type is str:
+        return "a string"
     kind = "an integer" if info.type is int else "a number"
     if spec.low is not None and spec.high is not None and not spec.low_open:
         return f"{kind} from {_bound(spec.low)} to {_bound(spec.high)}"
@@ -640,6 +645,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name!r} is not an import path: expected 'package.module:function'")
     if not d.dataset:
         raise ConfigError("data.dataset is empty: expected a dataset name or a file path")
+    if config.schedule.name == "one_cycle" and config.schedule.warmup_steps:
+        raise ConfigError("schedule.name = 'one_cycle' has its own warm-up: set "
+                          "schedule.warmup_steps = 0 (it is "
+                          f"{config.schedule.warmup_steps})")
     if config.optim.name == "nesterov" and config.optim.momentum == 0:
         raise ConfigError("optim.name = 'nesterov' needs optim.momentum > 0 (it is 0)")
     if r.max_steps == 0 and r.max_epochs == 0:

@@ -80,6 +80,8 @@ class _Source:
     """The source's own validation split, used as is."""
     label_names: tuple[str, ...] | None = None
     """Names of the integer labels 0..K-1 (scikit-learn's target_names)."""
+    task: str | None = None
+    """The task a built-in dataset is made for; None lets data.task = auto decide."""
 
 
 # --- built-in datasets -------------------------------------------------------------
@@ -91,14 +93,14 @@ def _spirals(cfg: DataConfig, seed: int) -> _Source:
     r = rng.uniform(0.0, 1.0, cfg.samples)
     theta = 2 * np.pi * (y / cfg.classes + SPIRAL_TURNS * r)
     x = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
-    return _Source(x + rng.normal(0.0, cfg.noise, x.shape), y)
+    return _Source(x + rng.normal(0.0, cfg.noise, x.shape), y, task="classification")
 
 
 def _moons(cfg: DataConfig, seed: int) -> _Source:
     from sklearn.datasets import make_moons  # lazy: importing scikit-learn takes a while
 
     x, y = make_moons(cfg.samples, noise=cfg.noise, random_state=np.random.RandomState(seed))
-    return _Source(x, y)
+    return _Source(x, y, task="classification")
 
 
 def _circles(cfg: DataConfig, seed: int) -> _Source:
@@ -106,21 +108,23 @@ def _circles(cfg: DataConfig, seed: int) -> _Source:
 
     rng = np.random.RandomState(seed)
     x, y = make_circles(cfg.samples, noise=cfg.noise, factor=CIRCLES_FACTOR, random_state=rng)
-    return _Source(x, y)
+    return _Source(x, y, task="classification")
 
 
 def _xor(cfg: DataConfig, seed: int) -> _Source:
     rng = np.random.RandomState(seed)
     x = rng.uniform(-1.0, 1.0, (cfg.samples, 2))
     y = (x[:, 0] > 0) != (x[:, 1] > 0)  # labelled before the noise, like the pattern itself
-    return _Source(x + rng.normal(0.0, cfg.noise, x.shape), y.astype(np.int64))
+    noisy = x + rng.normal(0.0, cfg.noise, x.shape)
+    return _Source(noisy, y.astype(np.int64), task="classification")
 
 
 def _blobs(cfg: DataConfig, seed: int) -> _Source:
     rng = np.random.RandomState(seed)
     centres = rng.uniform(-1.0, 1.0, (cfg.classes, cfg.features))
     y = np.arange(cfg.samples) % cfg.classes
-    return _Source(centres[y] + rng.normal(0.0, cfg.noise, (cfg.samples, cfg.features)), y)
+    x = centres[y] + rng.normal(0.0, cfg.noise, (cfg.samples, cfg.features))
+    return _Source(x, y, task="classification")
 
 
 def _checkerboard(cfg: DataConfig, seed: int) -> _Source:
@@ -128,19 +132,19 @@ def _checkerboard(cfg: DataConfig, seed: int) -> _Source:
     x = rng.uniform(-1.0, 1.0, (cfg.samples, 2))
     cells = np.clip(np.floor((x + 1) / 2 * CHECKERBOARD_CELLS), 0, CHECKERBOARD_CELLS - 1)
     y = cells.sum(axis=1).astype(np.int64) % 2
-    return _Source(x + rng.normal(0.0, cfg.noise, x.shape), y)
+    return _Source(x + rng.normal(0.0, cfg.noise, x.shape), y, task="classification")
 
 
 def _sine(cfg: DataConfig, seed: int) -> _Source:
     rng = np.random.RandomState(seed)
     x = rng.uniform(-np.pi, np.pi, (cfg.samples, 1))
-    return _Source(x, np.sin(x) + rng.normal(0.0, cfg.noise, x.shape))
+    return _Source(x, np.sin(x) + rng.normal(0.0, cfg.noise, x.shape), task="regression")
 
 
 def _unit_gaussian(cfg: DataConfig, seed: int) -> _Source:
     rng = np.random.RandomState(seed)
     x = rng.standard_normal((cfg.samples, cfg.features))
-    return _Source(x, rng.randint(cfg.classes, size=cfg.samples))
+    return _Source(x, rng.randint(cfg.classes, size=cfg.samples), task="classification")
 
 
 def _bundled(
@@ -155,7 +159,8 @@ def _bundled(
         x = bunch.data if image_shape is None else bunch.data.reshape(-1, *image_shape)
         names = getattr(bunch, "target_names", None)  # absent for regression (diabetes)
         return _Source(x, bunch.target, label_names=None if names is None else
-                       tuple(str(n) for n in names))
+                       tuple(str(n) for n in names),
+                       task="regression" if names is None else "classification")
 
     return build
 
@@ -414,7 +419,10 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         raise ConfigError(f"{where}: the training and validation splits differ in shape: "
                           f"inputs {[x.shape for x in xs]}, labels {[y.shape for y in ys]}")
     # Labels of both splits are encoded together, so a class code means the same in each.
-    y, task, count, class_names = _encode_labels(np.concatenate(ys), cfg.task,
+    # data.task = auto trusts a built-in dataset's own task (spirals with 10000 classes
+    # and 100 samples is still classification) and guesses only for user data.
+    wanted = src.task if cfg.task == "auto" and src.task else cfg.task
+    y, task, count, class_names = _encode_labels(np.concatenate(ys), wanted,
                                                  src.label_names, where)
     x = np.concatenate(xs)
     if src.val is None:

@@ -90,9 +90,26 @@ INITIALIZERS: dict[str, InitFn] = {
 """``init.scheme`` -> initializer. ``default`` is not here: it changes nothing."""
 
 
-def init_weights(model: nn.Module, cfg: InitConfig, activation: str) -> None:
+TANH_LIKE = ("tanh", "sigmoid", "scaled_sigmoid", "identity")
+"""Activations without a flat half: Xavier keeps their variance (KNOWLEDGE.md section 1)."""
+
+
+def resolve_scheme(scheme: str, arch: str, activation: str) -> str:
+    """The scheme ``auto`` stands for: the model's own for custom models, else Xavier for
+    tanh-like activations and Kaiming for the ReLU family. Other schemes are themselves."""
+    if scheme != "auto":
+        return scheme
+    if arch == "custom":
+        return "default"
+    return "xavier_normal" if activation in TANH_LIKE else "kaiming_normal"
+
+
+def init_weights(
+    model: nn.Module, cfg: InitConfig, activation: str, arch: str = "mlp"
+) -> None:
     """Initialize every linear and conv layer of ``model`` as ``cfg`` says, in place.
 
+    ``auto`` is resolved first (``resolve_scheme``: ``arch`` and ``activation`` decide).
     Weights get ``cfg.scheme``, biases ``cfg.bias``; scheme ``default`` leaves PyTorch's
     own initialization (weights and biases) untouched. ``activation`` (``model.activation``)
     only matters for kaiming_*: leaky_relu uses torch's leaky_relu gain with
@@ -100,10 +117,11 @@ def init_weights(model: nn.Module, cfg: InitConfig, activation: str) -> None:
     (Kaiming is the ReLU-family init, KNOWLEDGE.md section 1). Xavier and orthogonal use
     gain 1. Other layers, normalization included, are not touched.
     """
-    if cfg.scheme == "default":
+    scheme = resolve_scheme(cfg.scheme, arch, activation)
+    if scheme == "default":
         return
     try:
-        initializer = INITIALIZERS[cfg.scheme]
+        initializer = INITIALIZERS[scheme]
     except KeyError:
         known = ", ".join(["default", *INITIALIZERS])
         raise ConfigError(

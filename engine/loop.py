@@ -155,7 +155,7 @@ class Trainer:
         )
 
         self.model = build_model(config.model, data.input_shape, self.objective.num_outputs)
-        init_weights(self.model, config.init, config.model.activation)
+        init_weights(self.model, config.init, config.model.activation, config.model.arch)
         self.model.to(self.device)
         self._check_model(config)
         self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
@@ -203,9 +203,16 @@ class Trainer:
         if not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError(f"{source}: the model has no trainable parameters")
         self.model.eval()
+        example = self.data.x_train[:2].to(self.device)
         try:
             with torch.no_grad():
-                out = self.model(self.data.x_train[:2].to(self.device))
+                out = self.model(example)
+        except Exception as exc:
+            if config.model.arch != "custom":
+                raise
+            shape = tuple(example.shape)
+            raise UserCodeError(f"model.factory {config.model.factory}: the model on a "
+                                f"batch of shape {shape}", exc) from exc
         finally:
             self.model.train()
         want = self.objective.num_outputs
@@ -388,12 +395,12 @@ class Trainer:
                                      f"{step}; every layer's values are finite")
         layer, kind = where
         if kind == "weight":
-            # Found after the bad update: it spread NaN into every weight it touched.
+            # An earlier update (with a huge but finite loss) or, on a GPU, this one.
             return NonFiniteDetected(
                 step, layer, kind,
-                f"the loss turned non-finite at step {step}; the update after it made the "
-                f"weights of {layer} (the first layer) non-finite. To see where it began, "
-                "track every step (stats.every = 1)")
+                f"the loss turned non-finite at step {step}, when the weights of {layer} "
+                "(the first such layer) already were: an update overflowed them. Lower "
+                "optim.lr or set reg.clip_norm")
         return NonFiniteDetected(step, layer, kind,
                                  f"{kind} of layer {layer} turned non-finite (step {step})")
 
@@ -424,6 +431,7 @@ class Trainer:
             else math.nan
         )
         self.interval_loss_sum, self.interval_loss_count = 0.0, 0
+        self.last_train_loss = train_loss
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, self.step
             self.evals_without_improvement = 0
@@ -446,6 +454,21 @@ class Trainer:
         due = self.step % every == 0 if every else self.epoch_ended
         return due and self.last_eval_step != self.step
 
+    def start_notices(self) -> list[Notice]:
+        """Settings that are allowed but probably not meant, said once at the start."""
+        notices = []
+        cores, threads = _usable_cores(), self.config.run.threads
+        if threads > cores:
+            notices.append(Notice(0, "warning", f"run.threads = {threads} but this process "
+                                  f"can use {cores} cores: extra threads slow torch down"))
+        warmup, total = self.config.schedule.warmup_steps, self.total_steps()
+        if warmup >= total:
+            notices.append(Notice(0, "warning", f"schedule.warmup_steps = {warmup} covers the "
+                                  f"whole run ({total} steps): the schedule never starts"))
+        if notice := self.full_batch_notice():
+            notices.append(notice)
+        return notices
+
     def full_batch_notice(self) -> Notice | None:
         """A warning when a full-batch optimizer (L-BFGS, Rprop) gets mini-batches."""
         name = self.config.optim.name
@@ -465,12 +488,13 @@ class Trainer:
         losses = torch.stack(self.pending_losses).tolist()
         first = self.step - len(losses) + 1
         for i, value in enumerate(losses):
-            if math.isfinite(value):
-                self.interval_loss_sum += value
-                self.interval_loss_count += 1
-            elif self.first_nonfinite_step is None:
+            # A NaN step makes the interval's mean NaN: skipping it would hide it.
+            self.interval_loss_sum += value
+            self.interval_loss_count += 1
+            if not math.isfinite(value) and self.first_nonfinite_step is None:
                 self.first_nonfinite_step = first + i
-        self.last_train_loss = losses[-1]
+        if not len(self.x_val):  # no evaluations: the mean since the start stands in
+            self.last_train_loss = self.interval_loss_sum / self.interval_loss_count
         batch = MetricsBatch(
             steps=tuple(range(first, self.step + 1)),
             losses=tuple(losses),
@@ -644,7 +668,7 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
         trainer = Trainer(config)
         emit(trainer.started_event())
         emit(StateChanged("running", 0, "started"))
-        if notice := trainer.full_batch_notice():
+        for notice in trainer.start_notices():
             emit(notice)
         reason = _train(trainer, control, commands, emit)
     except Exception as exc:  # bad input, user code, or our own bug: report, never raise

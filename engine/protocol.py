@@ -284,6 +284,7 @@ class FinalMetrics:
     step: int
     epoch: int
     train_loss: float | None
+    """Mean training loss over the steps since the previous evaluation (as in EvalDone)."""
     val_loss: float | None
     val_accuracy: float | None
     best_val_loss: float | None

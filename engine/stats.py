@@ -125,9 +125,12 @@ std of exactly 0: the symmetry problem)."""
 
 
 def _raw_moments(flat: torch.Tensor) -> list[torch.Tensor]:
+    # Sums accumulate in float64: exploding activations (|a| > 1e19) must show their
+    # size, not overflow float32 into a false "non-finite".
     shift = flat[0]
     centred = flat - shift
-    return [shift, centred.sum(), torch.dot(centred, centred)]
+    return [shift, centred.sum(dtype=torch.float64),
+            torch.linalg.vector_norm(centred, dtype=torch.float64).square()]
 
 
 def _mean_std(raw: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,13 +425,13 @@ def _tensor_raw(tensors: list[torch.Tensor]) -> torch.Tensor:
     The norms come from one _foreach call for all tensors; max |x| is derived from min
     and max (an inf-norm measured 25x slower than aminmax on a CPU).
     """
-    norms = torch._foreach_norm(tensors)
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)  # no float32 overflow
     rows = []
     for t, norm in zip(tensors, norms, strict=True):
         flat = t.detach().reshape(-1)
         lo, hi = torch.aminmax(flat)
-        rows.append(torch.stack([flat.sum(), lo, hi, norm]))
-    return torch.stack(rows).float()
+        rows.append(torch.stack([flat.sum(dtype=torch.float64), lo, hi, norm]))
+    return torch.stack(rows)
 
 
 def _tensor_columns(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -475,7 +478,8 @@ class _Tracker:
         n = len(rows)
         device = after[0].device if after else torch.device("cpu")
         with torch.no_grad():
-            table = torch.full((n, len(COLUMNS)), math.nan, device=device)
+            table = torch.full((n, len(COLUMNS)), math.nan, device=device,
+                               dtype=torch.float64)
             if n:
                 sizes = owner.weight_sizes
                 # Weights and gradients through one set of ops (each op costs dispatch).
@@ -534,19 +538,24 @@ class _Tracker:
         """Activation and backward-signal columns, vectorized over the rows; a row whose
         activation did not run this step stays NaN (reported as None)."""
         rec, n = self.rec, len(self.owner.rows)
-        missing = torch.full((ACT_RAW,), math.nan, device=device)
+        missing = torch.full((ACT_RAW,), math.nan, device=device, dtype=torch.float64)
         raw = torch.stack([rec.act.get(i, missing) for i in range(n)])
         r = RAW_MOMENTS
         counts, units = raw[:, r + 5], raw[:, r + 6]
         mean, std = _mean_std(raw, counts)
+        # sign() maps NaN to 0: a non-finite activation's shares would read as zeros,
+        # so they are NaN (not measurable) wherever the moments are not finite.
+        finite = torch.isfinite(mean) & torch.isfinite(std)
+        nan = torch.full_like(mean, math.nan)
         table[:, 0:7] = torch.stack([
             mean, std, raw[:, r], raw[:, r + 1],
-            raw[:, r + 3] / counts,  # saturated share
-            raw[:, r + 4] / units,  # dead units share
-            1.0 - raw[:, r + 2] / counts,  # zeros share (the rest are non-zero)
+            torch.where(finite, raw[:, r + 3] / counts, nan),  # saturated share
+            raw[:, r + 4] / units,  # dead units share (from the max: NaN-safe)
+            torch.where(finite, 1.0 - raw[:, r + 2] / counts, nan),  # zeros share
         ], dim=1)
         if rec.grad_out:
-            no_grad = torch.full((RAW_MOMENTS + 1,), math.nan, device=device)
+            no_grad = torch.full((RAW_MOMENTS + 1,), math.nan, device=device,
+                                 dtype=torch.float64)
             graw = torch.stack([rec.grad_out.get(i, no_grad) for i in range(n)])
             table[:, _COL["grad_out_std"]] = _mean_std(graw, graw[:, RAW_MOMENTS])[1]
 

@@ -157,3 +157,10 @@ def test_config_file_round_trip_through_the_cli(tmp_path: Path, capsys):
     path.write_text(capsys.readouterr().out)
     assert main(["config", str(path)]) == 0
     assert from_dict(tomllib.loads(capsys.readouterr().out)) == Config()
+
+
+def test_a_reader_that_leaves_early_stops_the_run_quietly():
+    proc = subprocess.run(f"{sys.executable} -m engine run --headless | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.stdout.startswith("data: digits")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -506,3 +506,8 @@ def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path) -> None:
     path.write_bytes(b"[model]\n# caf\xe9\ndepth = 2\n")
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load(path)
+
+
+def test_one_cycle_has_its_own_warmup() -> None:
+    with pytest.raises(ConfigError, match="has its own warm-up"):
+        Config().with_values({"schedule.name": "one_cycle", "schedule.warmup_steps": 10})

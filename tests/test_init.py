@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from engine.config import INIT_SCHEMES, ConfigError, InitConfig, ModelConfig
-from engine.init import INITIALIZERS, init_weights
+from engine.init import INITIALIZERS, init_weights, resolve_scheme
 from engine.models import build_model
 
 SLOPE = 0.01  # leaky_relu's negative slope, stated independently of engine.models
@@ -48,9 +48,31 @@ def assert_moments(weight: torch.Tensor, variance: float, rel: float = 0.06) -> 
     assert abs(w.mean().item()) < 0.05 * variance**0.5
 
 
-def test_every_scheme_but_default_is_registered() -> None:
-    assert set(INITIALIZERS) | {"default"} == set(INIT_SCHEMES)
-    assert "default" not in INITIALIZERS
+def test_every_scheme_but_default_and_auto_is_registered() -> None:
+    assert set(INITIALIZERS) | {"default", "auto"} == set(INIT_SCHEMES)
+    assert "default" not in INITIALIZERS and "auto" not in INITIALIZERS
+
+
+@pytest.mark.parametrize(
+    ("arch", "activation", "expected"),
+    [("mlp", "relu", "kaiming_normal"), ("cnn", "gelu", "kaiming_normal"),
+     ("mlp", "tanh", "xavier_normal"), ("mlp", "sigmoid", "xavier_normal"),
+     ("custom", "relu", "default"), ("custom", "tanh", "default")],
+)
+def test_auto_picks_the_init_an_expert_would(arch: str, activation: str, expected: str) -> None:
+    assert resolve_scheme("auto", arch, activation) == expected
+    assert resolve_scheme("orthogonal", arch, activation) == "orthogonal"
+
+
+def test_auto_leaves_a_custom_model_its_own_weights() -> None:
+    layer = nn.Linear(50, 40)
+    with torch.no_grad():
+        layer.weight.fill_(0.01)
+        layer.bias.fill_(0.5)
+    init_weights(layer, InitConfig(scheme="auto"), "relu", arch="custom")
+    assert torch.all(layer.weight == 0.01) and torch.all(layer.bias == 0.5)
+    init_weights(layer, InitConfig(scheme="auto"), "tanh", arch="mlp")
+    assert_moments(layer.weight, 2 / (50 + 40), rel=0.25)  # Xavier's variance
 
 
 @pytest.mark.parametrize("layer", LAYERS)

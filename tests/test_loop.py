@@ -411,3 +411,40 @@ def test_on_the_cpu_a_non_finite_loss_withholds_its_update():
     for _ in range(20):
         trainer.train_step()
     assert not trainer.update_skipped
+
+
+def test_unlikely_settings_are_warned_about_at_the_start():
+    events = run_loop(tiny_config(run__threads=1024, schedule__warmup_steps=50,
+                                  run__max_steps=20))
+    messages = [n.message for n in of_type(events, "Notice") if n.level == "warning"]
+    assert any("run.threads = 1024" in m for m in messages)
+    assert any("warmup_steps = 50 covers the whole run (20 steps)" in m for m in messages)
+
+
+def test_nan_steps_make_the_interval_mean_nan_and_final_matches_eval():
+    config = tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
+                         run__on_nonfinite="continue", run__max_steps=20, run__eval_every=10)
+    events = run_loop(config)
+    evals = of_type(events, "EvalDone")
+    assert math.isnan(evals[-1].train_loss)  # NaN steps are not skipped in the mean
+    healthy = run_loop(tiny_config(run__eval_every=7))
+    # One meaning of train_loss: the final figure is the last evaluation's interval mean.
+    assert finished(healthy).final.train_loss == of_type(healthy, "EvalDone")[-1].train_loss
+
+
+def test_a_built_in_dataset_keeps_its_task_whatever_its_size():
+    events = run_loop(tiny_config(data__dataset="spirals", data__classes=500,
+                                  data__samples=100, run__max_steps=2))
+    assert events[0].dataset.task == "classification" and events[0].loss == "cross_entropy"
+
+
+def test_a_user_model_that_fails_on_the_data_is_user_code(tmp_path, monkeypatch):
+    name = _write_module(tmp_path, monkeypatch, """
+        import torch
+        def wrong_inputs(input_shape, num_outputs):
+            return torch.nn.Sequential(torch.nn.Linear(3, num_outputs))
+    """)
+    events = run_loop(tiny_config(model__arch="custom", model__factory=f"{name}:wrong_inputs"))
+    failed = of_type(events, "EngineFailed")[0]
+    assert failed.kind == "user_code" and "batch of shape (2, 2)" in failed.message
+    assert "mat1 and mat2" in failed.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 
@@ -83,3 +84,14 @@ def test_probe_bad_input_exits_2(capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
     assert main(["probe", "--set", "data.dataset=missing.csv"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_exploding_activations_are_measured_not_reported_non_finite():
+    # 25 ReLU layers with N(0, 1) weights: activations reach ~1e22, beyond float32's
+    # sum of squares but finite. The statistics must show them, not inf/NaN.
+    config = Config().with_values({"init.scheme": "normal", "init.std": 1.0,
+                                   "model.depth": 25, "run.threads": 1})
+    layers = probe(config).snapshot.layers
+    assert max(row.act_std for row in layers) > 1e19
+    assert all(math.isfinite(row.act_std) and math.isfinite(row.grad_norm) for row in layers)
+    assert all(row.zero_frac is not None and 0 <= row.zero_frac <= 1 for row in layers)
