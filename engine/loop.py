@@ -493,8 +493,6 @@ class Trainer:
             self.interval_loss_count += 1
             if not math.isfinite(value) and self.first_nonfinite_step is None:
                 self.first_nonfinite_step = first + i
-        if not len(self.x_val):  # no evaluations: the mean since the start stands in
-            self.last_train_loss = self.interval_loss_sum / self.interval_loss_count
         batch = MetricsBatch(
             steps=tuple(range(first, self.step + 1)),
             losses=tuple(losses),
@@ -630,10 +628,14 @@ def _handle(command: Any, trainer: Trainer, control: _Control, emit: Emit) -> No
 def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
     if trainer is None:
         return FinalMetrics(0, 0, None, None, None, None, None, time.monotonic() - started)
+    # The mean over the steps no evaluation has covered yet (a run stopped by a NaN, or
+    # one without a validation set), else the last evaluation's: EvalDone's meaning.
+    count = trainer.interval_loss_count
+    train_loss = trainer.interval_loss_sum / count if count else trainer.last_train_loss
     return FinalMetrics(
         step=trainer.step,
         epoch=trainer.batches.epoch,
-        train_loss=trainer.last_train_loss,
+        train_loss=train_loss,
         val_loss=trainer.last_val_loss,
         val_accuracy=trainer.last_val_accuracy,
         best_val_loss=trainer.best_val_loss if trainer.best_step is not None else None,

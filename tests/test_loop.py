@@ -208,6 +208,7 @@ def test_non_finite_loss_stops_the_run():
     end = finished(events)
     assert end.reason == "non_finite"
     assert end.final.step < 200
+    assert not math.isfinite(end.final.train_loss)  # not the last evaluation's stale mean
     assert of_type(events, "StateChanged")[-1].state == "failed"
     assert f"non-finite at step {first_bad};" in of_type(events, "Notice")[-1].message
     events = run_loop(config.with_value("run.on_nonfinite", "continue"))
@@ -448,3 +449,10 @@ def test_a_user_model_that_fails_on_the_data_is_user_code(tmp_path, monkeypatch)
     failed = of_type(events, "EngineFailed")[0]
     assert failed.kind == "user_code" and "batch of shape (2, 2)" in failed.message
     assert "mat1 and mat2" in failed.message
+
+
+def test_without_a_validation_set_the_final_train_loss_is_the_run_mean():
+    events = run_loop(tiny_config(data__val_fraction=0.0, run__max_steps=12))
+    losses = losses_by_step(events)
+    assert not of_type(events, "EvalDone")
+    assert finished(events).final.train_loss == pytest.approx(sum(losses.values()) / 12)
