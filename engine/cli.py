@@ -89,12 +89,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # --- human-readable progress ------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def _pct(value: float | None, suffix: str = "%") -> str:
+    """A fraction as a percentage; '-' where there is none."""
+    return "-" if value is None else f"{100 * value:.1f}{suffix}"
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def _num(value: float | None, spec: str = ".4g") -> str:
+    """A number in ``spec``; '-' where there is none."""
+    return "-" if value is None else format(value, spec)
 
 
 class ProgressPrinter:
@@ -272,23 +274,16 @@ def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def format_layer_table(snapshot: protocol.LayerStatsSnapshot) -> str:
     """Per-layer statistics as an aligned text table (the probe's human output)."""
     header = ("layer", "act", "mean", "std", "sat%", "dead%", "zero%", "grad_out_std",
               "w_norm", "grad_norm")
-    def pct(value: float | None) -> str:
-        return _cell(None if value is None else 100 * value, ".1f")
-
     rows = [header]
     for r in snapshot.layers:
         rows.append((
-            r.name, r.activation or "-", _cell(r.act_mean, ".3g"), _cell(r.act_std, ".3g"),
-            pct(r.saturated_frac), pct(r.dead_frac), pct(r.zero_frac),
-            _cell(r.grad_out_std, ".3g"), _cell(r.weight_norm, ".3g"), _cell(r.grad_norm, ".3g"),
+            r.name, r.activation or "-", _num(r.act_mean, ".3g"), _num(r.act_std, ".3g"),
+            _pct(r.saturated_frac, ""), _pct(r.dead_frac, ""), _pct(r.zero_frac, ""),
+            _num(r.grad_out_std, ".3g"), _num(r.weight_norm, ".3g"), _num(r.grad_norm, ".3g"),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)

@@ -425,11 +425,8 @@ class Trainer:
         finally:
             self.model.train()
         accuracy = n_correct / n if self.objective.predict is not None else None
-        train_loss = (
-            self.interval_loss_sum / self.interval_loss_count
-            if self.interval_loss_count
-            else math.nan
-        )
+        train_loss = self.interval_train_loss()
+        train_loss = math.nan if train_loss is None else train_loss
         self.interval_loss_sum, self.interval_loss_count = 0.0, 0
         self.last_train_loss = train_loss
         if val_loss < self.best_val_loss:
@@ -447,6 +444,11 @@ class Trainer:
             train_loss=train_loss,
             best_val_loss=self.best_val_loss,
         )
+
+    def interval_train_loss(self) -> float | None:
+        """Mean training loss of the steps since the previous evaluation (None if none)."""
+        count = self.interval_loss_count
+        return self.interval_loss_sum / count if count else None
 
     def eval_due(self) -> bool:
         """Is an evaluation due after the step just taken (run.eval_every, or epoch end)?"""
@@ -630,12 +632,11 @@ def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
         return FinalMetrics(0, 0, None, None, None, None, None, time.monotonic() - started)
     # The mean over the steps no evaluation has covered yet (a run stopped by a NaN, or
     # one without a validation set), else the last evaluation's: EvalDone's meaning.
-    count = trainer.interval_loss_count
-    train_loss = trainer.interval_loss_sum / count if count else trainer.last_train_loss
+    train_loss = trainer.interval_train_loss()
     return FinalMetrics(
         step=trainer.step,
         epoch=trainer.batches.epoch,
-        train_loss=train_loss,
+        train_loss=trainer.last_train_loss if train_loss is None else train_loss,
         val_loss=trainer.last_val_loss,
         val_accuracy=trainer.last_val_accuracy,
         best_val_loss=trainer.best_val_loss if trainer.best_step is not None else None,

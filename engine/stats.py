@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,9 +54,16 @@ MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
 
 # The activation kinds whose statistics have a meaning beyond mean and std.
-_BOUNDED = {"Tanh", "Sigmoid", "ScaledSigmoid", "Hardtanh"}
+_SATURATION = {
+    "Tanh": (0.0, TANH_SATURATION),
+    "Hardtanh": (0.0, TANH_SATURATION),
+    "ScaledSigmoid": (0.0, SCALED_SIGMOID_SATURATION),
+    "Sigmoid": (0.5, 0.5 - SIGMOID_SATURATION),
+}
+"""Bounded activations: saturated means |a - centre| > radius."""
 _DEAD_CAN_HAPPEN = {"ReLU", "ReLU6"}
-"""Units of these output exactly 0 for every input once dead (ReLU's flat half)."""
+"""Units of these output exactly 0 for every input once dead (ReLU's flat half); their
+outputs are >= 0, so sign() alone counts the non-zeros."""
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(
     {type(build()) for build in ACTIVATION_BUILDERS.values()}
     | {nn.ReLU6, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.Hardtanh, nn.Hardswish}
@@ -119,9 +126,8 @@ def find_rows(model: nn.Module, example: torch.Tensor) -> list[Row]:
 # turns them into means, stds and fractions runs once for all rows (few, large ops
 # instead of many small ones: on a CPU each small op costs microseconds).
 RAW_MOMENTS = 3
-"""[shift, sum(x - shift), sum((x - shift)^2)]: shifting by the first element keeps
-float32 from cancelling when the mean dwarfs the spread (all-equal weights must show a
-std of exactly 0: the symmetry problem)."""
+"""[shift, sum(x - shift), sum((x - shift)^2)] of an activation or backward signal
+(see ``_raw_moments``)."""
 
 
 OVERFLOW_SAFE = 1e15
@@ -162,13 +168,6 @@ def _mean_std(raw: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return raw[:, 0] + offset, var.sqrt()
 
 
-# Saturation as |a - centre| > radius, by activation kind.
-_SATURATION = {
-    "Tanh": (0.0, TANH_SATURATION),
-    "Hardtanh": (0.0, TANH_SATURATION),
-    "ScaledSigmoid": (0.0, SCALED_SIGMOID_SATURATION),
-    "Sigmoid": (0.5, 0.5 - SIGMOID_SATURATION),
-}
 ACT_RAW = RAW_MOMENTS + 7
 """Raw activation vector: moments, min, max, non-zero count, saturated count, dead units,
 sample size, number of units (sizes filled on the device: no host-to-device copy)."""
@@ -179,10 +178,6 @@ def _count_nonzero(x: torch.Tensor) -> torch.Tensor:
     64k values depending on their pattern (ReLU outputs were the slow case); this is a
     steady ~26 us."""
     return x.sign().abs().sum()
-
-
-_NON_NEGATIVE = {"ReLU", "ReLU6"}
-"""Outputs >= 0: sign() alone counts the non-zeros (no abs pass)."""
 
 
 def _activation_raw(out: torch.Tensor, kind: str) -> torch.Tensor:
@@ -200,7 +195,7 @@ def _activation_raw(out: torch.Tensor, kind: str) -> torch.Tensor:
     lo, hi = torch.aminmax(flat)
     moments = _raw_moments(flat, lo, hi)
     signs = flat.sign()
-    nonzero = (signs if kind in _NON_NEGATIVE else signs.abs()).sum()
+    nonzero = (signs if kind in _DEAD_CAN_HAPPEN else signs.abs()).sum()
     if kind in _SATURATION:
         centre, radius = _SATURATION[kind]
         centred = flat - centre if centre else flat
@@ -297,7 +292,7 @@ class _Recording:
         if out.requires_grad:
             out.register_hook(self._grad_hook(index))
 
-    def _grad_hook(self, index: int):
+    def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             if index not in self.grad_out:
                 with torch.no_grad():
@@ -360,7 +355,7 @@ class Instruments:
 
     def _attach(self, rec: _Recording) -> list[torch.utils.hooks.RemovableHandle]:
         """One forward hook per distinct activation module, for one tracked step."""
-        def route(module: nn.Module, rows_by_call: dict[int, int]):
+        def route(module: nn.Module, rows_by_call: dict[int, int]) -> Callable[..., None]:
             def hook(mod: nn.Module, args: object, out: torch.Tensor) -> None:
                 rec.on_activation(module, rows_by_call, out)
             return hook
@@ -605,7 +600,7 @@ def _layer_stats(row: Row, v: list[float], *, measured: bool) -> LayerStats:
         act_std=act("act_std"),
         act_min=act("act_min"),
         act_max=act("act_max"),
-        saturated_frac=act("saturated_frac") if row.act_kind in _BOUNDED else None,
+        saturated_frac=act("saturated_frac") if row.act_kind in _SATURATION else None,
         dead_frac=act("dead_frac") if row.act_kind in _DEAD_CAN_HAPPEN else None,
         zero_frac=act("zero_frac"),
         grad_out_std=_none_if_nan(v[c["grad_out_std"]]) if measured else None,
