@@ -29,21 +29,23 @@ PROGRESS_INTERVAL_S = 1.0
 """Human progress lines: at most one training line a second (evaluations always print)."""
 
 
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """CONFIG, --preset and --set: how every command that builds a run is told which."""
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml",
+                   help="run configuration (default: the digits MLP experiment)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="start from a built-in experiment (see trainlab presets)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.FIELD=VALUE",
+                   help="override one config field, e.g. --set optim.lr=3e-3 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
         prog="trainlab", description="A terminal lab for training neural networks."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add_config_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", nargs="?", metavar="CONFIG.toml",
-                       help="run configuration (default: the digits MLP experiment)")
-        p.add_argument("--preset", metavar="NAME",
-                       help="start from a built-in experiment (see trainlab presets)")
-        p.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="SECTION.FIELD=VALUE",
-                       help="override one config field, e.g. --set optim.lr=3e-3 (repeatable)")
 
     run = sub.add_parser("run", help="train a run", description="Train a run.")
     add_config_args(run)
@@ -198,9 +200,8 @@ def _exit_code(finished: protocol.RunFinished, failure: protocol.EngineFailed | 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab run --headless``: train in the foreground; Ctrl-C stops cleanly."""
-    if not args.headless and not args.json:
-        print("trainlab run: the interactive app is not in this version yet; "
-              "add --headless to train in this terminal", file=err)
+    if not args.headless and not args.json:  # the app's front end (tui.cli) opens the app
+        print("trainlab run: add --headless (or --json) to train without the app", file=err)
         return EXIT_BAD_INPUT
     show = json_printer(out) if args.json else ProgressPrinter(out, err)
     try:

@@ -550,7 +550,8 @@ def _bound(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def _allowed(info: FieldInfo) -> str:
+def describe_allowed(info: FieldInfo) -> str:
+    """What a field accepts, in words ('a number > 0', 'one of sgd, adam')."""
     spec = info.spec
     if typing.get_origin(info.type) is tuple:
         return "a list of names from " + ", ".join(spec.choices or ())
@@ -577,7 +578,8 @@ def check_value(key: str, value: Any) -> Any:
     spec = info.spec
 
     def bad() -> ConfigError:
-        return ConfigError(f"{key} = {value!r} is not allowed: expected {_allowed(info)}")
+        return ConfigError(
+            f"{key} = {value!r} is not allowed: expected {describe_allowed(info)}")
 
     if info.type is bool:
         if not isinstance(value, bool):
@@ -605,7 +607,8 @@ def check_value(key: str, value: Any) -> Any:
             raise bad()
         if spec.choices and value not in spec.choices:
             hint = did_you_mean(value, list(spec.choices), list_all=False)
-            raise ConfigError(f"{key} = {value!r} is not allowed: expected {_allowed(info)}{hint}")
+            raise ConfigError(
+                f"{key} = {value!r} is not allowed: expected {describe_allowed(info)}{hint}")
         return value
     # tuple[str, ...]: a list of choices, each at most once.
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -745,7 +748,7 @@ def to_toml(config: Config, *, comments: bool = True) -> str:
             lines.append(f"[{sec}]")
         if comments:
             lines.append(f"# {info.spec.doc}")
-            lines.append(f"# {_allowed(info)}; {'hot' if info.spec.hot else 'cold'}")
+            lines.append(f"# {describe_allowed(info)}; {'hot' if info.spec.hot else 'cold'}")
         lines.append(f"{name} = {_toml_value(config.get(info.key))}")
     return "\n".join(lines) + "\n"
 
@@ -777,7 +780,7 @@ def parse_value(key: str, text: str) -> Any:
                 number = float(raw)
             except ValueError:
                 raise ConfigError(
-                    f"{key} = {text!r} is not allowed: expected {_allowed(info)}"
+                    f"{key} = {text!r} is not allowed: expected {describe_allowed(info)}"
                 ) from None
         return check_value(key, number)
     if info.type is str:

@@ -1,0 +1,101 @@
+"""``python -m engine.worker``: one run in a child process, protocol over stdin/stdout.
+
+The app starts this process so that training has an interpreter (and a GIL) of its
+own: a small, Python-bound model in a thread beside the UI loses about a third of its
+speed to the UI (DESIGN.md section 3). The wire format is the protocol's strict JSON:
+
+- stdin: the first line is the run's config (``Config.to_dict()`` as JSON), then one
+  command per line. End of input (the app went away) stops the run at the next step
+  boundary, so the loop's cleanup always runs.
+- stdout: one event per line, nothing else. The user's own code may print: file
+  descriptor 1 is pointed at stderr (the app sends that to a log file) before any of
+  it is imported, and events go out on a private duplicate of the original stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+from typing import Any, TextIO
+
+from engine import protocol
+from engine.config import ConfigError, from_dict
+
+
+class EventWriter:
+    """Writes events as JSON lines from the loop's thread and the command reader."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def __call__(self, event: Any) -> None:
+        line = protocol.to_json(event) + "\n"
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                self.stream.write(line)
+                self.stream.flush()  # ~10 lines a second: the loop batches its metrics
+            except (BrokenPipeError, ValueError):  # the app is gone; keep training to a stop
+                self.closed = True
+
+
+def read_commands(stdin: TextIO, commands: queue.Queue[Any], emit: EventWriter) -> None:
+    """Parse command lines into ``commands`` until end of input, then ask for a stop."""
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            command = protocol.from_json(line)
+        except (ValueError, TypeError, KeyError) as exc:
+            emit(protocol.CommandRejected("unknown", f"unreadable command {line.strip()!r}: "
+                                          f"{exc}", -1))
+            continue
+        if type(command).__name__ not in protocol.COMMANDS:
+            emit(protocol.CommandRejected(type(command).__name__,
+                                          "an event is not a command", -1))
+            continue
+        commands.put(command)
+    commands.put(protocol.Stop())
+
+
+def _private_stdout() -> TextIO:
+    """The original stdout for events; fd 1 (and ``sys.stdout``) now lead to stderr."""
+    events_fd = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return os.fdopen(events_fd, "w", encoding="utf-8")
+
+
+def main() -> int:
+    """Run one training run as the protocol over stdin/stdout; 0 unless the wire broke."""
+    emit = EventWriter(_private_stdout())
+    first = sys.stdin.readline()
+    try:
+        config = from_dict(json.loads(first))
+    except (ValueError, ConfigError) as exc:
+        # Nothing was built yet: the same ending a refused run has in-process.
+        message = f"the engine could not read its config: {exc}"
+        kind = "config" if isinstance(exc, ConfigError) else "internal"
+        emit(protocol.EngineFailed(0, kind, message))
+        emit(protocol.StateChanged("failed", 0, message))
+        emit(protocol.RunFinished(
+            "failed", protocol.FinalMetrics(0, 0, None, None, None, None, None, 0.0)))
+        return 0
+    commands: queue.Queue[Any] = queue.Queue()
+    reader = threading.Thread(target=read_commands, args=(sys.stdin, commands, emit),
+                              name="trainlab-commands", daemon=True)
+    reader.start()
+    from engine.loop import run  # torch: only once the config is known to be readable
+
+    run(config, commands, emit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The app with a fake engine: key -> command -> acknowledgement -> what the screen shows."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+
+from engine import protocol
+from engine.config import OPTIMIZERS, Config
+from tests.fake_engine import LAYERS, FakeEngines, opening, snapshot
+from tui.app import DEFAULT_CLIP_NORM, TrainlabApp
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.widgets.config_panel import ConfigPanel, widget_id
+from tui.widgets.histogram_view import HistogramView
+from tui.widgets.layer_table import LayerTable
+from tui.widgets.loss_chart import LossChart
+from tui.widgets.run_log import RunLog
+from tui.widgets.status_bar import StatusBar
+
+
+def make_app(config: Config | None = None, script: list[Any] | None = None,
+             ) -> tuple[TrainlabApp, FakeEngines]:
+    engines = FakeEngines(script)
+    return TrainlabApp(config or Config(), engine_factory=engines), engines
+
+
+async def settle(pilot: Any, times: int = 3) -> None:
+    """Let the pump apply what the fake engine queued and the screen refresh."""
+    for _ in range(times):
+        await pilot.pause()
+
+
+def status(app: TrainlabApp) -> str:
+    return str(app.query_one(StatusBar).render())
+
+
+def log_text(app: TrainlabApp) -> str:
+    return "\n".join(entry.text for entry in app.run_state.log)
+
+
+async def test_opening_events_reach_every_panel() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert engines.current.config == Config()
+        s = app.run_state
+        assert s.state == "running" and s.step == 200
+        assert len(s.train_loss) == 200 and s.val_loss.last() == (200, pytest.approx(0.4))
+        assert status(app).startswith("running") and "step 200/1,000" in status(app)
+        table = app.query_one("#layers-train", LayerTable)
+        assert [str(k.value) for k in table.rows] == list(LAYERS)
+        assert "started: mlp" in log_text(app)
+
+
+async def test_space_pauses_and_n_steps_only_while_paused() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("n")  # running: single-step makes no sense, nothing is sent
+        assert engines.current.commands == []
+        assert app.check_action("step", ()) is None
+        await pilot.press("space")
+        await settle(pilot)
+        assert engines.current.commands == [protocol.Pause()]
+        assert app.run_state.state == "paused" and status(app).startswith("paused")
+        await pilot.press("n")
+        await settle(pilot)
+        assert engines.current.commands[-1] == protocol.Step(1)
+        assert app.run_state.step == 201 and app.run_state.state == "paused"
+        await pilot.press("space")
+        await settle(pilot)
+        assert engines.current.commands[-1] == protocol.Resume()
+        assert status(app).startswith("running")
+
+
+async def test_lr_keys_double_and_halve_and_mark_the_chart() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("plus")
+        await settle(pilot)
+        assert engines.current.commands == [protocol.SetHyper("optim.lr", 2e-3)]
+        assert app.run_state.config.optim.lr == pytest.approx(2e-3)
+        assert "lr 0.002" in status(app)
+        await pilot.press("minus", "minus")
+        await settle(pilot)
+        sent = [c.value for c in engines.current.commands]
+        assert sent == pytest.approx([2e-3, 1e-3, 5e-4])
+        assert app.run_state.markers == [(200, "lr=0.002"), (200, "lr=0.001"),
+                                         (200, "lr=0.0005")]
+        chart = app.query_one(LossChart)
+        await pilot.pause(0.3)  # the chart's redraw timer
+        assert "lr=0.0005" in chart.plt.build()
+
+
+async def test_optimizer_key_cycles_in_registry_order_with_a_marker() -> None:
+    app, engines = make_app(Config().with_value("optim.name", OPTIMIZERS[-1]))
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("o")
+        await settle(pilot)
+        assert engines.current.commands == [protocol.SetHyper("optim.name", OPTIMIZERS[0])]
+        assert app.run_state.markers[-1] == (200, OPTIMIZERS[0])
+        assert OPTIMIZERS[0] in status(app)
+
+
+async def test_pick_optimizer_from_the_list() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("O")
+        await settle(pilot)
+        await pilot.press("down", "enter")  # adam is current; the next one is adamw
+        await settle(pilot)
+        names = list(OPTIMIZERS)
+        expected = names[names.index("adam") + 1]
+        assert engines.current.commands == [protocol.SetHyper("optim.name", expected)]
+
+
+async def test_clip_key_toggles_between_off_and_the_last_value() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        values = [c.value for c in engines.current.commands]
+        assert values == [DEFAULT_CLIP_NORM, 0.0]
+        assert "no clip" in status(app)
+
+
+async def test_save_key_saves_a_checkpoint_and_logs_its_path() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await settle(pilot)
+        assert engines.current.commands == [protocol.SaveCheckpoint()]
+        assert "checkpoint saved: checkpoints/step_200.pt" in log_text(app)
+
+
+async def test_a_finished_run_disables_the_run_actions() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        engines.current.finish()
+        await settle(pilot)
+        assert status(app).startswith("finished")
+        await pilot.press("space", "plus", "o", "c", "s", "n")
+        assert engines.current.commands == []
+        for action in ("toggle_pause", "scale_lr", "next_optimizer", "toggle_clip",
+                       "save_checkpoint", "step"):
+            assert app.check_action(action, ()) is None
+        assert app.check_action("restart", ()) is True
+
+
+async def test_rejected_command_is_logged_as_a_warning() -> None:
+    app, _engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        app.send(protocol.SetHyper("optim.lr", -1.0))
+        await settle(pilot)
+        entry = app.run_state.log[-1]
+        assert entry.level == "warning"
+        assert "optim.lr" in entry.text and "-1.0" in entry.text
+
+
+async def test_config_panel_shows_an_inline_error_naming_field_value_and_range() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        panel = app.query_one(ConfigPanel)
+        box = panel.query_one(f"#{widget_id('optim.lr')}")
+        box.focus()
+        box.value = "-0.5"
+        await settle(pilot)
+        message = panel.errors["optim.lr"]
+        assert "optim.lr" in message and "-0.5" in message and "> 0" in message
+        error = panel.query_one("#error-optim-lr")
+        assert error.display and "-0.5" in str(error.render())
+        await pilot.press("enter")  # an invalid value is never sent
+        assert engines.current.commands == []
+        box.value = "0.01"
+        await settle(pilot)
+        assert "optim.lr" not in panel.errors and not error.display
+        await pilot.press("enter")
+        await settle(pilot)
+        assert engines.current.commands == [protocol.SetHyper("optim.lr", 0.01)]
+        assert panel.edits == {}  # acknowledged: the run has it now
+        assert app.run_state.config.optim.lr == 0.01
+
+
+async def test_config_panel_has_a_field_for_every_schema_entry() -> None:
+    from engine.config import fields
+
+    app, _ = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        panel = app.query_one(ConfigPanel)
+        for info in fields():
+            assert panel.query(f"#{widget_id(info.key)}"), info.key
+
+
+async def test_cold_edit_and_restart_starts_a_new_engine_with_it() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        panel = app.query_one(ConfigPanel)
+        box = panel.query_one(f"#{widget_id('model.depth')}")
+        box.value = "5"
+        await settle(pilot)
+        assert panel.edits == {"model.depth": 5}
+        assert "restart to apply: model.depth" in str(panel.query_one("#config-summary")
+                                                          .render())
+        await pilot.press("escape")  # leave the field: keys act on the app again
+        app.action_restart()
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)  # training runs: ask first
+        await pilot.press("y")
+        await settle(pilot, 6)
+        assert len(engines.made) == 2 and engines.made[0].stopped
+        assert engines.current.config is not None
+        assert engines.current.config.model.depth == 5
+        assert app.run_state.config.model.depth == 5 and panel.edits == {}
+        assert len(app.run_state.train_loss) == 200  # the new run's history only
+
+
+async def test_restart_refuses_an_invalid_edit_and_keeps_the_run() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        panel = app.query_one(ConfigPanel)
+        panel.query_one(f"#{widget_id('model.width')}").value = "0"
+        await settle(pilot)
+        app.action_restart()
+        await settle(pilot)
+        assert len(engines.made) == 1 and not engines.current.stopped
+        assert app.query_one("#views").active == "config"
+
+
+async def test_engine_failure_shows_banner_and_traceback_and_restart_recovers() -> None:
+    trace = "Traceback (most recent call last):\n  File \"my_model.py\", line 3\nValueError: boom"
+    script = [
+        protocol.EngineFailed(0, "user_code", "user code raised ValueError: boom", trace),
+        protocol.StateChanged("failed", 0, "boom"),
+        protocol.RunFinished("failed", protocol.FinalMetrics(0, 0, None, None, None, None,
+                                                             None, 0.1)),
+    ]
+    app, engines = make_app(script=script)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        banner = app.query_one("#banner")
+        assert banner.display and "boom" in str(banner.render())
+        assert status(app).startswith("failed")
+        (entry,) = [e for e in app.run_state.log if e.level == "error"]
+        assert "boom" in entry.text and entry.traceback == trace
+        await pilot.press("4")
+        await settle(pilot)
+        log = app.query_one("#log-full", RunLog)
+        assert any("ValueError: boom" in line.text for line in log.lines)
+        engines.script = None  # the next engine trains normally
+        await pilot.press("r")
+        await settle(pilot, 6)
+        assert len(engines.made) == 2 and app.run_state.state == "running"
+        assert not banner.display
+
+
+async def test_quit_asks_while_training_and_stops_the_engine() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.is_running and not engines.current.stopped
+        await pilot.press("q")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+    assert engines.current.stopped
+    assert app.return_value == 0
+
+
+async def test_quit_after_the_run_ended_does_not_ask() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        engines.current.finish()
+        await settle(pilot)
+        await pilot.press("q")
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmScreen)
+    assert engines.current.stopped
+
+
+async def test_help_screen_lists_every_key() -> None:
+    app, _ = make_app()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        shown = {keys for keys, _ in app.screen.key_rows}
+        bound = {b.key_display or b.key.split(",")[0] for b in TrainlabApp.BINDINGS}
+        assert bound - {"?"} <= shown | {"plus", "minus"}
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_command_palette_offers_only_the_enabled_actions() -> None:
+    app, _engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert any(t.startswith("Pause or resume") for t in titles)
+        assert not any(t.startswith("Train one step") for t in titles)
+        await pilot.press("space")
+        await settle(pilot)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert any(t.startswith("Train one step") for t in titles)
+
+
+async def test_layer_table_colours_out_of_range_values() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        engines.current.feed(snapshot(220, scales=(1.0, 1e-4, 0.5), dead=0.6))
+        await settle(pilot)
+        table = app.query_one("#layers-train", LayerTable)
+        std_cell = table.get_cell("blocks.1.linear", "std")
+        assert "red" in str(std_cell.style)  # std 1e-4: collapsed
+        assert "red" in str(table.get_cell("blocks.0.linear", "dead%").style)
+        assert "red" not in str(table.get_cell("blocks.0.linear", "std").style)
+
+
+async def test_histogram_follows_the_selected_layer_and_quantity() -> None:
+    app, _engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        view = app.query_one(HistogramView)
+        assert view._histogram is not None
+        assert (view._histogram.layer, view._histogram.quantity) == (LAYERS[0], "weight")
+        table = app.query_one("#layers-full", LayerTable)
+        table.focus()
+        await pilot.press("down")
+        await settle(pilot)
+        assert view._histogram.layer == LAYERS[1]
+        await pilot.press("h")
+        assert view._histogram.quantity == "grad"
+        await pilot.press("h")  # no activation histograms were sent: say so
+        assert view._histogram is None
+
+
+async def test_pump_applies_a_burst_of_events_with_one_refresh_each_wakeup() -> None:
+    script = [*opening(Config(), steps=10)]
+    app, engines = make_app(script=script)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        from tests.fake_engine import metrics
+
+        for first in range(11, 5011, 10):
+            engines.current.feed(metrics(first, 10))
+        await settle(pilot)
+        assert app.run_state.step == 5010 and len(app.run_state.train_loss) == 5010
+        assert engines.current.events.empty()
+
+
+async def test_chart_redraws_at_most_five_times_a_second() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        chart = app.query_one(LossChart)
+        from tests.fake_engine import metrics
+
+        before, started = chart.draws, time.monotonic()
+        for i in range(40):  # a batch every few ms: far faster than the redraw rate
+            engines.current.feed(metrics(201 + 10 * i, 10))
+            await pilot.pause(0.005)
+        elapsed = time.monotonic() - started
+        drawn = chart.draws - before
+        assert 1 <= drawn <= math.ceil(elapsed * 5) + 1
+
+
+async def test_resize_to_wide_shows_the_side_column() -> None:
+    app, _ = make_app()
+    async with app.run_test(size=(200, 60)) as pilot:
+        await settle(pilot)
+        assert app.query_one("#train-side").display
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert not app.screen.has_class("wide")

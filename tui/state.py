@@ -1,0 +1,189 @@
+"""What the app knows about the run: protocol events folded into plain state.
+
+No widgets here, so the folding is tested without a screen. ``RunState.apply`` takes
+one event and says which parts of the screen it changed; the app's pump applies a
+whole batch of events and then refreshes only those parts.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import protocol
+from engine.config import Config, ConfigError, from_dict
+from tui.series import Series
+
+SPARK_POINTS = 24
+"""Snapshots of history kept per layer for the layer table's sparklines."""
+
+# The parts of the screen an event can change (what ``apply`` returns).
+CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM = (
+    "chart", "layers", "status", "log", "config", "histogram")
+ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM)
+
+STATES = ("starting", "running", "paused", "finished", "failed")
+"""The run's state as the status bar names it."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the run log; failures carry their traceback."""
+
+    step: int
+    level: str
+    """info, warning or error."""
+    text: str
+    traceback: str = ""
+
+
+@dataclass
+class RunState:
+    """Everything shown about one run, updated event by event."""
+
+    config: Config
+    """The run's config as the engine runs it: hot changes are folded in when acknowledged."""
+    state: str = "starting"
+    reason: str = ""
+    step: int = 0
+    epoch: int = 0
+    steps_per_sec: float = 0.0
+    lr: float | None = None
+    started: protocol.RunStarted | None = None
+    train_loss: Series = field(default_factory=Series)
+    lr_history: Series = field(default_factory=Series)
+    val_loss: Series = field(default_factory=Series)
+    val_accuracy: Series = field(default_factory=Series)
+    markers: list[tuple[int, str]] = field(default_factory=list)
+    """(step, label) where a hyperparameter or the optimizer changed: the chart's markers."""
+    snapshot: protocol.LayerStatsSnapshot | None = None
+    layer_history: dict[str, collections.deque[protocol.LayerStats]] = field(
+        default_factory=dict)
+    histograms: dict[tuple[str, str], tuple[int, protocol.Histogram]] = field(
+        default_factory=dict)
+    """(layer, quantity) -> (step, the latest histogram of it)."""
+    log: list[LogEntry] = field(default_factory=list)
+    failure: protocol.EngineFailed | None = None
+    finished: protocol.RunFinished | None = None
+    last_eval: protocol.EvalDone | None = None
+    nonfinite: protocol.NonFiniteDetected | None = None
+
+    @property
+    def active(self) -> bool:
+        """Is the engine training or paused (as opposed to starting or ended)?"""
+        return self.state in ("running", "paused")
+
+    @property
+    def ended(self) -> bool:
+        """Has the run finished or failed?"""
+        return self.state in ("finished", "failed")
+
+    def say(self, level: str, text: str, traceback: str = "", step: int | None = None) -> None:
+        """Add a line to the run log (the app's own messages go here too)."""
+        self.log.append(LogEntry(self.step if step is None else step, level, text, traceback))
+
+    def apply(self, event: Any) -> set[str]:
+        """Fold one event in; returns the parts of the screen it changed."""
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        return handler(event) if handler is not None else set()
+
+    def _on_RunStarted(self, e: protocol.RunStarted) -> set[str]:
+        self.started = e
+        # The engine's effective config (e.g. resolved paths) is the truth.
+        with contextlib.suppress(ConfigError):
+            self.config = from_dict(e.config)
+        d = e.dataset
+        self.say("info", f"started: {e.model.arch}, {e.model.params:,} parameters on "
+                 f"{d.name} ({d.train_size} train / {d.val_size} val); loss {e.loss}; "
+                 f"{e.device}, {e.threads} thread(s); {e.total_steps} steps", step=0)
+        return {STATUS, LOG, CONFIG, CHART}
+
+    def _on_MetricsBatch(self, e: protocol.MetricsBatch) -> set[str]:
+        if not e.steps:
+            return set()
+        self.train_loss.extend(e.steps, e.losses)
+        self.lr_history.extend(e.steps, e.lrs)
+        self.step, self.epoch = e.steps[-1], e.epoch
+        self.steps_per_sec, self.lr = e.steps_per_sec, e.lrs[-1]
+        return {CHART, STATUS}
+
+    def _on_EvalDone(self, e: protocol.EvalDone) -> set[str]:
+        self.last_eval = e
+        self.val_loss.append(e.step, e.val_loss)
+        if e.val_accuracy is not None:
+            self.val_accuracy.append(e.step, e.val_accuracy)
+        return {CHART, STATUS}
+
+    def _on_StateChanged(self, e: protocol.StateChanged) -> set[str]:
+        if e.state != self.state and e.state in ("paused", "running") and e.step > 0:
+            self.say("info", f"{e.state} ({e.reason})" if e.reason else e.state, step=e.step)
+        self.state, self.reason = e.state, e.reason
+        if e.step >= 0:
+            self.step = max(self.step, e.step)
+        return {STATUS, LOG}
+
+    def _on_HyperChanged(self, e: protocol.HyperChanged) -> set[str]:
+        note = f" ({e.note})" if e.note else ""
+        self.say("info", f"{e.key}: {e.old!r} -> {e.new!r}{note}", step=e.step)
+        self.config = self.config.with_value(e.key, e.new)
+        if e.key == "optim.lr":  # shown now, not only from the next metrics batch
+            self.lr = e.new
+        short = e.key.split(".", 1)[1]
+        label = f"{e.new}" if e.key == "optim.name" else f"{short}={_short(e.new)}"
+        self.markers.append((e.step, label))
+        return {CHART, STATUS, LOG, CONFIG}
+
+    def _on_CommandRejected(self, e: protocol.CommandRejected) -> set[str]:
+        self.say("warning", f"{e.command_type} refused: {e.reason}", step=e.step)
+        return {LOG}
+
+    def _on_CheckpointSaved(self, e: protocol.CheckpointSaved) -> set[str]:
+        self.say("info", f"checkpoint saved: {e.path}", step=e.step)
+        return {LOG}
+
+    def _on_Notice(self, e: protocol.Notice) -> set[str]:
+        self.say(e.level, e.message, step=e.step)
+        return {LOG}
+
+    def _on_EngineFailed(self, e: protocol.EngineFailed) -> set[str]:
+        self.failure = e
+        what = {"config": "bad config", "user_code": "your code raised",
+                "internal": "the engine failed"}.get(e.kind, e.kind)
+        self.say("error", f"{what}: {e.message}", e.traceback, step=max(e.step, 0))
+        return {LOG, STATUS}
+
+    def _on_NonFiniteDetected(self, e: protocol.NonFiniteDetected) -> set[str]:
+        self.nonfinite = e
+        self.say("error", f"non-finite values: {e.message}", step=e.step)
+        return {LOG, LAYERS}
+
+    def _on_LayerStatsSnapshot(self, e: protocol.LayerStatsSnapshot) -> set[str]:
+        self.snapshot = e
+        for row in e.layers:
+            history = self.layer_history.setdefault(
+                row.name, collections.deque(maxlen=SPARK_POINTS))
+            history.append(row)
+        for hist in e.histograms:
+            self.histograms[(hist.layer, hist.quantity)] = (e.step, hist)
+        return {LAYERS, HISTOGRAM} if e.histograms else {LAYERS}
+
+    def _on_RunFinished(self, e: protocol.RunFinished) -> set[str]:
+        self.finished = e
+        f = e.final
+        if e.reason != "failed":
+            acc = (f", val accuracy {100 * f.val_accuracy:.1f}%"
+                   if f.val_accuracy is not None else "")
+            val = f", val loss {f.val_loss:.4g}" if f.val_loss is not None else ""
+            self.say("info", f"{e.reason}: step {f.step}, epoch {f.epoch}{val}{acc} "
+                     f"in {f.elapsed_s:.1f} s", step=f.step)
+        return {STATUS, LOG}
+
+
+def _short(value: Any) -> str:
+    """A marker label's value: numbers in 3 significant figures."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.3g}"
+    return str(value)

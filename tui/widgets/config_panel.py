@@ -1,0 +1,239 @@
+"""The config panel: a form generated from the config schema, validated as you type.
+
+Every field of ``engine.config`` appears here without UI code of its own: choices
+become a select, everything else an input parsed exactly as ``--set`` parses it, so
+the error a user sees names the field, the value and what is allowed. Hot fields
+(marked *live*) apply to the running training when committed (Enter, or picking a
+choice); cold fields are kept as edits until the user restarts with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Button, Input, Label, Select, Static
+
+from engine import config as schema
+from engine.config import Config, ConfigError, FieldInfo
+
+
+def format_value(value: Any) -> str:
+    """A field's value as the text its input shows (and ``parse_value`` reads back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ", ".join(str(item) for item in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def widget_id(key: str) -> str:
+    """A DOM id for a dotted key ('optim.lr' -> 'field-optim-lr')."""
+    return "field-" + key.replace(".", "-")
+
+
+class ConfigPanel(Widget, can_focus=False):
+    """Every config field, grouped by section, with inline validation."""
+
+    class HotEdited(Message):
+        """The user committed a new value for a hot field."""
+
+        def __init__(self, key: str, value: Any) -> None:
+            self.key, self.value = key, value
+            super().__init__()
+
+    class RestartRequested(Message):
+        """The user asked for a new run with the edited config."""
+
+    def __init__(self, config: Config, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.config = config
+        """The run's config (what the form shows where nothing was edited)."""
+        self.edits: dict[str, Any] = {}
+        """Valid values the user entered that differ from ``config``."""
+        self.errors: dict[str, str] = {}
+        """Fields whose text does not parse: the message for each."""
+        self._fields = {info.key: info for info in schema.fields()}
+        self._syncing = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="config-summary")
+        with Horizontal(id="config-buttons"):
+            yield Button("Restart with edits", id="config-restart", variant="primary",
+                         compact=True)
+            yield Button("Revert edits", id="config-revert", compact=True)
+        with VerticalScroll(id="config-form"):
+            section = ""
+            for info in self._fields.values():
+                head, name = info.key.split(".", 1)
+                if head != section:
+                    section = head
+                    yield Static(f"[b]{head}[/b]", classes="config-section")
+                with Horizontal(classes="config-row", id=f"row-{widget_id(info.key)[6:]}"):
+                    tag = " [green]live[/]" if info.spec.hot else ""
+                    yield Label(f"{name}{tag}", classes="config-name")
+                    yield self._make_input(info)
+                yield Static("", classes="config-error", id=f"error-{widget_id(info.key)[6:]}")
+        yield Static("", id="config-doc")
+
+    def _make_input(self, info: FieldInfo) -> Widget:
+        value = self.config.get(info.key)
+        wid = widget_id(info.key)
+        if info.spec.choices and info.type is str:
+            options = [(choice, choice) for choice in info.spec.choices]
+            return Select(options, value=value, allow_blank=False, id=wid, compact=True)
+        if info.type is bool:
+            return Select([("true", True), ("false", False)], value=value, allow_blank=False,
+                          id=wid, compact=True)
+        return Input(format_value(value), id=wid, compact=True, select_on_focus=False)
+
+    def on_mount(self) -> None:
+        self._summarize()
+
+    # --- reading the form --------------------------------------------------------
+
+    def _key_of(self, widget: Widget) -> str | None:
+        wid = widget.id or ""
+        if not wid.startswith("field-"):
+            return None
+        dashed = wid[6:]
+        return next((k for k in self._fields if k.replace(".", "-") == dashed), None)
+
+    def _record(self, key: str, value: Any) -> None:
+        """Keep ``value`` as an edit unless it is what the run already has."""
+        self.errors.pop(key, None)
+        if value == self.config.get(key):
+            self.edits.pop(key, None)
+        else:
+            self.edits[key] = value
+        self._show_error(key, "")
+
+    def _show_error(self, key: str, message: str) -> None:
+        error = self.query_one(f"#error-{widget_id(key)[6:]}", Static)
+        error.update(f"[red]{message}[/]" if message else "")
+        error.display = bool(message)
+        self.query_one(f"#{widget_id(key)}").set_class(bool(message), "-invalid")
+
+    @on(Input.Changed)
+    def _input_changed(self, event: Input.Changed) -> None:
+        key = self._key_of(event.input)
+        if key is None or self._syncing:
+            return
+        event.stop()
+        try:
+            value = schema.parse_value(key, event.value)
+        except ConfigError as exc:
+            self.errors[key] = str(exc)
+            self.edits.pop(key, None)
+            self._show_error(key, str(exc))
+        else:
+            self._record(key, value)
+        self._summarize()
+
+    @on(Input.Submitted)
+    def _input_submitted(self, event: Input.Submitted) -> None:
+        key = self._key_of(event.input)
+        if key is None:
+            return
+        event.stop()
+        if key in self.edits and self._fields[key].spec.hot:
+            self.post_message(self.HotEdited(key, self.edits[key]))
+
+    @on(Select.Changed)
+    def _select_changed(self, event: Select.Changed) -> None:
+        key = self._key_of(event.select)
+        if key is None or self._syncing or event.value is Select.BLANK:
+            return
+        event.stop()
+        self._record(key, event.value)
+        self._summarize()
+        if key in self.edits and self._fields[key].spec.hot:
+            self.post_message(self.HotEdited(key, self.edits[key]))
+
+    def on_descendant_focus(self, event: Any) -> None:
+        key = self._key_of(event.widget)
+        if key is None:
+            return
+        info = self._fields[key]
+        when = ("live: applies to the running training at the next step (Enter)"
+                if info.spec.hot else "cold: applies when you restart")
+        allowed = schema.describe_allowed(info)
+        self.query_one("#config-doc", Static).update(
+            f"[b]{key}[/b]  {info.spec.doc}\n[dim]allowed: {allowed}; default "
+            f"{format_value(info.default)}; {when}[/]")
+
+    @on(Button.Pressed, "#config-restart")
+    def _restart_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(self.RestartRequested())
+
+    @on(Button.Pressed, "#config-revert")
+    def _revert_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.revert()
+
+    # --- the app's side ----------------------------------------------------------
+
+    def edited_config(self) -> Config:
+        """The run's config with every edit; ConfigError names the first bad field."""
+        if self.errors:
+            key, message = next(iter(self.errors.items()))
+            raise ConfigError(message if key in message else f"{key}: {message}")
+        return self.config.with_values(self.edits)
+
+    def sync(self, config: Config) -> None:
+        """Show ``config`` (the run's, after a live change) where the user has no edit."""
+        self.config = config
+        self._syncing = True  # programmatic updates are not the user's edits
+        try:
+            for key in self._fields:
+                if key in self.edits or key in self.errors:
+                    if self.edits.get(key) == config.get(key):
+                        self.edits.pop(key)  # the run now has what the user asked for
+                    continue
+                self._set_widget(key, config.get(key))
+        finally:
+            self._syncing = False
+        self._summarize()
+
+    def revert(self) -> None:
+        """Drop every edit and error; the form shows the run's config again."""
+        keys = list(self.edits) + list(self.errors)
+        self.edits.clear()
+        self.errors.clear()
+        self._syncing = True
+        try:
+            for key in keys:
+                self._set_widget(key, self.config.get(key))
+                self._show_error(key, "")
+        finally:
+            self._syncing = False
+        self._summarize()
+
+    def _set_widget(self, key: str, value: Any) -> None:
+        widget = self.query_one(f"#{widget_id(key)}")
+        if isinstance(widget, Select):
+            if widget.value != value:
+                widget.value = value
+        elif isinstance(widget, Input):
+            text = format_value(value)
+            if widget.value != text:
+                widget.value = text
+
+    def _summarize(self) -> None:
+        cold = [k for k in self.edits if not self._fields[k].spec.hot]
+        hot = [k for k in self.edits if self._fields[k].spec.hot]
+        parts = []
+        if self.errors:
+            parts.append(f"[red]{len(self.errors)} invalid: {', '.join(self.errors)}[/]")
+        if cold:
+            parts.append(f"[yellow]restart to apply: {', '.join(cold)}[/]")
+        if hot:
+            parts.append(f"not yet applied (Enter): {', '.join(hot)}")
+        text = "; ".join(parts) or ("[dim]Edit a field; [green]live[/] ones apply at once "
+                                    "(Enter), the others on restart (r).[/]")
+        self.query_one("#config-summary", Static).update(text)

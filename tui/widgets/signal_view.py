@@ -1,0 +1,72 @@
+"""The signal view: activation std and gradient std across depth, live.
+
+The classic init figure (KNOWLEDGE.md section 1): with a healthy init both stay in
+one band from the first layer to the last; a too-small init makes the activation
+bars shrink layer by layer, a too-large one saturates them, and vanishing or
+exploding gradients show as a slope in the gradient bars. Bars are on a log scale,
+because the failures span orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from engine import protocol
+
+LOG_LOW, LOG_HIGH = -8.0, 2.0
+"""The bars' log10 range: 1e-8 (a dead signal) to 1e2 (an exploding one)."""
+BAR_WIDTH = 24
+
+
+def bar(value: float | None, width: int = BAR_WIDTH) -> Text:
+    """A bar whose length is log10(value) on [LOG_LOW, LOG_HIGH]; '!' for NaN/inf."""
+    if value is None:
+        return Text("-", style="dim")
+    if not math.isfinite(value):
+        return Text("! non-finite", style="bold red")
+    if value <= 0:
+        return Text("0", style="dim")
+    position = (math.log10(value) - LOG_LOW) / (LOG_HIGH - LOG_LOW)
+    cells = max(1, round(min(1.0, max(0.0, position)) * width))
+    return Text("█" * cells + " " * (width - cells))  # padded: the value labels line up
+
+
+def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Table | Text:
+    """Two log-scale bars per layer (activation std, gradient std), in forward order."""
+    if snapshot is None:
+        return Text("No layer statistics yet: they come every stats.every steps.", style="dim")
+    # Room for the name (16), two value labels (" 1.2e-05": 8) and the cell padding (6).
+    bar_width = max(4, (width - 16 - 2 * 8 - 6) // 2)
+    table = Table(box=None, padding=(0, 1), expand=False, show_edge=False,
+                  caption=f"log scale, 1e{LOG_LOW:.0f} to 1e{LOG_HIGH:.0f}",
+                  caption_justify="left", caption_style="dim")
+    table.add_column("layer", no_wrap=True, max_width=16, overflow="ellipsis")
+    table.add_column("activation std", no_wrap=True)
+    table.add_column("gradient std", no_wrap=True)
+    for row in snapshot.layers:
+        act = bar(row.act_std, bar_width)
+        act.stylize("green")
+        act.append(f" {row.act_std:.2g}" if row.act_std is not None else "")
+        grad = bar(row.grad_out_std, bar_width)
+        grad.stylize("magenta")
+        grad.append(f" {row.grad_out_std:.2g}" if row.grad_out_std is not None else "")
+        table.add_row(row.name, act, grad)
+    return table
+
+
+class SignalView(Static):
+    """Activation and gradient std of every layer as bars, from the latest snapshot."""
+
+    snapshot: protocol.LayerStatsSnapshot | None = None
+
+    def show(self, snapshot: protocol.LayerStatsSnapshot | None) -> None:
+        """Redraw for ``snapshot`` at the widget's current width."""
+        self.snapshot = snapshot
+        self.update(signal_table(snapshot, self.size.width or 80))
+
+    def on_resize(self) -> None:
+        self.update(signal_table(self.snapshot, self.size.width or 80))
