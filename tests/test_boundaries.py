@@ -16,13 +16,16 @@ def _modules_after(code: str) -> set[str]:
 
 def test_engine_imports_no_ui_library():
     loaded = _modules_after(
-        "import engine.loop, engine.host, engine.cli, engine.protocol, engine.config"
+        "import engine.loop, engine.host, engine.cli, engine.protocol, engine.config, "
+        "engine.worker"
     )
     assert "torch" in loaded  # the check below means something
     assert not loaded & {"textual", "rich", "plotext", "textual_plotext"}
 
 
 def test_tui_and_the_cli_front_import_no_torch():
-    loaded = _modules_after("import tui, engine.cli, engine.config, engine.protocol")
-    assert "engine" in loaded
+    loaded = _modules_after(
+        "import tui.app, tui.cli, tui.bridge, engine.cli, engine.config, engine.protocol"
+    )
+    assert {"engine", "textual", "plotext"} <= loaded  # the app really was imported
     assert "torch" not in loaded

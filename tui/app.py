@@ -67,11 +67,11 @@ class TrainlabApp(App[int]):
     TITLE = "trainlab"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "toggle_pause", "Pause/Resume"),
+        Binding("space", "toggle_pause", "Pause"),
         Binding("n", "step", "Step"),
         Binding("plus,equals_sign", "scale_lr(2.0)", "LR×2", key_display="+"),
         Binding("minus", "scale_lr(0.5)", "LR÷2", key_display="-"),
-        Binding("o", "next_optimizer", "Optimizer"),
+        Binding("o", "next_optimizer", "Optim"),
         Binding("O", "pick_optimizer", "Pick optimizer", show=False),
         Binding("c", "toggle_clip", "Clip"),
         Binding("s", "save_checkpoint", "Save"),
@@ -142,7 +142,8 @@ class TrainlabApp(App[int]):
             with TabPane("Log [4]", id="log"):
                 yield RunLog(id="log-full")
         yield StatusBar(id="status")
-        yield Footer()
+        # The palette (ctrl+p) is on the help screen: at 80 columns the keys need the room.
+        yield Footer(compact=True, show_command_palette=False)
 
     async def on_mount(self) -> None:
         self.sub_title = "starting the engine"

@@ -150,7 +150,7 @@ class RunState:
 
     def _on_EngineFailed(self, e: protocol.EngineFailed) -> set[str]:
         self.failure = e
-        what = {"config": "bad config", "user_code": "your code raised",
+        what = {"config": "bad config", "user_code": "error in your code",
                 "internal": "the engine failed"}.get(e.kind, e.kind)
         self.say("error", f"{what}: {e.message}", e.traceback, step=max(e.step, 0))
         return {LOG, STATUS}

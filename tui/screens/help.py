@@ -20,6 +20,8 @@ VIEWS_TEXT = """
   when you restart (r).
 - **Log**: changes, checkpoints, warnings and failures with their traceback.
 
+Every action is also in the command palette: **ctrl+p**, then type its name.
+
 Colours in the layer table: yellow is outside the healthy range, red far outside it.
 Activation statistics use a sample of the batch (at most 64 rows).
 """

@@ -1,0 +1,82 @@
+"""What the screen looks like: SVG snapshots with a fake engine (deterministic events).
+
+Update them after an intended change of the look with ``pytest --snapshot-update``
+and look at the report before committing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import protocol
+from engine.config import Config
+from tests.fake_engine import FakeEngines, metrics, opening, snapshot
+from tui.app import TrainlabApp
+
+
+def app_with(script: list[Any]) -> TrainlabApp:
+    return TrainlabApp(Config(), engine_factory=FakeEngines(script))
+
+
+def training() -> list[Any]:
+    """A run 600 steps in: falling loss, evaluations, an lr change, fresh layer stats."""
+    events = opening(Config())
+    for epoch, first in enumerate(range(201, 601, 100), start=2):
+        events.append(metrics(first, 100, lr=5e-4 if first > 300 else 1e-3, epoch=epoch))
+        events.append(protocol.EvalDone(first + 99, epoch, 0.4 - 0.02 * epoch,
+                                        0.9 + 0.01 * epoch, 0.3, 0.3))
+        if first == 301:
+            events.append(protocol.HyperChanged(300, "optim.lr", 1e-3, 5e-4))
+    events.append(snapshot(600, scales=(1.0, 0.05, 1e-4), dead=0.2))
+    return events
+
+
+async def settle(pilot: Any) -> None:
+    for _ in range(4):
+        await pilot.pause()
+    await pilot.pause(0.3)  # the chart's redraw timer
+
+
+def test_main_screen_80x24(snap_compare: Any) -> None:
+    assert snap_compare(app_with(training()), terminal_size=(80, 24), run_before=settle)
+
+
+def test_main_screen_200x60(snap_compare: Any) -> None:
+    assert snap_compare(app_with(training()), terminal_size=(200, 60), run_before=settle)
+
+
+def test_layers_view_80x24(snap_compare: Any) -> None:
+    async def layers(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+
+    assert snap_compare(app_with(training()), terminal_size=(80, 24), run_before=layers)
+
+
+def test_help_screen(snap_compare: Any) -> None:
+    async def help_screen(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+
+    assert snap_compare(app_with(training()), terminal_size=(100, 40), run_before=help_screen)
+
+
+def test_error_state(snap_compare: Any) -> None:
+    trace = ('Traceback (most recent call last):\n  File "my_model.py", line 7, in build\n'
+             '    raise ValueError("input_shape must be 2-D")\nValueError: input_shape must be 2-D')
+    script = [
+        protocol.EngineFailed(0, "user_code",
+                              "model.factory raised ValueError: input_shape must be 2-D", trace),
+        protocol.StateChanged("failed", 0, "model.factory raised ValueError"),
+        protocol.RunFinished("failed", protocol.FinalMetrics(0, 0, None, None, None, None,
+                                                             None, 0.2)),
+    ]
+
+    async def to_log(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+
+    assert snap_compare(app_with(script), terminal_size=(80, 24), run_before=to_log)

@@ -1,0 +1,107 @@
+"""Folding protocol events into the app's state, without a screen."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine import protocol
+from engine.config import Config
+from tests.fake_engine import LAYERS, metrics, opening, snapshot
+from tui import health
+from tui.state import CHART, CONFIG, LOG, STATUS, RunState
+from tui.state import LAYERS as LAYERS_PART
+from tui.widgets.layer_table import sparkline
+from tui.widgets.status_bar import status_text
+
+
+def folded(events: list) -> RunState:
+    state = RunState(Config())
+    for event in events:
+        state.apply(event)
+    return state
+
+
+def test_metrics_extend_the_loss_and_lr_history_in_order() -> None:
+    state = folded([metrics(1, 5, lr=0.1), metrics(6, 3, lr=0.05)])
+    assert list(state.train_loss.x) == [1, 2, 3, 4, 5, 6, 7, 8]
+    expected = [2.3 * math.exp(-s / 200) + 0.05 for s in range(1, 9)]
+    np.testing.assert_allclose(state.train_loss.y, expected, rtol=1e-6)  # float32 storage
+    assert list(state.lr_history.y) == [np.float32(0.1)] * 5 + [np.float32(0.05)] * 3
+    assert state.step == 8 and state.lr == 0.05
+
+
+def test_each_event_names_the_parts_it_changes() -> None:
+    state = RunState(Config())
+    assert state.apply(metrics(1, 2)) == {CHART, STATUS}
+    assert state.apply(snapshot(2, histograms=False)) == {LAYERS_PART}
+    assert state.apply(protocol.HyperChanged(2, "optim.lr", 1e-3, 2e-3)) >= {CHART, CONFIG}
+    assert state.apply(protocol.Notice(2, "warning", "careful")) == {LOG}
+    assert state.apply(protocol.Pause()) == set()  # a command is not an event to fold
+
+
+def test_hyper_change_updates_the_config_and_adds_a_marker() -> None:
+    state = folded([metrics(1, 10),
+                    protocol.HyperChanged(10, "optim.name", "adam", "sgd", "optimizer state reset"),
+                    protocol.HyperChanged(10, "optim.lr", 1e-3, 0.5)])
+    assert state.config.optim.name == "sgd" and state.config.optim.lr == 0.5
+    assert state.markers == [(10, "sgd"), (10, "lr=0.5")]
+    assert state.lr == 0.5  # shown before the next metrics batch
+    assert "optimizer state reset" in state.log[0].text
+
+
+def test_eval_adds_validation_points_and_accuracy_only_for_classification() -> None:
+    state = folded([protocol.EvalDone(10, 1, 0.5, None, 0.6, 0.5),
+                    protocol.EvalDone(20, 2, 0.4, 0.8, 0.5, 0.4)])
+    assert list(state.val_loss.x) == [10, 20]
+    assert list(state.val_accuracy.x) == [20]
+
+
+def test_snapshots_keep_a_bounded_history_per_layer_and_the_latest_histograms() -> None:
+    events = [snapshot(step, histograms=step == 10) for step in range(10, 10 + 40)]
+    state = folded(events)
+    assert state.snapshot is events[-1]
+    assert all(len(h) == 24 for h in state.layer_history.values())
+    assert state.layer_history[LAYERS[0]][-1] is events[-1].layers[0]
+    step, hist = state.histograms[(LAYERS[1], "grad")]
+    assert step == 10 and hist.layer == LAYERS[1]
+
+
+def test_failure_keeps_the_traceback_and_the_state_word() -> None:
+    state = folded([*opening(Config()),
+                    protocol.EngineFailed(200, "user_code", "boom", "Traceback...\nboom"),
+                    protocol.StateChanged("failed", 200, "boom")])
+    assert state.state == "failed" and state.ended and not state.active
+    assert state.log[-1].level == "error" and state.log[-1].traceback.endswith("boom")
+    assert status_text(state).startswith("[b red]failed[/]")
+
+
+def test_status_line_names_state_step_epoch_rate_lr_optimizer_device() -> None:
+    state = folded(opening(Config()))
+    text = status_text(state)
+    for part in ("running", "step 200/1,000", "epoch 1", "500 steps/s", "lr 0.001", "adam",
+                 "cpu", "acc 90.0%"):
+        assert part in text, part
+
+
+def test_sparkline_is_log_scaled_and_marks_non_finite_values() -> None:
+    assert sparkline([1e-3, 1e-2, 1e-1]) == "▁▅█"  # equal steps on a log scale
+    assert sparkline([1.0, 2.0, 3.0], log=False) == "▁▅█"
+    assert sparkline([1.0, math.nan, 10.0]) == "▁!█"
+    assert sparkline([]) == "" and sparkline([None]) == ""
+    assert sparkline([5.0, 5.0]) == "▄▄"  # flat: the middle
+
+
+def test_health_bands() -> None:
+    assert health.judge("act_std", 0.5) == health.OK
+    assert health.judge("act_std", 0.01) == health.WARN
+    assert health.judge("act_std", 1e-5) == health.BAD
+    assert health.judge("act_std", 1e4) == health.BAD
+    assert health.judge("saturated_frac", 0.3) == health.WARN
+    assert health.judge("dead_frac", 0.9) == health.BAD
+    assert health.judge("update_ratio", 1e-3) == health.OK
+    assert health.judge("update_ratio", 0.5) == health.BAD
+    assert health.judge("grad_norm", math.inf) == health.BAD
+    assert health.judge("act_mean", 123.0) == health.OK  # no rule: never coloured
+    assert health.judge("dead_frac", None) == health.OK
