@@ -10,6 +10,7 @@ speed to the UI (DESIGN.md section 3). The wire format is the protocol's strict 
 - stdout: one event per line, nothing else. The user's own code may print: file
   descriptor 1 is pointed at stderr (the app sends that to a log file) before any of
   it is imported, and events go out on a private duplicate of the original stdout.
+  Likewise commands come in on a private duplicate of stdin; fd 0 reads /dev/null.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class EventWriter:
             try:
                 self.stream.write(line)
                 self.stream.flush()  # ~10 lines a second: the loop batches its metrics
-            except (BrokenPipeError, ValueError):  # the app is gone; keep training to a stop
+            except (OSError, ValueError):  # the app is gone; keep training to a stop
                 self.closed = True
 
 
@@ -64,18 +65,29 @@ def read_commands(stdin: TextIO, commands: queue.Queue[Any], emit: EventWriter) 
     commands.put(protocol.Stop())
 
 
-def _private_stdout() -> TextIO:
-    """The original stdout for events; fd 1 (and ``sys.stdout``) now lead to stderr."""
+def _private_pipes() -> tuple[TextIO, TextIO]:
+    """The original stdin and stdout, for commands and events only.
+
+    Afterwards fd 1 (and ``sys.stdout``) lead to stderr and fd 0 to /dev/null, so the
+    user's prints cannot corrupt the event stream nor an ``input()`` eat a command.
+    """
     events_fd = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    return os.fdopen(events_fd, "w", encoding="utf-8")
+    commands_fd = os.dup(sys.stdin.fileno())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, sys.stdin.fileno())
+    os.close(devnull)
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as we do
+    return (os.fdopen(commands_fd, encoding="utf-8"),
+            os.fdopen(events_fd, "w", encoding="utf-8"))
 
 
 def main() -> int:
     """Run one training run as the protocol over stdin/stdout; 0 unless the wire broke."""
-    emit = EventWriter(_private_stdout())
-    first = sys.stdin.readline()
+    commands_in, events_out = _private_pipes()
+    emit = EventWriter(events_out)
+    first = commands_in.readline()
     try:
         config = from_dict(json.loads(first))
     except (ValueError, ConfigError) as exc:
@@ -88,7 +100,7 @@ def main() -> int:
             "failed", protocol.FinalMetrics(0, 0, None, None, None, None, None, 0.0)))
         return 0
     commands: queue.Queue[Any] = queue.Queue()
-    reader = threading.Thread(target=read_commands, args=(sys.stdin, commands, emit),
+    reader = threading.Thread(target=read_commands, args=(commands_in, commands, emit),
                               name="trainlab-commands", daemon=True)
     reader.start()
     from engine.loop import run  # torch: only once the config is known to be readable

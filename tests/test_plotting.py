@@ -87,11 +87,17 @@ def test_marker_label_is_drawn() -> None:
     assert "sgd" in text
 
 
-def test_a_marker_label_that_would_overlap_the_previous_one_is_left_out() -> None:
+def test_of_two_overlapping_marker_labels_the_later_change_keeps_its_label() -> None:
     steps = np.arange(1000)
     _, text, _ = chart(series(steps, 1 / (steps + 1)), markers=[(400, "first"), (401, "second")])
-    assert "first" in text
-    assert "second" not in text
+    assert "second" in text
+    assert "first" not in text
+
+
+def test_a_marker_at_the_right_edge_keeps_its_whole_label() -> None:
+    steps = np.arange(1000)
+    _, text, _ = chart(series(steps, 1 / (steps + 1)), markers=[(999, "lr=0.0005")])
+    assert "lr=0.0005" in text
 
 
 def test_nan_and_inf_are_not_drawn() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from engine import protocol
 from engine.config import OPTIMIZERS, Config
-from tests.fake_engine import LAYERS, FakeEngines, opening, snapshot
+from tests.fake_engine import LAYERS, FakeEngines, metrics, opening, snapshot
 from tui.app import DEFAULT_CLIP_NORM, TrainlabApp
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
@@ -299,7 +299,55 @@ async def test_quit_after_the_run_ended_does_not_ask() -> None:
         await pilot.press("q")
         await settle(pilot)
         assert not isinstance(app.screen, ConfirmScreen)
-    assert engines.current.stopped
+        assert engines.current.stopped and app.return_value == 0
+
+
+async def test_quit_pressed_twice_shows_one_question_that_still_works() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+q", "ctrl+q")
+        await settle(pilot)
+        assert sum(isinstance(screen, ConfirmScreen) for screen in app.screen_stack) == 1
+        await pilot.press("y")
+        await settle(pilot)
+        assert engines.current.stopped and app.return_value == 0
+
+
+async def test_keys_pressed_faster_than_the_engine_answers_build_on_each_other() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        engine = engines.current
+        engine.send = engine.commands.append  # an engine that has not answered yet
+        await pilot.press("plus", "plus", "o", "o", "c", "c")
+        names = list(OPTIMIZERS)
+        after_adam = names[names.index("adam") + 1]
+        assert engine.commands == [
+            protocol.SetHyper("optim.lr", 2e-3), protocol.SetHyper("optim.lr", 4e-3),
+            protocol.SetHyper("optim.name", after_adam),
+            protocol.SetHyper("optim.name", names[names.index(after_adam) + 1]),
+            protocol.SetHyper("reg.clip_norm", DEFAULT_CLIP_NORM),
+            protocol.SetHyper("reg.clip_norm", 0.0),
+        ]
+
+
+async def test_an_acknowledged_change_updates_the_form_without_sending_it_again() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("o")
+        await settle(pilot)
+        await pilot.press("o")
+        await settle(pilot, 6)
+        names = list(OPTIMIZERS)
+        first = names[names.index("adam") + 1]
+        second = names[names.index(first) + 1]
+        assert engines.current.commands == [protocol.SetHyper("optim.name", first),
+                                            protocol.SetHyper("optim.name", second)]
+        panel = app.query_one(ConfigPanel)
+        assert panel.query_one(f"#{widget_id('optim.name')}").value == second
+        assert panel.edits == {} and app.run_state.config.optim.name == second
 
 
 async def test_help_screen_lists_every_key() -> None:
@@ -311,7 +359,7 @@ async def test_help_screen_lists_every_key() -> None:
         assert isinstance(app.screen, HelpScreen)
         shown = {keys for keys, _ in app.screen.key_rows}
         bound = {b.key_display or b.key.split(",")[0] for b in TrainlabApp.BINDINGS}
-        assert bound - {"?"} <= shown | {"plus", "minus"}
+        assert bound - {"?"} <= shown
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 
@@ -367,13 +415,38 @@ async def test_pump_applies_a_burst_of_events_with_one_refresh_each_wakeup() -> 
     app, engines = make_app(script=script)
     async with app.run_test() as pilot:
         await settle(pilot)
-        from tests.fake_engine import metrics
+        refreshes = 0
+        real_refresh = app._refresh
 
-        for first in range(11, 5011, 10):
+        def counting_refresh(changed: set[str]) -> None:
+            nonlocal refreshes
+            refreshes += 1
+            real_refresh(changed)
+
+        app._refresh = counting_refresh  # type: ignore[method-assign]
+        for first in range(11, 5011, 10):  # 500 events queued while the pump sleeps
             engines.current.feed(metrics(first, 10))
         await settle(pilot)
         assert app.run_state.step == 5010 and len(app.run_state.train_loss) == 5010
         assert engines.current.events.empty()
+        assert refreshes <= 2
+
+
+async def test_an_event_the_app_cannot_fold_is_reported_and_the_pump_goes_on() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        # An acknowledgement with a value the schema refuses: folding it raises.
+        engines.current.feed(protocol.HyperChanged(200, "optim.lr", 1e-3, -5.0))
+        engines.current.feed(metrics(201, 5))
+        await settle(pilot)
+        assert any("could not show an event" in e.text for e in app.run_state.log)
+        engines.current.feed(metrics(206, 5))
+        await settle(pilot)
+        assert app.run_state.step == 210
+        await pilot.press("q", "y")
+        await settle(pilot)
+    assert engines.current.stopped
 
 
 async def test_chart_redraws_at_most_five_times_a_second() -> None:
@@ -381,8 +454,6 @@ async def test_chart_redraws_at_most_five_times_a_second() -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         chart = app.query_one(LossChart)
-        from tests.fake_engine import metrics
-
         before, started = chart.draws, time.monotonic()
         for i in range(40):  # a batch every few ms: far faster than the redraw rate
             engines.current.feed(metrics(201 + 10 * i, 10))

@@ -55,8 +55,8 @@ async def test_pause_single_steps_and_a_live_lr_change(kind: str, tmp_path: Path
         await pilot.press("q")
         await pilot.pause(0.2)
         await pilot.press("y")
-        await wait_for(pilot, lambda: app.engine is None, timeout=30)
-    assert app.return_value == 0
+        await wait_for(pilot, lambda: app.return_value is not None, timeout=30)
+    assert app.return_value == 0 and app.engine is None
 
 
 async def test_engine_process_ends_when_the_app_quits(tmp_path: Path) -> None:
@@ -93,6 +93,19 @@ async def test_bad_user_code_shows_its_traceback_and_the_app_stays_up(
         await wait_for(pilot, lambda: app.run_state.step > 0)
         assert app.run_state.config.model.arch == "mlp"
         await app.shutdown()
+
+
+async def test_leaving_the_app_any_other_way_still_stops_the_engine(tmp_path: Path) -> None:
+    engine = ProcessEngine(tmp_path / "engine.log")
+    app = TrainlabApp(tiny_config(**LONG), engine_factory=lambda: engine)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.run_state.step > 0)
+        process = engine._process
+        assert process is not None
+        app.exit()  # e.g. an exception in a widget: no quit dialog, no shutdown() call
+        await pilot.pause(0.5)
+    await asyncio.wait_for(process.wait(), 30)
+    assert process.returncode == 0  # stopped cooperatively, not killed
 
 
 async def test_a_crashed_engine_process_is_reported(tmp_path: Path) -> None:

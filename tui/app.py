@@ -10,7 +10,6 @@ acknowledges it (the run log and the status bar show what the engine did).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import tempfile
@@ -118,6 +117,10 @@ class TrainlabApp(App[int]):
         self.last_clip_norm = config.reg.clip_norm or DEFAULT_CLIP_NORM
         self._pump_task: asyncio.Task[None] | None = None
         self._starting = False
+        self._quitting = False
+        self.pending: dict[str, Any] = {}
+        """Live changes sent but not yet acknowledged: relative keys (+, o, c) pressed
+        again before the engine answered build on these, not on the old value."""
 
     # --- layout ----------------------------------------------------------------
 
@@ -162,14 +165,14 @@ class TrainlabApp(App[int]):
     async def _start_run(self, config: Config) -> None:
         """Stop the current engine (if any) and train ``config`` in a new one."""
         self._starting = True
+        self.refresh_bindings()
         try:
-            if self._pump_task is not None:
-                self._pump_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._pump_task
+            await self._stop_pump()
             if self.engine is not None:
                 await self.engine.stop()
             self.run_state = RunState(config)
+            self.pending.clear()
+            self.selected_layer = None
             self.engine = self.engine_factory()
             log_path = getattr(self.engine, "log_path", None)
             if log_path is not None:
@@ -177,10 +180,7 @@ class TrainlabApp(App[int]):
             chart = self.query_one(LossChart)
             s = self.run_state
             chart.show(s.train_loss, s.val_loss, s.val_accuracy, s.lr_history, s.markers)
-            panel = self.query_one(ConfigPanel)
-            panel.edits.clear()
-            panel.sync(config)
-            panel.revert()
+            self.query_one(ConfigPanel).reset(config)
             self.query_one(HistogramView).show_histogram(None, step=0)
             try:
                 await self.engine.start(config)
@@ -193,16 +193,53 @@ class TrainlabApp(App[int]):
             self._starting = False
             self.refresh_bindings()
 
+    async def _stop_pump(self) -> None:
+        """Cancel the pump and wait until it has stopped (whatever it ended with)."""
+        task, self._pump_task = self._pump_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})  # not `await task`: that would re-raise its error
+
     async def _pump(self, engine: Engine) -> None:
-        """Apply events in batches: all that waits per wake-up, then one refresh."""
+        """Apply events in batches: all that waits per wake-up, then one refresh.
+
+        The queue is drained completely at every wake-up, so it only grows while the
+        UI loop itself is blocked; consecutive metrics then simply land in one batch.
+        """
         while True:
             batch = [await engine.events.get()]
             while not engine.events.empty():
                 batch.append(engine.events.get_nowait())
-            changed: set[str] = set()
-            for event in batch:
-                changed |= self.run_state.apply(event)
-            self._refresh(changed)
+            if not self.is_running:  # the app is closing: its widgets may be gone
+                return
+            try:
+                changed: set[str] = set()
+                for event in batch:
+                    changed |= self.run_state.apply(event)
+                    self._settle_pending(event)
+                self._refresh(changed)
+            except Exception as exc:  # never let one bad event freeze the screen
+                self.run_state.say("error", f"the app could not show an event: "
+                                   f"{type(exc).__name__}: {exc}")
+                self.notify(str(exc), title="Display error", severity="error")
+
+    def _settle_pending(self, event: Any) -> None:
+        """Forget a sent live change once the engine has answered it."""
+        if isinstance(event, protocol.HyperChanged) and self.pending.get(event.key) == event.new:
+            del self.pending[event.key]
+        elif isinstance(event, protocol.CommandRejected) and event.command_type == "SetHyper":
+            self.pending.clear()  # the rejection does not say which: start from the run's
+        elif isinstance(event, protocol.RunFinished):
+            self.pending.clear()
+
+    def current(self, key: str) -> Any:
+        """A live field's value as the keys see it: what was last sent, else the run's."""
+        return self.pending.get(key, self.run_state.config.get(key))
+
+    def set_hyper(self, key: str, value: Any) -> None:
+        """Send a live change and remember it until it is acknowledged."""
+        self.pending[key] = value
+        self.send(protocol.SetHyper(key, value))
 
     def _refresh(self, changed: set[str]) -> None:
         """Redraw the parts of the screen that ``changed`` names."""
@@ -226,9 +263,10 @@ class TrainlabApp(App[int]):
             self.query_one(ConfigPanel).sync(s.config)
         if parts.STATUS in changed:
             self.query_one(StatusBar).show(s)
-            self._show_banner()
-            self.sub_title = s.state
-            self.refresh_bindings()
+            if self.sub_title != s.state:  # a new state: other keys make sense now
+                self._show_banner()
+                self.sub_title = s.state
+                self.refresh_bindings()
 
     def _show_banner(self) -> None:
         banner = self.query_one("#banner", Static)
@@ -282,39 +320,40 @@ class TrainlabApp(App[int]):
 
     def action_scale_lr(self, factor: float) -> None:
         """Multiply the learning rate by ``factor`` from the next step."""
-        self.send(protocol.SetHyper("optim.lr", self.run_state.config.optim.lr * factor))
+        self.set_hyper("optim.lr", self.current("optim.lr") * factor)
 
     def action_next_optimizer(self) -> None:
         """Switch to the next optimizer in the registry's order."""
         names = list(OPTIMIZERS)
-        current = self.run_state.config.optim.name
-        following = names[(names.index(current) + 1) % len(names)]
-        self.send(protocol.SetHyper("optim.name", following))
+        current = self.current("optim.name")
+        self.set_hyper("optim.name", names[(names.index(current) + 1) % len(names)])
 
     @work
     async def action_pick_optimizer(self) -> None:
         """Choose the optimizer from a list."""
-        current = self.run_state.config.optim.name
+        current = self.current("optim.name")
         choice = await self.push_screen_wait(
             ChoiceScreen("Optimizer (weights kept, optimizer state reset)",
                          list(OPTIMIZERS), current))
         if choice and choice != current and self.run_state.active:
-            self.send(protocol.SetHyper("optim.name", choice))
+            self.set_hyper("optim.name", choice)
 
     def action_toggle_clip(self) -> None:
         """Gradient-norm clipping off, or back on at the last value used."""
-        clip = self.run_state.config.reg.clip_norm
+        clip = self.current("reg.clip_norm")
         if clip:
             self.last_clip_norm = clip
-        self.send(protocol.SetHyper("reg.clip_norm", 0.0 if clip else self.last_clip_norm))
+        self.set_hyper("reg.clip_norm", 0.0 if clip else self.last_clip_norm)
 
     def action_save_checkpoint(self) -> None:
         """Save a checkpoint at the next step boundary."""
         self.send(protocol.SaveCheckpoint())
 
-    @work(exclusive=True, group="restart")
+    @work(group="restart")
     async def action_restart(self) -> None:
         """A new run with the config panel's edits (asks first while training runs)."""
+        if self._starting:  # the button bypasses check_action; one start at a time
+            return
         panel = self.query_one(ConfigPanel)
         try:
             config = panel.edited_config()
@@ -350,26 +389,31 @@ class TrainlabApp(App[int]):
         """The help screen: keys and views."""
         self.push_screen(HelpScreen(list(self.ACTION_HELP.values())))
 
-    @work(exclusive=True, group="quit")
+    @work(group="quit")
     async def action_quit(self) -> None:
         """Quit; while training runs, ask first and stop the run cleanly."""
-        if self.run_state.active:
-            question = f"Training is running (step {self.run_state.step}). Stop it and quit?"
-            if not await self.push_screen_wait(ConfirmScreen(question)):
-                return
-        await self.shutdown()
-        self.exit(0)
+        if self._quitting:  # ctrl+q is a priority binding: it reaches us past a dialog
+            return
+        self._quitting = True
+        try:
+            if self.run_state.active:
+                question = f"Training is running (step {self.run_state.step}). " \
+                           "Stop it and quit?"
+                if not await self.push_screen_wait(ConfirmScreen(question)):
+                    return
+            await self.shutdown()
+            self.exit(0)
+        finally:
+            self._quitting = False
 
     async def shutdown(self) -> None:
         """Stop the pump and the engine (cooperatively: the step in flight finishes)."""
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
-        if self.engine is not None:
-            await self.engine.stop()
-            self.engine = None
+        engine, self.engine = self.engine, None
+        try:
+            await self._stop_pump()
+        finally:
+            if engine is not None:
+                await engine.stop()
 
     async def on_unmount(self) -> None:
         # Any other way out (e.g. the terminal closing): still stop the engine.
@@ -379,15 +423,15 @@ class TrainlabApp(App[int]):
 
     @on(ConfigPanel.HotEdited)
     def _hot_edit(self, event: ConfigPanel.HotEdited) -> None:
-        if self.run_state.active:
-            self.send(protocol.SetHyper(event.key, event.value))
-        else:
-            self.notify(f"{event.key} will apply when you restart (r): the run has "
+        if self.run_state.ended:
+            self.notify(f"{event.key} will apply when you restart (r): this run has "
                         f"{self.run_state.state}.", timeout=5)
+        else:  # a starting engine reads it right after its first step boundary
+            self.set_hyper(event.key, event.value)
 
     @on(ConfigPanel.RestartRequested)
-    def _restart_requested(self) -> None:
-        self.action_restart()
+    async def _restart_requested(self) -> None:
+        await self.run_action("restart")
 
     @on(DataTable.RowHighlighted)
     def _layer_selected(self, event: DataTable.RowHighlighted) -> None:

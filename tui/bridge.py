@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,12 +106,13 @@ class ProcessEngine:
                 for event in _crash_events(f"the engine sent an unreadable event: {exc}"):
                     self.events.put_nowait(event)
                 self._finished = True
+                self._kill()  # unread, it would soon block on a full pipe
                 break
             if not line:
                 break
             try:
                 event = protocol.from_json(line.decode())
-            except (ValueError, UnicodeDecodeError) as exc:
+            except Exception as exc:  # any malformed line: report it, keep reading
                 self.events.put_nowait(protocol.Notice(
                     -1, "error", f"unreadable line from the engine ({exc}): {line[:200]!r}"))
                 continue
@@ -137,16 +139,25 @@ class ProcessEngine:
             return
         if process.returncode is None:
             self.send(protocol.Stop())
-            if process.stdin is not None:
-                process.stdin.close()  # end of input also means stop
+        if process.stdin is not None:
+            process.stdin.close()  # end of input also means stop; and frees the transport
+        if process.returncode is None:
             try:
                 await asyncio.wait_for(process.wait(), STOP_GRACE_S)
             except TimeoutError:
-                process.kill()
+                self._kill()
                 await process.wait()
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            # E.g. a DataLoader worker the engine forked may still hold the pipe open.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._reader, STOP_GRACE_S)
+
+    def _kill(self) -> None:
+        """SIGKILL the engine's whole process group (it leads its own session)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 class ThreadEngine:
@@ -172,5 +183,7 @@ class ThreadEngine:
 
     async def stop(self) -> None:
         """Stop cooperatively: the thread finishes its step (never killed inside torch)."""
-        if self._host is not None:
-            await asyncio.to_thread(self._host.stop, STOP_GRACE_S)
+        if self._host is not None and not await asyncio.to_thread(self._host.stop,
+                                                                  STOP_GRACE_S):
+            self.events.put_nowait(protocol.Notice(
+                -1, "warning", f"the training thread did not stop within {STOP_GRACE_S:g} s"))

@@ -152,7 +152,9 @@ class RunState:
         self.failure = e
         what = {"config": "bad config", "user_code": "error in your code",
                 "internal": "the engine failed"}.get(e.kind, e.kind)
-        self.say("error", f"{what}: {e.message}", e.traceback, step=max(e.step, 0))
+        # step -1: the engine died without knowing the step (the app says so for it).
+        self.say("error", f"{what}: {e.message}", e.traceback,
+                 step=e.step if e.step >= 0 else self.step)
         return {LOG, STATUS}
 
     def _on_NonFiniteDetected(self, e: protocol.NonFiniteDetected) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
@@ -58,7 +58,6 @@ class ConfigPanel(Widget, can_focus=False):
         self.errors: dict[str, str] = {}
         """Fields whose text does not parse: the message for each."""
         self._fields = {info.key: info for info in schema.fields()}
-        self._syncing = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="config-summary")
@@ -121,7 +120,7 @@ class ConfigPanel(Widget, can_focus=False):
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
         key = self._key_of(event.input)
-        if key is None or self._syncing:
+        if key is None:
             return
         event.stop()
         try:
@@ -146,7 +145,7 @@ class ConfigPanel(Widget, can_focus=False):
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
         key = self._key_of(event.select)
-        if key is None or self._syncing or event.value is Select.BLANK:
+        if key is None or event.value is Select.BLANK:
             return
         event.stop()
         self._record(key, event.value)
@@ -154,7 +153,7 @@ class ConfigPanel(Widget, can_focus=False):
         if key in self.edits and self._fields[key].spec.hot:
             self.post_message(self.HotEdited(key, self.edits[key]))
 
-    def on_descendant_focus(self, event: Any) -> None:
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         key = self._key_of(event.widget)
         if key is None:
             return
@@ -188,16 +187,12 @@ class ConfigPanel(Widget, can_focus=False):
     def sync(self, config: Config) -> None:
         """Show ``config`` (the run's, after a live change) where the user has no edit."""
         self.config = config
-        self._syncing = True  # programmatic updates are not the user's edits
-        try:
-            for key in self._fields:
-                if key in self.edits or key in self.errors:
-                    if self.edits.get(key) == config.get(key):
-                        self.edits.pop(key)  # the run now has what the user asked for
-                    continue
-                self._set_widget(key, config.get(key))
-        finally:
-            self._syncing = False
+        for key in self._fields:
+            if key in self.edits or key in self.errors:
+                if self.edits.get(key) == config.get(key):
+                    self.edits.pop(key)  # the run now has what the user asked for
+                continue
+            self._set_widget(key, config.get(key))
         self._summarize()
 
     def revert(self) -> None:
@@ -205,24 +200,29 @@ class ConfigPanel(Widget, can_focus=False):
         keys = list(self.edits) + list(self.errors)
         self.edits.clear()
         self.errors.clear()
-        self._syncing = True
-        try:
-            for key in keys:
-                self._set_widget(key, self.config.get(key))
-                self._show_error(key, "")
-        finally:
-            self._syncing = False
+        for key in keys:
+            self._set_widget(key, self.config.get(key))
+            self._show_error(key, "")
         self._summarize()
 
+    def reset(self, config: Config) -> None:
+        """A new run: show ``config`` everywhere, with no edits and no errors."""
+        self.config = config
+        self.revert()
+        self.sync(config)
+
     def _set_widget(self, key: str, value: Any) -> None:
+        """Show ``value`` without it counting as the user's edit (no Changed message)."""
         widget = self.query_one(f"#{widget_id(key)}")
         if isinstance(widget, Select):
             if widget.value != value:
-                widget.value = value
+                with widget.prevent(Select.Changed):
+                    widget.value = value
         elif isinstance(widget, Input):
             text = format_value(value)
             if widget.value != text:
-                widget.value = text
+                with widget.prevent(Input.Changed):
+                    widget.value = text
 
     def _summarize(self) -> None:
         cold = [k for k in self.edits if not self._fields[k].spec.hot]

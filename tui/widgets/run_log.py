@@ -16,12 +16,13 @@ class RunLog(RichLog):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, wrap=True, markup=False, highlight=False)
         self.shown = 0
+        self.source: list[LogEntry] | None = None
 
     def show(self, entries: list[LogEntry]) -> None:
-        """Write the entries after the ones already shown (a new run starts at 0)."""
-        if len(entries) < self.shown:  # a restart: a new log
+        """Write the entries after the ones already shown; a new run's list starts over."""
+        if entries is not self.source:  # a restart: a new log
             self.clear()
-            self.shown = 0
+            self.source, self.shown = entries, 0
         for entry in entries[self.shown:]:
             line = Text(f"{entry.step:>7}  ", style="dim")
             line.append(entry.text, style=LEVEL_STYLE.get(entry.level, ""))
