@@ -350,6 +350,8 @@ class Instruments:
         if self.requested is not None:
             return True
         every = self.interval()
+        if every and step == 1:  # the first step shows the network as initialized
+            return True
         return bool(every) and step % every == 0 and (
             time.monotonic() - self._last_scalar >= MIN_SCALAR_INTERVAL_S)
 
@@ -367,6 +369,8 @@ class Instruments:
         if self.requested is not None:
             return self.requested
         every = self.cfg.hist_every
+        if every and step == 1:  # and its histograms: the init, before any update
+            return True
         return bool(every) and step % every < max(1, self.interval()) and (
             time.monotonic() - self._last_hist >= MIN_HIST_INTERVAL_S
         )

@@ -571,8 +571,8 @@ def snapshots(events: list[Any]) -> list[LayerStatsSnapshot]:
 def test_snapshots_every_n_steps(exact_schedule: None) -> None:
     events = run_loop(tiny_config(stats__every=5, stats__hist_every=10))
     snaps = snapshots(events)
-    assert [s.step for s in snaps] == [5, 10, 15, 20]
-    assert [bool(s.histograms) for s in snaps] == [False, True, False, True]
+    assert [s.step for s in snaps] == [1, 5, 10, 15, 20]  # step 1: the net as initialized
+    assert [bool(s.histograms) for s in snaps] == [True, False, True, False, True]
     names = [r.name for r in snaps[0].layers]
     assert names == ["blocks.0.linear", "head"]
     for s in snaps:
@@ -582,8 +582,8 @@ def test_snapshots_every_n_steps(exact_schedule: None) -> None:
 
 def test_snapshots_with_the_real_time_limit_stay_on_the_step_grid() -> None:
     snaps = snapshots(run_loop(tiny_config(stats__every=5)))
-    assert snaps and snaps[0].step == 5
-    assert all(s.step % 5 == 0 for s in snaps)
+    assert snaps and snaps[0].step == 1  # the first step always shows the initial net
+    assert all(s.step % 5 == 0 for s in snaps[1:])
 
 
 def test_stats_off_gives_no_snapshot_and_no_hook(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -637,7 +637,7 @@ def test_stats_every_is_hot(exact_schedule: None) -> None:
     commands = [Pause(), Step(5), SetHyper("stats.every", 2), Step(6), Stop()]
     events = run_loop(tiny_config(stats__every=5), commands)
     assert [(e.key, e.new) for e in of_type(events, "HyperChanged")] == [("stats.every", 2)]
-    assert [s.step for s in snapshots(events)] == [5, 6, 8, 10]
+    assert [s.step for s in snapshots(events)] == [1, 5, 6, 8, 10]
 
 
 def plain(value: Any, path: str = "event") -> None:
@@ -659,7 +659,7 @@ def plain(value: Any, path: str = "event") -> None:
 def test_snapshots_contain_no_tensors(exact_schedule: None) -> None:
     events = run_loop(tiny_config(stats__every=2, stats__hist_every=4, run__max_steps=8))
     snaps = snapshots(events)
-    assert [s.step for s in snaps] == [2, 4, 6, 8]
+    assert [s.step for s in snaps] == [1, 2, 4, 6, 8]
     assert any(s.histograms for s in snaps)
     for s in snaps:
         plain(s)

@@ -471,3 +471,20 @@ async def test_resize_to_wide_shows_the_side_column() -> None:
         await pilot.resize_terminal(80, 24)
         await settle(pilot)
         assert not app.screen.has_class("wide")
+
+
+async def test_fast_typing_in_a_field_keeps_every_key_and_escape_leaves_it() -> None:
+    app, _ = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        box = app.query_one(f"#{widget_id('model.depth')}")
+        box.focus()
+        await pilot.press("end", "backspace", "backspace", "4", "5", "backspace", "7")
+        await settle(pilot)
+        assert box.value == "47"
+        panel = app.query_one(ConfigPanel)
+        assert panel.edits == {"model.depth": 47}
+        await pilot.press("escape", "n", "1")  # keys reach the app again
+        assert box.value == "47"
+        assert app.query_one("#views").active == "train"

@@ -105,3 +105,16 @@ def test_health_bands() -> None:
     assert health.judge("grad_norm", math.inf) == health.BAD
     assert health.judge("act_mean", 123.0) == health.OK  # no rule: never coloured
     assert health.judge("dead_frac", None) == health.OK
+
+
+def test_signal_bars_fit_the_snapshot_and_keep_depth_trends_visible() -> None:
+    from tui.widgets.signal_view import MIN_DECADES, bar, log_range
+
+    low, high = log_range([0.9, 0.3, None, math.nan])
+    assert high - low >= MIN_DECADES and low <= math.log10(0.3) and high >= 0
+    low, high = log_range([1e-7, 1.0])
+    assert (low, high) == (-7.0, 0.0)
+    # A 3x step between layers is a visibly different bar on the fitted scale.
+    scale = log_range([1.0, 3.0])
+    assert len(bar(1.0, 20, scale).plain.strip()) < len(bar(3.0, 20, scale).plain.strip())
+    assert bar(math.nan, 20, scale).plain.startswith("!")

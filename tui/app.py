@@ -274,8 +274,10 @@ class TrainlabApp(App[int]):
         if s.state == "failed":
             message = s.failure.message if s.failure else (
                 s.nonfinite.message if s.nonfinite else s.reason)
-            banner.update(f"[b]failed[/b]: {message}\nEdit the config (3) and restart (r); "
-                          "the traceback is in the log (4).")
+            where = "; the traceback is in the log (4)" if s.failure and s.failure.traceback \
+                else "; details in the log (4)"
+            banner.update(f"[b]failed[/b]: {message}\nEdit the config (3) and restart "
+                          f"(r){where}.")
             banner.display = True
         else:
             banner.display = False
@@ -397,8 +399,8 @@ class TrainlabApp(App[int]):
         self._quitting = True
         try:
             if self.run_state.active:
-                question = f"Training is running (step {self.run_state.step}). " \
-                           "Stop it and quit?"
+                question = f"Training is {self.run_state.state} (step " \
+                           f"{self.run_state.step}). Stop it and quit?"
                 if not await self.push_screen_wait(ConfirmScreen(question)):
                     return
             await self.shutdown()

@@ -9,10 +9,11 @@ choice); cold fields are kept as edits until the user restarts with them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from textual import events, on
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
@@ -38,6 +39,10 @@ def widget_id(key: str) -> str:
 
 class ConfigPanel(Widget, can_focus=False):
     """Every config field, grouped by section, with inline validation."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "leave_field", "Leave field", show=False),
+    ]
 
     class HotEdited(Message):
         """The user committed a new value for a hot field."""
@@ -174,6 +179,10 @@ class ConfigPanel(Widget, can_focus=False):
     def _revert_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.revert()
+
+    def action_leave_field(self) -> None:
+        """Give the keys back to the app (a focused field types them instead)."""
+        self.screen.set_focus(None)
 
     # --- the app's side ----------------------------------------------------------
 

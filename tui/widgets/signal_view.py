@@ -17,20 +17,38 @@ from textual.widgets import Static
 
 from engine import protocol
 
-LOG_LOW, LOG_HIGH = -8.0, 2.0
-"""The bars' log10 range: 1e-8 (a dead signal) to 1e2 (an exploding one)."""
+MIN_DECADES = 2
+"""The bars span at least this many powers of ten, so small wobbles stay small."""
 BAR_WIDTH = 24
 
 
-def bar(value: float | None, width: int = BAR_WIDTH) -> Text:
-    """A bar whose length is log10(value) on [LOG_LOW, LOG_HIGH]; '!' for NaN/inf."""
+def log_range(values: list[float | None]) -> tuple[float, float]:
+    """Whole powers of ten around the finite positive values (at least MIN_DECADES).
+
+    Fitted to the snapshot, so a 3x change between layers is visible, while the
+    failures that span orders of magnitude still fit on the bars.
+    """
+    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not logs:
+        return -MIN_DECADES / 2, MIN_DECADES / 2
+    low, high = math.floor(min(logs)), math.ceil(max(logs))
+    if high - low < MIN_DECADES:
+        middle = (low + high) / 2
+        low, high = math.floor(middle - MIN_DECADES / 2), math.ceil(middle + MIN_DECADES / 2)
+    return float(low), float(high)
+
+
+def bar(value: float | None, width: int = BAR_WIDTH,
+        scale: tuple[float, float] = (-8.0, 2.0)) -> Text:
+    """A bar whose length is log10(value) on ``scale`` (log10 bounds); '!' for NaN/inf."""
     if value is None:
         return Text("-", style="dim")
     if not math.isfinite(value):
         return Text("! non-finite", style="bold red")
     if value <= 0:
         return Text("0", style="dim")
-    position = (math.log10(value) - LOG_LOW) / (LOG_HIGH - LOG_LOW)
+    low, high = scale
+    position = (math.log10(value) - low) / (high - low)
     cells = max(1, round(min(1.0, max(0.0, position)) * width))
     return Text("█" * cells + " " * (width - cells))  # padded: the value labels line up
 
@@ -41,17 +59,19 @@ def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Ta
         return Text("No layer statistics yet: they come every stats.every steps.", style="dim")
     # Room for the name (16), two value labels (" 1.2e-05": 8) and the cell padding (6).
     bar_width = max(4, (width - 16 - 2 * 8 - 6) // 2)
+    rows = snapshot.layers
+    scale = log_range([r.act_std for r in rows] + [r.grad_out_std for r in rows])
     table = Table(box=None, padding=(0, 1), expand=False, show_edge=False,
-                  caption=f"log scale, 1e{LOG_LOW:.0f} to 1e{LOG_HIGH:.0f}",
+                  caption=f"log scale, 1e{scale[0]:.0f} to 1e{scale[1]:.0f}",
                   caption_justify="left", caption_style="dim")
     table.add_column("layer", no_wrap=True, max_width=16, overflow="ellipsis")
     table.add_column("activation std", no_wrap=True)
     table.add_column("gradient std", no_wrap=True)
-    for row in snapshot.layers:
-        act = bar(row.act_std, bar_width)
+    for row in rows:
+        act = bar(row.act_std, bar_width, scale)
         act.stylize("green")
         act.append(f" {row.act_std:.2g}" if row.act_std is not None else "")
-        grad = bar(row.grad_out_std, bar_width)
+        grad = bar(row.grad_out_std, bar_width, scale)
         grad.stylize("magenta")
         grad.append(f" {row.grad_out_std:.2g}" if row.grad_out_std is not None else "")
         table.add_row(row.name, act, grad)
