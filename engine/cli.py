@@ -208,10 +208,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         # The same ending as a run the engine refuses, so scripts see one shape.
-        show(protocol.EngineFailed(0, "config", str(exc)))
-        show(protocol.StateChanged("failed", 0, str(exc)))
-        show(protocol.RunFinished(
-            "failed", protocol.FinalMetrics(0, 0, None, None, None, None, None, 0.0)))
+        for event in protocol.failure_events("config", str(exc)):
+            show(event)
         if args.json:  # the JSON stream carries it; people reading stderr see it too
             print(f"trainlab: error: {exc}", file=err)
         return EXIT_BAD_INPUT

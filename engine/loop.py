@@ -629,7 +629,7 @@ def _handle(command: Any, trainer: Trainer, control: _Control, emit: Emit) -> No
 
 def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
     if trainer is None:
-        return FinalMetrics(0, 0, None, None, None, None, None, time.monotonic() - started)
+        return FinalMetrics.none_yet(time.monotonic() - started)
     # The mean over the steps no evaluation has covered yet (a run stopped by a NaN, or
     # one without a validation set), else the last evaluation's: EvalDone's meaning.
     train_loss = trainer.interval_train_loss()

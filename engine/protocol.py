@@ -291,6 +291,11 @@ class FinalMetrics:
     best_step: int | None
     elapsed_s: float
 
+    @classmethod
+    def none_yet(cls, elapsed_s: float = 0.0) -> FinalMetrics:
+        """Nothing was trained: no step, no metric."""
+        return cls(0, 0, None, None, None, None, None, elapsed_s)
+
 
 @dataclass(frozen=True)
 class RunFinished:
@@ -298,6 +303,15 @@ class RunFinished:
 
     reason: str
     final: FinalMetrics
+
+
+def failure_events(kind: str, message: str, traceback: str = "",
+                   step: int = 0) -> tuple[EngineFailed, StateChanged, RunFinished]:
+    """How a run ends when it fails before a trainer could report metrics: one shape
+    for the loop's refusals, the CLI's, the worker's and a dead engine's."""
+    return (EngineFailed(step, kind, message, traceback),
+            StateChanged("failed", step, message),
+            RunFinished("failed", FinalMetrics.none_yet()))
 
 
 Event = (

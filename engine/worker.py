@@ -94,10 +94,8 @@ def main() -> int:
         # Nothing was built yet: the same ending a refused run has in-process.
         message = f"the engine could not read its config: {exc}"
         kind = "config" if isinstance(exc, ConfigError) else "internal"
-        emit(protocol.EngineFailed(0, kind, message))
-        emit(protocol.StateChanged("failed", 0, message))
-        emit(protocol.RunFinished(
-            "failed", protocol.FinalMetrics(0, 0, None, None, None, None, None, 0.0)))
+        for event in protocol.failure_events(kind, message):
+            emit(event)
         return 0
     commands: queue.Queue[Any] = queue.Queue()
     reader = threading.Thread(target=read_commands, args=(commands_in, commands, emit),

@@ -247,12 +247,8 @@ async def test_restart_refuses_an_invalid_edit_and_keeps_the_run() -> None:
 
 async def test_engine_failure_shows_banner_and_traceback_and_restart_recovers() -> None:
     trace = "Traceback (most recent call last):\n  File \"my_model.py\", line 3\nValueError: boom"
-    script = [
-        protocol.EngineFailed(0, "user_code", "user code raised ValueError: boom", trace),
-        protocol.StateChanged("failed", 0, "boom"),
-        protocol.RunFinished("failed", protocol.FinalMetrics(0, 0, None, None, None, None,
-                                                             None, 0.1)),
-    ]
+    script = list(protocol.failure_events("user_code", "user code raised ValueError: boom",
+                                          trace))
     app, engines = make_app(script=script)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)

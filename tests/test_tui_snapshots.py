@@ -66,13 +66,8 @@ def test_help_screen(snap_compare: Any) -> None:
 def test_error_state(snap_compare: Any) -> None:
     trace = ('Traceback (most recent call last):\n  File "my_model.py", line 7, in build\n'
              '    raise ValueError("input_shape must be 2-D")\nValueError: input_shape must be 2-D')
-    script = [
-        protocol.EngineFailed(0, "user_code",
-                              "model.factory raised ValueError: input_shape must be 2-D", trace),
-        protocol.StateChanged("failed", 0, "model.factory raised ValueError"),
-        protocol.RunFinished("failed", protocol.FinalMetrics(0, 0, None, None, None, None,
-                                                             None, 0.2)),
-    ]
+    script = list(protocol.failure_events(
+        "user_code", "model.factory raised ValueError: input_shape must be 2-D", trace))
 
     async def to_log(pilot: Any) -> None:
         await settle(pilot)

@@ -185,8 +185,9 @@ class TrainlabApp(App[int]):
             try:
                 await self.engine.start(config)
             except OSError as exc:  # e.g. no python executable: say so, stay up
-                s.apply(protocol.EngineFailed(0, "internal", f"could not start the engine: {exc}"))
-                s.apply(protocol.StateChanged("failed", 0, str(exc)))
+                for event in protocol.failure_events("internal",
+                                                     f"could not start the engine: {exc}"):
+                    s.apply(event)
             self._refresh(set(parts.ALL_PARTS))
             self._pump_task = asyncio.create_task(self._pump(self.engine))
         finally:

@@ -48,16 +48,6 @@ class Engine(Protocol):
         """Stop training cooperatively (the step finishes), then release the engine."""
 
 
-def _crash_events(message: str, trace: str = "") -> list[Any]:
-    """The ending a run has when its engine died without saying why."""
-    return [
-        protocol.EngineFailed(-1, "internal", message, trace),
-        protocol.StateChanged("failed", -1, message),
-        protocol.RunFinished(
-            "failed", protocol.FinalMetrics(0, 0, None, None, None, None, None, 0.0)),
-    ]
-
-
 class ProcessEngine:
     """A run in a child process; its stderr (and the user's prints) go to ``log_path``."""
 
@@ -103,7 +93,9 @@ class ProcessEngine:
             try:
                 line = await stdout.readline()
             except ValueError as exc:  # a line over MAX_EVENT_LINE: the stream is lost
-                for event in _crash_events(f"the engine sent an unreadable event: {exc}"):
+                # step -1: the step is unknown here (the app shows its own).
+                message = f"the engine sent an unreadable event: {exc}"
+                for event in protocol.failure_events("internal", message, step=-1):
                     self.events.put_nowait(event)
                 self._finished = True
                 self._kill()  # unread, it would soon block on a full pipe
@@ -123,7 +115,8 @@ class ProcessEngine:
         if not self._finished:  # killed, or crashed before it could report
             self._finished = True
             message = f"the engine process ended unexpectedly (exit code {code})"
-            for event in _crash_events(message, self._log_tail()):
+            for event in protocol.failure_events("internal", message, self._log_tail(),
+                                                 step=-1):
                 self.events.put_nowait(event)
 
     def _log_tail(self) -> str:
