@@ -229,6 +229,7 @@ async def test_cold_edit_and_restart_starts_a_new_engine_with_it() -> None:
         assert engines.current.config is not None
         assert engines.current.config.model.depth == 5
         assert app.run_state.config.model.depth == 5 and panel.edits == {}
+        assert box.value == "5"  # the form shows the new run's config
         assert len(app.run_state.train_loss) == 200  # the new run's history only
 
 
