@@ -91,13 +91,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # --- human-readable progress ------------------------------------------------------
 
 
-def _pct(value: float | None, suffix: str = "%") -> str:
-    """A fraction as a percentage; '-' where there is none."""
+def format_percent(value: float | None, suffix: str = "%") -> str:
+    """A fraction as a percentage; '-' where there is none (the CLI's and the app's)."""
     return "-" if value is None else f"{100 * value:.1f}{suffix}"
 
 
-def _num(value: float | None, spec: str = ".4g") -> str:
-    """A number in ``spec``; '-' where there is none."""
+def format_number(value: float | None, spec: str = ".4g") -> str:
+    """A number in ``spec``; '-' where there is none (the CLI's and the app's)."""
     return "-" if value is None else format(value, spec)
 
 
@@ -141,9 +141,9 @@ class ProgressPrinter:
                  f"lr {e.lrs[-1]:.2e}  {e.steps_per_sec:,.0f} steps/s")
 
     def on_EvalDone(self, e: protocol.EvalDone) -> None:
-        acc = f"  val_acc {_pct(e.val_accuracy)}" if e.val_accuracy is not None else ""
-        self.say(f"eval {e.step:>6}  epoch {e.epoch:>3}  train_loss {_num(e.train_loss)}  "
-                 f"val_loss {_num(e.val_loss)}{acc}")
+        acc = f"  val_acc {format_percent(e.val_accuracy)}" if e.val_accuracy is not None else ""
+        self.say(f"eval {e.step:>6}  epoch {e.epoch:>3}  train_loss {format_number(e.train_loss)}  "
+                 f"val_loss {format_number(e.val_loss)}{acc}")
 
     def on_HyperChanged(self, e: protocol.HyperChanged) -> None:
         note = f" ({e.note})" if e.note else ""
@@ -170,11 +170,12 @@ class ProgressPrinter:
         if e.reason == "failed":
             return
         f = e.final
-        acc = f", val_acc {_pct(f.val_accuracy)}" if f.val_accuracy is not None else ""
-        best = f", best val_loss {_num(f.best_val_loss)} at step {f.best_step}" \
+        acc = f", val_acc {format_percent(f.val_accuracy)}" if f.val_accuracy is not None else ""
+        best = f", best val_loss {format_number(f.best_val_loss)} at step {f.best_step}" \
             if f.best_step is not None else ""
-        self.say(f"{e.reason}: step {f.step}, epoch {f.epoch}, train_loss {_num(f.train_loss)}, "
-                 f"val_loss {_num(f.val_loss)}{acc}{best}; {f.elapsed_s:.1f} s")
+        self.say(f"{e.reason}: step {f.step}, epoch {f.epoch}, "
+                 f"train_loss {format_number(f.train_loss)}, "
+                 f"val_loss {format_number(f.val_loss)}{acc}{best}; {f.elapsed_s:.1f} s")
 
 
 def json_printer(out: TextIO) -> Callable[[Any], None]:
@@ -280,9 +281,11 @@ def format_layer_table(snapshot: protocol.LayerStatsSnapshot) -> str:
     rows = [header]
     for r in snapshot.layers:
         rows.append((
-            r.name, r.activation or "-", _num(r.act_mean, ".3g"), _num(r.act_std, ".3g"),
-            _pct(r.saturated_frac, ""), _pct(r.dead_frac, ""), _pct(r.zero_frac, ""),
-            _num(r.grad_out_std, ".3g"), _num(r.weight_norm, ".3g"), _num(r.grad_norm, ".3g"),
+            r.name, r.activation or "-",
+            format_number(r.act_mean, ".3g"), format_number(r.act_std, ".3g"),
+            format_percent(r.saturated_frac, ""), format_percent(r.dead_frac, ""),
+            format_percent(r.zero_frac, ""), format_number(r.grad_out_std, ".3g"),
+            format_number(r.weight_norm, ".3g"), format_number(r.grad_norm, ".3g"),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)

@@ -14,6 +14,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from engine import protocol
+from engine.cli import format_number, format_percent
 from tui import health
 from tui.state import RunState
 
@@ -43,14 +44,6 @@ def sparkline(values: Iterable[float | None], *, log: bool = True) -> str:
     )
 
 
-def _number(value: float | None, spec: str = ".3g") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
 def _cell(text: str, quantity: str, value: float | None) -> Text:
     return Text(text, style=HEALTH_STYLE[health.judge(quantity, value)], justify="right")
 
@@ -60,13 +53,12 @@ def layer_cells(row: protocol.LayerStats, history: Iterable[protocol.LayerStats]
     return [
         Text(row.name),
         Text(row.activation or "-"),
-        Text(_number(row.act_mean), justify="right"),
-        _cell(_number(row.act_std), "act_std", row.act_std),
-        _cell(_pct(row.saturated_frac), "saturated_frac", row.saturated_frac),
-        _cell(_pct(row.dead_frac), "dead_frac", row.dead_frac),
-        _cell(_number(row.grad_norm), "grad_norm", row.grad_norm),
-        _cell(_number(row.update_ratio, ".1e") if row.update_ratio is not None else "-",
-              "update_ratio", row.update_ratio),
+        Text(format_number(row.act_mean, ".3g"), justify="right"),
+        _cell(format_number(row.act_std, ".3g"), "act_std", row.act_std),
+        _cell(format_percent(row.saturated_frac, ""), "saturated_frac", row.saturated_frac),
+        _cell(format_percent(row.dead_frac, ""), "dead_frac", row.dead_frac),
+        _cell(format_number(row.grad_norm, ".3g"), "grad_norm", row.grad_norm),
+        _cell(format_number(row.update_ratio, ".1e"), "update_ratio", row.update_ratio),
         Text(sparkline(h.grad_norm for h in history), style="cyan"),
     ]
 
