@@ -47,7 +47,6 @@ NARROW_COLUMNS = 100
 DEFAULT_CLIP_NORM = 1.0
 """What the clipping key turns on when the run has never clipped: max gradient norm 1."""
 HISTOGRAM_QUANTITIES = ("weight", "grad", "act")
-VIEWS = ("train", "layers", "config", "log")
 
 _log_numbers = itertools.count(1)
 

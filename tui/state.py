@@ -25,10 +25,6 @@ CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM = (
     "chart", "layers", "status", "log", "config", "histogram")
 ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM)
 
-STATES = ("starting", "running", "paused", "finished", "failed")
-"""The run's state as the status bar names it."""
-
-
 @dataclass(frozen=True)
 class LogEntry:
     """One line of the run log; failures carry their traceback."""

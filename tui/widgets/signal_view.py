@@ -19,7 +19,6 @@ from engine import protocol
 
 MIN_DECADES = 2
 """The bars span at least this many powers of ten, so small wobbles stay small."""
-BAR_WIDTH = 24
 
 
 def log_range(values: list[float | None]) -> tuple[float, float]:
@@ -38,8 +37,7 @@ def log_range(values: list[float | None]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bar(value: float | None, width: int = BAR_WIDTH,
-        scale: tuple[float, float] = (-8.0, 2.0)) -> Text:
+def bar(value: float | None, width: int, scale: tuple[float, float]) -> Text:
     """A bar whose length is log10(value) on ``scale`` (log10 bounds); '!' for NaN/inf."""
     if value is None:
         return Text("-", style="dim")
