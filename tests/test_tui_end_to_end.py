@@ -32,6 +32,12 @@ def engines(kind: str, tmp_path: Path) -> Any:
     return ThreadEngine
 
 
+def long_run_in_a_process(tmp_path: Path) -> tuple[TrainlabApp, ProcessEngine]:
+    """The app on a run that will not end by itself, and the child engine it trains in."""
+    engine = ProcessEngine(tmp_path / "engine.log")
+    return TrainlabApp(tiny_config(**LONG), engine_factory=lambda: engine), engine
+
+
 @pytest.mark.parametrize("kind", ["process", "thread"])
 async def test_pause_single_steps_and_a_live_lr_change(kind: str, tmp_path: Path) -> None:
     app = TrainlabApp(tiny_config(**LONG), engine_factory=engines(kind, tmp_path))
@@ -60,8 +66,7 @@ async def test_pause_single_steps_and_a_live_lr_change(kind: str, tmp_path: Path
 
 
 async def test_engine_process_ends_when_the_app_quits(tmp_path: Path) -> None:
-    engine = ProcessEngine(tmp_path / "engine.log")
-    app = TrainlabApp(tiny_config(**LONG), engine_factory=lambda: engine)
+    app, engine = long_run_in_a_process(tmp_path)
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: app.run_state.step > 0)
         process = engine._process
@@ -96,8 +101,7 @@ async def test_bad_user_code_shows_its_traceback_and_the_app_stays_up(
 
 
 async def test_leaving_the_app_any_other_way_still_stops_the_engine(tmp_path: Path) -> None:
-    engine = ProcessEngine(tmp_path / "engine.log")
-    app = TrainlabApp(tiny_config(**LONG), engine_factory=lambda: engine)
+    app, engine = long_run_in_a_process(tmp_path)
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: app.run_state.step > 0)
         process = engine._process
@@ -109,8 +113,7 @@ async def test_leaving_the_app_any_other_way_still_stops_the_engine(tmp_path: Pa
 
 
 async def test_a_crashed_engine_process_is_reported(tmp_path: Path) -> None:
-    engine = ProcessEngine(tmp_path / "engine.log")
-    app = TrainlabApp(tiny_config(**LONG), engine_factory=lambda: engine)
+    app, engine = long_run_in_a_process(tmp_path)
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: app.run_state.step > 0)
         assert engine._process is not None
@@ -124,8 +127,7 @@ async def test_a_crashed_engine_process_is_reported(tmp_path: Path) -> None:
 
 async def test_garbage_on_the_command_pipe_is_refused_and_training_goes_on(
         tmp_path: Path) -> None:
-    engine = ProcessEngine(tmp_path / "engine.log")
-    app = TrainlabApp(tiny_config(**LONG), engine_factory=lambda: engine)
+    app, engine = long_run_in_a_process(tmp_path)
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: app.run_state.step > 0)
         engine._write("this is not json")
