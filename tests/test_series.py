@@ -97,15 +97,11 @@ def test_a_view_taken_before_growth_still_holds_its_points() -> None:
     assert old.tolist() == list(range(10))
 
 
-def test_empty_series_and_clear() -> None:
+def test_empty_series() -> None:
     series = Series()
     assert len(series) == 0
     assert series.last() is None
     assert series.x.shape == (0,)
-    series.extend(range(5000), range(5000))
-    series.clear()
-    assert len(series) == 0
-    assert series.last() is None
     series.append(7, 8.0)
     assert series.last() == (7.0, 8.0)
 

@@ -57,7 +57,7 @@ def draw_loss_chart(
       change) and shares a readable axis. The absolute current value is in the title;
     - title: the current step, train and validation loss, accuracy and learning rate;
     - a vertical line at every marker step (hyperparameter or optimizer changes) with
-      its label along the top, labels that would overlap the previous one left out;
+      its label along the top; where labels would overlap, the newest keeps its label;
     - each series decimated to at most two points per column of ``width``.
 
     With no loss yet, an empty frame titled "waiting for the first steps". Never

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 INITIAL_CAPACITY = 1024
-"""Points allocated by a new or cleared series (12 KiB); doubled whenever it fills."""
+"""Points allocated by a new series (12 KiB); doubled whenever it fills."""
 
 
 class Series:
@@ -83,12 +83,6 @@ class Series:
         if not self._size:
             return None
         return float(self._x[self._size - 1]), float(self._y[self._size - 1])
-
-    def clear(self) -> None:
-        """Forget every point and give the memory back (a new run starts small)."""
-        self._x = np.empty(INITIAL_CAPACITY, dtype=np.float64)
-        self._y = np.empty(INITIAL_CAPACITY, dtype=np.float32)
-        self._size = 0
 
     def _reserve(self, capacity: int) -> None:
         """Make room for ``capacity`` points, at least doubling so growth stays amortised."""
