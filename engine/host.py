@@ -53,7 +53,7 @@ class ThreadHost:
 
     def send(self, command: Any) -> None:
         """Queue a command; it applies at the next step boundary."""
-        if type(command).__name__ not in protocol.COMMANDS:
+        if not protocol.is_command(command):
             raise TypeError(f"{command!r} is not a protocol command")
         self.commands.put(command)
 

@@ -332,6 +332,11 @@ Event = (
 COMMANDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
 EVENTS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
+
+def is_command(message: Any) -> bool:
+    """Is ``message`` one of the protocol's commands (not an event, not anything else)?"""
+    return isinstance(message, typing.get_args(Command))
+
 # --- JSON-safe dicts ------------------------------------------------------------
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

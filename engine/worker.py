@@ -57,7 +57,7 @@ def read_commands(stdin: TextIO, commands: queue.Queue[Any], emit: EventWriter) 
             emit(protocol.CommandRejected("unknown", f"unreadable command {line.strip()!r}: "
                                           f"{exc}", -1))
             continue
-        if type(command).__name__ not in protocol.COMMANDS:
+        if not protocol.is_command(command):
             emit(protocol.CommandRejected(type(command).__name__,
                                           "an event is not a command", -1))
             continue

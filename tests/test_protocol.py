@@ -395,3 +395,10 @@ def test_module_exports_match_registries() -> None:
     for name, cls in {**EVENTS, **COMMANDS}.items():
         assert getattr(protocol, name) is cls
         assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_is_command_tells_commands_from_events_and_other_objects() -> None:
+    for cls, examples in EXAMPLES.items():
+        for example in examples:
+            assert protocol.is_command(example) is (cls.__name__ in protocol.COMMANDS)
+    assert not protocol.is_command("Pause") and not protocol.is_command(None)

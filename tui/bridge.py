@@ -82,7 +82,7 @@ class ProcessEngine:
 
     def send(self, command: Any) -> None:
         """Write one command line; a finished engine ignores it."""
-        if type(command).__name__ not in protocol.COMMANDS:
+        if not protocol.is_command(command):
             raise TypeError(f"{command!r} is not a protocol command")
         self._write(protocol.to_json(command))
 
