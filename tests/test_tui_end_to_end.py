@@ -137,3 +137,13 @@ async def test_garbage_on_the_command_pipe_is_refused_and_training_goes_on(
         await wait_for(pilot, lambda: app.run_state.step > step)
         assert app.run_state.state == "running"
         await app.shutdown()
+
+
+def test_a_crash_report_carries_the_end_of_the_engine_log(tmp_path: Path) -> None:
+    from tui.bridge import LOG_TAIL_BYTES
+
+    log = tmp_path / "engine.log"
+    log.write_text("x" * 10_000 + "\nTraceback (most recent call last):\nMemoryError\n")
+    tail = ProcessEngine(log)._log_tail()
+    assert tail.endswith("MemoryError\n") and len(tail.encode()) == LOG_TAIL_BYTES
+    assert ProcessEngine(tmp_path / "missing.log")._log_tail() == ""

@@ -30,7 +30,8 @@ STOP_GRACE_S = 10.0
 """How long a stopped engine may take to finish its step and say so before it is killed."""
 MAX_EVENT_LINE = 64 * 1024 * 1024
 """asyncio's default line limit (64 KiB) is too small for a deep net's histograms."""
-LOG_TAIL_CHARS = 4000
+LOG_TAIL_BYTES = 4000
+"""How much of the log's end a crash report carries."""
 
 
 class Engine(Protocol):
@@ -120,9 +121,11 @@ class ProcessEngine:
                 self.events.put_nowait(event)
 
     def _log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-            return text[-LOG_TAIL_CHARS:]
+        """The end of the engine's log (its last traceback), without reading it all."""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - LOG_TAIL_BYTES))
+            return log.read().decode("utf-8", errors="replace")
         return ""
 
     async def stop(self) -> None:
