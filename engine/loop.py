@@ -528,8 +528,11 @@ class Trainer:
 
     # --- live changes --------------------------------------------------------------
 
-    def set_hyper(self, key: str, value: Any) -> HyperChanged:
+    def set_hyper(self, key: str, value: Any, why: str = "") -> HyperChanged:
         """Apply a hot field from the next step; raises ConfigError if not allowed.
+
+        ``why`` (e.g. "fix: exploding_gradients") is kept in the change log and leads
+        the acknowledgement's note.
 
         Everything that can fail runs before the new config is kept, so a rejected
         change leaves the run exactly as it was.
@@ -559,8 +562,8 @@ class Trainer:
         self.instruments.cfg = new_config.stats
         if key in ("data.batch_size", "run.max_steps", "run.max_epochs"):
             self.schedule.total_steps = max(1, self.total_steps())
-        self.changes.append({"step": self.step, "key": key, "old": old, "new": new})
-        return HyperChanged(self.step, key, old, new, note)
+        self.changes.append({"step": self.step, "key": key, "old": old, "new": new, "why": why})
+        return HyperChanged(self.step, key, old, new, "; ".join(filter(None, (why, note))))
 
 
 class _Control:
@@ -606,7 +609,7 @@ def _handle(command: Any, trainer: Trainer, control: _Control, emit: Emit) -> No
         if not isinstance(command.key, str):
             return reject(f"SetHyper.key = {command.key!r}: expected a dotted key such as optim.lr")
         try:
-            emit(trainer.set_hyper(command.key, command.value))
+            emit(trainer.set_hyper(command.key, command.value, str(command.note)))
         except ConfigError as exc:
             return reject(str(exc))
         if command.key in ("optim.name", "data.batch_size") and (

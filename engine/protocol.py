@@ -58,6 +58,8 @@ class SetHyper:
 
     key: str
     value: Any
+    note: str = ""
+    """Why, for the record (e.g. "fix: exploding_gradients"); HyperChanged carries it."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,22 @@ class RequestSnapshot:
     histograms: bool = True
 
 
-Command = Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint | RequestSnapshot
+@dataclass(frozen=True)
+class FindLr:
+    """Run the learning-rate range test on a copy of the model and answer with LrFound.
+
+    The run's weights, optimizer state and data order are untouched: the test trains a
+    copy on batches of its own, raising the lr exponentially from ``start`` to ``end``
+    over at most ``steps`` steps (it stops early once the loss diverges).
+    """
+
+    start: float = 1e-7
+    end: float = 10.0
+    steps: int = 100
+
+
+Command = (Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint | RequestSnapshot
+           | FindLr)
 
 # --- events -------------------------------------------------------------------
 
@@ -305,6 +322,56 @@ class RunFinished:
     final: FinalMetrics
 
 
+@dataclass(frozen=True)
+class Fix:
+    """One suggested remedy, as config changes (dotted key -> new value).
+
+    ``restart`` False: every key is hot and the changes apply to the running run (one
+    SetHyper each). True: the changes need a new run (cold keys), so applying the fix
+    restarts with them.
+    """
+
+    label: str
+    """What the fix does, in a few words ("halve the learning rate now")."""
+    changes: dict[str, Any]
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class AlertRaised:
+    """A diagnosed training problem, raised once per kind (and layers) per run."""
+
+    step: int
+    kind: str
+    """vanishing_gradients, exploding_gradients, activation_collapse, saturation,
+    dead_units, symmetry, non_finite, divergence, plateau, overfitting, update_ratio or
+    slow_lower_layers."""
+    severity: str
+    """info, warning or critical (the run cannot learn as it is)."""
+    layers: tuple[str, ...]
+    """The affected layers in forward order; empty for whole-run problems (the loss)."""
+    evidence: dict[str, Any]
+    """The numbers behind the diagnosis: name -> number or tuple of numbers."""
+    message: str
+    """What is wrong and why, in a sentence or two."""
+    fixes: tuple[Fix, ...]
+
+
+@dataclass(frozen=True)
+class LrFound:
+    """The result of a learning-rate range test (FindLr, or ``trainlab lr-find``)."""
+
+    step: int
+    """The run's step when the test ran (its weights were the starting point)."""
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    """Smoothed training loss at each lr (exponential moving average, bias-corrected)."""
+    suggested_lr: float | None
+    """Where the smoothed loss falls fastest; None when the curve never falls."""
+    reason: str
+    """How the suggestion was chosen, or why there is none."""
+
+
 def failure_events(kind: str, message: str, traceback: str = "",
                    step: int = 0) -> tuple[EngineFailed, StateChanged, RunFinished]:
     """How a run ends when it fails before a trainer could report metrics: one shape
@@ -327,6 +394,8 @@ Event = (
     | RunFinished
     | LayerStatsSnapshot
     | NonFiniteDetected
+    | AlertRaised
+    | LrFound
 )
 
 COMMANDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
@@ -362,7 +431,9 @@ def _decode(value: Any, hint: Any) -> Any:
     if hint is Any:
         if isinstance(value, str) and value in _NONFINITE:
             return _NONFINITE[value]
-        return tuple(value) if isinstance(value, list) else value
+        if isinstance(value, list):
+            return tuple(_decode(v, Any) for v in value)
+        return value
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _decode(value, options[0])

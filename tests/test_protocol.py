@@ -16,17 +16,21 @@ from engine.config import Config
 from engine.protocol import (
     COMMANDS,
     EVENTS,
+    AlertRaised,
     CheckpointSaved,
     CommandRejected,
     DatasetInfo,
     EngineFailed,
     EvalDone,
     FinalMetrics,
+    FindLr,
+    Fix,
     Histogram,
     HyperChanged,
     LayerInfo,
     LayerStats,
     LayerStatsSnapshot,
+    LrFound,
     MetricsBatch,
     ModelInfo,
     NonFiniteDetected,
@@ -96,6 +100,7 @@ EXAMPLES: dict[type, list[Any]] = {
         SetHyper("data.augment", ()),
         SetHyper("model.residual", True),
         SetHyper("reg.clip_norm", None),
+        SetHyper("optim.lr", 5e-4, "fix: divergence"),
     ],
     SaveCheckpoint: [SaveCheckpoint(), SaveCheckpoint("/tmp/ck pt/step_1.pt")],
     RunStarted: [
@@ -177,6 +182,18 @@ EXAMPLES: dict[type, list[Any]] = {
         LayerStatsSnapshot(step=0, layers=(), histograms=(), sample_rows=64),
     ],
     NonFiniteDetected: [NonFiniteDetected(12, "blocks.3.linear", "gradient", "went inf")],
+    FindLr: [FindLr(), FindLr(1e-6, 1.0, 50)],
+    AlertRaised: [
+        AlertRaised(40, "exploding_gradients", "critical", ("blocks.0.linear", "head"),
+                    {"grad_norm": (1.0, 1e3, INF), "ratio": NAN},
+                    "gradient norms grow with depth",
+                    (Fix("clip the gradient norm at 1 now", {"reg.clip_norm": 1.0}),
+                     Fix("Kaiming init and restart", {"init.scheme": "kaiming_normal",
+                                                     "data.augment": ("noise",)}, True))),
+        AlertRaised(0, "plateau", "info", (), {}, "", ()),
+    ],
+    LrFound: [LrFound(3, (1e-7, 1e-6, 1e-5), (2.3, NAN, INF), 1e-6, "steepest descent"),
+              LrFound(0, (), (), None, "the loss never fell")],
 }
 
 ALL = [pytest.param(x, id=f"{type(x).__name__}-{i}")
