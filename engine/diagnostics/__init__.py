@@ -1,0 +1,157 @@
+"""The live doctor: detectors that turn the run's event stream into diagnoses.
+
+Every detector is a pure function ``(history, context) -> AlertRaised | None`` over
+what the run has emitted so far, registered under its kind with ``@detector``.
+``Diagnostics.observe`` folds each event the loop emits into a ``History`` and runs
+the detectors that read that kind of event; an alert of a kind is raised once per run.
+Layer detectors live in ``diagnostics.layers`` (per-layer statistics), curve detectors
+in ``diagnostics.curves`` (losses and evaluations).
+
+No torch here: detectors read plain numbers from protocol events, so they cost a few
+microseconds per event and are tested on hand-built histories. The thresholds are named
+constants in the detector modules, each with the reason for its value (KNOWLEDGE.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import Config
+from engine.protocol import (
+    AlertRaised,
+    EvalDone,
+    HyperChanged,
+    LayerStatsSnapshot,
+    MetricsBatch,
+    NonFiniteDetected,
+    RunStarted,
+)
+
+SNAPSHOT_HISTORY = 64
+"""Per-layer snapshots kept: enough to see a trend over the last stretch of a run."""
+LOSS_HISTORY = 4096
+"""Training losses kept (one per step), for the curve detectors' windows."""
+
+SNAPSHOT, LOSS, EVAL, NONFINITE = "snapshot", "loss", "eval", "nonfinite"
+"""What a detector reads: it runs when an event of that kind arrived."""
+
+
+@dataclass
+class History:
+    """What the run has shown so far, as plain numbers."""
+
+    snapshots: collections.deque[LayerStatsSnapshot] = field(
+        default_factory=lambda: collections.deque(maxlen=SNAPSHOT_HISTORY))
+    first_snapshot: LayerStatsSnapshot | None = None
+    """The step-1 snapshot: the network as initialized (every run measures it)."""
+    steps: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
+    losses: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
+    lrs: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
+    first_loss: float | None = None
+    """The first finite training loss: the loss at init."""
+    evals: list[EvalDone] = field(default_factory=list)
+    nonfinite: NonFiniteDetected | None = None
+    step: int = 0
+    last_change_step: int = 0
+    """Step of the last live change: curve detectors judge only what came after it."""
+
+
+@dataclass
+class Context:
+    """What the detectors know about the run besides its history."""
+
+    config: Config
+    """The run's config, live changes folded in (fixes read the current lr from it)."""
+    task: str = "classification"
+    num_classes: int = 0
+    loss: str = ""
+    """The objective's name: cross_entropy, bce_with_logits, mse, ..."""
+
+
+Detector = Callable[[History, Context], AlertRaised | None]
+DETECTORS: dict[str, tuple[str, Detector]] = {}
+"""kind -> (what it reads, the detector)."""
+
+
+def detector(kind: str, reads: str) -> Callable[[Detector], Detector]:
+    """Register a detector of alert ``kind`` that runs when a ``reads`` event arrives."""
+
+    def register(fn: Detector) -> Detector:
+        if kind in DETECTORS:
+            raise ValueError(f"two detectors for {kind}")
+        DETECTORS[kind] = (reads, fn)
+        return fn
+
+    return register
+
+
+class Diagnostics:
+    """Feed it every event of a run; it returns the alerts they newly raise."""
+
+    def __init__(self, config: Config) -> None:
+        self.history = History()
+        self.context = Context(config)
+        self.raised: set[str] = set()
+
+    def observe(self, event: Any) -> list[AlertRaised]:
+        """Fold ``event`` into the history; the alerts it raises (each kind once)."""
+        reads = self._fold(event)
+        if reads is None:
+            return []
+        alerts = []
+        for kind, (kind_reads, detect) in DETECTORS.items():
+            if kind_reads != reads or kind in self.raised:
+                continue
+            alert = detect(self.history, self.context)
+            if alert is not None:
+                self.raised.add(kind)
+                alerts.append(alert)
+        return alerts
+
+    def _fold(self, event: Any) -> str | None:
+        h, ctx = self.history, self.context
+        if isinstance(event, RunStarted):
+            ctx.task, ctx.num_classes = event.dataset.task, event.dataset.num_classes
+            ctx.loss = event.loss
+            return None
+        if isinstance(event, HyperChanged):
+            ctx.config = ctx.config.with_value(event.key, event.new)
+            h.last_change_step = event.step
+            return None
+        if isinstance(event, MetricsBatch):
+            if not event.steps:
+                return None
+            h.steps.extend(event.steps)
+            h.losses.extend(event.losses)
+            h.lrs.extend(event.lrs)
+            h.step = event.steps[-1]
+            if h.first_loss is None:
+                h.first_loss = next((x for x in event.losses if math.isfinite(x)), None)
+            return LOSS
+        if isinstance(event, LayerStatsSnapshot):
+            if h.first_snapshot is None:
+                h.first_snapshot = event
+            h.snapshots.append(event)
+            return SNAPSHOT
+        if isinstance(event, EvalDone):
+            h.evals.append(event)
+            return EVAL
+        if isinstance(event, NonFiniteDetected):
+            h.nonfinite = event
+            return NONFINITE
+        return None
+
+
+def _load_detectors() -> None:
+    # Registration happens on import; the modules import this one for the decorator.
+    from engine.diagnostics import curves, layers  # noqa: F401
+
+
+_load_detectors()
