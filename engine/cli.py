@@ -161,6 +161,18 @@ class ProgressPrinter:
     def on_NonFiniteDetected(self, e: protocol.NonFiniteDetected) -> None:
         self.say(f"non-finite: {e.message}", self.err)
 
+    def on_AlertRaised(self, e: protocol.AlertRaised) -> None:
+        where = f" [{', '.join(e.layers)}]" if e.layers else ""
+        self.say(f"alert {e.severity} at step {e.step}: {e.kind}{where}: {e.message}", self.err)
+        for fix in e.fixes:
+            changes = " ".join(f"--set {k}={v!r}" for k, v in fix.changes.items())
+            how = "restart with" if fix.restart else "live:"
+            self.say(f"    fix: {fix.label} ({how} {changes})", self.err)
+
+    def on_LrFound(self, e: protocol.LrFound) -> None:
+        lr = format_number(e.suggested_lr, ".2e")
+        self.say(f"step {e.step}: lr range test suggests {lr} ({e.reason})")
+
     def on_EngineFailed(self, e: protocol.EngineFailed) -> None:
         if e.traceback:
             self.say(e.traceback.rstrip(), self.err)

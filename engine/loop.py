@@ -29,6 +29,7 @@ import torch
 from engine import checkpoint, protocol
 from engine.config import Config, ConfigError, field_info
 from engine.data import augment_batch, load_dataset, validate_augment
+from engine.diagnostics import Diagnostics
 from engine.init import init_weights
 from engine.losses import Objective, build_objective
 from engine.models import build_model, model_summary, set_dropout
@@ -661,6 +662,18 @@ def describe_failure(exc: BaseException, step: int) -> EngineFailed:
     return EngineFailed(step, "internal", f"{type(exc).__name__}: {exc}", trace)
 
 
+def _diagnosed(emit: Emit, diagnostics: Diagnostics) -> Emit:
+    """``emit`` followed by the alerts each event raises (detectors are pure Python over
+    the events: microseconds each, no tensor touched)."""
+
+    def emit_and_diagnose(event: Any) -> None:
+        emit(event)
+        for alert in diagnostics.observe(event):
+            emit(alert)
+
+    return emit_and_diagnose
+
+
 def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
     """Build and train the run described by ``config``; returns the RunFinished it emitted.
 
@@ -670,6 +683,7 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit) -> RunFinished:
     started = time.monotonic()
     trainer: Trainer | None = None
     control = _Control()
+    emit = _diagnosed(emit, Diagnostics(config))
     try:
         trainer = Trainer(config)
         emit(trainer.started_event())

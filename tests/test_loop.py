@@ -106,7 +106,8 @@ def test_switching_optimizer_keeps_weights_and_resets_state(tmp_path: Path):
         assert torch.equal(tensor, b["model"][name])
     assert a["optimizer"]["state"]  # Adam had moments
     assert not b["optimizer"]["state"]  # the new SGD starts empty
-    assert b["changes"] == [{"step": 5, "key": "optim.name", "old": "adam", "new": "sgd"}]
+    assert b["changes"] == [{"step": 5, "key": "optim.name", "old": "adam", "new": "sgd",
+                            "why": ""}]
     assert finished(events).final.step == 6
 
 
