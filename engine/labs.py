@@ -33,6 +33,9 @@ class Lab:
     paragraphs of plain text, lines under 80 columns)."""
     variants: tuple[Preset, ...]
     """The runs, in the order they train; each preset's summary labels its curve."""
+    compare_by: str = "step"
+    """The x axis their curves share: step, or epoch where the variants take different
+    numbers of steps per epoch (e.g. batch sizes)."""
 
     def configs(self, base: Config) -> list[tuple[str, Config]]:
         """(variant name, config) for every run of the lab, each applied over ``base``."""
