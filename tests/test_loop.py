@@ -146,6 +146,15 @@ def test_changing_an_unused_hyperparameter_says_so():
     assert "adam does not use it" in of_type(events, "HyperChanged")[0].note
 
 
+def test_a_change_says_why_in_its_acknowledgement_and_in_the_checkpoint(tmp_path: Path):
+    path = tmp_path / "c.pt"
+    events = run_loop(tiny_config(optim__name="adam"),
+                      [SetHyper("optim.momentum", 0.5, "fix: plateau"),
+                       SaveCheckpoint(str(path))])
+    assert of_type(events, "HyperChanged")[0].note == "fix: plateau; stored; adam does not use it"
+    assert load(path)["changes"][0]["why"] == "fix: plateau"
+
+
 def test_evaluation_matches_an_independent_computation(tmp_path: Path):
     config = tiny_config(run__max_steps=15, run__eval_every=15)
     path = tmp_path / "end.pt"
