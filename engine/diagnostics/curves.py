@@ -1,1 +1,474 @@
-"""Detectors (filled in by the curves work)."""
+"""Curve detectors: what the training loss and the evaluations say about the whole run.
+
+- ``divergence``: the loss climbs far above where it started or its best, grows
+  steadily, or swings wildly without coming down: the learning rate is too high.
+- ``plateau``: the loss stays flat near its value at init (or at chance level): the
+  learning rate is too low, or the network is dead (no gradient reaches the weights).
+- ``overfitting``: the validation loss rises over several evaluations while the
+  training loss keeps falling.
+- ``non_finite``: the loss turned NaN or inf; which layer first and the likely cause.
+
+Losses are judged after ``History.last_change_step`` only: a live change (a fix, a
+rollback) starts a new stretch, and what came before it no longer says anything about
+the run as it is now. A loss *level* is the median of a window of steps (at least
+LEVEL_WINDOW steps and LEVEL_SAMPLES samples), not a mean: one hard mini-batch (a
+spike) moves a mean far more than a median, and small batches (KNOWLEDGE.md section 7:
+noisy) would otherwise look like a diverging run.
+
+Cost: the loss detectors run on every MetricsBatch (at most ~10 a second) over at most
+``LOSS_HISTORY`` floats: medians of 20-step windows, about 1.5 ms of CPU a call on a
+full history (measured), so at most ~1.5% of a core at the metrics rate.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+
+from engine.diagnostics import EVAL, LOSS, NONFINITE, Context, History, detector
+from engine.protocol import AlertRaised, EvalDone, Fix, LayerStats, NonFiniteDetected
+
+# --- divergence -----------------------------------------------------------------
+
+LEVEL_WINDOW = 20
+"""Steps whose median is one reading of the loss level. Mini-batch losses scatter by
+tens of percent from step to step (KNOWLEDGE.md section 7); the median of 20 steps
+moves by a few, and 20 steps is still short next to an epoch."""
+LEVEL_SAMPLES = 640
+"""...and at least this many samples (20 batches of 32): with small batches a level
+spans more steps. The median of 20 single-sample losses still jumps 5x while a run
+learns normally (measured: 0.056, then 0.29, digits with batch 1)."""
+DIVERGENCE_FACTOR = 3.0
+"""Diverged: the last DIVERGENCE_WINDOWS levels are all at least 3x the lower of the
+start and the best level. The best is the minimum of many noisy windows, so a healthy
+but noisy run reaches 2-3x of it for a window or two (measured on the activations lab,
+SGD with momentum: 2.2x over three windows at most); an LR too high (KNOWLEDGE.md
+section 8) stays there (Adam at 0.03 on digits: 6x over three windows)."""
+DIVERGENCE_WINDOWS = 3
+"""...for this many levels in a row (60 steps at batch 32): a climb that lasts."""
+EXPLOSION_FACTOR = 10.0
+"""...or the last level alone is at least 10x that: a blow-up that may not last (the
+net can die right after it; Adam at lr 1 on digits: 72x, then flat at chance level),
+far beyond the 4x one window of a noisy healthy run reached (measured)."""
+MIN_RISE_SHARE = 0.05
+"""Diverged or growing: the climb is also at least 5% of the run's loss scale (its loss
+at init, at most ln C for cross-entropy), so that a converged run whose tiny loss wobbles
+by multiples (0.001, then 0.004) is never called diverging."""
+TREND_WINDOWS = 5
+"""Growing steadily: this many consecutive levels, each above the one before. By chance
+alone a flat curve does that once in 5! = 120 looks, hence the two guards that follow."""
+TREND_FACTOR = 1.5
+"""...and the last of them at least 1.5x the first: a climb, not a wobble."""
+OSCILLATION_WINDOW = 50
+"""Steps over which the swings of the loss are measured (two to three levels' worth)."""
+OSCILLATION_REL_STD = 1.0
+"""Oscillating: the standard deviation of the window's losses is at least their mean:
+the loss swings by its own size, as when an LR overshoots the minimum on every step
+(KNOWLEDGE.md section 8). Noisy but healthy runs stay under it (up to 0.97 measured on
+the activations lab, SGD with momentum, while far below the level guard below; 0.1-0.3
+on digits with Adam); an LR merely too high mostly makes the loss stall, not swing
+(0.1-0.4 measured at 5x the lab's LR)."""
+OSCILLATION_BATCH_NOISE = 2.0
+"""...and at least 2/sqrt(B) for batches of B samples: sampling alone scatters the mean
+of B per-sample losses by about 1/sqrt(B) of its size (per-sample losses scatter by about
+their own size: measured 0.8 with single-sample batches on digits), so swings under twice
+that are mini-batch noise whatever the LR (KNOWLEDGE.md section 7: batch 1 is noisy)."""
+OSCILLATION_MIN_LEVEL = 0.5
+"""...while the window's mean loss is not even half below the run's loss scale: a
+converged run also has a large relative scatter (its losses are tiny), but it is far
+below that."""
+OSCILLATION_MAX_DROP = 0.1
+"""...and the second half of the window is less than 10% below the first: no downward
+trend. A run still learning fast scatters too, but falls."""
+
+# --- plateau --------------------------------------------------------------------
+
+PLATEAU_WINDOW = 100
+"""Steps a plateau must last: a few epochs of a small data set, long enough that a run
+still learning slowly moves by more than PLATEAU_MAX_DROP over it."""
+PLATEAU_SAMPLES = 3200
+"""...and at least this many samples (100 batches of 32), for the reason of
+LEVEL_SAMPLES: halves of 50 single-sample losses are too noisy to call anything flat."""
+PLATEAU_MAX_DROP = 0.02
+"""Flat: the median of the window's second half is within 2% of its first half. At a
+sane LR the loss of a run that has not learned yet falls faster than that; a loss that
+rises is no plateau (the divergence detector's business)."""
+PLATEAU_NEAR_START = 0.9
+"""Not learned yet: the loss is still above 90% of its value at init, or of ln C for
+C-class cross-entropy (a network predicting the class prior; KNOWLEDGE.md section 10.1).
+A converged run sits far below both, so it is never called a plateau."""
+DEAD_LAYER_FRACTION = 0.99
+"""A hidden ReLU layer with at least 99% of its units dead passes (almost) no signal
+forward and no gradient back (KNOWLEDGE.md section 2): the network is dead."""
+
+# --- overfitting ----------------------------------------------------------------
+
+OVERFIT_EVALS = 3
+"""Evaluations without a better validation loss before calling it a trend: the default
+patience of reduce_on_plateau (schedule.patience); one or two can be noise."""
+OVERFIT_RISE = 0.1
+"""Each of the last OVERFIT_EVALS validation losses is at least 10% above the best and
+above the training loss of its interval, and the gap between them grew at each
+(KNOWLEDGE.md section 6: training loss falls while validation loss rises; a growing
+train/val gap). A noisy run's validation loss spikes for an evaluation or two and comes
+back, often below the training loss, its gap jumping up and down (measured on the
+activations lab: 0.34, then 0.42, 0.39, 0.63, then 0.09)."""
+OVERFIT_MAX_TRAIN_LEVEL = 1.0
+"""...with the training loss below 1x the run's loss scale (its loss at init, at most ln
+C): a net memorizes its training set only once it fits it better than a fresh net does.
+A diverging run's validation loss also rises while its exploded training loss falls
+back (measured: Adam at lr 10 on blobs)."""
+OVERFIT_TRAIN_DROP = 0.1
+"""...while the training loss fell at least 10% since the best evaluation: still falling,
+not flat. A run whose training loss is flat and whose validation loss wobbles up (a tiny
+validation set, measured: +30% on 40 samples) is not memorizing anything."""
+
+# --- non-finite -----------------------------------------------------------------
+
+INIT_LOSS_FACTOR = 10.0
+"""A cross-entropy loss at init 10x ln C or more means outputs far too large: the init
+is too large (KNOWLEDGE.md sections 1 and 4; ln C is the loss of a fresh, sane net)."""
+
+# --- the fixes' values ------------------------------------------------------------
+
+CLIP_NORM = 1.0
+"""The gradient-norm clip the fixes set: the usual default max norm (e.g. Hugging Face's
+max_grad_norm); it bounds a step without slowing a healthy run (KNOWLEDGE.md section 3)."""
+LR_CUT = 0.5
+"""Divergence: halve the LR now (KNOWLEDGE.md section 8: too large -> divergence)."""
+LR_RAISES = (3.0, 10.0)
+"""Plateau: try the LR x3 or x10 now (KNOWLEDGE.md section 8: too small -> slow)."""
+RESTART_LR_CUT = 0.1
+"""Non-finite, or a net knocked down to chance level: restart with a tenth of the LR
+(KNOWLEDGE.md section 4: start small)."""
+WEIGHT_DECAY = 1e-4
+"""Overfitting: a common L2 strength; larger ones underfit (KNOWLEDGE.md section 6)."""
+DROPOUT = 0.2
+"""Overfitting: a mild dropout that rarely hurts a small net (KNOWLEDGE.md section 6)."""
+
+
+# --- reading the history ------------------------------------------------------------
+
+
+def _since_change(h: History) -> list[float]:
+    """The losses of the steps after the last live change (non-finite ones included)."""
+    first = bisect.bisect_right(list(h.steps), h.last_change_step)
+    return list(h.losses)[first:]
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return list(filter(math.isfinite, values))  # in C: 3x a comprehension
+
+
+def _level(values: Sequence[float]) -> float | None:
+    """Median of the finite values; None when fewer than half are finite."""
+    good = _finite(values)
+    return statistics.median(good) if good and 2 * len(good) >= len(values) else None
+
+
+def _window(ctx: Context, steps: int, samples: int) -> int:
+    """At least ``steps`` steps, and enough of them to cover ``samples`` samples at the
+    run's batch size (0 means the full batch: any step is plenty)."""
+    batch = ctx.config.data.batch_size
+    return max(steps, math.ceil(samples / batch)) if batch else steps
+
+
+def _levels(values: Sequence[float], window: int) -> list[float | None]:
+    """The level of each whole ``window``-step chunk, oldest first."""
+    return [_level(values[i : i + window]) for i in range(0, len(values) - window + 1, window)]
+
+
+def _start_level(h: History, window: int) -> float | None:
+    """Where the judged stretch started: the loss at init, or the level at the change."""
+    if h.last_change_step == 0:
+        return h.first_loss
+    steps = list(h.steps)
+    end = bisect.bisect_right(steps, h.last_change_step)
+    before = _level(list(h.losses)[max(0, end - window) : end])
+    return before if before is not None else h.first_loss
+
+
+def _chance_loss(ctx: Context) -> float | None:
+    """ln C for C-class cross-entropy: the loss of a net that predicts uniform classes."""
+    if ctx.loss == "cross_entropy" and ctx.num_classes >= 2:
+        return math.log(ctx.num_classes)
+    return None
+
+
+def _loss_scale(h: History, ctx: Context) -> float | None:
+    """What a lot of loss is for this run: its loss at init, at most the chance level (a
+    huge init, or a stretch that began mid-explosion, must not make every rise small)."""
+    if h.first_loss is None or not math.isfinite(h.first_loss) or h.first_loss <= 0:
+        return None
+    chance = _chance_loss(ctx)
+    return min(h.first_loss, chance) if chance is not None else h.first_loss
+
+
+def _lr_fixes(ctx: Context) -> tuple[Fix, ...]:
+    lr, clip = ctx.config.optim.lr, ctx.config.reg.clip_norm
+    fixes = [Fix("halve the learning rate now", {"optim.lr": lr * LR_CUT})]
+    if clip == 0 or clip > CLIP_NORM:
+        fixes.append(Fix(f"clip the gradient norm to {CLIP_NORM:g} now",
+                         {"reg.clip_norm": CLIP_NORM}))
+    return tuple(fixes)
+
+
+# --- the detectors ------------------------------------------------------------------
+
+
+@detector("divergence", LOSS)
+def divergence(h: History, ctx: Context) -> AlertRaised | None:
+    """The loss far above its start or best, growing steadily, or swinging wildly."""
+    losses = _since_change(h)
+    window = _window(ctx, LEVEL_WINDOW, LEVEL_SAMPLES)
+    start, scale = _start_level(h, window), _loss_scale(h, ctx)
+    if (start is None or scale is None or not math.isfinite(start)
+            or len(losses) < window):
+        return None
+    # The last levels, newest first (windows counted back from the newest step).
+    recents = [_level(losses[len(losses) - (k + 1) * window : len(losses) - k * window])
+               for k in range(min(DIVERGENCE_WINDOWS, len(losses) // window))]
+    levels = [x for x in _levels(losses, window) if x is not None]
+    if recents[0] is None:
+        return None  # mostly non-finite: the non_finite detector speaks
+    recent = recents[0]
+    known = [x for x in recents if x is not None]
+    best = min([*levels, *known])
+    low = min(start, best)
+    rise = low + MIN_RISE_SHARE * scale  # a climb that matters next to the loss scale
+    evidence: dict[str, float | tuple[float, ...]] = {
+        "loss_level": recent, "start_loss": start, "best_level": best, "loss_scale": scale}
+    lasting = (len(known) == DIVERGENCE_WINDOWS
+               and min(known) >= max(DIVERGENCE_FACTOR * low, rise))
+    if lasting or recent >= max(EXPLOSION_FACTOR * low, rise):
+        return AlertRaised(
+            h.step, "divergence", "critical" if recent >= start else "warning", (),
+            {**evidence, "levels": tuple(reversed(known))},
+            f"The training loss is diverging: its level (median of {window} steps) climbed "
+            f"from {low:.4g} to {recent:.4g}. The learning rate is too high: each step "
+            "overshoots the minimum.",
+            _lr_fixes(ctx))
+    trend = levels[-TREND_WINDOWS:]
+    if (len(trend) == TREND_WINDOWS and all(b > a for a, b in itertools.pairwise(trend))
+            and trend[-1] >= TREND_FACTOR * trend[0]
+            and trend[-1] - trend[0] >= MIN_RISE_SHARE * scale):
+        return AlertRaised(
+            h.step, "divergence", "warning", (), {**evidence, "levels": tuple(trend)},
+            f"The training loss has grown steadily for {TREND_WINDOWS * window} "
+            f"steps, from {trend[0]:.4g} to {trend[-1]:.4g}. The learning rate is too "
+            "high for where the run is now.",
+            _lr_fixes(ctx))
+    swings = _finite(losses[-OSCILLATION_WINDOW:])
+    if len(swings) < OSCILLATION_WINDOW // 2 or len(losses) < OSCILLATION_WINDOW:
+        return None
+    mean = statistics.fmean(swings)
+    rel_std = statistics.pstdev(swings) / mean if mean > 0 else 0.0
+    half = len(swings) // 2
+    first_half, second_half = statistics.median(swings[:half]), statistics.median(swings[half:])
+    falling = second_half < (1 - OSCILLATION_MAX_DROP) * first_half
+    batch = ctx.config.data.batch_size  # 0: the full batch, no sampling noise
+    wild = max(OSCILLATION_REL_STD, OSCILLATION_BATCH_NOISE / math.sqrt(batch) if batch else 0)
+    if (rel_std >= wild and not falling
+            and mean >= OSCILLATION_MIN_LEVEL * scale):
+        return AlertRaised(
+            h.step, "divergence", "warning", (),
+            {**evidence, "mean_loss": mean, "relative_std": rel_std,
+             "relative_std_threshold": wild,
+             "first_half_level": first_half, "second_half_level": second_half},
+            f"The training loss swings wildly (std {rel_std:.0%} of its mean over the last "
+            f"{len(swings)} steps) without coming down. The learning rate is too high: "
+            "the steps jump across the minimum instead of into it.",
+            _lr_fixes(ctx))
+    return None
+
+
+def _dead_layers(h: History) -> tuple[tuple[str, ...], dict[str, tuple[float, ...]]]:
+    """Hidden layers of the latest snapshot that pass no signal: their names, and their
+    dead shares (NaN where not measured: not ReLU) and gradient norms, in that order."""
+    if not h.snapshots:
+        return (), {}
+    rows: tuple[LayerStats, ...] = h.snapshots[-1].layers
+    hidden = [r for r in rows if r.activation]  # the head has no activation of its own
+    dead = [r for r in hidden
+            if (r.dead_frac is not None and r.dead_frac >= DEAD_LAYER_FRACTION)
+            or r.grad_norm == 0.0]
+    return tuple(r.name for r in dead), {
+        "dead_frac": tuple(math.nan if r.dead_frac is None else r.dead_frac for r in dead),
+        "grad_norm": tuple(r.grad_norm for r in dead)}
+
+
+@detector("plateau", LOSS)
+def plateau(h: History, ctx: Context) -> AlertRaised | None:
+    """The loss flat over a long window while still near its init (or chance) value."""
+    losses = _since_change(h)
+    length = _window(ctx, PLATEAU_WINDOW, PLATEAU_SAMPLES)
+    if h.first_loss is None or len(losses) < length:
+        return None
+    window = losses[-length:]
+    half = length // 2
+    before, now = _level(window[:half]), _level(window[half:])
+    if before is None or now is None or before <= 0:
+        return None
+    drop = (before - now) / before
+    chance = _chance_loss(ctx)
+    near_start = now >= PLATEAU_NEAR_START * h.first_loss
+    near_chance = chance is not None and now >= PLATEAU_NEAR_START * chance
+    if abs(drop) >= PLATEAU_MAX_DROP or not (near_start or near_chance):
+        return None
+    evidence: dict[str, float | tuple[float, ...]] = {
+        "loss_level": now, "level_before": before, "drop": drop, "loss_at_init": h.first_loss,
+        "window_steps": length}
+    if chance is not None:
+        evidence["chance_loss"] = chance
+    where = (f"near its value at init ({h.first_loss:.4g})" if near_start
+             else f"at chance level (ln {ctx.num_classes} = {chance:.3g})")
+    flat = (f"The training loss has stayed flat at {now:.4g} for {length} steps "
+            f"({-drop:+.1%}), {where}.")
+    dead, dead_evidence = _dead_layers(h)
+    if dead:
+        return AlertRaised(
+            h.step, "plateau", "critical", dead, {**evidence, **dead_evidence},
+            f"{flat} The network is dead: {', '.join(dead)} pass no signal (every unit "
+            "outputs 0 or no gradient arrives), so no step can change the output.",
+            (Fix("switch to LeakyReLU and restart", {"model.activation": "leaky_relu"},
+                 restart=True),))
+    lr = ctx.config.optim.lr
+    raises = tuple(Fix(f"multiply the learning rate by {k:g} now", {"optim.lr": lr * k})
+                   for k in LR_RAISES)
+    if near_start:
+        return AlertRaised(
+            h.step, "plateau", "warning", (), evidence,
+            f"{flat} The learning rate ({lr:g}) is probably too low: the steps are too "
+            "small to move the loss.", raises)
+    # It got down to chance level and stays: the net predicts the class prior and
+    # ignores its inputs, either not yet moved or knocked there by steps too large.
+    return AlertRaised(
+        h.step, "plateau", "warning", (), evidence,
+        f"{flat} The network predicts the class prior and ignores its inputs: the "
+        f"learning rate ({lr:g}) is either too low to get it further, or was so high that "
+        "it knocked the units into a state they do not leave.",
+        (*raises, Fix(f"restart with the learning rate at {lr * RESTART_LR_CUT:g}",
+                      {"optim.lr": lr * RESTART_LR_CUT}, restart=True)))
+
+
+def _usable(evals: Sequence[EvalDone]) -> list[EvalDone]:
+    return [e for e in evals if math.isfinite(e.val_loss) and math.isfinite(e.train_loss)]
+
+
+def _overfitting_fixes(ctx: Context) -> tuple[Fix, ...]:
+    cfg = ctx.config
+    fixes = []
+    if not cfg.reg.early_stop_patience:
+        fixes.append(Fix(f"stop early after {OVERFIT_EVALS} evaluations without a better "
+                         "validation loss (now)", {"reg.early_stop_patience": OVERFIT_EVALS}))
+    decay = max(WEIGHT_DECAY, cfg.optim.weight_decay * 10)
+    fixes.append(Fix(f"set weight decay to {decay:g} now", {"optim.weight_decay": decay}))
+    if cfg.model.arch != "custom" and cfg.model.dropout < DROPOUT:
+        fixes.append(Fix(f"set dropout to {DROPOUT:g} now", {"model.dropout": DROPOUT}))
+    if "noise" not in cfg.data.augment:
+        fixes.append(Fix("augment the training batches with noise now",
+                         {"data.augment": (*cfg.data.augment, "noise")}))
+    return tuple(fixes)
+
+
+@detector("overfitting", EVAL)
+def overfitting(h: History, ctx: Context) -> AlertRaised | None:
+    """Validation loss rising over several evaluations while the training loss falls."""
+    evals = _usable([e for e in h.evals if e.step > h.last_change_step])
+    if len(evals) <= OVERFIT_EVALS:
+        return None
+    best_at = min(range(len(evals)), key=lambda i: evals[i].val_loss)
+    best, last = evals[best_at], evals[-1]
+    since_best = len(evals) - 1 - best_at
+    scale = _loss_scale(h, ctx)
+    if (since_best < OVERFIT_EVALS or scale is None
+            or last.train_loss >= OVERFIT_MAX_TRAIN_LEVEL * scale
+            or last.train_loss > (1 - OVERFIT_TRAIN_DROP) * best.train_loss):
+        return None
+    # The gap before the last OVERFIT_EVALS evaluations, then at each of them.
+    gaps = [e.val_loss - e.train_loss for e in evals[-OVERFIT_EVALS - 1 :]]
+    if (any(e.val_loss < (1 + OVERFIT_RISE) * best.val_loss for e in evals[-OVERFIT_EVALS:])
+            or min(gaps[1:]) <= 0 or any(b <= a for a, b in itertools.pairwise(gaps))):
+        return None
+    gap_then, gap_now = best.val_loss - best.train_loss, last.val_loss - last.train_loss
+    return AlertRaised(
+        h.step, "overfitting", "warning", (),
+        {"best_val_loss": best.val_loss, "best_step": best.step, "val_loss": last.val_loss,
+         "train_loss_at_best": best.train_loss, "train_loss": last.train_loss,
+         "gap_at_best": gap_then, "gap": gap_now, "recent_gaps": tuple(gaps),
+         "evals_since_best": since_best},
+        f"The model is overfitting: over the {since_best} evaluations since step "
+        f"{best.step} the validation loss rose from {best.val_loss:.4g} to "
+        f"{last.val_loss:.4g} while the training loss fell from {best.train_loss:.4g} to "
+        f"{last.train_loss:.4g}. It is memorizing the training set.",
+        _overfitting_fixes(ctx))
+
+
+def _finite_before(h: History, step: int) -> list[float]:
+    """The finite losses of the LEVEL_WINDOW steps before ``step``."""
+    end = bisect.bisect_left(list(h.steps), step)
+    return _finite(list(h.losses)[max(0, end - LEVEL_WINDOW) : end])
+
+
+def _nonfinite_cause(h: History, ctx: Context, event: NonFiniteDetected) -> tuple[str, str]:
+    """(cause, explanation) of a non-finite loss: init too large, LR too high, overflow."""
+    chance = _chance_loss(ctx)
+    if h.first_loss is None:
+        return "init", ("the loss was non-finite from the first step, before any update: "
+                        "the init is too large (or the inputs or the loss overflow)")
+    if chance is not None and h.first_loss >= INIT_LOSS_FACTOR * chance:
+        return "init", (f"the loss at init ({h.first_loss:.4g}) was already "
+                        f"{h.first_loss / chance:.3g}x ln {ctx.num_classes}: the init is "
+                        "too large")
+    if event.where == "weight":
+        return "lr", (f"an update overflowed the weights of {event.layer}: the learning "
+                      "rate is too high")
+    before = _finite_before(h, event.step)
+    if before and max(before) >= DIVERGENCE_FACTOR * h.first_loss:
+        return "lr", (f"the loss grew to {max(before):.4g} (from {h.first_loss:.4g} at init) "
+                      "before it overflowed: the learning rate is too high")
+    return "overflow", ("the loss was in a normal range until it jumped: a value "
+                        "overflowed (log of 0, exp of a large number, 0/0)")
+
+
+@detector("non_finite", NONFINITE)
+def non_finite(h: History, ctx: Context) -> AlertRaised | None:
+    """A NaN or inf: which layer first, the likely cause, restart lower or roll back."""
+    event = h.nonfinite
+    if event is None:
+        return None
+    cause, why = _nonfinite_cause(h, ctx, event)
+    cfg = ctx.config
+    lr, policy = cfg.optim.lr, cfg.run.on_nonfinite
+    where = (f"the {event.where} of {event.layer} turned non-finite first" if event.layer
+             else "every layer's values were still finite")
+    restart = {"optim.lr": lr * RESTART_LR_CUT}
+    if cfg.reg.clip_norm == 0 or cfg.reg.clip_norm > CLIP_NORM:
+        restart["reg.clip_norm"] = CLIP_NORM
+    fixes = [Fix(f"restart from fresh weights with lr {lr * RESTART_LR_CUT:g}"
+                 + (" and gradient clipping" if "reg.clip_norm" in restart else ""),
+                 restart, restart=True)]
+    if cause == "init" and cfg.init.scheme not in ("auto", "xavier_normal", "xavier_uniform",
+                                                    "kaiming_normal", "kaiming_uniform"):
+        fixes.append(Fix("restart with Kaiming/Xavier init (auto)", {"init.scheme": "auto"},
+                         restart=True))
+    if policy != "rollback":
+        # Under skip the weights are still good, so the switch helps this run; after stop
+        # the run is over, and after continue its weights are already non-finite.
+        fixes.append(Fix("roll back to the last good state with a lower lr on a non-finite "
+                         "loss", {"run.on_nonfinite": "rollback"}, restart=policy != "skip"))
+    before = _finite_before(h, event.step)
+    steps = list(h.steps)
+    at = bisect.bisect_left(steps, event.step)
+    # The lr that step ran with (the schedule's), else the config's.
+    step_lr = h.lrs[at] if at < len(steps) and steps[at] == event.step else lr
+    return AlertRaised(
+        event.step, "non_finite", "critical", (event.layer,) if event.layer else (),
+        {"step": event.step, "loss_at_init": h.first_loss if h.first_loss is not None
+         else math.nan, "last_finite_loss": before[-1] if before else math.nan,
+         "max_loss_before": max(before) if before else math.nan, "lr": step_lr},
+        f"The loss became non-finite at step {event.step}; {where}. Likely cause: {why}.",
+        tuple(fixes))

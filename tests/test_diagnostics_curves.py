@@ -1,0 +1,376 @@
+"""The curve detectors: divergence, plateau, overfitting and non_finite.
+
+Each rule is checked on a hand-built history that shows it (its evidence recomputed here
+with numpy) and on a near miss that must stay quiet; then on real small runs built to
+show the problem, and on healthy runs that must raise none of these kinds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.config import Config
+from engine.diagnostics import Context as DiagnosisContext
+from engine.diagnostics import History, curves
+from engine.protocol import EvalDone, LayerStats, LayerStatsSnapshot, NonFiniteDetected
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+
+CURVE_KINDS = {"divergence", "plateau", "overfitting", "non_finite"}
+LN10 = math.log(10)
+
+
+def context(config: Config | None = None) -> DiagnosisContext:
+    """A 10-class cross-entropy run, as the digits default."""
+    return DiagnosisContext(config or Config(), "classification", 10, "cross_entropy")
+
+
+def loss_history(losses: list[float], change_at: int = 0) -> History:
+    """A history of one loss per step from step 1, as the loop's MetricsBatches give it."""
+    h = History()
+    h.steps.extend(range(1, len(losses) + 1))
+    h.losses.extend(losses)
+    h.lrs.extend([1e-3] * len(losses))
+    h.first_loss = next(x for x in losses if math.isfinite(x))
+    h.step = len(losses)
+    h.last_change_step = change_at
+    return h
+
+
+def noisy(level: float, n: int, spread: float = 0.05, seed: int = 0) -> list[float]:
+    """n losses scattered around ``level`` by a relative ``spread`` (always positive)."""
+    rng = np.random.default_rng(seed)
+    return list(level * np.exp(spread * rng.standard_normal(n)))
+
+
+def falling(start: float, end: float, n: int, seed: int = 0) -> list[float]:
+    """n losses falling geometrically from start to end, with mini-batch scatter."""
+    trend = np.geomspace(start, end, n)
+    return list(trend * np.exp(0.05 * np.random.default_rng(seed).standard_normal(n)))
+
+
+def kinds(events: list) -> list[str]:
+    return [a.kind for a in of_type(events, "AlertRaised") if a.kind in CURVE_KINDS]
+
+
+# --- divergence ----------------------------------------------------------------------
+
+
+def test_a_loss_climbing_far_above_its_best_and_staying_is_divergence():
+    descent = falling(LN10, 0.5, 100)
+    losses = descent + noisy(3.0, 60, seed=1)
+    alert = curves.divergence(loss_history(losses), context())
+    assert alert is not None and alert.kind == "divergence"
+    assert alert.severity == "critical"  # above where it started: worse than untrained
+    assert alert.evidence["loss_level"] == pytest.approx(np.median(losses[-20:]))
+    last_three = [np.median(losses[i - 20 : i]) for i in (120, 140, 160)]
+    assert alert.evidence["levels"] == pytest.approx(last_three)
+    chunk_medians = [np.median(losses[i : i + 20]) for i in range(0, len(losses), 20)]
+    assert alert.evidence["best_level"] == pytest.approx(min(chunk_medians))
+    assert alert.layers == ()
+    lr = Config().optim.lr
+    assert [f.changes for f in alert.fixes] == [{"optim.lr": lr / 2}, {"reg.clip_norm": 1.0}]
+    assert not any(f.restart for f in alert.fixes)  # both are hot: applied now
+
+
+def test_a_loss_back_up_but_not_far_or_not_for_long_is_not_divergence():
+    # Best ~0.5 from a start of ln 10: far above is three times that, for 60 steps.
+    losses = falling(LN10, 0.5, 100) + noisy(1.3, 60, seed=1)
+    assert curves.divergence(loss_history(losses), context()) is None
+    one_window = falling(LN10, 0.5, 100) + noisy(3.0, 20, seed=1)  # 6x, 20 steps
+    assert curves.divergence(loss_history(one_window), context()) is None
+
+
+def test_a_blow_up_of_a_single_window_is_divergence():
+    losses = falling(LN10, 0.5, 100) + noisy(6.0, 20, seed=1)  # 12x the best
+    alert = curves.divergence(loss_history(losses), context())
+    assert alert is not None and alert.evidence["loss_level"] == pytest.approx(
+        np.median(losses[-20:]))
+
+
+def test_a_loss_growing_steadily_is_divergence():
+    rising = list(np.linspace(0.4, 0.75, 100) * np.exp(0.01 * np.random.default_rng(2)
+                                                        .standard_normal(100)))
+    losses = falling(LN10, 0.4, 100) + rising
+    alert = curves.divergence(loss_history(losses), context())
+    assert alert is not None and alert.severity == "warning"
+    expected = [np.median(rising[i : i + 20]) for i in range(0, 100, 20)]
+    assert alert.evidence["levels"] == pytest.approx(expected)
+    # One window that dips breaks the steady climb.
+    dipped = rising[:40] + [x * 0.8 for x in rising[40:60]] + rising[60:]
+    assert curves.divergence(loss_history(falling(LN10, 0.4, 100) + dipped), context()) is None
+
+
+def test_a_loss_swinging_wildly_without_falling_is_divergence():
+    # An LR that jumps across the minimum: most steps land low, every third far up.
+    swings = [LN10] + [0.3, 0.3, 5.4] * 30
+    alert = curves.divergence(loss_history(swings), context())
+    assert alert is not None and alert.kind == "divergence"
+    window = np.array(swings[-50:])
+    assert alert.evidence["relative_std"] == pytest.approx(window.std() / window.mean())
+    assert alert.evidence["mean_loss"] == pytest.approx(window.mean())
+    # Swings of a quarter of the loss are mini-batch noise, not an LR too high.
+    assert curves.divergence(loss_history([LN10] + [1.5, 2.5] * 40), context()) is None
+    # With single-sample batches even the wild swings are within sampling noise.
+    batch_1 = Config().with_value("data.batch_size", 1)
+    assert curves.divergence(loss_history(swings), context(batch_1)) is None
+
+
+def test_a_converged_run_with_wild_relative_noise_is_not_divergence():
+    # Tiny losses scatter by orders of magnitude (single-sample batches), far below start.
+    losses = falling(LN10, 1e-3, 100) + noisy(1e-3, 300, spread=2.0, seed=3)
+    assert curves.divergence(loss_history(losses), context()) is None
+
+
+def test_divergence_judges_only_what_came_after_the_last_change():
+    losses = falling(LN10, 0.5, 100) + noisy(6.0, 20, seed=1)
+    assert curves.divergence(loss_history(losses), context()) is not None
+    # The lr was halved at step 110: ten steps since are too few to judge.
+    assert curves.divergence(loss_history(losses, change_at=110), context()) is None
+    # After the change the loss comes back down: judged from the level at the change.
+    recovered = losses + falling(5.0, 0.6, 60, seed=4)
+    assert curves.divergence(loss_history(recovered, change_at=120), context()) is None
+
+
+# --- plateau -------------------------------------------------------------------------
+
+
+def test_a_flat_loss_near_its_init_value_is_a_plateau_of_a_too_low_lr():
+    losses = noisy(LN10, 120, spread=0.005)
+    config = Config().with_value("optim.lr", 1e-7)
+    alert = curves.plateau(loss_history(losses), context(config))
+    assert alert is not None and alert.severity == "warning" and alert.layers == ()
+    first, second = np.median(losses[-100:-50]), np.median(losses[-50:])
+    assert alert.evidence["drop"] == pytest.approx((first - second) / first)
+    assert alert.evidence["loss_level"] == pytest.approx(second)
+    assert alert.evidence["chance_loss"] == pytest.approx(LN10)
+    assert [f.changes for f in alert.fixes] == [{"optim.lr": 3e-7}, {"optim.lr": 1e-6}]
+    assert not any(f.restart for f in alert.fixes)
+
+
+def test_a_converged_or_slowly_learning_run_is_not_a_plateau():
+    flat_and_low = falling(LN10, 0.05, 60) + noisy(0.05, 120, spread=0.005)
+    assert curves.plateau(loss_history(flat_and_low), context()) is None
+    slow = falling(LN10, 1.9, 120)  # ~7% down over the window: learning, slowly
+    assert curves.plateau(loss_history(slow), context()) is None
+    too_short = noisy(LN10, 99, spread=0.005)
+    assert curves.plateau(loss_history(too_short), context()) is None
+
+
+def test_a_plateau_at_chance_level_after_a_big_start_counts():
+    # The loss fell from a large init to ln C (the class prior) and stays there.
+    losses = falling(30.0, LN10, 20) + noisy(LN10, 120, spread=0.005)
+    alert = curves.plateau(loss_history(losses), context())
+    assert alert is not None and "chance level" in alert.message
+    # Too low to get further, or knocked there by too high: both ways are offered.
+    lr = Config().optim.lr
+    assert [(f.changes, f.restart) for f in alert.fixes] == [
+        ({"optim.lr": pytest.approx(3 * lr)}, False), ({"optim.lr": pytest.approx(10 * lr)}, False),
+        ({"optim.lr": pytest.approx(lr / 10)}, True)]
+
+
+def _row(name: str, activation: str, dead: float | None, grad_norm: float) -> LayerStats:
+    return LayerStats(name, "Linear", activation, 0.0, 0.0, 0.0, 0.0, None, dead, None,
+                      0.0, 1.0, 0.1, grad_norm, 0.0, 0.0, 1e-3)
+
+
+def test_a_plateau_with_a_dead_layer_is_a_dead_network():
+    h = loss_history(noisy(LN10, 120, spread=0.005))
+    h.snapshots.append(LayerStatsSnapshot(120, (
+        _row("blocks.0.linear", "relu", 0.3, 0.0),   # no gradient reaches it
+        _row("blocks.1.linear", "relu", 1.0, 0.0),   # every unit outputs 0
+        _row("blocks.2.linear", "relu", 0.2, 0.5),
+        _row("head", "", None, 0.0),                 # not a hidden layer
+    ), (), 64))
+    alert = curves.plateau(h, context())
+    assert alert is not None and alert.severity == "critical"
+    assert alert.layers == ("blocks.0.linear", "blocks.1.linear")
+    assert alert.evidence["dead_frac"] == (0.3, 1.0)  # one per named layer, in order
+    assert alert.evidence["grad_norm"] == (0.0, 0.0)
+    (fix,) = alert.fixes
+    assert fix.changes == {"model.activation": "leaky_relu"} and fix.restart
+    # Mostly but not all dead, with gradients flowing: a plain too-low LR.
+    h.snapshots.append(LayerStatsSnapshot(121, (_row("blocks.0.linear", "relu", 0.9, 0.1),),
+                                          (), 64))
+    assert curves.plateau(h, context()).severity == "warning"
+
+
+# --- overfitting ---------------------------------------------------------------------
+
+
+def eval_history(val: list[float], train: list[float], change_at: int = 0) -> History:
+    h = History()
+    h.first_loss = LN10  # the run's loss at init
+    h.evals = [EvalDone(10 * (i + 1), i + 1, v, None, t, min(val[: i + 1]))
+               for i, (v, t) in enumerate(zip(val, train, strict=True))]
+    h.step, h.last_change_step = 10 * len(val), change_at
+    return h
+
+
+def test_validation_rising_while_training_falls_is_overfitting():
+    val = [1.0, 0.8, 0.7, 0.78, 0.82, 0.88]
+    train = [1.0, 0.7, 0.5, 0.35, 0.25, 0.15]
+    alert = curves.overfitting(eval_history(val, train), context())
+    assert alert is not None and alert.kind == "overfitting" and alert.severity == "warning"
+    assert alert.evidence["best_val_loss"] == min(val) and alert.evidence["best_step"] == 30
+    assert alert.evidence["gap"] == pytest.approx(val[-1] - train[-1])
+    assert alert.evidence["val_loss"] == val[-1]
+    assert alert.evidence["gap_at_best"] == pytest.approx(0.7 - 0.5)
+    assert alert.evidence["evals_since_best"] == 3
+    changes = [f.changes for f in alert.fixes]
+    assert changes == [{"reg.early_stop_patience": 3}, {"optim.weight_decay": 1e-4},
+                       {"model.dropout": 0.2}, {"data.augment": ("noise",)}]
+    assert not any(f.restart for f in alert.fixes)
+
+
+def test_near_misses_are_not_overfitting():
+    train = [1.0, 0.7, 0.5, 0.35, 0.25, 0.15]
+    small_rise = [1.0, 0.8, 0.7, 0.72, 0.74, 0.75]  # +7%: the scatter of a small val set
+    assert curves.overfitting(eval_history(small_rise, train), context()) is None
+    spike = [1.0, 0.8, 0.7, 0.95, 0.72, 0.9]  # one evaluation back near the best
+    assert curves.overfitting(eval_history(spike, train), context()) is None
+    below_train = [1.0, 0.8, 0.3, 0.34, 0.36, 0.4]  # val rising, yet under the train loss
+    assert curves.overfitting(eval_history(below_train, [1.0, 0.8, 0.6, 0.5, 0.45, 0.42]),
+                              context()) is None
+    val = [1.0, 0.8, 0.7, 0.78, 0.82, 0.88]
+    flat_train = [1.0, 0.7, 0.5, 0.5, 0.48, 0.47]  # training no longer falling
+    assert curves.overfitting(eval_history(val, flat_train), context()) is None
+    too_recent = [1.0, 0.8, 0.75, 0.7, 0.8, 0.88]  # best only two evaluations ago
+    assert curves.overfitting(eval_history(too_recent, train), context()) is None
+    # Weight decay was switched on after the rise: the evaluations before are not judged.
+    assert curves.overfitting(eval_history(val, train, change_at=40), context()) is None
+    # A training loss still above the loss at init has memorized nothing: a diverging run.
+    exploded = [50.0, 20.0, 8.0, 5.0, 3.0, 2.5]
+    assert curves.overfitting(eval_history([0.5, 0.4, 0.3, 6.0, 8.0, 9.0], exploded),
+                              context()) is None
+
+
+def test_overfitting_fixes_offer_only_what_would_change_something():
+    config = Config().with_values({"reg.early_stop_patience": 5, "optim.weight_decay": 1e-3,
+                                   "model.dropout": 0.5, "data.augment": ("noise",)})
+    h = eval_history([1.0, 0.8, 0.7, 0.78, 0.82, 0.88], [1.0, 0.7, 0.5, 0.35, 0.25, 0.15])
+    alert = curves.overfitting(h, context(config))
+    assert [f.changes for f in alert.fixes] == [{"optim.weight_decay": pytest.approx(1e-2)}]
+
+
+# --- non-finite ----------------------------------------------------------------------
+
+
+def nonfinite_history(losses: list[float], layer: str, where: str) -> History:
+    h = loss_history(losses)
+    h.nonfinite = NonFiniteDetected(len(losses), layer, where, "")
+    return h
+
+
+def test_a_non_finite_loss_names_the_layer_and_the_cause():
+    losses = [*falling(LN10, 40.0, 15), math.inf]  # growing, then overflow
+    h = nonfinite_history(losses, "blocks.1.linear", "activation")
+    alert = curves.non_finite(h, context())
+    assert alert.kind == "non_finite" and alert.severity == "critical"
+    assert alert.layers == ("blocks.1.linear",) and alert.step == 16
+    assert alert.evidence["max_loss_before"] == pytest.approx(max(losses[:-1]))
+    assert alert.evidence["last_finite_loss"] == pytest.approx(losses[-2])
+    assert "learning rate is too high" in alert.message and "blocks.1.linear" in alert.message
+    lr = Config().optim.lr
+    restart, rollback = alert.fixes
+    assert restart.changes == {"optim.lr": lr / 10, "reg.clip_norm": 1.0} and restart.restart
+    # The run stopped (policy stop): rollback helps the next run, not this one.
+    assert rollback.changes == {"run.on_nonfinite": "rollback"} and rollback.restart
+
+
+def test_the_non_finite_fixes_follow_the_policy_and_the_cause():
+    losses = [*noisy(LN10, 10), math.nan]  # no growth before it: an overflow
+    skip = Config().with_value("run.on_nonfinite", "skip")
+    alert = curves.non_finite(nonfinite_history(losses, "", "loss"), context(skip))
+    assert alert.layers == () and "overflowed" in alert.message
+    # Under skip the weights are still good: switching to rollback helps this run.
+    assert alert.fixes[-1].changes == {"run.on_nonfinite": "rollback"}
+    assert not alert.fixes[-1].restart
+    rollback = Config().with_value("run.on_nonfinite", "rollback")
+    alert = curves.non_finite(nonfinite_history(losses, "", "loss"), context(rollback))
+    assert all("run.on_nonfinite" not in f.changes for f in alert.fixes)
+    # A loss at init of 40x ln C: the init is too large; a sane init is offered.
+    big_init = Config().with_values({"init.scheme": "normal", "init.std": 1.0})
+    h = nonfinite_history([40 * LN10, 1e4, math.inf], "blocks.0.linear", "activation")
+    alert = curves.non_finite(h, context(big_init))
+    assert "init is too large" in alert.message
+    assert {"init.scheme": "auto"} in [f.changes for f in alert.fixes]
+    # An update that overflowed the weights: the learning rate.
+    h = nonfinite_history([LN10, 2.0, math.nan], "blocks.2.linear", "weight")
+    assert "learning rate is too high" in curves.non_finite(h, context()).message
+
+
+# --- real runs -----------------------------------------------------------------------
+
+
+def _alert(events: list, kind: str):
+    found = [a for a in of_type(events, "AlertRaised") if a.kind == kind]
+    assert found, f"no {kind} alert; raised: {kinds(events)}"
+    assert len(found) == 1  # once per run
+    return found[0]
+
+
+def test_a_run_with_a_huge_lr_diverges():
+    events = run_loop(tiny_config(optim__lr=10.0, run__max_steps=60))
+    alert = _alert(events, "divergence")
+    assert alert.severity == "critical" and "overfitting" not in kinds(events)
+    losses = losses_by_step(events)
+    window = [losses[s] for s in range(alert.step - 19, alert.step + 1)]
+    assert alert.evidence["loss_level"] == pytest.approx(np.median(window))
+    assert alert.evidence["start_loss"] == losses[1]
+    assert alert.fixes[0].changes == {"optim.lr": 5.0}
+
+
+def test_a_run_whose_loss_overflows_raises_non_finite_on_the_first_bad_layer():
+    events = run_loop(tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
+                                  run__max_steps=200))
+    detected = of_type(events, "NonFiniteDetected")[0]
+    alert = _alert(events, "non_finite")
+    assert alert.step == detected.step
+    assert alert.layers == ((detected.layer,) if detected.layer else ())
+    assert alert.fixes[0].changes == {"optim.lr": 10.0, "reg.clip_norm": 1.0}
+
+
+def test_a_run_with_a_tiny_lr_plateaus():
+    events = run_loop(tiny_config(optim__lr=1e-7, run__max_steps=150))
+    alert = _alert(events, "plateau")
+    assert alert.severity == "warning"
+    losses = losses_by_step(events)
+    window = [losses[s] for s in range(alert.step - 99, alert.step + 1)]
+    first, second = np.median(window[:50]), np.median(window[50:])
+    assert alert.evidence["drop"] == pytest.approx((first - second) / first)
+    assert alert.fixes[1].changes == {"optim.lr": pytest.approx(1e-6)}
+
+
+def test_a_run_with_every_relu_dead_from_the_start_is_a_dead_network():
+    # A bias of -10 puts every hidden pre-activation below 0: all units output 0.
+    events = run_loop(tiny_config(init__bias=-10.0, run__max_steps=150, stats__every=10))
+    alert = _alert(events, "plateau")
+    assert alert.severity == "critical" and alert.layers == ("blocks.0.linear",)
+    assert alert.fixes[0].changes == {"model.activation": "leaky_relu"}
+
+
+def test_a_big_model_on_a_small_noisy_set_overfits():
+    # The regularization lab's set-up: 100 noisy points, 3x128, full-batch Adam.
+    events = run_loop(tiny_config(data__dataset="moons", data__samples=200, data__noise=0.3,
+                                  data__val_fraction=0.5, data__batch_size=0, model__depth=3,
+                                  model__width=128, run__max_steps=120, run__eval_every=20))
+    alert = _alert(events, "overfitting")
+    evals = [e for e in of_type(events, "EvalDone") if e.step <= alert.step]
+    best = min(evals, key=lambda e: e.val_loss)
+    assert alert.evidence["best_val_loss"] == best.val_loss
+    assert alert.evidence["val_loss"] == evals[-1].val_loss > best.val_loss
+    assert evals[-1].train_loss < best.train_loss
+    gaps = [e.val_loss - e.train_loss for e in evals[-4:]]
+    assert alert.evidence["recent_gaps"] == pytest.approx(gaps)
+
+
+def test_healthy_runs_raise_none_of_the_curve_kinds():
+    assert kinds(run_loop(tiny_config(run__max_steps=300))) == []
+    # The engine's default experiment (digits MLP, adam 1e-3), cut to 3 epochs.
+    default = Config().with_values({"run.max_epochs": 3, "run.threads": 1})
+    events = run_loop(default)
+    assert of_type(events, "RunFinished")[0].reason == "completed"
+    assert kinds(events) == []
