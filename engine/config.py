@@ -426,8 +426,15 @@ class RunConfig:
     on_nonfinite: str = param(
         "stop",
         "When the training loss turns NaN or inf: stop the run (on a CPU before that "
-        "step's update, so the weights stay finite), or continue.",
-        choices=("stop", "continue"),
+        "step's update, so the weights stay finite); skip (withhold that step's update "
+        "and go on with the next batch; the run stops after 10 such steps in a row); "
+        "rollback (restore the weights and optimizer state kept in memory every 50 steps "
+        "while the loss is finite, multiply optim.lr by 0.1 and go on; the run stops "
+        "after 3 rollbacks; the copy takes as much memory again as the weights and the "
+        "optimizer state); or continue (apply the update anyway). skip and rollback read "
+        "the loss before every update: free on a CPU, one host-device sync per step on a "
+        "GPU.",
+        choices=("stop", "skip", "rollback", "continue"),
         hot=True,
     )
     checkpoint_dir: str = param(
