@@ -14,10 +14,13 @@ import argparse
 import json
 import os
 import queue
+import shlex
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from engine import config as config_mod
@@ -27,6 +30,11 @@ from engine.config import Config, ConfigError
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PROGRESS_INTERVAL_S = 1.0
 """Human progress lines: at most one training line a second (evaluations always print)."""
+DETAIL_WIDTH = 100
+"""``trainlab doctor``: a check's detail is wrapped to this many columns (the line
+length of the code base; wide enough that the numbers stay together)."""
+DETAIL_INDENT = " " * 6
+"""``trainlab doctor``: details sit under their PASS/WARN/FAIL line, past the status."""
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(probe)
     probe.add_argument("--json", action="store_true",
                        help="print one JSON object with loss and layers")
+
+    doctor = sub.add_parser(
+        "doctor", help="pre-flight checklist: find what would stop the run from training",
+        description="Build the run and check it before training: loss at init, gradients, "
+        "input scaling, labels, output activation, overfitting one batch, batch size and "
+        "the learning rate. Exit code 1 when a check fails. Writes nothing.")
+    add_config_args(doctor)
+    doctor.add_argument("--json", action="store_true",
+                        help="print one JSON object: checks and the passed/warned/failed counts")
+
+    lr_find = sub.add_parser(
+        "lr-find", help="learning-rate range test: draw loss against lr, suggest an lr",
+        description="Train a copy of the initialized model while raising the lr "
+        "exponentially, draw the smoothed loss against the lr and suggest the lr where it "
+        "falls fastest. Writes nothing.")
+    add_config_args(lr_find)
+    lr_find.add_argument("--json", action="store_true",
+                         help="print one JSON object: lrs, losses, suggested_lr, reason")
+    lr_find.add_argument("--start", type=float, default=protocol.FindLr.start,
+                         help="first learning rate (default %(default)g)")
+    lr_find.add_argument("--end", type=float, default=protocol.FindLr.end,
+                         help="last learning rate (default %(default)g)")
+    lr_find.add_argument("--steps", type=int, default=protocol.FindLr.steps,
+                         help="most steps, one batch each; it stops early once the loss "
+                         "diverges (default %(default)d)")
 
     sub.add_parser("presets", help="list the built-in experiments",
                    description="List the built-in experiments (use with --preset NAME).")
@@ -211,22 +244,34 @@ def _exit_code(finished: protocol.RunFinished, failure: protocol.EngineFailed | 
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``trainlab run --headless``: train in the foreground; Ctrl-C stops cleanly."""
-    if not args.headless and not args.json:  # the app's front end (tui.cli) opens the app
-        print("trainlab run: add --headless (or --json) to train without the app", file=err)
-        return EXIT_BAD_INPUT
-    show = json_printer(out) if args.json else ProgressPrinter(out, err)
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        # The same ending as a run the engine refuses, so scripts see one shape.
-        for event in protocol.failure_events("config", str(exc)):
-            show(event)
-        if args.json:  # the JSON stream carries it; people reading stderr see it too
-            print(f"trainlab: error: {exc}", file=err)
-        return EXIT_BAD_INPUT
+def report_config_error(exc: ConfigError, show: Callable[[Any], None], err: TextIO,
+                        as_json: bool) -> int:
+    """A run refused for its config before it was built: the same ending as a run the
+    engine refuses (failure, state, finish), so scripts see one shape; exit 2."""
+    for event in protocol.failure_events("config", str(exc)):
+        show(event)
+    if as_json:  # the JSON stream carries it; people reading stderr see it too
+        print(f"trainlab: error: {exc}", file=err)
+    return EXIT_BAD_INPUT
 
+
+@dataclass(frozen=True)
+class HeadlessResult:
+    """How a run trained in the foreground ended, for the command that started it."""
+
+    exit_code: int
+    finished: protocol.RunFinished | None
+    """None when a second Ctrl-C aborted the run before it could finish."""
+    reader_gone: bool
+    """stdout's reader left (``| head``): nothing more should be printed."""
+
+
+def train_headless(config: Config, show: Callable[[Any], None], err: TextIO) -> HeadlessResult:
+    """Train ``config`` in the foreground, every event to ``show``.
+
+    The first Ctrl-C stops at the next step boundary (the final evaluation still runs),
+    the second gives up at once; a reader that leaves stdout stops the run quietly.
+    """
     from engine.loop import run  # imports torch: only now that there is a run
 
     commands: queue.Queue[Any] = queue.Queue()
@@ -262,14 +307,38 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         finished = run(config, commands, emit)
     except KeyboardInterrupt:
         print("trainlab: aborted", file=err)
-        return EXIT_INTERRUPTED
+        return HeadlessResult(EXIT_INTERRUPTED, None, reader_gone=False)
     finally:
         signal.signal(signal.SIGINT, previous)
     if reader_gone:
         # Python flushes stdout at exit; point it at /dev/null so that cannot fail too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    return _exit_code(finished, failure, interrupts > 0)
+        return HeadlessResult(EXIT_OK, finished, reader_gone=True)
+    return HeadlessResult(_exit_code(finished, failure, interrupts > 0), finished,
+                          reader_gone=False)
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab run --headless``: train in the foreground; Ctrl-C stops cleanly.
+
+    A lab (``--preset LAB``) trains its runs in turn and compares them
+    (``engine.lab_runner``).
+    """
+    if not args.headless and not args.json:  # the app's front end (tui.cli) opens the app
+        print("trainlab run: add --headless (or --json) to train without the app", file=err)
+        return EXIT_BAD_INPUT
+    from engine.labs import find_lab  # no torch: labs are data
+
+    if args.preset and (lab := find_lab(args.preset)) is not None:
+        from engine.lab_runner import run_lab  # it imports this module: import it late
+
+        return run_lab(lab, args.config, args.overrides, as_json=args.json, out=out, err=err)
+    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        return report_config_error(exc, show, err, args.json)
+    return train_headless(config, show, err).exit_code
 
 
 def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -339,19 +408,114 @@ def cmd_probe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _report_build_failure(exc: Exception, err: TextIO) -> int:
+    """A failure while building or examining a run, reported as a run's: the user's
+    traceback when their code raised; exit 2 for bad input, 1 otherwise."""
+    from engine.loop import describe_failure
+
+    failure = describe_failure(exc, 0)
+    if failure.traceback:
+        print(failure.traceback.rstrip(), file=err)
+    print(f"trainlab: error: {failure.message}", file=err)
+    return EXIT_BAD_INPUT if failure.kind == "config" else EXIT_FAILED
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab doctor``: the pre-flight checklist; exit 1 when a check fails."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    from engine.doctor import run_doctor
+
+    try:
+        report = run_doctor(config)
+    except Exception as exc:  # bad input or user code: the same report as a run's
+        return _report_build_failure(exc, err)
+    if args.json:
+        print(json.dumps(report.to_dict(), allow_nan=False), file=out)
+    else:
+        for check in report.checks:
+            print(f"{check.status.upper():<4}  {check.name}", file=out)
+            print(textwrap.fill(check.detail, DETAIL_WIDTH, initial_indent=DETAIL_INDENT,
+                                subsequent_indent=DETAIL_INDENT, break_on_hyphens=False),
+                  file=out)
+        print(f"\ndoctor: {report.count('pass')} passed, {report.count('warn')} warned, "
+              f"{report.count('fail')} failed", file=out)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _run_command(args: argparse.Namespace, override: str) -> str:
+    """The ``trainlab run`` line for the same CONFIG, --preset and --set, plus
+    ``override`` (which replaces an earlier --set of the same key)."""
+    key = override.partition("=")[0]
+    words = ["trainlab", "run", *([args.config] if args.config else []),
+             *(["--preset", args.preset] if args.preset else [])]
+    for assignment in [*args.overrides, override]:
+        if assignment is override or assignment.partition("=")[0].strip() != key:
+            words += ["--set", assignment]
+    return shlex.join(words)
+
+
+def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab lr-find``: the LR range test from the initialized weights, drawn."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    from engine.loop import Trainer
+    from engine.lr_chart import draw_lr_curve
+    from engine.lr_find import LrRangeError, check_range, find_lr
+
+    try:
+        check_range(args.start, args.end, args.steps)
+    except LrRangeError as exc:
+        print(f"trainlab: error: --{exc}", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        found = find_lr(Trainer(config), args.start, args.end, args.steps)
+    except Exception as exc:  # bad input or user code: the same report as a run's
+        return _report_build_failure(exc, err)
+    if args.json:
+        payload = {"lrs": found.lrs, "losses": found.losses,
+                   "suggested_lr": found.suggested_lr, "reason": found.reason}
+        print(json.dumps(protocol.encode(payload), allow_nan=False), file=out)
+        return EXIT_OK
+    print(draw_lr_curve(found), file=out)
+    if found.suggested_lr is None:
+        print(f"\nno suggestion: {found.reason}. trainlab doctor checks the set-up",
+              file=out)
+    else:
+        print(f"\nsuggested lr {found.suggested_lr:.2g}: {found.reason}", file=out)
+        print(f"use it (now optim.lr = {config.optim.lr:g}): "
+              f"{_run_command(args, f'optim.lr={found.suggested_lr:.2g}')}", file=out)
+    return EXIT_OK
+
+
 def cmd_presets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``trainlab presets``: the built-in experiments, one line each."""
+    """``trainlab presets``: the labs, then the single-run presets, one line each."""
+    from engine.labs import LABS
     from engine.presets import PRESETS
 
-    width = max(len(name) for name in PRESETS)
+    width = max(len(name) for name in [*LABS, *PRESETS])
+    print("labs, several runs compared (trainlab --preset LAB, or trainlab run --preset "
+          "LAB --headless):", file=out)
+    for lab in LABS.values():
+        runs = f"{len(lab.variants)} runs"
+        print(f"  {lab.name.ljust(width)}  {runs:>7}  {lab.summary}", file=out)
+    print("\nsingle runs (trainlab --preset NAME; each lab's runs are among them):", file=out)
     for preset in PRESETS.values():
-        print(f"{preset.name.ljust(width)}  {preset.summary}", file=out)
+        print(f"  {preset.name.ljust(width)}  {preset.summary}", file=out)
     return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "run": cmd_run,
     "probe": cmd_probe,
+    "doctor": cmd_doctor,
+    "lr-find": cmd_lr_find,
     "presets": cmd_presets,
     "config": cmd_config,
 }
