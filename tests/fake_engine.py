@@ -120,7 +120,7 @@ class FakeEngine:
                 return
             old = self.config.get(command.key)
             self.config = self.config.with_value(command.key, new)
-            self.feed(protocol.HyperChanged(self.step, command.key, old, new))
+            self.feed(protocol.HyperChanged(self.step, command.key, old, new, command.note))
         elif isinstance(command, protocol.SaveCheckpoint):
             self.feed(protocol.CheckpointSaved(self.step, f"checkpoints/step_{self.step}.pt"))
         elif isinstance(command, protocol.Stop):

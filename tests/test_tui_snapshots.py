@@ -54,6 +54,31 @@ def test_layers_view_80x24(snap_compare: Any) -> None:
     assert snap_compare(app_with(training()), terminal_size=(80, 24), run_before=layers)
 
 
+def with_alert() -> list[Any]:
+    """The training run with a critical saturation alert on the two hidden layers."""
+    return [*training(), protocol.AlertRaised(
+        580, "saturation", "critical", ("blocks.0.linear", "blocks.1.linear"),
+        {"saturated_frac": (0.93, 0.97), "threshold": 0.5},
+        "Most tanh units are pinned at -1/+1, where the slope is ~0: almost no gradient "
+        "flows back.",
+        (protocol.Fix("Xavier init and restart", {"init.scheme": "xavier_normal"},
+                      restart=True),
+         protocol.Fix("halve the learning rate now", {"optim.lr": 2.5e-4})))]
+
+
+def test_alert_on_the_main_screen_80x24(snap_compare: Any) -> None:
+    assert snap_compare(app_with(with_alert()), terminal_size=(80, 24), run_before=settle)
+
+
+def test_alerts_view_80x24(snap_compare: Any) -> None:
+    async def alerts(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+
+    assert snap_compare(app_with(with_alert()), terminal_size=(80, 24), run_before=alerts)
+
+
 def test_help_screen(snap_compare: Any) -> None:
     async def help_screen(pilot: Any) -> None:
         await settle(pilot)
@@ -75,3 +100,52 @@ def test_error_state(snap_compare: Any) -> None:
         await settle(pilot)
 
     assert snap_compare(app_with(script), terminal_size=(80, 24), run_before=to_log)
+
+
+def test_doctor_screen_80x24(snap_compare: Any) -> None:
+    from tests.test_tui_doctor import FakeRunner, doctor_output
+
+    app = TrainlabApp(Config(), engine_factory=FakeEngines(training()),
+                      command_runner=FakeRunner(doctor_output()))
+
+    async def doctor(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=doctor)
+
+
+def test_lr_find_screen_80x24(snap_compare: Any) -> None:
+    from tests.test_tui_doctor import LOSSES, LRS
+
+    engines = FakeEngines(training())
+    app = TrainlabApp(Config(), engine_factory=engines)
+
+    async def lr_find(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("L")
+        engines.current.feed(protocol.LrFound(600, LRS, LOSSES, 3e-3, "steepest fall"))
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=lr_find)
+
+
+def test_lab_screen_with_results_80x24(snap_compare: Any) -> None:
+    from tests.test_tui_labs import session
+
+    engines = FakeEngines()
+    lab = session()
+    app = TrainlabApp(lab.runs[0][1], engine_factory=engines, lab=lab)
+
+    async def lab_results(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        engines.current.finish()
+        await settle(pilot)
+        app.clear_notifications()  # toasts come and go with the clock
+        await pilot.press("i")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=lab_results)

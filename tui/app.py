@@ -23,15 +23,21 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
 
 from engine import protocol
 from engine.config import OPTIMIZERS, Config, ConfigError
 from tui import state as parts
 from tui.bridge import Engine, ProcessEngine
+from tui.headless import CommandRunner, run_engine_command
+from tui.lab_session import LabSession
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
+from tui.screens.doctor import DoctorScreen
 from tui.screens.help import HelpScreen
-from tui.state import RunState
+from tui.screens.lab import LabScreen
+from tui.screens.lr_find import APPLY_AT_RESTART, APPLY_NOW, LrCurve, LrFindScreen
+from tui.state import RunState, alert_title
+from tui.widgets.alerts_panel import AlertsPanel, AlertStrip, describe_changes, describe_fix
 from tui.widgets.config_panel import ConfigPanel
 from tui.widgets.histogram_view import HistogramView
 from tui.widgets.layer_table import LayerTable
@@ -47,6 +53,12 @@ NARROW_COLUMNS = 100
 DEFAULT_CLIP_NORM = 1.0
 """What the clipping key turns on when the run has never clipped: max gradient norm 1."""
 HISTOGRAM_QUANTITIES = ("weight", "grad", "act")
+NOTIFY_SEVERITIES = ("warning", "critical")
+"""Alerts that pop up a notification: the run is not learning as it should, and a
+problem must never go unseen (KNOWLEDGE.md 10: never fail silently). An info alert is
+advice; it waits in the Alerts view and the strip."""
+ALERT_NOTIFY_SECONDS = 10.0
+"""How long an alert's notification stays: long enough to read its two lines."""
 
 _log_numbers = itertools.count(1)
 
@@ -74,12 +86,18 @@ class TrainlabApp(App[int]):
         Binding("c", "toggle_clip", "Clip"),
         Binding("s", "save_checkpoint", "Save"),
         Binding("r", "restart", "Restart"),
+        # Not in the footer (80 columns are full): the alert strip shows the key instead.
+        Binding("f", "fix", "Fix", show=False),
         Binding("l", "toggle_log_scale", "Log y", show=False),
         Binding("h", "next_histogram", "Histogram kind", show=False),
         Binding("1", "view('train')", "Train", show=False),
         Binding("2", "view('layers')", "Layers", show=False),
         Binding("3", "view('config')", "Config", show=False),
         Binding("4", "view('log')", "Log", show=False),
+        Binding("5", "view('alerts')", "Alerts", show=False),
+        Binding("d", "doctor", "Doctor", show=False),
+        Binding("L", "find_lr", "LR finder", show=False),
+        Binding("i", "lab", "Lab", show=False),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -95,20 +113,34 @@ class TrainlabApp(App[int]):
         "toggle_clip": ("c", "gradient clipping on/off (max norm; set it in Config)"),
         "save_checkpoint": ("s", "save a checkpoint"),
         "restart": ("r", "restart: a new run with the edited config"),
+        "fix": ("f", "apply the suggested fix of the newest alert, or the highlighted one"),
         "toggle_log_scale": ("l", "log scale for the loss chart"),
         "next_histogram": ("h", "histogram of weights / gradients / activations"),
         "view('train')": ("1", "Train view: loss chart and layer table"),
         "view('layers')": ("2", "Layers view: layer table, signal view, histograms"),
         "view('config')": ("3", "Config view (Escape leaves a field)"),
         "view('log')": ("4", "Log view"),
+        "view('alerts')": ("5", "Alerts view: the doctor's findings, their evidence and fixes"),
+        "doctor": ("d", "pre-flight doctor: the debugging checklist on the edited config"),
+        "find_lr": ("L", "lr finder: range test, its curve and suggestion (a applies it)"),
+        "lab": ("i", "the lab: its explanation, runs and results (r redoes the current run)"),
         "help": ("? / F1", "this help"),
         "quit": ("q", "quit (asks first while training runs)"),
     }
 
     def __init__(self, config: Config, *,
-                 engine_factory: Callable[[], Engine] = default_engine_factory) -> None:
+                 engine_factory: Callable[[], Engine] = default_engine_factory,
+                 command_runner: CommandRunner = run_engine_command,
+                 lab: LabSession | None = None) -> None:
         super().__init__()
         self.engine_factory = engine_factory
+        self.command_runner = command_runner
+        """Runs the engine's headless doctor and lr-find on a config (tests use a fake)."""
+        self.lab = lab
+        """The lab whose variants this app trains in turn, or None for a single run
+        (``config`` is then the lab's first run, shown until the lab starts)."""
+        self.lr_screen: LrFindScreen | None = None
+        """The open lr finder, which the engine's answer (LrFound) goes to."""
         self.engine: Engine | None = None
         self.run_state = RunState(config)
         self.histogram_quantity = HISTOGRAM_QUANTITIES[0]
@@ -129,6 +161,7 @@ class TrainlabApp(App[int]):
         with TabbedContent(initial="train", id="views"):
             with TabPane("Train [1]", id="train"), Horizontal():
                 with Vertical(id="train-main"):
+                    yield AlertStrip(id="alert-strip")
                     yield LossChart(id="chart")
                     yield LayerTable(id="layers-train")
                 with Vertical(id="train-side"):
@@ -143,6 +176,8 @@ class TrainlabApp(App[int]):
                 yield ConfigPanel(self.run_state.config, id="config-panel")
             with TabPane("Log [4]", id="log"):
                 yield RunLog(id="log-full")
+            with TabPane("Alerts [5]", id="alerts"):
+                yield AlertsPanel(id="alerts-panel")
         yield StatusBar(id="status")
         # The palette (ctrl+p) is on the help screen: at 80 columns the keys need the room.
         yield Footer(compact=True, show_command_palette=False)
@@ -150,6 +185,13 @@ class TrainlabApp(App[int]):
     async def on_mount(self) -> None:
         self.sub_title = "starting the engine"
         self._apply_width(self.size.width)
+        if self.lab is not None and not self.lab.started:  # its screen first; Enter starts it
+            self.sub_title = f"lab {self.lab.lab.name}: not started (i)"
+            self.query_one(StatusBar).update(
+                f"[b yellow]lab {self.lab.lab.name}[/]: not started · i opens it, Enter there "
+                "starts it")
+            self.action_lab()
+            return
         await self._start_run(self.run_state.config)
 
     def on_resize(self, event: Any) -> None:
@@ -179,6 +221,7 @@ class TrainlabApp(App[int]):
             chart = self.query_one(LossChart)
             s = self.run_state
             chart.show(s.train_loss, s.val_loss, s.val_accuracy, s.lr_history, s.markers)
+            self._show_lab_curves()
             self.query_one(ConfigPanel).reset(config)
             self.query_one(HistogramView).show_histogram(None, step=0)
             try:
@@ -217,6 +260,9 @@ class TrainlabApp(App[int]):
                 for event in batch:
                     changed |= self.run_state.apply(event)
                     self._settle_pending(event)
+                    self._react(event)
+                    if isinstance(event, protocol.AlertRaised):
+                        self._notify_alert(event)
                 self._refresh(changed)
             except Exception as exc:  # never let one bad event freeze the screen
                 self.run_state.say("error", f"the app could not show an event: "
@@ -236,10 +282,11 @@ class TrainlabApp(App[int]):
         """A live field's value as the keys see it: what was last sent, else the run's."""
         return self.pending.get(key, self.run_state.config.get(key))
 
-    def set_hyper(self, key: str, value: Any) -> None:
-        """Send a live change and remember it until it is acknowledged."""
+    def set_hyper(self, key: str, value: Any, note: str = "") -> None:
+        """Send a live change and remember it until it is acknowledged; ``note`` says why
+        (the engine records it and the acknowledgement carries it to the run log)."""
         self.pending[key] = value
-        self.send(protocol.SetHyper(key, value))
+        self.send(protocol.SetHyper(key, value, note))
 
     def _refresh(self, changed: set[str]) -> None:
         """Redraw the parts of the screen that ``changed`` names."""
@@ -261,12 +308,33 @@ class TrainlabApp(App[int]):
                 log.show(s.log)
         if parts.CONFIG in changed:
             self.query_one(ConfigPanel).sync(s.config)
+        if parts.ALERTS in changed:
+            self._show_alerts()
         if parts.STATUS in changed:
             self.query_one(StatusBar).show(s)
             if self.sub_title != s.state:  # a new state: other keys make sense now
                 self._show_banner()
                 self.sub_title = s.state
                 self.refresh_bindings()
+                self._show_alerts()  # which fixes can apply depends on the state
+
+    def _show_alerts(self) -> None:
+        """The alerts panel, the Train view's strip and whether ``f`` can act now."""
+        s = self.run_state
+        self.query_one(AlertsPanel).show(s.alerts)
+        self.query_one(AlertStrip).show(s.alerts, self.fixes_now(s.alerts[0]) if s.alerts
+                                        else [])
+        self.refresh_bindings()
+
+    def _notify_alert(self, alert: protocol.AlertRaised) -> None:
+        """Pop up a new warning or critical alert, whatever view is showing."""
+        if alert.severity not in NOTIFY_SEVERITIES:
+            return
+        where = f" in {', '.join(alert.layers)}" if alert.layers else ""
+        self.notify(f"{alert.message}\nf: fix · 5: details",
+                    title=f"{alert_title(alert.kind)}{where}",
+                    severity="error" if alert.severity == "critical" else "warning",
+                    timeout=ALERT_NOTIFY_SECONDS, markup=False)  # "[0.9, 1]" is not markup
 
     def _show_banner(self) -> None:
         banner = self.query_one("#banner", Static)
@@ -310,6 +378,14 @@ class TrainlabApp(App[int]):
             return self.run_state.active or None
         if action == "restart":
             return not self._starting or None
+        if action == "find_lr":  # the run's engine tests it live; after it, the config
+            s = self.run_state
+            return ((s.active or s.ended or self.engine is None) and not self._starting) or None
+        if action == "lab":
+            return self.lab is not None or None
+        if action == "fix":
+            alert = self.fix_target()
+            return (alert is not None and bool(self.fixes_now(alert))) or None
         return True
 
     def action_toggle_pause(self) -> None:
@@ -369,8 +445,210 @@ class TrainlabApp(App[int]):
                        f"({edits})?"
             if not await self.push_screen_wait(ConfirmScreen(question)):
                 return
+        if self.lab is not None and not self.lab.started:
+            self.lab.begin()  # r before Enter: the lab starts, with the edited first run
         await self._start_run(config)
         self.action_view("train")
+
+    def fix_target(self) -> protocol.AlertRaised | None:
+        """The alert ``f`` fixes: the highlighted one in the Alerts view, else the newest."""
+        tabs = self.query(TabbedContent)  # none yet when bindings are checked at start-up
+        if tabs and tabs.first().active == "alerts":
+            return self.query_one(AlertsPanel).selected_alert
+        return self.run_state.alerts[0] if self.run_state.alerts else None
+
+    def fixes_now(self, alert: protocol.AlertRaised) -> list[protocol.Fix]:
+        """The fixes of ``alert`` that can apply at this moment: a live one while the run
+        trains or is paused, a restart unless a run is starting."""
+        return [fix for fix in alert.fixes
+                if (not self._starting if fix.restart else self.run_state.active)]
+
+    @work(group="fix")
+    async def action_fix(self) -> None:
+        """Apply a fix of the selected alert: the only one, or the one picked from a list.
+
+        A live fix sends one SetHyper per change, noted "fix: <kind>" so the run log and
+        the engine's change log say why; a restart fix asks, then starts a new run from
+        this run's config with the changes.
+        """
+        alert = self.fix_target()
+        fixes = self.fixes_now(alert) if alert is not None else []
+        if alert is None or not fixes:  # checked before the key acted; the run moves on
+            return
+        fix = fixes[0]
+        if len(fixes) > 1:
+            labels = [f"{alert.fixes.index(f) + 1}. {describe_fix(f)}" for f in fixes]
+            choice = await self.push_screen_wait(
+                ChoiceScreen(f"Fix {alert_title(alert.kind)} (Escape: none)", labels, ""))
+            if choice is None:
+                return
+            fix = fixes[labels.index(choice)]
+        if fix.restart:
+            await self._restart_with_fix(alert, fix)
+        elif self.run_state.active:  # it may have ended while the list was open
+            for key, value in fix.changes.items():
+                self.set_hyper(key, value, note=f"fix: {alert.kind}")
+        else:
+            self.notify(f"{fix.label}: the run has {self.run_state.state}; a live fix needs "
+                        f"a running run.", title="Fix not applied", severity="warning")
+
+    async def _restart_with_fix(self, alert: protocol.AlertRaised, fix: protocol.Fix) -> None:
+        """Ask, then train this run's config with the fix's changes in a new run."""
+        try:
+            config = self.run_state.config.with_values(fix.changes)
+        except ConfigError as exc:
+            self.notify(f"The fix for {alert.kind} does not make a valid config: {exc}",
+                        title="Cannot apply the fix", severity="error", timeout=8)
+            return
+        changes = describe_changes(fix.changes)
+        if self.run_state.active:
+            question = f"Restart with {changes}? This run stops at step " \
+                       f"{self.run_state.step}; a new one starts from its config with " \
+                       f"this change ({fix.label})."
+        else:
+            question = f"Start a new run from this run's config with {changes} " \
+                       f"({fix.label})?"
+        if not await self.push_screen_wait(ConfirmScreen(question)) or self._starting:
+            return
+        await self._start_run(config)
+        self.run_state.say("info", f"restarted to apply the fix for {alert.kind}: "
+                           f"{fix.label} ({changes})")
+        self._refresh({parts.LOG})
+        self.action_view("train")
+
+    # --- the doctor, the lr finder and labs -------------------------------------------
+
+    def _react(self, event: Any) -> None:
+        """What the app does about an event beyond showing it: the lr finder's answer
+        goes to its screen; a lab's finished run starts the next one."""
+        if isinstance(event, protocol.LrFound):
+            self._lr_found(event)
+        elif isinstance(event, protocol.CommandRejected) and event.command_type == "FindLr":
+            self._lr_failed(f"the engine refused the range test: {event.reason}")
+        elif isinstance(event, protocol.RunStarted):
+            self._show_lab_curves()  # by epoch: now the run's steps per epoch are known
+        elif isinstance(event, protocol.RunFinished):
+            self._lr_failed("the run ended before the range test answered; press L "
+                            "again to test the config instead")
+            if self.lab is not None and self.lab.started and event.reason != "failed":
+                self._variant_finished(event)
+
+    def checked_config(self) -> tuple[Config, str]:
+        """The config the doctor and the headless lr finder test, and which one it is:
+        the config panel's edited config when it is valid, else the run's."""
+        panel = self.query_one(ConfigPanel)
+        try:
+            config = panel.edited_config()
+        except ConfigError as exc:
+            return self.run_state.config, f"the run's config (the edits are invalid: {exc})"
+        return config, "the edited config" if panel.edits else "the run's config"
+
+    def action_doctor(self) -> None:
+        """The pre-flight checklist on the edited config, in a child process."""
+        config, about = self.checked_config()
+        runner = self.command_runner
+        self.push_screen(DoctorScreen(lambda: runner("doctor", config), about))
+
+    def action_find_lr(self) -> None:
+        """The lr range test: by the run's engine while it trains, else on the config."""
+        if self.run_state.active:
+            self.send(protocol.FindLr())
+            self._open_lr_screen(LrFindScreen(APPLY_NOW, self._live_lr_about()))
+            return
+        config, about = self.checked_config()
+        runner = self.command_runner
+        self._open_lr_screen(LrFindScreen(APPLY_AT_RESTART, f"{about}, freshly initialized",
+                                          job=lambda: runner("lr-find", config)))
+
+    def _live_lr_about(self) -> str:
+        return f"a copy of the run at step {self.run_state.step} (its weights untouched)"
+
+    def _open_lr_screen(self, screen: LrFindScreen) -> None:
+        self.lr_screen = screen
+
+        def closed(lr: float | None) -> None:
+            if self.lr_screen is screen:
+                self.lr_screen = None
+            if lr is not None:
+                self._apply_lr(lr)
+
+        self.push_screen(screen, callback=closed)
+
+    def _lr_found(self, event: protocol.LrFound) -> None:
+        """The engine's range test answered: to the waiting screen, or a new one."""
+        screen = self.lr_screen
+        if screen is None or screen.job is not None or not screen.waiting:
+            screen = LrFindScreen(APPLY_NOW, self._live_lr_about())
+            self._open_lr_screen(screen)
+        screen.show_curve(LrCurve.from_event(event))
+
+    def _lr_failed(self, message: str) -> None:
+        """No answer will come for the waiting live range test: its screen says why."""
+        screen = self.lr_screen
+        if screen is not None and screen.job is None and screen.waiting:
+            screen.show_error(message)
+
+    def _apply_lr(self, lr: float) -> None:
+        """The running run's lr now; after the run, the Config view's for the next one."""
+        if self.run_state.active:
+            self.set_hyper("optim.lr", lr, note="lr-find")
+            return
+        try:
+            self.query_one(ConfigPanel).set_value("optim.lr", lr)
+        except ConfigError as exc:
+            self.notify(str(exc), title="Cannot use the suggested lr", severity="error")
+            return
+        self.notify(f"optim.lr = {lr:.2e} is in the Config view (3); it applies when you "
+                    "restart (r).", title="LR finder")
+
+    def action_lab(self) -> None:
+        """The lab's screen: explanation, runs, results; Enter starts a lab not started."""
+        if self.lab is not None:
+            self.push_screen(LabScreen(self.lab), callback=self._lab_screen_closed)
+
+    def _lab_screen_closed(self, start: bool | None) -> None:
+        if start and self.lab is not None and not self.lab.started:
+            self._train_variant(self.lab.begin())
+
+    @work(group="restart")
+    async def _train_variant(self, config: Config) -> None:
+        """Train the lab's current variant (a worker: the pump may not wait on itself)."""
+        lab = self.lab
+        if self._starting or lab is None:
+            return
+        await self._start_run(config)
+        self.notify(f"training {lab.current_name} ({lab.index + 1}/{len(lab.runs)})",
+                    title=f"Lab {lab.lab.name}")
+        self.action_view("train")
+
+    def _variant_finished(self, event: protocol.RunFinished) -> None:
+        """Keep the variant's result and curve; go on with the next variant, if any."""
+        lab = self.lab
+        assert lab is not None
+        started = self.run_state.started
+        done = lab.current_name
+        lab.record(event, self.run_state.train_loss,
+                   started.steps_per_epoch if started else None)
+        following = lab.advance()
+        if following is None:
+            self._show_lab_curves()
+            self.notify(f"{done} finished ({event.reason}): every run of the lab is on "
+                        "the chart; i shows their results side by side.",
+                        title=f"Lab {lab.lab.name} complete", timeout=10)
+            return
+        self.notify(f"{done} finished ({event.reason}).", title=f"Lab {lab.lab.name}")
+        self._train_variant(following[1])
+
+    def _show_lab_curves(self) -> None:
+        """The finished variants' curves on the chart, with the current run's."""
+        lab = self.lab
+        if lab is None or not lab.started:
+            return
+        started = self.run_state.started
+        per_epoch = max(1, started.steps_per_epoch) if started is not None else 1
+        self.query_one(LossChart).compare(
+            lab.overlays(), train_label=lab.current_name,
+            steps_per_epoch=per_epoch if lab.by_epoch else None)
 
     def action_toggle_log_scale(self) -> None:
         """Log or linear loss axis."""
@@ -384,7 +662,7 @@ class TrainlabApp(App[int]):
         self._show_histogram()
 
     def action_view(self, view: str) -> None:
-        """Show one of the views: train, layers, config, log."""
+        """Show one of the views: train, layers, config, log, alerts."""
         self.query_one(TabbedContent).active = view
 
     def action_help(self) -> None:
@@ -440,6 +718,16 @@ class TrainlabApp(App[int]):
         if event.row_key is not None and event.row_key.value is not None:
             self.selected_layer = str(event.row_key.value)
             self._show_histogram()
+
+    @on(OptionList.OptionHighlighted, "#alerts-list")
+    def _alert_selected(self) -> None:
+        self.refresh_bindings()  # `f` acts on the highlighted alert now
+
+    @on(TabbedContent.TabActivated)
+    def _view_shown(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "alerts":  # arrows move through the alerts at once
+            self.query_one("#alerts-list", OptionList).focus()
+        self.refresh_bindings()  # `f` acts on the newest alert, or the highlighted one
 
     # --- help and the command palette ----------------------------------------------
 

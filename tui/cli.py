@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from engine import cli as engine_cli
-from engine.config import ConfigError
+from engine.config import ConfigError, apply_overrides
+from engine.labs import find_lab
+
+if TYPE_CHECKING:
+    from tui.lab_session import LabSession
 
 APP_DESCRIPTION = """\
 Open the trainlab app on a run: the default experiment (an MLP on scikit-learn's
 digits), a CONFIG.toml, or a built-in preset, with --set overrides. Training starts
-at once; press ? in the app for the keys.
+at once; press ? in the app for the keys. A lab (--preset LAB) opens on its
+explanation; Enter trains its runs one after another, compared on one chart.
 
 Headless commands: trainlab run --headless | probe | presets | config
 (trainlab COMMAND -h for each)."""
@@ -42,19 +48,40 @@ def _wants_app(argv: list[str]) -> bool:
     return argv[0] == "run" and not {"--headless", "--json", "-h", "--help"} & set(argv)
 
 
+def lab_session(args: argparse.Namespace) -> LabSession | None:
+    """The lab ``--preset`` names, with its runs; None when it names no lab.
+
+    Each run is the lab's variant over the base config (CONFIG.toml or the defaults),
+    with the ``--set`` overrides applied last, so that they hold in every run even
+    where the variant sets the same field.
+
+    Raises:
+        ConfigError: a bad CONFIG.toml or override (naming the field and value).
+    """
+    from tui.lab_session import LabSession
+
+    lab = find_lab(args.preset) if args.preset else None
+    if lab is None:
+        return None
+    base = engine_cli.load_config(args.config, args.overrides)
+    return LabSession(lab, [(name, apply_overrides(config, args.overrides))
+                            for name, config in lab.configs(base)])
+
+
 def run_app(argv: list[str]) -> int:
-    """Parse the app's arguments, load the config, run the app until it quits."""
+    """Parse the app's arguments, load the config (or a lab), run the app until it quits."""
     args = build_app_parser().parse_args(argv)
     try:
-        config = engine_cli.config_from_args(args)
+        lab = lab_session(args)
+        config = engine_cli.config_from_args(args) if lab is None else lab.runs[0][1]
     except ConfigError as exc:
         print(f"trainlab: error: {exc}", file=sys.stderr)
         return engine_cli.EXIT_BAD_INPUT
     from tui.app import TrainlabApp
     from tui.bridge import ThreadEngine
 
-    app = TrainlabApp(config, engine_factory=ThreadEngine) if args.inline \
-        else TrainlabApp(config)
+    app = TrainlabApp(config, engine_factory=ThreadEngine, lab=lab) if args.inline \
+        else TrainlabApp(config, lab=lab)
     result = app.run()
     return result if isinstance(result, int) else engine_cli.EXIT_OK
 

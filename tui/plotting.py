@@ -26,8 +26,13 @@ ACCURACY_COLOR = "green+"
 LR_COLOR = "magenta+"
 MARKER_COLOR = "gray+"
 HISTOGRAM_COLOR = "blue+"
+OVERLAY_COLORS = ("blue+", "red+", "white", "red", "blue", "green", "magenta")
+"""Finished runs of a lab, in order (seven: the optimizers lab compares eight runs);
+none is a colour of the current run's loss curves."""
+SUGGESTION_COLOR = "green+"
 
 WAITING_TITLE = "waiting for the first steps"
+COMPARING_TITLE = "finished runs; the next one is starting"
 
 
 def draw_loss_chart(
@@ -41,6 +46,9 @@ def draw_loss_chart(
     log_y: bool,
     width: int,
     height: int,
+    overlays: Sequence[tuple[str, Series]] = (),
+    train_label: str = "train",
+    steps_per_epoch: int | None = None,
 ) -> None:
     """Clear ``plt`` and draw the loss chart of a run, ``width`` x ``height`` cells.
 
@@ -58,37 +66,61 @@ def draw_loss_chart(
     - title: the current step, train and validation loss, accuracy and learning rate;
     - a vertical line at every marker step (hyperparameter or optimizer changes) with
       its label along the top; where labels would overlap, the newest keeps its label;
-    - each series decimated to at most two points per column of ``width``.
+    - each series decimated to at most two points per column of ``width``;
+    - ``overlays``: the training loss of finished runs to compare with (a lab's
+      earlier variants), each ``(label, series)`` in its own colour and labelled in
+      the legend; the current run's training loss is labelled ``train_label``;
+    - ``steps_per_epoch``: when given, x is in epochs (step / steps_per_epoch) for
+      the current run and its markers, and the overlays must already be in epochs
+      (runs with different batch sizes compare by epoch, not by step).
 
-    With no loss yet, an empty frame titled "waiting for the first steps". Never
-    raises for empty, single-point, NaN-holding or huge series.
+    With no loss yet (and no overlay), an empty frame titled "waiting for the first
+    steps". Never raises for empty, single-point, NaN-holding or huge series.
     """
     _reset(plt, width, height)
-    if not len(train) and not len(val_loss):
+    overlays = [(label, series) for label, series in overlays if len(series)]
+    if not len(train) and not len(val_loss) and not overlays:
         plt.title(WAITING_TITLE)
         return
 
-    # One x range for every series, so that bucket k of each covers the same steps.
-    x_range = _x_span(train, val_loss, val_accuracy, lr)
+    # The current run's x unit, in steps: 1, or its steps per epoch.
+    per_x = float(steps_per_epoch) if steps_per_epoch else 1.0
+    current = [item for item in (train, val_loss, val_accuracy, lr) if len(item)]
+    spans = [(float(item.x[0]) / per_x, float(item.x[-1]) / per_x) for item in current]
+    spans += [(float(item.x[0]), float(item.x[-1])) for _, item in overlays]
+    # One x range for every series, so that bucket k of each covers the same x.
+    x_range = (min(lo for lo, _ in spans), max(hi for _, hi in spans))
     buckets = max(1, width)  # two points per column: what plotext's hd marker can show
-    train_x, train_y = decimate(train.x, train.y, buckets, x_range)
-    val_x, val_y = decimate(val_loss.x, val_loss.y, buckets, x_range)
-    acc_x, acc_y = decimate(val_accuracy.x, val_accuracy.y, buckets, x_range)
-    lr_x, lr_y = decimate(lr.x, lr.y, buckets, x_range)
+
+    def current_run(series: Series) -> tuple[np.ndarray, np.ndarray]:
+        # Decimated in steps over the shared range, then put in the chart's unit.
+        xs, ys = decimate(series.x, series.y, buckets, (x_range[0] * per_x, x_range[1] * per_x))
+        return xs / per_x, ys
+
+    train_x, train_y = current_run(train)
+    val_x, val_y = current_run(val_loss)
+    acc_x, acc_y = current_run(val_accuracy)
+    lr_x, lr_y = current_run(lr)
+    others = [(label, *decimate(item.x, item.y, buckets, x_range)) for label, item in overlays]
 
     log_note = ""
     if log_y:
         # log10 of zero or a negative loss raises inside plotext: draw those out.
         train_x, train_y = _positive(train_x, train_y)
         val_x, val_y = _positive(val_x, val_y)
-        if len(train_y) or len(val_y):
+        others = [(label, *_positive(xs, ys)) for label, xs, ys in others]
+        if len(train_y) or len(val_y) or any(len(ys) for _, _, ys in others):
             plt.yscale("log")
             log_note = " (log)"
         else:
             log_note = " (log: no positive loss)"
 
+    for index, (label, xs, ys) in enumerate(others):
+        if len(ys):
+            color = OVERLAY_COLORS[index % len(OVERLAY_COLORS)]
+            plt.plot(xs.tolist(), ys.tolist(), color=color, label=label)
     if len(train_y):
-        plt.plot(train_x.tolist(), train_y.tolist(), color=TRAIN_COLOR, label="train")
+        plt.plot(train_x.tolist(), train_y.tolist(), color=TRAIN_COLOR, label=train_label)
     if len(val_y):
         plt.plot(val_x.tolist(), val_y.tolist(), color=VAL_LOSS_COLOR, label="val")
 
@@ -111,9 +143,15 @@ def draw_loss_chart(
 
     ticks = _step_ticks(*x_range, max_ticks=max(2, width // 12))
     plt.xticks(ticks, [_short_step(tick) for tick in ticks])
-    loss_top = max((float(ys.max()) for ys in (train_y, val_y) if len(ys)), default=None)
-    _draw_markers(plt, markers, x_range, loss_top, width)
-    plt.title(_fit(_loss_title(train, val_loss, val_accuracy, lr) + log_note, width))
+    if steps_per_epoch:
+        plt.xlabel("epoch")
+    loss_top = max((float(ys.max()) for ys in (train_y, val_y, *(o[2] for o in others))
+                    if len(ys)), default=None)
+    in_x = [(step / per_x, label) for step, label in markers]
+    _draw_markers(plt, in_x, x_range, loss_top, width)
+    title = _loss_title(train, val_loss, val_accuracy, lr) if len(train) or len(val_loss) \
+        else COMPARING_TITLE
+    plt.title(_fit(title + log_note, width))
 
 
 def draw_histogram(
@@ -156,6 +194,63 @@ def draw_histogram(
     plt.title(_fit(title + note, width))
 
 
+LR_CURVE_TOP_FACTOR = 2.0
+"""The lr curve's loss axis ends at most at this multiple of the loss at the smallest lr.
+
+The range test raises the lr until the loss diverges (KNOWLEDGE.md section 8: too
+large an lr diverges), and that tail, up to inf, would squash the descent the
+suggestion is read from; twice the starting loss still shows the turn upwards."""
+
+
+def draw_lr_curve(
+    plt: Plot,
+    *,
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    suggested_lr: float | None,
+    width: int,
+    height: int,
+) -> None:
+    """Clear ``plt`` and draw a learning-rate range test: smoothed loss against lr.
+
+    The x axis is log10(lr) with a tick at each power of ten (labelled ``1e-3``), as
+    the test raises the lr exponentially; the loss axis is linear and ends at the
+    highest loss or ``LR_CURVE_TOP_FACTOR`` times the first one, whichever is lower.
+    Points with a non-positive lr or a non-finite loss are left out. The suggestion,
+    when there is one, is a vertical line labelled with its value, also named in the
+    title. No finite point at all: an empty frame saying so. Never raises.
+    """
+    _reset(plt, width, height)
+    x = np.asarray(lrs, dtype=np.float64)
+    y = np.asarray(losses, dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"draw_lr_curve: {len(x)} lrs but {len(y)} losses")
+    keep = (x > 0) & np.isfinite(x) & np.isfinite(y)
+    x, y = np.log10(x[keep]), y[keep]
+    suggested = f"suggested lr {suggested_lr:.2e}" if suggested_lr else "no suggestion"
+    if not len(y):
+        plt.title(_fit(f"lr range test: no finite loss; {suggested}", width))
+        return
+    plt.plot(x.tolist(), y.tolist(), color=TRAIN_COLOR, label="smoothed loss")
+    top = min(float(y.max()), LR_CURVE_TOP_FACTOR * float(y[0])) if y[0] > 0 else float(y.max())
+    if top > float(y.min()):
+        plt.ylim(float(y.min()), top)
+    lo, hi = math.floor(float(x.min())), math.ceil(float(x.max()))
+    every = max(1, math.ceil((hi - lo + 1) / max(2, width // 8)))  # labels 5 wide
+    decades = list(range(lo, hi + 1, every))
+    plt.xticks([float(d) for d in decades], [f"1e{d}" for d in decades])
+    plt.xlabel("learning rate (log scale)")
+    if suggested_lr and suggested_lr > 0 and math.isfinite(suggested_lr):
+        at = math.log10(suggested_lr)
+        plt.vline(at, color=SUGGESTION_COLOR)
+        # Near the right edge the label ends at its line, as a marker's does.
+        column = (at - lo) / max(hi - lo, 1e-9) * width
+        label = f"{suggested_lr:.1e}"
+        alignment = "right" if column + len(label) + MARKER_EDGE > width else "left"
+        plt.text(label, at, top, color=SUGGESTION_COLOR, alignment=alignment)
+    plt.title(_fit(f"lr range test: {suggested}", width))
+
+
 def _reset(plt: Plot, width: int, height: int) -> None:
     """Clear every setting and datum of ``plt`` (0.2 ms) and size it ``width`` x ``height``."""
     plt.clf()
@@ -163,12 +258,6 @@ def _reset(plt: Plot, width: int, height: int) -> None:
     # under pytest or a pipe); here the widget's size is what counts.
     plt._limit_size(False, False)
     plt.plotsize(width, height)
-
-
-def _x_span(*series: Series) -> tuple[float, float]:
-    """The smallest and largest x over the non-empty series (x is non-decreasing)."""
-    filled = [item for item in series if len(item)]
-    return min(float(item.x[0]) for item in filled), max(float(item.x[-1]) for item in filled)
 
 
 def _step_ticks(lo: float, hi: float, *, max_ticks: int) -> list[float]:
@@ -206,7 +295,7 @@ MARKER_EDGE = 12
 
 def _draw_markers(
     plt: Plot,
-    markers: Sequence[tuple[int, str]],
+    markers: Sequence[tuple[float, str]],
     x_range: tuple[float, float],
     loss_top: float | None,
     width: int,

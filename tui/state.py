@@ -23,7 +23,45 @@ SPARK_POINTS = 24
 # The parts of the screen an event can change (what ``apply`` returns).
 CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM = (
     "chart", "layers", "status", "log", "config", "histogram")
-ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM)
+ALERTS = "alerts"
+"""The alerts strip and panel, and the layer table's alert highlights."""
+ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM, ALERTS)
+
+SEVERITIES = ("info", "warning", "critical")
+"""``AlertRaised.severity`` from mildest to worst: a layer with several alerts shows its
+worst."""
+SEVERITY_LOG_LEVEL = {"info": "info", "warning": "warning", "critical": "error"}
+"""The run-log level of an alert: a critical one (the run cannot learn as it is) is an
+error line, red like a failure."""
+KIND_TITLES = {
+    "vanishing_gradients": "vanishing gradients",
+    "exploding_gradients": "exploding gradients",
+    "activation_collapse": "activations collapsing towards 0",
+    "saturation": "saturated units",
+    "dead_units": "dead ReLU units",
+    "symmetry": "symmetric units (identical weights)",
+    "non_finite": "non-finite values (NaN/inf)",
+    "divergence": "loss diverging or oscillating",
+    "plateau": "loss on a plateau",
+    "overfitting": "overfitting",
+    "update_ratio": "update/weight ratio far from 1e-3",
+    "slow_lower_layers": "lower layers learning much slower",
+}
+"""Each alert kind of ``engine.protocol.AlertRaised`` in plain words (KNOWLEDGE.md)."""
+
+
+def alert_title(kind: str) -> str:
+    """An alert kind in plain words; a kind this app does not know yet, de-underscored."""
+    return KIND_TITLES.get(kind, kind.replace("_", " "))
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info up to 2 for critical; anything else is an error naming the value."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"AlertRaised.severity {severity!r} is not one of "
+                         f"{', '.join(SEVERITIES)}")
+    return SEVERITIES.index(severity)
+
 
 @dataclass(frozen=True)
 class LogEntry:
@@ -66,6 +104,10 @@ class RunState:
     finished: protocol.RunFinished | None = None
     last_eval: protocol.EvalDone | None = None
     nonfinite: protocol.NonFiniteDetected | None = None
+    alerts: list[protocol.AlertRaised] = field(default_factory=list)
+    """The doctor's alerts, newest first."""
+    alerted_layers: dict[str, str] = field(default_factory=dict)
+    """Layer name -> the worst severity among the alerts that name it."""
 
     @property
     def active(self) -> bool:
@@ -157,6 +199,26 @@ class RunState:
         self.nonfinite = e
         self.say("error", f"non-finite values: {e.message}", step=e.step)
         return {LOG, LAYERS}
+
+    def _on_LrFound(self, e: protocol.LrFound) -> set[str]:
+        lr = f"suggests lr {e.suggested_lr:.2e}" if e.suggested_lr is not None \
+            else "has no suggestion"
+        self.say("info", f"lr range test {lr} ({e.reason})", step=e.step)
+        return {LOG}
+
+    def _on_AlertRaised(self, e: protocol.AlertRaised) -> set[str]:
+        rank = severity_rank(e.severity)  # first: an unknown severity changes nothing
+        self.alerts.insert(0, e)
+        for layer in e.layers:
+            shown = self.alerted_layers.get(layer)
+            if shown is None or severity_rank(shown) < rank:
+                self.alerted_layers[layer] = e.severity
+        where = f" in {', '.join(e.layers)}" if e.layers else ""
+        fixes = "; ".join(f"{i}) {fix.label}" for i, fix in enumerate(e.fixes, start=1))
+        self.say(SEVERITY_LOG_LEVEL[e.severity],
+                 f"alert ({e.severity}): {alert_title(e.kind)}{where}: {e.message}"
+                 + (f" Fixes: {fixes}" if fixes else ""), step=e.step)
+        return {ALERTS, LAYERS, LOG}
 
     def _on_LayerStatsSnapshot(self, e: protocol.LayerStatsSnapshot) -> set[str]:
         self.snapshot = e

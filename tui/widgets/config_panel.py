@@ -206,6 +206,19 @@ class ConfigPanel(Widget, can_focus=False):
                 self._set_widget(key, new)
         self._summarize()
 
+    def set_value(self, key: str, value: Any) -> None:
+        """Put ``value`` in ``key``'s field as if the user had entered it (an edit for the
+        next restart, e.g. the lr finder's suggestion after the run ended).
+
+        Raises:
+            ConfigError: ``key`` is not a field, or ``value`` is not allowed for it (the
+                message names the field, the value and what is allowed).
+        """
+        checked = schema.check_value(key, value)
+        self._set_widget(key, checked)
+        self._record(key, checked)
+        self._summarize()
+
     def revert(self) -> None:
         """Drop every edit and error; the form shows the run's config again."""
         keys = list(self.edits) + list(self.errors)

@@ -2,7 +2,8 @@
 
 Figures outside the healthy ranges of ``tui.health`` are coloured; the last column is
 a sparkline of the layer's gradient norm over recent snapshots (log scale: a gradient
-that fades or blows up shows as a slope).
+that fades or blows up shows as a slope). The row of a layer that an alert names is
+tinted by the alert's severity and its name marked (``tui.widgets.alerts_panel``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from rich.style import Style
 from rich.text import Text
 from textual.widgets import DataTable
 
@@ -17,10 +19,14 @@ from engine import protocol
 from engine.cli import format_number, format_percent
 from tui import health
 from tui.state import RunState
+from tui.widgets.alerts_panel import SEVERITY_MARK, SEVERITY_STYLE
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 HEALTH_STYLE = {health.OK: "", health.WARN: "yellow", health.BAD: "bold red"}
 COLUMNS = ("layer", "act", "mean", "std", "sat%", "dead%", "grad", "upd/w", "grad trend")
+ALERT_ROW_BACKGROUND = {"info": "on #0f2f4f", "warning": "on #4a3a00", "critical": "on #5a1414"}
+"""A tint behind every cell of an alerted layer's row, by the worst severity naming it:
+dark enough that the health colours of the figures stay readable on it."""
 
 
 def sparkline(values: Iterable[float | None], *, log: bool = True) -> str:
@@ -48,10 +54,22 @@ def _cell(text: str, quantity: str, value: float | None) -> Text:
     return Text(text, style=HEALTH_STYLE[health.judge(quantity, value)], justify="right")
 
 
-def layer_cells(row: protocol.LayerStats, history: Iterable[protocol.LayerStats]) -> list:
-    """The table cells of one layer: plain text, coloured where out of range."""
-    return [
-        Text(row.name),
+def layer_name(name: str, severity: str | None, *, marked: bool) -> Text:
+    """The name cell: the alert's mark in its colour before an alerted layer's name;
+    ``marked`` (some layer is alerted) keeps the other names aligned with two spaces."""
+    if severity is None:
+        return Text(f"  {name}" if marked else name)
+    text = Text(f"{SEVERITY_MARK[severity]} ", style=SEVERITY_STYLE[severity])
+    text.append(name, style="bold")
+    return text
+
+
+def layer_cells(row: protocol.LayerStats, history: Iterable[protocol.LayerStats],
+                severity: str | None = None, *, marked: bool = False) -> list:
+    """The table cells of one layer: plain text, coloured where out of range; the row
+    tinted by ``severity`` when an alert names the layer."""
+    cells = [
+        layer_name(row.name, severity, marked=marked),
         Text(row.activation or "-"),
         Text(format_number(row.act_mean, ".3g"), justify="right"),
         _cell(format_number(row.act_std, ".3g"), "act_std", row.act_std),
@@ -61,14 +79,23 @@ def layer_cells(row: protocol.LayerStats, history: Iterable[protocol.LayerStats]
         _cell(format_number(row.update_ratio, ".1e"), "update_ratio", row.update_ratio),
         Text(sparkline(h.grad_norm for h in history), style="cyan"),
     ]
+    if severity is not None:
+        tint = Style.parse(ALERT_ROW_BACKGROUND[severity])
+        for cell in cells:  # the base style: the tint fills the cell, not only the text
+            cell.style = Style.parse(str(cell.style or "none")) + tint
+    return cells
 
 
 class LayerTable(DataTable):
     """Per-layer statistics of the latest snapshot; the selected row picks the layer."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
-        self.shown_step: int | None = None
+        # The cursor's colour wins over an alert's tint: where the cursor is matters when
+        # moving through the rows; the alerted row still shows its mark.
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True,
+                         cursor_background_priority="css")
+        self.shown: tuple[int, int] | None = None
+        """(snapshot step, number of alerts) last shown: either changing redraws."""
 
     def on_mount(self) -> None:
         for name in COLUMNS:
@@ -88,23 +115,29 @@ class LayerTable(DataTable):
         if snapshot is None:
             if self.row_count:
                 self.clear()
-            self.shown_step = None
+            self.shown = None
             return
-        if snapshot.step == self.shown_step:
+        shown = (snapshot.step, len(state.alerts))
+        if shown == self.shown:
             return
-        self.shown_step = snapshot.step
+        self.shown = shown
+        alerted = state.alerted_layers
+        marked = any(row.name in alerted for row in snapshot.layers)
+
+        def cells_of(row: protocol.LayerStats) -> list:
+            return layer_cells(row, state.layer_history.get(row.name, ()),
+                               alerted.get(row.name), marked=marked)
+
         names = [row.name for row in snapshot.layers]
         existing = [str(key.value) for key in self.rows]
         if existing == names:  # the common case: update cells in place
             for row in snapshot.layers:
-                cells = layer_cells(row, state.layer_history.get(row.name, ()))
-                for column, cell in zip(COLUMNS, cells, strict=True):
+                for column, cell in zip(COLUMNS, cells_of(row), strict=True):
                     self.update_cell(row.name, column, cell, update_width=True)
             return
         cursor = self.cursor_row
         self.clear()
         for row in snapshot.layers:
-            self.add_row(*layer_cells(row, state.layer_history.get(row.name, ())),
-                         key=row.name)
+            self.add_row(*cells_of(row), key=row.name)
         if self.row_count:
             self.move_cursor(row=min(cursor, self.row_count - 1))

@@ -40,6 +40,9 @@ class LossChart(PlotextPlot):
         self._val_accuracy = Series()
         self._lr = Series()
         self._markers: Sequence[tuple[int, str]] = []
+        self._overlays: Sequence[tuple[str, Series]] = ()
+        self._train_label = "train"
+        self._steps_per_epoch: int | None = None
         self._dirty = False
         self._version = 0
         """Bumped whenever the picture must change: new data drawn, a new run, log_y."""
@@ -72,6 +75,25 @@ class LossChart(PlotextPlot):
         self._dirty = False
         self._version += 1
         self.refresh()  # a new run shows at once, not at the next tick
+
+    def compare(
+        self,
+        overlays: Sequence[tuple[str, Series]],
+        *,
+        train_label: str,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        """Draw finished runs with the current one (a lab): see ``draw_loss_chart``.
+
+        ``overlays`` are ``(label, training loss)`` of the finished runs, in epochs when
+        ``steps_per_epoch`` (the current run's) is given, else in steps; the current
+        run's training loss is labelled ``train_label``.
+        """
+        self._overlays = overlays
+        self._train_label = train_label
+        self._steps_per_epoch = steps_per_epoch
+        self._version += 1
+        self.refresh()
 
     def mark_dirty(self) -> None:
         """New data arrived: repaint at the next timer tick (cheap; call it freely)."""
@@ -107,6 +129,9 @@ class LossChart(PlotextPlot):
             log_y=self.log_y,
             width=self.size.width,
             height=self.size.height,
+            overlays=self._overlays,
+            train_label=self._train_label,
+            steps_per_epoch=self._steps_per_epoch,
         )
         picture = super().render()
         self._drawn = (key, picture)

@@ -1,0 +1,275 @@
+"""The doctor's alerts in the app: folded into the run state, shown in the strip, the
+Alerts view and the layer table, and fixed with one key (live or by a restart)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from rich.console import Console
+from rich.style import Style
+
+from engine import protocol
+from engine.config import Config
+from tests.fake_engine import LAYERS, FakeEngines, snapshot
+from tui.app import TrainlabApp
+from tui.screens.confirm import ChoiceScreen, ConfirmScreen
+from tui.state import ALERTS, LOG, RunState, alert_title
+from tui.state import LAYERS as LAYERS_PART
+from tui.widgets.alerts_panel import (
+    SEVERITY_MARK,
+    AlertsPanel,
+    AlertStrip,
+    alert_card,
+    describe_changes,
+    format_value,
+)
+from tui.widgets.layer_table import ALERT_ROW_BACKGROUND, LayerTable
+
+HALVE_LR = protocol.Fix("halve the learning rate now", {"optim.lr": 5e-4})
+CLIP = protocol.Fix("clip gradients at norm 1 now", {"reg.clip_norm": 1.0})
+KAIMING = protocol.Fix("Kaiming init and LeakyReLU, restart",
+                       {"init.scheme": "kaiming_normal", "model.activation": "leaky_relu"},
+                       restart=True)
+
+
+def alert(kind: str = "saturation", severity: str = "critical",
+          layers: tuple[str, ...] = (LAYERS[0],),
+          fixes: tuple[protocol.Fix, ...] = (KAIMING,), step: int = 200,
+          ) -> protocol.AlertRaised:
+    return protocol.AlertRaised(
+        step, kind, severity, layers,
+        {"saturated_frac": (0.93456, 0.5), "threshold": 0.5, "units": 1000},
+        "Most tanh units are pinned at -1/+1 [where the slope is ~0].", fixes)
+
+
+def make_app() -> tuple[TrainlabApp, FakeEngines]:
+    engines = FakeEngines()
+    return TrainlabApp(Config(), engine_factory=engines), engines
+
+
+async def settle(pilot: Any, times: int = 4) -> None:
+    """Let the pump apply what the fake engine queued and the screen refresh."""
+    for _ in range(times):
+        await pilot.pause()
+
+
+def rendered(renderable: Any, width: int = 100) -> str:
+    console = Console(width=width, file=io.StringIO(), record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+def log_text(app: TrainlabApp) -> str:
+    return "\n".join(entry.text for entry in app.run_state.log)
+
+
+# --- the run state ---------------------------------------------------------------------
+
+
+def test_alerts_fold_newest_first_and_each_layer_keeps_its_worst_severity() -> None:
+    state = RunState(Config())
+    first = alert("saturation", "warning", (LAYERS[0], LAYERS[1]))
+    second = alert("vanishing_gradients", "critical", (LAYERS[1],))
+    third = alert("update_ratio", "info", (LAYERS[0], LAYERS[2]))
+    for event in (first, second, third):
+        assert state.apply(event) == {ALERTS, LAYERS_PART, LOG}
+    assert state.alerts == [third, second, first]
+    # warning then info on layer 0; warning then critical on layer 1; info only on head
+    assert state.alerted_layers == {LAYERS[0]: "warning", LAYERS[1]: "critical",
+                                    LAYERS[2]: "info"}
+
+
+def test_each_alert_is_a_log_line_leveled_by_severity_with_message_and_fixes() -> None:
+    state = RunState(Config())
+    for severity in ("info", "warning", "critical"):
+        state.apply(alert(severity=severity, fixes=(HALVE_LR, CLIP), step=42))
+    assert [e.level for e in state.log] == ["info", "warning", "error"]
+    entry = state.log[-1]
+    assert entry.step == 42
+    assert alert_title("saturation") in entry.text and LAYERS[0] in entry.text
+    assert "pinned at -1/+1" in entry.text
+    assert "1) halve the learning rate now" in entry.text
+    assert "2) clip gradients at norm 1 now" in entry.text
+
+
+def test_an_alert_with_an_unknown_severity_is_refused_naming_it() -> None:
+    state = RunState(Config())
+    with pytest.raises(ValueError, match=r"AlertRaised.severity 'fatal'.*critical"):
+        state.apply(alert(severity="fatal"))
+    assert state.alerts == [] and state.alerted_layers == {} and state.log == []
+
+
+def test_evidence_and_changes_are_formatted_compactly() -> None:
+    assert format_value(0.93456) == format(0.93456, ".3g")
+    assert format_value(1000) == "1000"  # a count stays whole, not 1e+03
+    assert format_value((0.93456, 1e-7)) == f"[{0.93456:.3g}, {1e-7:.3g}]"
+    assert describe_changes(KAIMING.changes) == \
+        "init.scheme = kaiming_normal, model.activation = leaky_relu"
+    card = rendered(alert_card(alert(fixes=(HALVE_LR, KAIMING))))
+    assert "saturated_frac [0.935, 0.5]" in card and "units 1000" in card
+    assert "1. halve the learning rate now (now: optim.lr = 0.0005)" in card
+    assert "2. Kaiming init and LeakyReLU, restart (restart: init.scheme" in card
+
+
+# --- the app -----------------------------------------------------------------------------
+
+
+async def test_a_new_alert_shows_in_the_strip_the_alerts_view_and_a_notification() -> None:
+    app, engines = make_app()
+    notified: list[tuple[str, str, str]] = []
+    real_notify = app.notify
+
+    def recording_notify(message: str, *, title: str = "", severity: Any = "information",
+                         **kwargs: Any) -> None:
+        notified.append((title, message, severity))
+        real_notify(message, title=title, severity=severity, **kwargs)
+
+    app.notify = recording_notify  # type: ignore[method-assign]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        strip = app.query_one(AlertStrip)
+        assert not strip.display  # nothing to show yet
+        raised = alert(fixes=(HALVE_LR, CLIP))
+        engines.current.feed(raised)
+        await settle(pilot)
+        assert strip.display and strip.has_class("-critical")
+        text = str(strip.render())
+        assert alert_title("saturation") in text and LAYERS[0] in text
+        assert "f fix: pick one of 2" in text
+        assert [(t, s) for t, _, s in notified] == [
+            (f"{alert_title('saturation')} in {LAYERS[0]}", "error")]
+        engines.current.feed(alert("plateau", "info", (), fixes=()))
+        await settle(pilot)
+        assert len(notified) == 1  # an info alert waits in the view, no pop-up
+        await pilot.press("5")
+        await settle(pilot)
+        assert app.query_one("#views").active == "alerts"
+        panel = app.query_one(AlertsPanel)
+        assert panel.query_one("#alerts-list").option_count == 2
+        assert panel.selected_alert is app.run_state.alerts[0]  # the newest, highlighted
+        await pilot.press("down")
+        assert panel.selected_alert is raised
+
+
+async def test_the_alerted_layer_is_marked_and_tinted_in_both_layer_tables() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        engines.current.feed(alert(severity="warning", layers=(LAYERS[1],)))
+        await settle(pilot)
+        for table_id in ("#layers-train", "#layers-full"):
+            table = app.query_one(table_id, LayerTable)
+            name = table.get_cell(LAYERS[1], "layer")
+            assert name.plain == f"{SEVERITY_MARK['warning']} {LAYERS[1]}"
+            tint = Style.parse(ALERT_ROW_BACKGROUND["warning"]).bgcolor
+            for column in ("layer", "std", "grad"):
+                assert Style.parse(str(table.get_cell(LAYERS[1], column).style)).bgcolor \
+                    == tint
+            other = table.get_cell(LAYERS[0], "layer")
+            assert other.plain == f"  {LAYERS[0]}"  # aligned, not marked
+            assert Style.parse(str(other.style)).bgcolor is None
+        engines.current.feed(snapshot(300))  # fresh figures keep the highlight
+        await settle(pilot)
+        table = app.query_one("#layers-train", LayerTable)
+        assert table.get_cell(LAYERS[1], "layer").plain.startswith(SEVERITY_MARK["warning"])
+
+
+async def test_f_applies_a_live_fix_noted_with_the_alert_kind() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        engines.current.feed(alert("exploding_gradients", fixes=(HALVE_LR,)))
+        await settle(pilot)
+        await pilot.press("f")
+        await settle(pilot)
+        assert engines.current.commands == [
+            protocol.SetHyper("optim.lr", 5e-4, "fix: exploding_gradients")]
+        assert app.run_state.config.optim.lr == 5e-4
+        assert app.run_state.markers[-1] == (200, "lr=0.0005")
+        assert "optim.lr: 0.001 -> 0.0005 (fix: exploding_gradients)" in log_text(app)
+
+
+async def test_with_two_fixes_f_offers_a_list_and_sends_the_one_picked() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        engines.current.feed(alert("exploding_gradients", fixes=(HALVE_LR, CLIP)))
+        await settle(pilot)
+        await pilot.press("f")
+        await settle(pilot)
+        assert isinstance(app.screen, ChoiceScreen)
+        await pilot.press("escape")  # none picked: nothing sent
+        await settle(pilot)
+        assert engines.current.commands == []
+        await pilot.press("f")
+        await settle(pilot)
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        assert engines.current.commands == [
+            protocol.SetHyper("reg.clip_norm", 1.0, "fix: exploding_gradients")]
+
+
+async def test_a_restart_fix_asks_then_trains_this_runs_config_with_the_changes() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("plus")  # a live change before the fix: the new run keeps it
+        await settle(pilot)
+        engines.current.feed(alert(fixes=(KAIMING,)))
+        await settle(pilot)
+        await pilot.press("f")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        question = app.screen.question
+        assert "init.scheme = kaiming_normal, model.activation = leaky_relu" in question
+        assert "stops at step 200" in question
+        await pilot.press("n")
+        await settle(pilot)
+        assert len(engines.made) == 1 and not engines.current.stopped
+        await pilot.press("f", "y")
+        await settle(pilot, 8)
+        assert len(engines.made) == 2 and engines.made[0].stopped
+        expected = Config().with_values({"optim.lr": 2e-3, "init.scheme": "kaiming_normal",
+                                         "model.activation": "leaky_relu"})
+        assert engines.current.config == expected
+        assert "restarted to apply the fix for saturation" in log_text(app)
+        assert app.run_state.alerts == [] and not app.query_one(AlertStrip).display
+
+
+async def test_f_is_disabled_without_an_alert_or_a_fix_that_can_apply_now() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        assert app.check_action("fix", ()) is None
+        await pilot.press("f")
+        assert engines.current.commands == []
+        engines.current.feed(alert(fixes=(HALVE_LR,)))
+        await settle(pilot)
+        assert app.check_action("fix", ()) is True
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert any(t.startswith("Apply the suggested fix") for t in titles)
+        engines.current.finish()  # a live fix needs a running run
+        await settle(pilot)
+        assert app.check_action("fix", ()) is None
+        await pilot.press("f")
+        assert engines.current.commands == []
+        engines.current.feed(alert("dead_units", fixes=(KAIMING,)))  # a restart still can
+        await settle(pilot)
+        assert app.check_action("fix", ()) is True
+
+
+async def test_in_the_alerts_view_f_fixes_the_highlighted_alert() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        engines.current.feed(alert("exploding_gradients", fixes=(HALVE_LR,), step=150))
+        engines.current.feed(alert("update_ratio", "warning", fixes=(CLIP,)))
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        await pilot.press("down", "f")  # the older alert, not the newest
+        await settle(pilot)
+        assert engines.current.commands == [
+            protocol.SetHyper("optim.lr", 5e-4, "fix: exploding_gradients")]
