@@ -800,7 +800,7 @@ def describe_failure(exc: BaseException, step: int) -> EngineFailed:
 
 def _diagnosed(emit: Emit, diagnostics: Diagnostics) -> Emit:
     """``emit`` followed by the alerts each event raises (detectors are pure Python over
-    the events: microseconds each, no tensor touched)."""
+    the events, no tensor touched; their cost is in ``engine.diagnostics``)."""
 
     def emit_and_diagnose(event: Any) -> None:
         emit(event)
@@ -874,6 +874,14 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
         nonlocal last_flush, samples
         last_flush, samples = time.monotonic(), 0
 
+    def handle(command: Any) -> None:
+        timed_aside = isinstance(command, protocol.FindLr)
+        if timed_aside:
+            flush()  # the steps before the range test are timed without it
+        _handle(command, trainer, control, emit)
+        if timed_aside:
+            restart_clock()  # its seconds are not training throughput
+
     def evaluate() -> None:
         flush()  # the eval's train_loss covers every step up to here
         result = trainer.evaluate()
@@ -932,12 +940,12 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
                     if isinstance(command, protocol.Pause):
                         emit(StateChanged("paused", trainer.step, "steps interrupted"))
                         continue
-                    _handle(command, trainer, control, emit)
+                    handle(command)
                 else:
                     deferred.append(command)
                 continue
             if deferred:
-                _handle(deferred.popleft(), trainer, control, emit)
+                handle(deferred.popleft())
                 continue
             if not control.may_step:
                 if trainer.finished():
@@ -950,7 +958,7 @@ def _train(trainer: Trainer, control: _Control, commands: queue.Queue[Any], emit
                     command = commands.get_nowait()
                 except queue.Empty:
                     break
-            _handle(command, trainer, control, emit)
+            handle(command)
         if control.stop_requested or trainer.finished():
             if trainer.last_eval_step != trainer.step:
                 evaluate()

@@ -7,8 +7,11 @@ the detectors that read that kind of event; an alert of a kind is raised once pe
 Layer detectors live in ``diagnostics.layers`` (per-layer statistics), curve detectors
 in ``diagnostics.curves`` (losses and evaluations).
 
-No torch here: detectors read plain numbers from protocol events, so they cost a few
-microseconds per event and are tested on hand-built histories. The thresholds are named
+No torch here: detectors read plain numbers from protocol events and are tested on
+hand-built histories. Cost, in the training thread: measured at 0.3-0.6 ms per metrics
+batch or snapshot with full histories (the median windows of update_ratio and
+slow_lower_layers dominate); metrics come at most 10 times a second and snapshots 4, so
+under 1% of the thread at worst. The thresholds are named
 constants in the detector modules, each with the reason for its value (KNOWLEDGE.md).
 """
 
