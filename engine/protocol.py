@@ -339,13 +339,15 @@ class Fix:
 
 @dataclass(frozen=True)
 class AlertRaised:
-    """A diagnosed training problem, raised once per kind (and layers) per run."""
+    """A diagnosed training problem. A kind is raised once per run, and again only after
+    a live change (``HyperChanged``) that came after it was raised, by what the run
+    shows since that change (``engine.diagnostics``)."""
 
     step: int
     kind: str
     """vanishing_gradients, exploding_gradients, activation_collapse, saturation,
     dead_units, symmetry, non_finite, divergence, plateau, overfitting, update_ratio or
-    slow_lower_layers."""
+    slow_lower_layers. Raised once per run, again only after a later live change."""
     severity: str
     """info, warning or critical (the run cannot learn as it is)."""
     layers: tuple[str, ...]

@@ -7,6 +7,7 @@ show the problem, and on healthy runs that must raise none of these kinds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -189,12 +190,47 @@ def test_a_plateau_with_a_dead_layer_is_a_dead_network():
     assert alert.layers == ("blocks.0.linear", "blocks.1.linear")
     assert alert.evidence["dead_frac"] == (0.3, 1.0)  # one per named layer, in order
     assert alert.evidence["grad_norm"] == (0.0, 0.0)
-    (fix,) = alert.fixes
-    assert fix.changes == {"model.activation": "leaky_relu"} and fix.restart
+    # blocks.1 is dead by its ReLU units: LeakyReLU; blocks.0 gets no gradient with
+    # live units (vanished on the way down): the depth remedies, not LeakyReLU alone.
+    assert [(f.changes, f.restart) for f in alert.fixes] == [
+        ({"model.activation": "leaky_relu"}, True), ({"model.norm": "batch"}, True),
+        ({"model.residual": True}, True)]
+    # Already LeakyReLU: nothing to switch to, the depth remedies stay.
+    leaky = context(Config().with_value("model.activation", "leaky_relu"))
+    assert all("model.activation" not in f.changes for f in curves.plateau(h, leaky).fixes)
+    # A custom model: no model.* change at all.
+    custom = context(Config().with_values({"model.arch": "custom",
+                                           "model.factory": "tests.nets:build"}))
+    assert curves.plateau(h, custom).fixes == ()
     # Mostly but not all dead, with gradients flowing: a plain too-low LR.
     h.snapshots.append(LayerStatsSnapshot(121, (_row("blocks.0.linear", "relu", 0.9, 0.1),),
                                           (), 64))
     assert curves.plateau(h, context()).severity == "warning"
+
+
+def test_a_plateau_with_vanishing_gradients_does_not_blame_the_lr():
+    # act-sigmoid: the loss is flat while layer 1 gets 1e-5 of the last hidden layer's
+    # gradient; a larger lr would not reach it, so no lr raise is offered.
+    h = loss_history(noisy(LN10, 120, spread=0.005))
+    h.snapshots.append(LayerStatsSnapshot(120, (
+        _row("blocks.0.linear", "Sigmoid", None, 1e-6),
+        _row("blocks.1.linear", "Sigmoid", None, 1e-3),
+        _row("blocks.2.linear", "Sigmoid", None, 0.1),
+        _row("head", "", None, 0.5),
+    ), (), 64))
+    sigmoid = context(Config().with_values({"model.activation": "sigmoid",
+                                            "init.scheme": "auto"}))
+    alert = curves.plateau(h, sigmoid)
+    assert alert is not None and "vanish" in alert.message
+    assert alert.evidence["first_to_last_hidden"] == pytest.approx(1e-6 / 0.1)
+    assert all("optim.lr" not in f.changes for f in alert.fixes)
+    assert {"model.activation": "relu"} in [f.changes for f in alert.fixes]
+    # The same gradients within two orders of magnitude: the lr is blamed.
+    names = ("blocks.0.linear", "blocks.1.linear", "blocks.2.linear", "head")
+    h.snapshots.append(LayerStatsSnapshot(121, tuple(
+        dataclasses.replace(_row(n, "" if n == "head" else "Sigmoid", None, 0.1),
+                            grad_max=0.01) for n in names), (), 64))
+    assert any("optim.lr" in f.changes for f in curves.plateau(h, sigmoid).fixes)
 
 
 # --- overfitting ---------------------------------------------------------------------

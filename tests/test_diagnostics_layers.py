@@ -213,7 +213,7 @@ def test_gradient_spike_against_the_recent_median():
     steady = [0.5, 0.6, 0.4, 0.55, 0.45, 0.5]
     snaps = [same(s, 3, grad_norm=g) for s, g in enumerate(steady, start=1)]
     spike, after = same(7, 3, grad_norm=20.0), same(8, 3, grad_norm=0.5)
-    cfg = config(reg__clip_norm=5.0)
+    cfg = config(reg__clip_norm=L.F.CLIP_NORM)
     assert alerts_of(cfg, [*snaps, spike]) == []  # a spike is known once it is over
     alert = only(alerts_of(cfg, [*snaps, spike, after]), "exploding_gradients")
 
@@ -498,10 +498,92 @@ def test_one_registered_snapshot_detector_per_layer_kind():
     assert mine == dict.fromkeys(LAYER_KINDS, SNAPSHOT)
 
 
+def test_no_spike_is_judged_on_small_batches():
+    # Single samples: most fit (gradient ~0), the next misfit one jumps far above the
+    # median with nothing wrong; the spike rule keeps to batches of SPIKE_MIN_BATCH.
+    steady = [same(s, 3, grad_norm=g) for s, g in enumerate([0.5, 0.6, 0.4, 0.55, 0.45], 1)]
+    events = [*steady, same(6, 3, grad_norm=30.0), same(7, 3, grad_norm=0.5)]
+    assert alerts_of(config(data__batch_size=1), events) == []
+    assert alerts_of(config(data__batch_size=L.SPIKE_MIN_BATCH - 1), events) == []
+    for batch in (L.SPIKE_MIN_BATCH, 0):  # 0: the full batch
+        assert kinds(alerts_of(config(data__batch_size=batch), events)) == [
+            "exploding_gradients"]
+
+
+def test_a_kind_fires_again_only_after_a_live_change_that_followed_it():
+    steady = [0.5, 0.6, 0.4, 0.55, 0.45]
+    def spike_at(start: int) -> list[LayerStatsSnapshot]:
+        return [*(same(start + i, 3, grad_norm=g) for i, g in enumerate(steady)),
+                same(start + 5, 3, grad_norm=30.0), same(start + 6, 3, grad_norm=0.5)]
+    cfg = config()
+    diagnostics = Diagnostics(cfg)
+    def raised(events: list[Any]) -> list[str]:
+        return kinds([a for e in events for a in diagnostics.observe(e)
+                      if a.kind in LAYER_KINDS])
+    assert raised(spike_at(1)) == ["exploding_gradients"]
+    assert raised(spike_at(8)) == []  # the same kind again, no change since: silent
+    # A live change at step 20 (the lr halved by the fix), then the spike recurs.
+    assert raised([HyperChanged(20, "optim.lr", cfg.optim.lr, cfg.optim.lr / 2)]) == []
+    assert raised(spike_at(21)) == ["exploding_gradients"]
+    assert raised(spike_at(28)) == []
+
+
+def test_an_init_finding_is_not_raised_again_after_a_live_change():
+    cfg = config(init__scheme="zeros")
+    first = same(1, 3, weight_std=0.0, grad_norm=0.0)
+    diagnostics = Diagnostics(cfg)
+    assert "symmetry" in kinds(diagnostics.observe(first))
+    diagnostics.observe(HyperChanged(5, "optim.lr", 1e-3, 1e-4))
+    later = [same(s, 3, weight_std=0.0, grad_norm=0.0) for s in range(6, 10)]
+    assert "symmetry" not in [a.kind for e in later for a in diagnostics.observe(e)]
+
+
 def test_tanh_like_list_matches_the_inits():
     from engine.init import TANH_LIKE
 
-    assert set(L.TANH_LIKE_ACTIVATIONS) == set(TANH_LIKE)
+    assert set(L.F.TANH_LIKE_ACTIVATIONS) == set(TANH_LIKE)
+
+
+def test_the_optimizer_tables_match_the_optimizers():
+    import torch
+
+    from engine.optim import OPTIMIZERS
+
+    assert set(L.F.WEIGHT_DECAY_IGNORED_BY) == {
+        name for name, entry in OPTIMIZERS.items() if "weight_decay" not in entry.uses}
+    # Rprop: a live lr change after its first step leaves its steps as they were.
+    def rprop_steps(new_lr: float) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        opt = torch.optim.Rprop([w], lr=0.01)
+        for i in range(3):
+            if i == 1:
+                opt.param_groups[0]["lr"] = new_lr
+            opt.zero_grad()
+            (w**2).sum().backward()
+            opt.step()
+        return w.detach().clone()
+    assert torch.equal(rprop_steps(0.01), rprop_steps(0.5))
+    assert L.F.LIVE_LR_IGNORED_BY == ("rprop",)
+
+
+@pytest.mark.parametrize("name", ["rprop", "lbfgs"])
+def test_no_fix_the_optimizer_ignores(name: str):
+    cfg = config(optim__name=name)
+    assert L.F.raise_weight_decay(cfg, 1e-4) is None
+    assert (L.F.halve_lr(cfg) is None) == (name == "rprop")
+
+
+def test_computed_fixes_say_what_they_were_computed_from():
+    cfg = config(optim__lr=0.01, optim__weight_decay=0.001, data__augment=("flip",))
+    halve = L.F.halve_lr(cfg)
+    assert halve.changes == {"optim.lr": 0.005} and "(0.01 -> 0.005)" in halve.label
+    decay = L.F.raise_weight_decay(cfg, 1e-4)
+    assert decay.changes == {"optim.weight_decay": 0.01} and "0.001 -> 0.01" in decay.label
+    noise = L.F.add_augmentation(cfg, "noise")
+    assert noise.changes == {"data.augment": ("flip", "noise")}
+    assert "flip -> flip, noise" in noise.label
+    restart = L.F.restart_with_lr(cfg, 0.1)
+    assert restart.restart and "0.01 -> 0.001" in restart.label
 
 
 # --- real runs ----------------------------------------------------------------------
@@ -627,7 +709,7 @@ def test_large_relu_init_explodes():
     rows = {r.name: r for r in snapshot_at(events, 3).layers}
     assert all(rows[name].grad_max > L.GRAD_HEALTHY_HIGH for name in alert.layers)
     assert alert.evidence["grad_max"] == tuple(rows[n].grad_max for n in alert.layers)
-    assert {"reg.clip_norm": L.CLIP_NORM_FIX} in changes(alert)
+    assert {"reg.clip_norm": L.F.CLIP_NORM} in changes(alert)
     assert {"init.scheme": "kaiming_normal"} in changes(alert)
 
 
@@ -648,3 +730,22 @@ def test_the_default_experiment_raises_no_layer_alert():
     assert of_type(events, "RunFinished")[0].reason == "completed"
     assert layer_alerts(events) == []
 
+
+
+CONTRADICTING_KINDS = {"vanishing_gradients", "exploding_gradients", "dead_units",
+                       "activation_collapse", "saturation", "symmetry", "divergence",
+                       "plateau", "non_finite"}
+"""Alerts that would tell a healthy lab variant's user its lesson is wrong."""
+
+
+@pytest.mark.parametrize(("preset", "steps"), [
+    ("depth-residual", 150), ("depth-batchnorm", 150), ("act-relu", 150),
+    ("act-tanh", 150), ("batch-1", 400), ("opt-adam", 150)])
+def test_the_labs_healthy_variants_raise_no_alert_against_their_lesson(preset: str,
+                                                                       steps: int):
+    from engine.presets import apply_preset
+
+    cfg = apply_preset(Config(), preset).with_values(
+        {"run.max_steps": steps, "run.max_epochs": 0, "run.threads": 1})
+    raised = {a.kind for a in of_type(run_loop(cfg), "AlertRaised")}
+    assert not raised & CONTRADICTING_KINDS, raised

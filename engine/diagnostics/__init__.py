@@ -3,16 +3,26 @@
 Every detector is a pure function ``(history, context) -> AlertRaised | None`` over
 what the run has emitted so far, registered under its kind with ``@detector``.
 ``Diagnostics.observe`` folds each event the loop emits into a ``History`` and runs
-the detectors that read that kind of event; an alert of a kind is raised once per run.
+the detectors that read that kind of event. An alert of a kind is raised once, and may
+be raised again only after a live change (a fix, a key, a rollback: a ``HyperChanged``)
+that came after it: once ``History.last_change_step`` is past the step of the history
+when it was raised, and then only by an alert whose own step is past that change (what
+the run shows since the change, not what it showed before; an init-time finding such as
+symmetry, dated at step 1, is not raised again).
 Layer detectors live in ``diagnostics.layers`` (per-layer statistics), curve detectors
 in ``diagnostics.curves`` (losses and evaluations).
 
 No torch here: detectors read plain numbers from protocol events and are tested on
-hand-built histories. Cost, in the training thread: measured at 0.3-0.6 ms per metrics
-batch or snapshot with full histories (the median windows of update_ratio and
-slow_lower_layers dominate); metrics come at most 10 times a second and snapshots 4, so
-under 1% of the thread at worst. The thresholds are named
-constants in the detector modules, each with the reason for its value (KNOWLEDGE.md).
+hand-built histories. The thresholds are named constants in the detector modules, each
+with the reason for its value (KNOWLEDGE.md).
+
+Cost, in the training thread, measured on full histories (4096 losses; 64 snapshots of
+a 31-row net, all within the last 50 steps: the worst case for the update-ratio span)
+on this project's shared 2-core CPU: about 0.5 ms per metrics batch (divergence 0.44,
+plateau 0.09) and 2.3 ms per snapshot (update_ratio's per-row medians 1.6, shared with
+slow_lower_layers; the rest under 0.3 each). Metrics batches come at most 10 times a
+second and snapshots 4, so at worst ~1.5% of the training thread; a net of a few layers
+or a history not yet full costs a fraction of that.
 """
 
 from __future__ import annotations
@@ -50,7 +60,9 @@ class History:
     snapshots: collections.deque[LayerStatsSnapshot] = field(
         default_factory=lambda: collections.deque(maxlen=SNAPSHOT_HISTORY))
     first_snapshot: LayerStatsSnapshot | None = None
-    """The step-1 snapshot: the network as initialized (every run measures it)."""
+    """The run's first snapshot: the network as initialized when statistics are taken
+    from step 1 (the loop measures step 1 whenever stats.every > 0); None while there is
+    none, as in a run with stats.every = 0."""
     steps: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
     losses: collections.deque[float] = field(
@@ -64,6 +76,11 @@ class History:
     step: int = 0
     last_change_step: int = 0
     """Step of the last live change: curve detectors judge only what came after it."""
+    memo: dict[Any, Any] = field(default_factory=dict)
+    """Figures several detectors read from the same event (cleared on every event)."""
+    levels: dict[tuple[int, int, int], float | None] = field(default_factory=dict)
+    """Loss levels of whole step chunks, kept across events: (window, last change step,
+    chunk index) -> median. A chunk's losses never change once it is complete."""
 
 
 @dataclass
@@ -101,21 +118,28 @@ class Diagnostics:
     def __init__(self, config: Config) -> None:
         self.history = History()
         self.context = Context(config)
-        self.raised: set[str] = set()
+        self.raised: dict[str, int] = {}
+        """kind -> the history's step when it was last raised."""
 
     def observe(self, event: Any) -> list[AlertRaised]:
-        """Fold ``event`` into the history; the alerts it raises (each kind once)."""
+        """Fold ``event`` into the history; the alerts it raises (a kind once, again
+        only after a later live change: see the module's docstring)."""
         reads = self._fold(event)
         if reads is None:
             return []
+        h = self.history
+        h.memo.clear()
         alerts = []
         for kind, (kind_reads, detect) in DETECTORS.items():
-            if kind_reads != reads or kind in self.raised:
+            raised_at = self.raised.get(kind)
+            if kind_reads != reads or (raised_at is not None
+                                       and h.last_change_step <= raised_at):
                 continue
-            alert = detect(self.history, self.context)
-            if alert is not None:
-                self.raised.add(kind)
-                alerts.append(alert)
+            alert = detect(h, self.context)
+            if alert is None or (raised_at is not None and alert.step <= h.last_change_step):
+                continue
+            self.raised[kind] = max(h.step, alert.step)
+            alerts.append(alert)
         return alerts
 
     def _fold(self, event: Any) -> str | None:

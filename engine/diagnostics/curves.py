@@ -16,8 +16,10 @@ spike) moves a mean far more than a median, and small batches (KNOWLEDGE.md sect
 noisy) would otherwise look like a diverging run.
 
 Cost: the loss detectors run on every MetricsBatch (at most ~10 a second) over at most
-``LOSS_HISTORY`` floats: medians of 20-step windows, about 1.5 ms of CPU a call on a
-full history (measured), so at most ~1.5% of a core at the metrics rate.
+``LOSS_HISTORY`` floats. The levels of whole chunks are cached (``History.levels``), so
+a batch computes the medians of its new chunk and of the few recent windows only:
+measured 0.5 ms of CPU a batch on a full history (5.7 ms when every chunk was re-sorted
+on every batch), so at most ~0.5% of a core at the metrics rate.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from engine.diagnostics import EVAL, LOSS, NONFINITE, Context, History, detector
+from engine.diagnostics import EVAL, LOSS, LOSS_HISTORY, NONFINITE, Context, History, detector
+from engine.diagnostics import fixes as F
+from engine.diagnostics.layers import symmetric_layers, vanishing_signs
 from engine.protocol import AlertRaised, EvalDone, Fix, LayerStats, NonFiniteDetected
 
 # --- divergence -----------------------------------------------------------------
@@ -134,11 +138,6 @@ is too large (KNOWLEDGE.md sections 1 and 4; ln C is the loss of a fresh, sane n
 
 # --- the fixes' values ------------------------------------------------------------
 
-CLIP_NORM = 1.0
-"""The gradient-norm clip the fixes set: the usual default max norm (e.g. Hugging Face's
-max_grad_norm); it bounds a step without slowing a healthy run (KNOWLEDGE.md section 3)."""
-LR_CUT = 0.5
-"""Divergence: halve the LR now (KNOWLEDGE.md section 8: too large -> divergence)."""
 LR_RAISES = (3.0, 10.0)
 """Plateau: try the LR x3 or x10 now (KNOWLEDGE.md section 8: too small -> slow)."""
 RESTART_LR_CUT = 0.1
@@ -153,10 +152,22 @@ DROPOUT = 0.2
 # --- reading the history ------------------------------------------------------------
 
 
+def _steps_and_losses(h: History) -> tuple[list[int], list[float]]:
+    """The history's steps and losses as lists (memoized per event: the detectors all
+    read them, and copying 4096 floats is a cost worth paying once)."""
+    if "steps_losses" not in h.memo:
+        h.memo["steps_losses"] = (list(h.steps), list(h.losses))
+    return h.memo["steps_losses"]
+
+
+def _first_since_change(h: History) -> int:
+    """Index (in ``_steps_and_losses``) of the first step after the last live change."""
+    return bisect.bisect_right(_steps_and_losses(h)[0], h.last_change_step)
+
+
 def _since_change(h: History) -> list[float]:
     """The losses of the steps after the last live change (non-finite ones included)."""
-    first = bisect.bisect_right(list(h.steps), h.last_change_step)
-    return list(h.losses)[first:]
+    return _steps_and_losses(h)[1][_first_since_change(h):]
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -176,18 +187,48 @@ def _window(ctx: Context, steps: int, samples: int) -> int:
     return max(steps, math.ceil(samples / batch)) if batch else steps
 
 
-def _levels(values: Sequence[float], window: int) -> list[float | None]:
-    """The level of each whole ``window``-step chunk, oldest first."""
-    return [_level(values[i : i + window]) for i in range(0, len(values) - window + 1, window)]
+CHUNK_CACHE_LIMIT = LOSS_HISTORY
+"""Cached chunk levels kept before the cache is pruned to the chunks still in the
+history: more than the history can hold in whole chunks (a chunk is at least
+LEVEL_WINDOW steps), so pruning is rare; each entry is one float."""
+
+
+def _chunk_levels(h: History, window: int) -> list[float | None]:
+    """The level of each whole chunk of ``window`` steps since the last live change,
+    oldest first. Chunks sit on a fixed grid of steps (step 1 to ``window``, then the next
+    ``window``, ...), so a complete chunk's level is computed once and cached in
+    ``History.levels``: a metrics batch costs the medians of its new chunks only, not of
+    the whole 4096-step history."""
+    steps, losses = _steps_and_losses(h)
+    i, end = _first_since_change(h), len(steps)
+    levels: list[float | None] = []
+    used = []
+    while i + window <= end:
+        offset = (steps[i] - 1) % window
+        if offset:  # not a chunk's first step: move to the next one
+            i += window - offset
+            continue
+        if steps[i + window - 1] != steps[i] + window - 1:
+            i += 1  # a gap in the steps: this chunk is not whole
+            continue
+        key = (window, h.last_change_step, (steps[i] - 1) // window)
+        if key not in h.levels:
+            h.levels[key] = _level(losses[i : i + window])
+        levels.append(h.levels[key])
+        used.append(key)
+        i += window
+    if len(h.levels) > CHUNK_CACHE_LIMIT:
+        h.levels = {key: h.levels[key] for key in used}
+    return levels
 
 
 def _start_level(h: History, window: int) -> float | None:
     """Where the judged stretch started: the loss at init, or the level at the change."""
     if h.last_change_step == 0:
         return h.first_loss
-    steps = list(h.steps)
+    steps, losses = _steps_and_losses(h)
     end = bisect.bisect_right(steps, h.last_change_step)
-    before = _level(list(h.losses)[max(0, end - window) : end])
+    before = _level(losses[max(0, end - window) : end])
     return before if before is not None else h.first_loss
 
 
@@ -208,12 +249,8 @@ def _loss_scale(h: History, ctx: Context) -> float | None:
 
 
 def _lr_fixes(ctx: Context) -> tuple[Fix, ...]:
-    lr, clip = ctx.config.optim.lr, ctx.config.reg.clip_norm
-    fixes = [Fix("halve the learning rate now", {"optim.lr": lr * LR_CUT})]
-    if clip == 0 or clip > CLIP_NORM:
-        fixes.append(Fix(f"clip the gradient norm to {CLIP_NORM:g} now",
-                         {"reg.clip_norm": CLIP_NORM}))
-    return tuple(fixes)
+    """An lr too high: halve it, and bound the steps by clipping."""
+    return F.combine(F.halve_lr(ctx.config), F.clip(ctx.config))
 
 
 # --- the detectors ------------------------------------------------------------------
@@ -231,7 +268,7 @@ def divergence(h: History, ctx: Context) -> AlertRaised | None:
     # The last levels, newest first (windows counted back from the newest step).
     recents = [_level(losses[len(losses) - (k + 1) * window : len(losses) - k * window])
                for k in range(min(DIVERGENCE_WINDOWS, len(losses) // window))]
-    levels = [x for x in _levels(losses, window) if x is not None]
+    levels = [x for x in _chunk_levels(h, window) if x is not None]
     if recents[0] is None:
         return None  # mostly non-finite: the non_finite detector speaks
     recent = recents[0]
@@ -300,6 +337,23 @@ def _dead_layers(h: History) -> tuple[tuple[str, ...], dict[str, tuple[float, ..
         "grad_norm": tuple(r.grad_norm for r in dead)}
 
 
+def _dead_network_fixes(h: History, ctx: Context, dead: Sequence[str]) -> tuple[Fix, ...]:
+    """The remedy for each cause of a dead layer: LeakyReLU for ReLU units dead on every
+    sample (it gives them a gradient back); a suited init for layers symmetric at init
+    (their identical units get identical, here zero, gradients); otherwise the gradient
+    vanished on its way down (or underflowed to 0), and the depth remedies apply."""
+    config = ctx.config
+    rows = {r.name: r for r in h.snapshots[-1].layers}
+    symmetric = set(symmetric_layers(h, config))
+    by_dead_units = [n for n in dead if (rows[n].dead_frac or 0.0) >= DEAD_LAYER_FRACTION]
+    by_symmetry = [n for n in dead if n in symmetric and n not in by_dead_units]
+    rest = [n for n in dead if n not in by_dead_units and n not in by_symmetry]
+    first = h.first_snapshot or h.snapshots[-1]
+    return F.combine(F.leaky_relu(config) if by_dead_units else None,
+                     F.init(config, first) if by_symmetry else None,
+                     F.depth_fixes(config, h.snapshots[-1]) if rest else ())
+
+
 @detector("plateau", LOSS)
 def plateau(h: History, ctx: Context) -> AlertRaised | None:
     """The loss flat over a long window while still near its init (or chance) value."""
@@ -333,11 +387,20 @@ def plateau(h: History, ctx: Context) -> AlertRaised | None:
             h.step, "plateau", "critical", dead, {**evidence, **dead_evidence},
             f"{flat} The network is dead: {', '.join(dead)} pass no signal (every unit "
             "outputs 0 or no gradient arrives), so no step can change the output.",
-            (Fix("switch to LeakyReLU and restart", {"model.activation": "leaky_relu"},
-                 restart=True),))
+            _dead_network_fixes(h, ctx, dead))
+    signs = vanishing_signs(h, ctx.config)
+    if signs and h.snapshots:
+        # A larger lr does not reach layers the gradient no longer reaches: the depth
+        # remedies, as the vanishing_gradients alert offers (it needs a few snapshots
+        # in a row, so it may come later; this alert must not blame the lr first).
+        return AlertRaised(
+            h.step, "plateau", "warning", (), {**evidence, **signs},
+            f"{flat} The gradients vanish on their way to the lower layers, so they "
+            "barely move; a larger learning rate would not bring them back.",
+            F.depth_fixes(ctx.config, h.snapshots[-1]))
     lr = ctx.config.optim.lr
-    raises = tuple(Fix(f"multiply the learning rate by {k:g} now", {"optim.lr": lr * k})
-                   for k in LR_RAISES)
+    raises = F.combine(*(F.scale_lr(ctx.config, k, "raise")
+                         for k in LR_RAISES))
     if near_start:
         return AlertRaised(
             h.step, "plateau", "warning", (), evidence,
@@ -350,28 +413,26 @@ def plateau(h: History, ctx: Context) -> AlertRaised | None:
         f"{flat} The network predicts the class prior and ignores its inputs: the "
         f"learning rate ({lr:g}) is either too low to get it further, or was so high that "
         "it knocked the units into a state they do not leave.",
-        (*raises, Fix(f"restart with the learning rate at {lr * RESTART_LR_CUT:g}",
-                      {"optim.lr": lr * RESTART_LR_CUT}, restart=True)))
+        (*raises, F.restart_with_lr(ctx.config, RESTART_LR_CUT)))
 
 
 def _usable(evals: Sequence[EvalDone]) -> list[EvalDone]:
     return [e for e in evals if math.isfinite(e.val_loss) and math.isfinite(e.train_loss)]
 
 
-def _overfitting_fixes(ctx: Context) -> tuple[Fix, ...]:
+def _overfitting_fixes(ctx: Context, since_best: int) -> tuple[Fix, ...]:
+    """Regularize, or stop: the ``since_best`` evaluations without a better validation
+    loss already exceed the patience proposed, so early stopping ends the run at once."""
     cfg = ctx.config
-    fixes = []
-    if not cfg.reg.early_stop_patience:
-        fixes.append(Fix(f"stop early after {OVERFIT_EVALS} evaluations without a better "
-                         "validation loss (now)", {"reg.early_stop_patience": OVERFIT_EVALS}))
-    decay = max(WEIGHT_DECAY, cfg.optim.weight_decay * 10)
-    fixes.append(Fix(f"set weight decay to {decay:g} now", {"optim.weight_decay": decay}))
-    if cfg.model.arch != "custom" and cfg.model.dropout < DROPOUT:
-        fixes.append(Fix(f"set dropout to {DROPOUT:g} now", {"model.dropout": DROPOUT}))
-    if "noise" not in cfg.data.augment:
-        fixes.append(Fix("augment the training batches with noise now",
-                         {"data.augment": (*cfg.data.augment, "noise")}))
-    return tuple(fixes)
+    stop = (F.fix("stop early", {"reg.early_stop_patience": OVERFIT_EVALS},
+                  f" (patience {OVERFIT_EVALS} evaluations; the last {since_best} brought no "
+                  "better validation loss, so the run stops at its next step)")
+            if not cfg.reg.early_stop_patience else None)
+    dropout = (F.fix(f"set dropout {cfg.model.dropout:g} -> {DROPOUT:g}",
+                     {"model.dropout": DROPOUT})
+               if F.builtin(cfg) and cfg.model.dropout < DROPOUT else None)
+    return F.combine(stop, F.raise_weight_decay(cfg, WEIGHT_DECAY), dropout,
+                     F.add_augmentation(cfg, "noise"))
 
 
 @detector("overfitting", EVAL)
@@ -404,13 +465,14 @@ def overfitting(h: History, ctx: Context) -> AlertRaised | None:
         f"{best.step} the validation loss rose from {best.val_loss:.4g} to "
         f"{last.val_loss:.4g} while the training loss fell from {best.train_loss:.4g} to "
         f"{last.train_loss:.4g}. It is memorizing the training set.",
-        _overfitting_fixes(ctx))
+        _overfitting_fixes(ctx, since_best))
 
 
 def _finite_before(h: History, step: int) -> list[float]:
     """The finite losses of the LEVEL_WINDOW steps before ``step``."""
-    end = bisect.bisect_left(list(h.steps), step)
-    return _finite(list(h.losses)[max(0, end - LEVEL_WINDOW) : end])
+    steps, losses = _steps_and_losses(h)
+    end = bisect.bisect_left(steps, step)
+    return _finite(losses[max(0, end - LEVEL_WINDOW) : end])
 
 
 def _nonfinite_cause(h: History, ctx: Context, event: NonFiniteDetected) -> tuple[str, str]:
@@ -445,23 +507,27 @@ def non_finite(h: History, ctx: Context) -> AlertRaised | None:
     lr, policy = cfg.optim.lr, cfg.run.on_nonfinite
     where = (f"the {event.where} of {event.layer} turned non-finite first" if event.layer
              else "every layer's values were still finite")
-    restart = {"optim.lr": lr * RESTART_LR_CUT}
-    if cfg.reg.clip_norm == 0 or cfg.reg.clip_norm > CLIP_NORM:
-        restart["reg.clip_norm"] = CLIP_NORM
-    fixes = [Fix(f"restart from fresh weights with lr {lr * RESTART_LR_CUT:g}"
-                 + (" and gradient clipping" if "reg.clip_norm" in restart else ""),
-                 restart, restart=True)]
+    clip = F.clip(cfg)
+    fixes = [F.restart_with_lr(cfg, RESTART_LR_CUT, clip.changes if clip else None,
+                               " and gradient clipping" if clip else "")]
     if cause == "init" and cfg.init.scheme not in ("auto", "xavier_normal", "xavier_uniform",
                                                     "kaiming_normal", "kaiming_uniform"):
-        fixes.append(Fix("restart with Kaiming/Xavier init (auto)", {"init.scheme": "auto"},
+        fixes.append(Fix(f"restart with Kaiming/Xavier init (auto, not {cfg.init.scheme})",
+                         {"init.scheme": "auto"}, restart=True))
+    if policy == "skip":
+        # Under skip the weights are still good, so the switch helps this run.
+        fixes.append(Fix("from now on roll back to the last good state with a lower lr on "
+                         "a non-finite loss (run.on_nonfinite skip -> rollback)",
+                         {"run.on_nonfinite": "rollback"}))
+    elif policy != "rollback":
+        # After stop the run is over, and after continue its weights are already
+        # non-finite: the switch needs a fresh run.
+        fixes.append(Fix(f"restart from fresh weights with run.on_nonfinite {policy} -> "
+                         "rollback (a later non-finite loss rolls back to the last good "
+                         "state with a lower lr)", {"run.on_nonfinite": "rollback"},
                          restart=True))
-    if policy != "rollback":
-        # Under skip the weights are still good, so the switch helps this run; after stop
-        # the run is over, and after continue its weights are already non-finite.
-        fixes.append(Fix("roll back to the last good state with a lower lr on a non-finite "
-                         "loss", {"run.on_nonfinite": "rollback"}, restart=policy != "skip"))
     before = _finite_before(h, event.step)
-    steps = list(h.steps)
+    steps = _steps_and_losses(h)[0]
     at = bisect.bisect_left(steps, event.step)
     # The lr that step ran with (the schedule's), else the config's.
     step_lr = h.lrs[at] if at < len(steps) and steps[at] == event.step else lr

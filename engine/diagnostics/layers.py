@@ -17,25 +17,26 @@ Each detector reads the recent ``LayerStatsSnapshot`` history (KNOWLEDGE.md sect
   fire from the first snapshot: it shows the network as initialized, before any update.
 - Evidence: per-layer tuples follow the alert's ``layers``, in the same order; scalar
   entries name the reference the layers are compared against.
-- Fixes are tailored to the run: nothing the run already does is proposed, and model.*
-  changes are not offered for ``model.arch = custom`` (they do not change a user's model).
-  A fix is applied live when all its keys are hot, else with a restart (``Spec.hot``).
+- Fixes come from ``diagnostics.fixes`` (one set for every detector): tailored to the
+  run, live when all their keys are hot, else with a restart.
 
-Cost: pure Python over plain numbers, in the training thread. Measured: ~1 ms per
-snapshot for a 30-layer net with snapshots at every step (the update-ratio span then
-holds 50 of them); snapshots come at most 4 a second, so under 0.5% of a core.
+Cost: pure Python over plain numbers, in the training thread. Measured: ~2.3 ms per
+snapshot for a 31-row net with snapshots at every step (the update-ratio span then holds
+50 of them; its per-row medians, computed once per snapshot for both ratio detectors,
+are 1.6 ms of it); snapshots come at most 4 a second, so under 1% of a core.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.config import Config, field_info
+from engine.config import Config
 from engine.diagnostics import SNAPSHOT, Context, History, detector
-from engine.protocol import AlertRaised, Fix, LayerStats, LayerStatsSnapshot
+from engine.diagnostics import fixes as F
+from engine.protocol import AlertRaised, LayerStats, LayerStatsSnapshot
 
 # --- thresholds -------------------------------------------------------------------
 
@@ -68,6 +69,15 @@ gradients grow out of vanishing, ~200x in a few steps after N(0, 0.01^2) init, n
 spike). Measured here: healthy MLPs jump at most ~3x between snapshots, a 10-layer
 BatchNorm net ~11x (its gradients scale with 1/||W||); Adam at lr 0.3 jumped 57x on its
 way to diverging."""
+SPIKE_MIN_BATCH = 16
+"""Spikes are only judged on batches of at least 16 samples (0, the full batch, too).
+A small batch's gradient is a few samples' own: once most samples are fitted their
+gradients are ~0, so the recent median is tiny and the next misfit sample jumps any
+number of times above it with nothing wrong (KNOWLEDGE.md section 7: batch 1 is noisy;
+measured: 21x on the healthy batch-1 lab run at step 2440). In a batch of 16 or more a
+single hard sample is at most a sixteenth of the mean, as for DEAD_UNITS_MIN_BATCH. The
+lasting rules (gradients above the healthy range, growing with depth) still judge small
+batches."""
 SPIKE_BASELINE = 8
 """Snapshots before the spike whose median is the "recent" gradient norm."""
 SPIKE_MIN_BASELINE = 4
@@ -123,9 +133,6 @@ divergence (KNOWLEDGE.md section 8: start small and raise)."""
 SLOW_LAYERS_RATIO = 100.0
 """Lower layers learn "much slower" when their update/weight ratio is two orders of
 magnitude below the last hidden layer's (KNOWLEDGE.md section 3)."""
-CLIP_NORM_FIX = 1.0
-"""The clipping norm offered for exploding gradients: the common default (it bounds
-every step while leaving healthy gradients of norm ~1 nearly untouched)."""
 ADAM_LR = 1e-3
 """Adam's usual learning rate (KNOWLEDGE.md section 8), proposed with a switch to Adam."""
 RATIO_EXEMPT_OPTIMIZERS = ("rprop", "lbfgs")
@@ -136,21 +143,6 @@ first steps measured 0.2-0.7 on a run that reached its minimum within 10 steps).
 SGD_FAMILY = ("sgd", "momentum", "nesterov")
 """Optimizers whose steps scale with the raw gradient, so small gradients mean small
 steps; Adam-like optimizers divide by the gradient's own scale per parameter."""
-
-TANH_LIKE_ACTIVATIONS = ("tanh", "sigmoid", "scaled_sigmoid", "identity")
-"""model.activation values that Xavier suits (engine.init.TANH_LIKE, repeated here so
-the diagnostics stay free of torch; a test keeps the two equal)."""
-TANH_LIKE_KINDS = ("Tanh", "Sigmoid", "ScaledSigmoid", "Hardtanh", "Identity")
-"""Activation module names (``LayerStats.activation``) that Xavier suits."""
-RELU_FAMILY_KINDS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "CELU", "SELU", "GELU",
-                     "SiLU", "Mish", "Hardswish", "Softplus")
-"""Activation module names that Kaiming suits (KNOWLEDGE.md section 1)."""
-SATURATING_ACTIVATIONS = ("tanh", "sigmoid", "scaled_sigmoid")
-"""model.activation values whose flat tails stop gradients; a ReLU-family activation is
-the remedy (KNOWLEDGE.md section 3)."""
-SUITED_FAMILIES = {"xavier_normal": ("xavier", "orthogonal"), "kaiming_normal": ("kaiming",)}
-"""Init schemes that count as already suited, by the scheme a fix would propose
-(orthogonal with gain 1 keeps variance like Xavier)."""
 
 
 # --- reading snapshots -------------------------------------------------------------
@@ -266,113 +258,6 @@ def _hidden_activation_rows(snapshot: LayerStatsSnapshot, skip: Rows = frozenset
     return [i for i, row in enumerate(snapshot.layers[:-1]) if row.activation and i not in skip]
 
 
-# --- fixes -------------------------------------------------------------------------
-
-
-def _fix(label: str, changes: Mapping[str, Any]) -> Fix:
-    """A fix, live when every key is hot (the schema says), else with a restart."""
-    restart = not all(field_info(key).spec.hot for key in changes)
-    return Fix(label, dict(changes), restart=restart)
-
-
-def _round_lr(lr: float) -> float:
-    """An lr to two significant figures: what a person would type."""
-    return float(f"{lr:.2g}")
-
-
-def _lr_fix(config: Config, factor: float, label: str) -> Fix:
-    return _fix(label, {"optim.lr": _round_lr(config.optim.lr * factor)})
-
-
-def _halve_lr(config: Config, why: str = "") -> Fix:
-    return _lr_fix(config, 0.5, "halve the learning rate now" + why)
-
-
-def _builtin(config: Config) -> bool:
-    """model.* changes rebuild the network: only for the built-in architectures."""
-    return config.model.arch != "custom"
-
-
-def _suited_scheme(config: Config, snapshot: LayerStatsSnapshot) -> str | None:
-    """The init that suits the run's activation: Xavier for tanh-like, Kaiming for the
-    ReLU family (KNOWLEDGE.md section 1). A custom model is judged by the activation
-    modules it was seen to use; None when they are unknown or mixed."""
-    if _builtin(config):
-        tanh_like = config.model.activation in TANH_LIKE_ACTIVATIONS
-        return "xavier_normal" if tanh_like else "kaiming_normal"
-    kinds = {snapshot.layers[i].activation for i in _hidden_activation_rows(snapshot)}
-    if kinds and kinds <= set(TANH_LIKE_KINDS):
-        return "xavier_normal"
-    if kinds and kinds <= set(RELU_FAMILY_KINDS):
-        return "kaiming_normal"
-    return None
-
-
-def _init_fix(config: Config, snapshot: LayerStatsSnapshot) -> Fix | None:
-    """Switch to the suited init and restart, unless the run already uses it (``auto``
-    picks it for the built-in nets; a custom model keeps PyTorch's own under ``auto``)."""
-    scheme = _suited_scheme(config, snapshot)
-    if scheme is None:
-        return None
-    current = config.init.scheme
-    if current == "auto" and _builtin(config):
-        return None
-    if current.startswith(SUITED_FAMILIES[scheme]):
-        return None
-    name = "Xavier" if scheme.startswith("xavier") else "Kaiming"
-    return _fix(f"switch the init to {name} and restart", {"init.scheme": scheme})
-
-
-def _activation_fix(config: Config, activation: str, label: str) -> Fix | None:
-    """Switch a built-in net's activation (with the init suited to it) and restart."""
-    if not _builtin(config) or config.model.activation == activation:
-        return None
-    changes: dict[str, Any] = {"model.activation": activation}
-    scheme = config.init.scheme
-    suited = "xavier_normal" if activation in TANH_LIKE_ACTIVATIONS else "kaiming_normal"
-    if scheme.startswith(("xavier", "kaiming", "orthogonal")) and not scheme.startswith(
-            SUITED_FAMILIES[suited]):
-        changes["init.scheme"] = suited  # e.g. Xavier chosen for tanh does not suit ReLU
-    return _fix(label, changes)
-
-
-def _norm_fix(config: Config) -> Fix | None:
-    if not _builtin(config) or config.model.norm != "none":
-        return None
-    return _fix("add BatchNorm to every block and restart", {"model.norm": "batch"})
-
-
-def _residual_fix(config: Config) -> Fix | None:
-    if not _builtin(config) or config.model.residual or config.model.depth < 2:
-        return None
-    return _fix("add residual connections and restart", {"model.residual": True})
-
-
-def _clip_fix(config: Config) -> Fix | None:
-    if config.reg.clip_norm:
-        return None  # already clipping: the statistics show the gradients before it
-    return _fix(f"clip the gradient norm at {CLIP_NORM_FIX:g} now",
-                {"reg.clip_norm": CLIP_NORM_FIX})
-
-
-def _depth_fixes(config: Config, snapshot: LayerStatsSnapshot) -> list[Fix | None]:
-    """The remedies for signals that shrink or grow through depth (KNOWLEDGE.md
-    section 3): a suited init; else, for a saturating activation, a ReLU-family one
-    (with a badly scaled init ReLU would not help); normalization; residuals."""
-    init = _init_fix(config, snapshot)
-    relu = (_activation_fix(config, "relu", "switch the activation to ReLU and restart")
-            if init is None and config.model.activation in SATURATING_ACTIVATIONS else None)
-    return [init, relu, _norm_fix(config), _residual_fix(config)]
-
-
-def _fixes(*fixes: Fix | list[Fix | None] | None) -> tuple[Fix, ...]:
-    """The fixes that apply, in order (None: not for this run)."""
-    flat: list[Fix | None] = []
-    for fix in fixes:
-        flat.extend(fix if isinstance(fix, list) else [fix])
-    return tuple(fix for fix in flat if fix is not None)
-
-
 def _listing(names: Sequence[str]) -> str:
     """Layer names for a sentence: 'a', 'a and b', 'N layers (a to d)' (forward order)."""
     if len(names) == 1:
@@ -387,6 +272,35 @@ def _listing(names: Sequence[str]) -> str:
 
 def _below_range(row: LayerStats) -> bool:
     return row.grad_max < GRAD_HEALTHY_LOW
+
+
+def vanishing_signs(history: History, config: Config) -> dict[str, Any]:
+    """What the latest snapshot shows of vanishing gradients, as evidence (empty when
+    nothing): the first layer's gradient norm DEPTH_RATIO below the last hidden
+    layer's, or hidden layers whose every gradient value is below the healthy range.
+    For other detectors (a plateau) that must not blame the lr for what depth causes:
+    a larger lr does not bring such gradients back (KNOWLEDGE.md section 3)."""
+    if not history.snapshots:
+        return {}
+    snapshot = history.snapshots[-1]
+    skip = frozenset(_symmetric_rows(history, config))
+    signs: dict[str, Any] = {}
+    reference = _last_hidden_grad_norm(snapshot, skip)
+    first = snapshot.layers[0]
+    if (reference is not None and 0 not in skip and _gradient_ok(first)
+            and first.grad_norm < reference / DEPTH_RATIO):
+        signs["first_to_last_hidden"] = first.grad_norm / reference
+    below = tuple(row.name for i, row in enumerate(snapshot.layers[:-1])
+                  if i not in skip and _gradient_ok(row) and _below_range(row))
+    if below:
+        signs["below_healthy_range"] = below
+    return signs
+
+
+def symmetric_layers(history: History, config: Config) -> tuple[str, ...]:
+    """The names of the hidden layers whose weights were all equal at init."""
+    first = history.first_snapshot
+    return () if first is None else _names(first, _symmetric_rows(history, config))
 
 
 def _vanishing_rows(snapshot: LayerStatsSnapshot, skip: Rows, *, judge_range: bool
@@ -441,7 +355,7 @@ def vanishing_gradients(history: History, ctx: Context) -> AlertRaised | None:
     return AlertRaised(
         step=snapshot.step, kind="vanishing_gradients",
         severity="critical" if below else "warning", layers=names, evidence=evidence,
-        message=message, fixes=_fixes(_depth_fixes(ctx.config, snapshot)))
+        message=message, fixes=F.depth_fixes(ctx.config, snapshot))
 
 
 def _exploding_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
@@ -460,12 +374,16 @@ def _exploding_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
     return found
 
 
-def _spike(history: History) -> tuple[LayerStatsSnapshot, float, float, list[int]] | None:
+def _spike(history: History, config: Config
+           ) -> tuple[LayerStatsSnapshot, float, float, list[int]] | None:
     """(the spike's snapshot, its global norm, the recent median, the rows that jumped)
     when the snapshot before the latest has a global gradient norm SPIKE_FACTOR times the
     median of the SPIKE_BASELINE before it, above the norm at init (a jump from a fitted
     network's tiny gradients back to a normal size is not an explosion), and the latest
-    is back under that bar (a spike is one bad batch, not a new level)."""
+    is back under that bar (a spike is one bad batch, not a new level). Not judged on
+    batches under SPIKE_MIN_BATCH samples."""
+    if 0 < config.data.batch_size < SPIKE_MIN_BATCH:
+        return None
     recent = list(history.snapshots)[-SPIKE_BASELINE - 2:]
     measured = [(s, n) for s in recent if (n := _global_grad_norm(s)) is not None]
     if len(measured) < SPIKE_MIN_BASELINE + 2:
@@ -496,7 +414,7 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
     """Gradients growing by orders of magnitude towards the input or above the healthy
     range (PERSIST_SNAPSHOTS in a row), or a sudden spike of the global gradient norm."""
     config = ctx.config
-    spike = _spike(history)
+    spike = _spike(history, config)
     if spike is not None:
         snapshot, norm, median, found = spike
         names = _names(snapshot, found)
@@ -510,7 +428,7 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
             evidence={"grad_norm": _figures(snapshot, found, lambda r: r.grad_norm),
                       "global_grad_norm": norm, "recent_median": median,
                       "jump": norm / median},
-            message=message, fixes=_fixes(_clip_fix(config), _halve_lr(config)))
+            message=message, fixes=F.combine(F.clip(config), F.halve_lr(config)))
     snapshot = history.snapshots[-1]
     skip = frozenset(_symmetric_rows(history, config))
     found = _persistent(history, lambda s: _exploding_rows(s, skip))
@@ -544,8 +462,8 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
         step=snapshot.step, kind="exploding_gradients",
         severity="critical" if above else "warning", layers=names, evidence=evidence,
         message=message,
-        fixes=_fixes(_clip_fix(config), _halve_lr(config), _init_fix(config, snapshot),
-                     _norm_fix(config)))
+        fixes=F.combine(F.clip(config), F.halve_lr(config), F.init(config, snapshot),
+                        F.batch_norm(config)))
 
 
 # --- activations ---------------------------------------------------------------------
@@ -589,7 +507,7 @@ def activation_collapse(history: History, ctx: Context) -> AlertRaised | None:
     return AlertRaised(
         step=snapshot.step, kind="activation_collapse", severity="warning", layers=names,
         evidence={"act_std": stds, "first_act_std": first_std}, message=message,
-        fixes=_fixes(_init_fix(ctx.config, snapshot), _norm_fix(ctx.config)))
+        fixes=F.combine(F.init(ctx.config, snapshot), F.batch_norm(ctx.config)))
 
 
 def _saturated_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
@@ -616,12 +534,12 @@ def saturation(history: History, ctx: Context) -> AlertRaised | None:
                "almost 0, so almost no gradient passes and these units stop learning. "
                + ("The weights are too large from the start." if at_init else
                   "It appeared during training: the steps pushed the inputs too far."))
-    relu = _activation_fix(config, "relu", "switch the activation to ReLU and restart")
+    relu = F.activation(config, "relu", "switch the activation to ReLU")
     return AlertRaised(
         step=snapshot.step, kind="saturation", severity="warning", layers=names,
         evidence={"saturated_frac": shares}, message=message,
-        fixes=_fixes(_init_fix(config, snapshot), None if at_init else _halve_lr(config),
-                     _norm_fix(config), relu))
+        fixes=F.combine(F.init(config, snapshot), None if at_init else F.halve_lr(config),
+                        F.batch_norm(config), relu))
 
 
 def _dead_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
@@ -667,16 +585,15 @@ def dead_units(history: History, ctx: Context) -> AlertRaised | None:
                + cause
                + (f" {_listing(whole)} {'passes' if len(whole) == 1 else 'pass'} no "
                   "gradient at all to the layers below." if whole else ""))
-    bias = (_fix("reset the biases to 0 and restart", {"init.bias": 0.0})
+    bias = (F.fix(f"reset the biases ({config.init.bias:g}) to 0", {"init.bias": 0.0})
             if at_init and config.init.bias < 0 else None)
-    leaky = (_activation_fix(config, "leaky_relu", "switch to LeakyReLU and restart")
-             if config.model.activation == "relu" else None)
-    init = _init_fix(config, snapshot) if at_init and bias is None else None
-    slower = None if at_init else _halve_lr(config, " (stops more units dying)")
+    leaky = F.leaky_relu(config)
+    init = F.init(config, snapshot) if at_init and bias is None else None
+    slower = None if at_init else F.halve_lr(config, " (stops more units dying)")
     return AlertRaised(
         step=snapshot.step, kind="dead_units", severity="critical" if whole else "warning",
         layers=names, evidence=evidence, message=message,
-        fixes=_fixes(bias, init, leaky, slower))
+        fixes=F.combine(bias, init, leaky, slower))
 
 
 # --- symmetry ------------------------------------------------------------------------
@@ -705,7 +622,7 @@ def symmetry(history: History, ctx: Context) -> AlertRaised | None:
         evidence={"weight_std": _figures(first, found, lambda r: r.weight_std),
                   "weight_norm": _figures(first, found, lambda r: r.weight_norm),
                   "grad_norm": grads},
-        message=message, fixes=_fixes(_init_fix(ctx.config, first)))
+        message=message, fixes=F.combine(F.init(ctx.config, first)))
 
 
 # --- update sizes --------------------------------------------------------------------
@@ -716,7 +633,16 @@ def _ratio_medians(history: History, skip: Rows
     """Per row, the median update/weight ratio over the snapshots of the last
     UPDATE_RATIO_SPAN steps, once the run has gone that far since its start or its last
     live change (an lr change makes older ratios moot). Rows with a missing figure or a
-    zero gradient in the span are left out."""
+    zero gradient in the span are left out. Memoized per event: update_ratio and
+    slow_lower_layers both read it (the costliest figure here: medians of every row)."""
+    key = ("ratio_medians", skip)
+    if key not in history.memo:
+        history.memo[key] = _measure_ratio_medians(history, skip)
+    return history.memo[key]
+
+
+def _measure_ratio_medians(history: History, skip: Rows
+                           ) -> tuple[LayerStatsSnapshot, dict[int, float]] | None:
     if not history.snapshots:
         return None
     latest = history.snapshots[-1]
@@ -769,7 +695,7 @@ def update_ratio(history: History, ctx: Context) -> AlertRaised | None:
                    f"{worst:.2g} of their size (healthy is about {UPDATE_RATIO_TARGET:g}). "
                    "The weights jump around instead of settling: the learning rate is too "
                    "high.")
-        label = f"lower the learning rate to {_round_lr(config.optim.lr * factor):g} now"
+        verb = "lower"
     elif (medians and not vanishing and max(medians.values()) < UPDATE_RATIO_LOW
           and _loss_still_high(history) and _lr_runs_at_base(history, config)):
         found, fastest = sorted(medians), max(medians.values())
@@ -779,7 +705,7 @@ def update_ratio(history: History, ctx: Context) -> AlertRaised | None:
                    f"changed by more than {fastest:.2g} of its size per step (healthy is "
                    f"about {UPDATE_RATIO_TARGET:g}) while the loss has not yet halved. "
                    "Training crawls: the learning rate is too low.")
-        label = f"raise the learning rate to {_round_lr(config.optim.lr * factor):g} now"
+        verb = "raise"
     else:
         return None
     return AlertRaised(
@@ -787,7 +713,7 @@ def update_ratio(history: History, ctx: Context) -> AlertRaised | None:
         layers=_names(snapshot, found),
         evidence={"update_ratio": tuple(medians[i] for i in found),
                   "target": UPDATE_RATIO_TARGET},
-        message=message, fixes=(_lr_fix(config, factor, label),))
+        message=message, fixes=F.combine(F.scale_lr(config, factor, verb)))
 
 
 @detector("slow_lower_layers", SNAPSHOT)
@@ -815,11 +741,11 @@ def slow_lower_layers(history: History, ctx: Context) -> AlertRaised | None:
                f"{medians[0]:.2g} of its size, {snapshot.layers[-2].name} by {reference:.2g}. "
                "The features the upper layers build on barely improve: the gradient fades "
                "on its way down.")
-    adam = (_fix("switch to Adam now (per-parameter step sizes)",
-                 {"optim.name": "adam", "optim.lr": ADAM_LR})
+    adam = (F.fix(f"switch to Adam at lr {ADAM_LR:g}",
+                  {"optim.name": "adam", "optim.lr": ADAM_LR}, " (per-parameter step sizes)")
             if config.optim.name in SGD_FAMILY else None)
     return AlertRaised(
         step=snapshot.step, kind="slow_lower_layers", severity="warning", layers=names,
         evidence={"update_ratio": tuple(medians[i] for i in found),
                   "last_hidden_update_ratio": reference},
-        message=message, fixes=_fixes(adam, _depth_fixes(config, snapshot)))
+        message=message, fixes=F.combine(adam, F.depth_fixes(config, snapshot)))
