@@ -3,9 +3,10 @@
 Parsing and config handling import no torch; the loop (and torch with it) is
 imported only when a run starts, so ``trainlab config`` and ``--help`` answer fast.
 
-Exit codes: 0 the run completed (or stopped early by rule or on request); 1 user code
-or the engine failed; 2 bad input (config, file, flag); 3 the loss became non-finite;
-130 interrupted with Ctrl-C.
+Exit codes (the ``EXIT_*`` constants): 0 the run completed (or stopped early by rule or
+on request); 1 user code or the engine failed (also while ``doctor``, ``lr-find`` or
+``probe`` built the run); 2 bad input (config, file, flag); 3 the loss became
+non-finite; 4 ``doctor`` found a check that failed; 130 interrupted with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,7 +28,20 @@ from engine import config as config_mod
 from engine import protocol
 from engine.config import Config, ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK = 0
+"""The run completed, or stopped early by rule or on request; the report was printed."""
+EXIT_FAILED = 1
+"""User code or the engine failed: the traceback (of the user's code when it raised) is
+on stderr. The same for every command that builds a run."""
+EXIT_BAD_INPUT = 2
+"""Bad input: a config value, a file or a flag; the message on stderr names it."""
+EXIT_NON_FINITE = 3
+"""The training loss became non-finite (NaN/inf) and the run stopped."""
+EXIT_CHECK_FAILED = 4
+"""``trainlab doctor``: the report was printed and a check failed. Its own code, so a
+script (or the app) tells a verdict from a crash building the run (EXIT_FAILED)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted with Ctrl-C (128 + SIGINT, the shell's convention)."""
 PROGRESS_INTERVAL_S = 1.0
 """Human progress lines: at most one training line a second (evaluations always print)."""
 DETAIL_WIDTH = 100
@@ -74,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", help="pre-flight checklist: find what would stop the run from training",
         description="Build the run and check it before training: loss at init, gradients, "
         "input scaling, labels, output activation, overfitting one batch, batch size and "
-        "the learning rate. Exit code 1 when a check fails. Writes nothing.")
+        "the learning rate. Writes nothing. Exit codes: 0 no check failed, "
+        f"{EXIT_CHECK_FAILED} a check failed (the report is printed either way), "
+        f"{EXIT_FAILED} the run could not be built (user code raised: its traceback on "
+        f"stderr), {EXIT_BAD_INPUT} bad input.")
     add_config_args(doctor)
     doctor.add_argument("--json", action="store_true",
                         help="print one JSON object: checks and the passed/warned/failed counts")
@@ -83,10 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-find", help="learning-rate range test: draw loss against lr, suggest an lr",
         description="Train a copy of the initialized model while raising the lr "
         "exponentially, draw the smoothed loss against the lr and suggest the lr where it "
-        "falls fastest. Writes nothing.")
+        "falls fastest. Writes nothing. Exit codes: 0 the curve was drawn (with or without "
+        f"a suggestion), {EXIT_FAILED} the run could not be built (user code raised: its "
+        f"traceback on stderr), {EXIT_BAD_INPUT} bad input.")
     add_config_args(lr_find)
     lr_find.add_argument("--json", action="store_true",
-                         help="print one JSON object: lrs, losses, suggested_lr, reason")
+                         help="print the result as one JSON LrFound event (the --json "
+                         "stream's): event, step, lrs, losses, suggested_lr, reason")
     lr_find.add_argument("--start", type=float, default=protocol.FindLr.start,
                          help="first learning rate (default %(default)g)")
     lr_find.add_argument("--end", type=float, default=protocol.FindLr.end,
@@ -119,6 +139,16 @@ def load_config(path: str | None, overrides: list[str], preset: str | None = Non
 def config_from_args(args: argparse.Namespace) -> Config:
     """The effective config of a subcommand's CONFIG, --preset and --set arguments."""
     return load_config(args.config, args.overrides, args.preset)
+
+
+def config_or_report(args: argparse.Namespace, err: TextIO) -> Config | None:
+    """The effective config, or None after printing why it was refused to ``err`` (the
+    caller exits with EXIT_BAD_INPUT)."""
+    try:
+        return config_from_args(args)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return None
 
 
 # --- human-readable progress ------------------------------------------------------
@@ -198,9 +228,8 @@ class ProgressPrinter:
         where = f" [{', '.join(e.layers)}]" if e.layers else ""
         self.say(f"alert {e.severity} at step {e.step}: {e.kind}{where}: {e.message}", self.err)
         for fix in e.fixes:
-            changes = " ".join(f"--set {k}={v!r}" for k, v in fix.changes.items())
-            how = "restart with" if fix.restart else "live:"
-            self.say(f"    fix: {fix.label} ({how} {changes})", self.err)
+            # Headless, nothing applies live: every fix is a restart with its --set flags.
+            self.say(f"    fix: {fix.label} (restart with {set_flags(fix.changes)})", self.err)
 
     def on_LrFound(self, e: protocol.LrFound) -> None:
         lr = format_number(e.suggested_lr, ".2e")
@@ -221,6 +250,13 @@ class ProgressPrinter:
         self.say(f"{e.reason}: step {f.step}, epoch {f.epoch}, "
                  f"train_loss {format_number(f.train_loss)}, "
                  f"val_loss {format_number(f.val_loss)}{acc}{best}; {f.elapsed_s:.1f} s")
+
+
+def set_flags(changes: dict[str, Any]) -> str:
+    """``--set key=value`` for each change, as a shell reads it back (``--set``'s syntax,
+    ``config.format_setting``; quoted where the shell needs it)."""
+    return " ".join(f"--set {shlex.quote(f'{key}={config_mod.format_setting(value)}')}"
+                    for key, value in changes.items())
 
 
 def json_printer(out: TextIO) -> Callable[[Any], None]:
@@ -346,10 +382,8 @@ def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.defaults and (args.config or args.overrides or args.preset):
         print("trainlab config: --defaults takes no CONFIG, --preset or --set", file=err)
         return EXIT_BAD_INPUT
-    try:
-        config = Config() if args.defaults else config_from_args(args)
-    except ConfigError as exc:
-        print(f"trainlab: error: {exc}", file=err)
+    config = Config() if args.defaults else config_or_report(args, err)
+    if config is None:
         return EXIT_BAD_INPUT
     out.write(config_mod.to_toml(config))
     return EXIT_OK
@@ -377,22 +411,15 @@ def format_layer_table(snapshot: protocol.LayerStatsSnapshot) -> str:
 
 def cmd_probe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab probe``: one measured forward/backward of the initialized model."""
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"trainlab: error: {exc}", file=err)
+    config = config_or_report(args, err)
+    if config is None:
         return EXIT_BAD_INPUT
-    from engine.loop import describe_failure
     from engine.probe import probe
 
     try:
         result = probe(config)
     except Exception as exc:  # bad input or user code: the same report as a run's
-        failure = describe_failure(exc, 0)
-        if failure.traceback:
-            print(failure.traceback.rstrip(), file=err)
-        print(f"trainlab: error: {failure.message}", file=err)
-        return EXIT_BAD_INPUT if failure.kind == "config" else EXIT_FAILED
+        return _report_build_failure(exc, err)
     snapshot = result.snapshot
     if args.json:
         body = protocol.encode(snapshot)
@@ -421,11 +448,10 @@ def _report_build_failure(exc: Exception, err: TextIO) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``trainlab doctor``: the pre-flight checklist; exit 1 when a check fails."""
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"trainlab: error: {exc}", file=err)
+    """``trainlab doctor``: the pre-flight checklist; EXIT_CHECK_FAILED when a check
+    fails, EXIT_FAILED when the run cannot be built (user code raised)."""
+    config = config_or_report(args, err)
+    if config is None:
         return EXIT_BAD_INPUT
     from engine.doctor import run_doctor
 
@@ -441,9 +467,8 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(textwrap.fill(check.detail, DETAIL_WIDTH, initial_indent=DETAIL_INDENT,
                                 subsequent_indent=DETAIL_INDENT, break_on_hyphens=False),
                   file=out)
-        print(f"\ndoctor: {report.count('pass')} passed, {report.count('warn')} warned, "
-              f"{report.count('fail')} failed", file=out)
-    return EXIT_FAILED if report.failed else EXIT_OK
+        print(f"\ndoctor: {report.summary()}", file=out)
+    return EXIT_CHECK_FAILED if report.failed else EXIT_OK
 
 
 def _run_command(args: argparse.Namespace, override: str) -> str:
@@ -460,10 +485,8 @@ def _run_command(args: argparse.Namespace, override: str) -> str:
 
 def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab lr-find``: the LR range test from the initialized weights, drawn."""
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"trainlab: error: {exc}", file=err)
+    config = config_or_report(args, err)
+    if config is None:
         return EXIT_BAD_INPUT
     from engine.loop import Trainer
     from engine.lr_chart import draw_lr_curve
@@ -478,10 +501,8 @@ def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         found = find_lr(Trainer(config), args.start, args.end, args.steps)
     except Exception as exc:  # bad input or user code: the same report as a run's
         return _report_build_failure(exc, err)
-    if args.json:
-        payload = {"lrs": found.lrs, "losses": found.losses,
-                   "suggested_lr": found.suggested_lr, "reason": found.reason}
-        print(json.dumps(protocol.encode(payload), allow_nan=False), file=out)
+    if args.json:  # the event a live FindLr is answered with: one parser for both
+        print(protocol.to_json(found), file=out)
         return EXIT_OK
     print(draw_lr_curve(found), file=out)
     if found.suggested_lr is None:

@@ -796,6 +796,28 @@ def parse_value(key: str, text: str) -> Any:
     return check_value(key, items)
 
 
+def format_setting(value: Any) -> str:
+    """``value`` written the way ``--set key=TEXT`` (``parse_value``) reads it back.
+
+    Booleans as true/false, numbers as their shortest exact form (``repr``: 0.001,
+    1e-05), strings unquoted, lists of names comma-separated (``noise,flip``; an empty
+    list is the empty text). The text is not shell-quoted: a command line quotes it.
+
+    Raises:
+        TypeError: ``value`` is of a type no config field has.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise TypeError(f"format_setting: {value!r} is a {type(value).__name__}; allowed: "
+                    "bool, int, float, str or a list of str (the config's field types)")
+
+
 def apply_overrides(config: Config, assignments: list[str]) -> Config:
     """Apply ``section.field=value`` strings (from ``--set``) to ``config``."""
     changes: dict[str, Any] = {}

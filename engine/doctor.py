@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from engine.config import Config
+from engine.doctor_report import FAIL, PASS, WARN, CheckResult, DoctorReport
 from engine.loop import Trainer
 from engine.lr_find import find_lr
 from engine.models import DROPOUT_TYPES, set_dropout, trace_forward
 from engine.optim import OPTIMIZERS
 from engine.sandbox import SEED_OFFSET, Sandbox, isolated_rng
-
-PASS, WARN, FAIL = "pass", "warn", "fail"
-STATUSES = (PASS, WARN, FAIL)
-"""A check's verdict, from best to worst."""
 
 PROBE_SAMPLES = 1024
 """Samples for the loss at init and the gradient check: the mean loss is then within a few
@@ -93,43 +88,6 @@ LR_BELOW_FACTOR = 30.0
 point moves by about a decade between seeds and set-ups (the default digits MLP gives
 0.007-0.018 for Adam, whose usual 1e-3 trains well); below that band steps are wasted.
 Above, the limit is the lr where the test's loss bottoms out: past it the loss rises."""
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One finding of the doctor."""
-
-    name: str
-    status: str
-    """pass, warn or fail."""
-    detail: str
-    """The numbers and what they mean, in plain words; what to do when not a pass."""
-
-
-@dataclass(frozen=True)
-class DoctorReport:
-    """Every check's result, in checklist order."""
-
-    checks: tuple[CheckResult, ...]
-
-    def count(self, status: str) -> int:
-        """How many checks ended with ``status``."""
-        return sum(1 for check in self.checks if check.status == status)
-
-    @property
-    def failed(self) -> bool:
-        """Did any check fail?"""
-        return self.count(FAIL) > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` object: checks, and how many passed, warned and failed."""
-        return {
-            "checks": [{"name": c.name, "status": c.status, "detail": c.detail}
-                       for c in self.checks],
-            "passed": self.count(PASS),
-            "warned": self.count(WARN),
-            "failed": self.count(FAIL),
-        }
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -515,7 +473,9 @@ def check_overfit_batch(trainer: Trainer) -> tuple[str, str]:
     and it keeps the training loss of a batch noisy.
     """
     sandbox = Sandbox(trainer)
-    dropouts = set_dropout(sandbox.model, 0.0)
+    # Said only when it changes something: a built-in model has dropout modules at p = 0.
+    dropout_on = any(isinstance(m, DROPOUT_TYPES) and m.p > 0 for m in sandbox.model.modules())
+    set_dropout(sandbox.model, 0.0)
     size = min(trainer.batch_size, OVERFIT_BATCH)
     x, target = next(sandbox.batches(size, augment=False))
     lr = trainer.config.optim.lr
@@ -526,7 +486,7 @@ def check_overfit_batch(trainer: Trainer) -> tuple[str, str]:
         loss = sandbox.step(x, target, lr)
         steps += 1
     setup = (f"{trainer.config.optim.name} at lr {lr:g} on one batch of {size}"
-             + (" (dropout off)" if dropouts else ""))
+             + (" (dropout off)" if dropout_on else ""))
     if not math.isfinite(first):
         return FAIL, f"{setup}: the loss is not finite from the start: see init_loss"
     if not math.isfinite(loss):

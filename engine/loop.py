@@ -44,6 +44,7 @@ from engine.optim import (
     set_lr,
     update_hyperparameters,
 )
+from engine.optimizer_step import NonFiniteLoss, make_closure, take_step
 from engine.protocol import (
     CheckpointSaved,
     CommandRejected,
@@ -151,10 +152,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class _NonFiniteLoss(Exception):
-    """Raised by the step's closure before any update when its loss is NaN or inf."""
-
-
 @dataclass(frozen=True)
 class GoodState:
     """Copies of the weights and optimizer state that gave a finite loss (for rollback)."""
@@ -222,6 +219,9 @@ class Trainer:
         self.pending_lrs: list[float] = []
         self.interval_loss_sum = 0.0
         self.interval_loss_count = 0
+        self.withheld_steps: set[int] = set()
+        """Steps (counted from 1) whose update skip or rollback withheld, not yet flushed:
+        left out of the interval's mean train loss. Touched only on such steps."""
         self.first_nonfinite_step: int | None = None
         self.update_skipped = False
         """The last step's update was withheld because its loss was not finite."""
@@ -368,53 +368,41 @@ class Trainer:
         return len(idx)
 
     def _optimizer_step(self, x: torch.Tensor, target: torch.Tensor, tracker: Any) -> torch.Tensor:
-        reg = self.config.reg
         data_losses: list[torch.Tensor] = []
-        checked = self.loss_checked_every_step()
         if self.config.run.on_nonfinite != "rollback":
             self.good_state = None  # its memory is only worth holding under rollback
-
-        # Every torch optimizer takes a closure; L-BFGS calls it several times.
-        def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.objective.fn(self.model(x), target)
-            data_losses.append(loss.detach())
-            total = loss
-            if reg.l1:
-                total = total + reg.l1 * torch.stack(torch._foreach_norm(self.weights, 1)).sum()
-            total.backward()
-            if tracker is not None:
-                tracker.after_backward()  # raw gradients, before clipping
-            if reg.clip_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), reg.clip_norm, foreach=True)
-            if reg.clip_value:
-                params = self.model.parameters()
-                torch.nn.utils.clip_grad_value_(params, reg.clip_value, foreach=True)
-            if checked and len(data_losses) == 1:  # the step's first evaluation: no update yet
-                if not math.isfinite(loss.item()):
-                    raise _NonFiniteLoss  # aborts the step (L-BFGS's too) before it moves
-                if self.config.run.on_nonfinite == "rollback" and (
-                    self.step % ROLLBACK_KEEP_EVERY == 0 or self.good_state is None
-                ):
-                    self._keep_good_state()  # these weights just gave a finite loss
-            return total
-
+        closure = make_closure(
+            self.model, self.optimizer, self.objective.fn, self.weights, self.config.reg,
+            x, target, data_losses,
+            after_backward=tracker.after_backward if tracker is not None else None,
+            after_first=self._check_first_loss if self.loss_checked_every_step() else None)
         try:
-            if isinstance(self.optimizer, torch.optim.LBFGS):
-                self.optimizer.step(closure)  # evaluates the closure as often as it needs
-            else:
-                closure()
-                self.optimizer.step()
-        except _NonFiniteLoss:
+            take_step(self.optimizer, closure)
+        except NonFiniteLoss:
             # The weights stay finite and the layer that broke can still be found.
             self.update_skipped = True
             self.withheld_in_a_row += 1
+            if self.config.run.on_nonfinite != "stop":
+                # skip/rollback train on: the mean is of the steps that trained. Under
+                # stop the run ends here, with a non-finite mean (a GPU applies the step).
+                self.withheld_steps.add(self.step + 1)
             if self.first_nonfinite_step is None:
                 self.first_nonfinite_step = self.step + 1
         else:
             self.update_skipped = False
             self.withheld_in_a_row = 0
         return data_losses[0]
+
+    def _check_first_loss(self, loss: torch.Tensor) -> None:
+        """The step's first evaluation, before any update: withhold the update of a
+        non-finite loss (one host sync); under rollback keep these weights as the good
+        state every ROLLBACK_KEEP_EVERY steps."""
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLoss  # aborts the step (L-BFGS's too) before it moves
+        if self.config.run.on_nonfinite == "rollback" and (
+            self.step % ROLLBACK_KEEP_EVERY == 0 or self.good_state is None
+        ):
+            self._keep_good_state()  # these weights just gave a finite loss
 
     def loss_checked_every_step(self) -> bool:
         """Is every step's loss read before its update, so a non-finite one is withheld?
@@ -616,8 +604,13 @@ class Trainer:
             return None
         losses = torch.stack(self.pending_losses).tolist()
         first = self.step - len(losses) + 1
+        withheld, self.withheld_steps = self.withheld_steps, set()
         for i, value in enumerate(losses):
-            # A NaN step makes the interval's mean NaN: skipping it would hide it.
+            if first + i in withheld:
+                # Not applied (skip, rollback) and reported by a Notice: its NaN would
+                # make the interval's mean NaN and hide the steps that trained.
+                continue
+            # An applied NaN step (continue) makes the mean NaN: skipping it would hide it.
             self.interval_loss_sum += value
             self.interval_loss_count += 1
             if not math.isfinite(value) and self.first_nonfinite_step is None:
@@ -772,6 +765,7 @@ def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
         return FinalMetrics.none_yet(time.monotonic() - started)
     # The mean over the steps no evaluation has covered yet (a run stopped by a NaN, or
     # one without a validation set), else the last evaluation's: EvalDone's meaning.
+    # Steps skip or rollback withheld are in neither (their Notice reports them).
     train_loss = trainer.interval_train_loss()
     return FinalMetrics(
         step=trainer.step,

@@ -3,15 +3,25 @@
 The engine imports no UI library (no rich, plotext or textual), so this is a small
 character grid of its own: log(lr) across, the smoothed loss up, the suggestion marked.
 ASCII only, so it prints in any terminal and locale.
+
+No torch either: the app's chart (``tui.plotting.draw_lr_curve``) takes its loss axis
+from :func:`loss_axis_top` here, so the terminal and the app clip the curve alike.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from engine.lr_find import DIVERGENCE_FACTOR
 from engine.protocol import LrFound
 
+LR_CURVE_TOP_FACTOR = 2.0
+"""The loss axis ends at most at this multiple of the loss at the smallest lr.
+
+The range test raises the lr until the loss diverges (KNOWLEDGE.md section 8: too
+large an lr diverges; it stops past ``engine.lr_find.DIVERGENCE_FACTOR`` x the
+minimum, or at a non-finite loss), and that tail would squash the descent the
+suggestion is read from; twice the starting loss still shows the turn upwards."""
 CHART_ROWS = 15
 """Plot height in lines: enough to see the fall and the rise, short enough for a screen."""
 CHART_COLS = 60
@@ -35,6 +45,20 @@ def _x_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
     return [(lo, f"{10 ** lo:.2g}"), (hi, f"{10 ** hi:.2g}")]
 
 
+def loss_axis_top(losses: Sequence[float]) -> float:
+    """Where the loss axis of a range test's curve ends: the highest loss, or
+    ``LR_CURVE_TOP_FACTOR`` times the first one, whichever is lower (the highest when
+    the first is not positive). ``losses``: the finite ones, in lr order.
+
+    Raises:
+        ValueError: ``losses`` is empty.
+    """
+    if not losses:
+        raise ValueError("loss_axis_top: no loss to scale the axis to")
+    highest, first = max(losses), losses[0]
+    return min(highest, LR_CURVE_TOP_FACTOR * first) if first > 0 else highest
+
+
 def draw_lr_curve(found: LrFound, rows: int = CHART_ROWS, cols: int = CHART_COLS) -> str:
     """The curve of ``found`` as ``rows`` lines of ``cols`` columns plus axes and labels."""
     points = [(math.log10(lr), loss) for lr, loss in zip(found.lrs, found.losses, strict=True)
@@ -43,9 +67,7 @@ def draw_lr_curve(found: LrFound, rows: int = CHART_ROWS, cols: int = CHART_COLS
         return "(no finite loss to draw)"
     x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
     y_lo = min(y for _, y in points)
-    # The test stops at the first point past DIVERGENCE_FACTOR x the minimum, which may
-    # be far higher still: scaling to it would flatten the rest of the curve.
-    y_hi = min(max(y for _, y in points), max(points[0][1], DIVERGENCE_FACTOR * y_lo))
+    y_hi = loss_axis_top([y for _, y in points])
     x_span = x_hi - x_lo or 1.0  # one point: any width puts it at the left edge
     y_span = y_hi - y_lo or 1.0
 

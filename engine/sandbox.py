@@ -7,14 +7,15 @@ its own. The run's weights, optimizer state, batch order and augmentation stream
 never read for writing, and :func:`isolated_rng` puts the global torch RNG (dropout
 draws from it) back as it was, so the run goes on exactly as if nothing had happened.
 
-The copy trains with the run's objective, L1 penalty and gradient clipping, as one run
-step does (``Trainer._optimizer_step``). The per-layer statistics hooks are never on
+The copy trains with the run's objective, L1 penalty and gradient clipping through the
+same closure as a run step (``engine.optimizer_step``). The per-layer statistics hooks are never on
 it: they are attached to the run's model only inside a tracked step, and a copy is
 taken at a step boundary, when no hook is attached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import torch
 
 from engine.data import augment_batch
 from engine.optim import build_optimizer, set_lr
+from engine.optimizer_step import NonFiniteLoss, make_closure, take_step
 
 if TYPE_CHECKING:  # the loop imports the modules that import this one
     from engine.loop import Trainer
@@ -95,31 +97,18 @@ class Sandbox:
         loss is its first evaluation (as the run reports it). A non-finite loss is
         returned without applying its update. One host sync (reading the loss).
         """
-        objective, reg = self.trainer.objective, self.trainer.config.reg
         data_losses: list[torch.Tensor] = []
+        first: list[float] = []
 
-        def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = objective.fn(self.model(x), target)
-            data_losses.append(loss.detach())
-            total = loss
-            if reg.l1:
-                total = total + reg.l1 * torch.stack(torch._foreach_norm(self.weights, 1)).sum()
-            total.backward()
-            if reg.clip_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), reg.clip_norm,
-                                               foreach=True)
-            if reg.clip_value:
-                torch.nn.utils.clip_grad_value_(self.model.parameters(), reg.clip_value,
-                                                foreach=True)
-            return total
+        def read_first(loss: torch.Tensor) -> None:
+            first.append(loss.item())  # the step's one host sync
+            if not math.isfinite(first[0]):
+                raise NonFiniteLoss  # withheld, L-BFGS's update too
 
+        closure = make_closure(self.model, self.optimizer, self.trainer.objective.fn,
+                               self.weights, self.trainer.config.reg, x, target, data_losses,
+                               after_first=read_first)
         set_lr(self.optimizer, lr)
-        if isinstance(self.optimizer, torch.optim.LBFGS):
-            self.optimizer.step(closure)
-            return data_losses[0].item()
-        closure()
-        loss = data_losses[0].item()
-        if math.isfinite(loss):
-            self.optimizer.step()
-        return loss
+        with contextlib.suppress(NonFiniteLoss):  # withheld; the caller sees the loss
+            take_step(self.optimizer, closure)
+        return first[0]

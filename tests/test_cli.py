@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from engine import protocol
-from engine.cli import main
-from engine.config import Config, from_dict
+from engine.cli import ProgressPrinter, main
+from engine.config import Config, apply_overrides, format_setting, from_dict, parse_value
 
 TINY = ["--set", "data.dataset=blobs", "--set", "data.samples=200", "--set", "model.depth=1",
         "--set", "model.width=8", "--set", "run.max_epochs=0", "--set", "run.max_steps=30",
@@ -164,3 +166,41 @@ def test_a_reader_that_leaves_early_stops_the_run_quietly():
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.stdout.startswith("data: digits")
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+# --- alerts, headless: every fix as --set flags that --set reads back ----------------------
+
+FIXES = (  # one of each field type the detectors' fixes set, with their kind of values
+    protocol.Fix("halve the learning rate", {"optim.lr": 0.0015}),
+    protocol.Fix("lower lr, restart", {"optim.lr": 3e-05, "init.scheme": "kaiming_normal"},
+                 restart=True),
+    protocol.Fix("clip", {"reg.clip_norm": 1.0, "optim.weight_decay": 0.0005}),
+    protocol.Fix("stop early", {"reg.early_stop_patience": 3, "model.dropout": 0.2}),
+    protocol.Fix("residual", {"model.residual": True, "model.norm": "batch"}, restart=True),
+    protocol.Fix("augment", {"data.augment": ("noise",)}, restart=True),
+    protocol.Fix("more augment", {"data.augment": ("noise", "flip")}, restart=True),
+    protocol.Fix("rollback", {"run.on_nonfinite": "rollback", "init.bias": 0.0}),
+)
+
+
+@pytest.mark.parametrize("fix", FIXES, ids=[f.label for f in FIXES])
+def test_format_setting_round_trips_through_parse_value(fix: protocol.Fix):
+    for key, value in fix.changes.items():
+        assert parse_value(key, format_setting(value)) == value
+
+
+def test_headless_alerts_print_fixes_as_set_flags_that_apply():
+    out, err = io.StringIO(), io.StringIO()
+    ProgressPrinter(out, err)(protocol.AlertRaised(
+        7, "overfitting", "warning", (), {}, "validation loss rising", FIXES))
+    lines = [line for line in err.getvalue().splitlines() if "fix:" in line]
+    assert len(lines) == len(FIXES)
+    for line, fix in zip(lines, FIXES, strict=True):
+        assert "live" not in line and "restart with --set" in line  # nothing applies live
+        words = shlex.split(line.partition("restart with ")[2].rstrip(")"))
+        assignments = words[1::2]
+        assert words[::2] == ["--set"] * len(fix.changes)
+        applied = apply_overrides(Config(), assignments)
+        for key, value in fix.changes.items():
+            section, name = key.split(".")
+            assert getattr(getattr(applied, section), name) == value

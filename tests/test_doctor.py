@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine import doctor
-from engine.cli import main
+from engine.cli import EXIT_CHECK_FAILED, EXIT_FAILED, main
 from engine.config import Config
 from engine.doctor import (
     FAIL,
@@ -68,9 +68,10 @@ def test_the_default_config_passes_every_check_and_exits_0(capsys):
     assert f"{math.log(10):.4g}" in init  # ln 10 for the ten digit classes
 
 
-def test_a_failing_check_exits_1_in_text_and_json(capsys):
+def test_a_failing_check_exits_with_its_own_code_in_text_and_json(capsys):
+    assert EXIT_CHECK_FAILED not in (0, EXIT_FAILED)  # a verdict, not a crash
     argv = ["doctor", *TINY, "--set", "init.scheme=zeros"]
-    assert main(argv) == 1
+    assert main(argv) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     lines = out.splitlines()
     statuses = [line.split()[:2] for line in lines if line[:4] in ("PASS", "WARN", "FAIL")]
@@ -80,7 +81,7 @@ def test_a_failing_check_exits_1_in_text_and_json(capsys):
     failed = sum(1 for status, _ in statuses if status == "FAIL")
     warned = sum(1 for status, _ in statuses if status == "WARN")
     assert lines[-1] == f"doctor: {8 - failed - warned} passed, {warned} warned, {failed} failed"
-    assert main([*argv, "--json"]) == 1
+    assert main([*argv, "--json"]) == EXIT_CHECK_FAILED
     payload = _strict(capsys.readouterr().out)
     assert payload["failed"] == failed >= 1
     assert payload["passed"] + payload["warned"] + payload["failed"] == 8
@@ -97,7 +98,7 @@ def test_bad_config_exits_2_and_user_code_errors_exit_1(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     argv = ["doctor", "--set", "data.dataset=custom",
             "--set", "data.factory=doctor_broken_data:load"]
-    assert main(argv) == 1
+    assert main(argv) == EXIT_FAILED
     err = capsys.readouterr().err
     assert 'raise ValueError("no such table")' in err
     assert "data.factory doctor_broken_data:load raised ValueError: no such table" in err
@@ -289,3 +290,10 @@ def test_labels_fail_when_a_label_is_outside_the_model_outputs():
     trainer.data = dataclasses.replace(trainer.data, y_val=trainer.data.y_val + 1)
     status, detail = doctor.check_labels(trainer)
     assert status == FAIL and "validation labels span 1..3" in detail and "0..2" in detail
+
+
+def test_dropout_off_is_said_only_when_the_model_drops_something():
+    _, without = doctor.check_overfit_batch(Trainer(tiny_config(**{"model__dropout": 0.0})))
+    _, with_dropout = doctor.check_overfit_batch(Trainer(tiny_config(**{"model__dropout": 0.3})))
+    assert "(dropout off)" not in without
+    assert "(dropout off)" in with_dropout

@@ -242,8 +242,12 @@ def _strict(text: str) -> Any:
 
 def test_lr_find_json_is_one_strict_object(capsys):
     assert main(["lr-find", "--json", *TINY, "--steps", "40"]) == 0
-    payload = _strict(capsys.readouterr().out)
-    assert set(payload) == {"lrs", "losses", "suggested_lr", "reason"}
+    text = capsys.readouterr().out
+    payload = _strict(text)
+    assert set(payload) == {"event", "step", "lrs", "losses", "suggested_lr", "reason"}
+    assert payload["event"] == "LrFound" and payload["step"] == 0
+    found = protocol.from_json(text)  # the same event a live FindLr is answered with
+    assert isinstance(found, protocol.LrFound) and list(found.lrs) == payload["lrs"]
     assert len(payload["lrs"]) == len(payload["losses"]) <= 40
     assert payload["lrs"][0] == pytest.approx(protocol.FindLr().start)
     assert all(isinstance(v, float) for v in payload["lrs"] + payload["losses"])

@@ -100,6 +100,26 @@ def test_skip_keeps_the_run_going_with_finite_weights(poison):
     assert not math.isfinite(final(events).final.val_loss)
 
 
+@pytest.mark.parametrize("policy", ["skip", "rollback"])
+def test_withheld_steps_are_left_out_of_the_train_loss_mean(poison, policy):
+    poison.update({3, 12})
+    config = tiny_config(run__on_nonfinite=policy, run__max_steps=20, run__eval_every=10)
+    events = run_loop(config)
+    assert final(events).reason == "completed"
+    losses = losses_by_step(events)
+    evals = of_type(events, "EvalDone")
+    assert [e.step for e in evals] == [10, 20]
+    previous = 0
+    for done in evals:
+        # Independently: the mean of the steps in the interval whose update was applied
+        # (the MetricsBatch losses, minus the poisoned steps the policy withheld).
+        applied = [losses[s] for s in range(previous + 1, done.step + 1) if s not in poison]
+        assert math.isfinite(done.train_loss)
+        assert done.train_loss == pytest.approx(sum(applied) / len(applied), rel=1e-9)
+        previous = done.step
+    assert all(not math.isfinite(losses[s]) for s in poison)  # still shown per step
+
+
 def test_skip_gives_up_after_too_many_in_a_row(poison):
     poison.update(range(5, 5 + SKIP_MAX_IN_A_ROW))
     events = run_loop(tiny_config(run__on_nonfinite="skip", run__max_steps=40))

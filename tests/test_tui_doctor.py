@@ -12,12 +12,14 @@ import pytest
 from textual_plotext.plot import Plot
 
 from engine import protocol
+from engine.cli import EXIT_CHECK_FAILED, EXIT_FAILED
 from engine.config import Config
+from engine.lr_chart import LR_CURVE_TOP_FACTOR
 from tests.conftest import tiny_config
 from tests.fake_engine import FakeEngines
 from tui.app import TrainlabApp
 from tui.headless import CommandOutput, HeadlessCommandError, run_engine_command
-from tui.plotting import LR_CURVE_TOP_FACTOR, draw_lr_curve
+from tui.plotting import draw_lr_curve
 from tui.screens.doctor import DoctorScreen, parse_doctor_output
 from tui.screens.help import HelpScreen
 from tui.screens.lr_find import LrFindScreen, parse_lr_find_output
@@ -30,7 +32,8 @@ CHECKS = [
 ]
 
 
-def doctor_output(checks: list[dict[str, str]] = CHECKS, code: int = 1) -> CommandOutput:
+def doctor_output(checks: list[dict[str, str]] = CHECKS,
+                  code: int = EXIT_CHECK_FAILED) -> CommandOutput:
     statuses = [c["status"] for c in checks]
     report = {"checks": checks, "passed": statuses.count("pass"),
               "warned": statuses.count("warn"), "failed": statuses.count("fail")}
@@ -76,7 +79,11 @@ def test_a_report_keeps_every_check_and_counts_them_itself() -> None:
 @pytest.mark.parametrize(("output", "words"), [
     (CommandOutput(2, "", "data.batch_size = 0 is not allowed: expected >= 1\n"),
      ["config was refused", "data.batch_size = 0"]),
-    (CommandOutput(1, "", "Traceback ...\nRuntimeError: boom\n"), ["not its JSON", "''"]),
+    # The run could not be built (user code raised): the user's error, not an empty report.
+    (CommandOutput(EXIT_FAILED, "", "Traceback ...\nRuntimeError: boom\n"),
+     [f"exit code {EXIT_FAILED}", "RuntimeError: boom"]),
+    (CommandOutput(0, "", "Traceback ...\nRuntimeError: boom\n"),
+     ["not its JSON", "RuntimeError: boom"]),
     (CommandOutput(-9, "", "Traceback ...\nRuntimeError: boom\n"),
      ["exit code -9", "RuntimeError: boom"]),
     (CommandOutput(0, "[1, 2]", ""), ["not one object"]),
@@ -185,18 +192,23 @@ def test_lr_curve_without_a_finite_point_or_a_suggestion_draws_a_frame() -> None
 
 
 def test_lr_find_output_reads_the_protocols_non_finite_names() -> None:
-    report = {"lrs": [1e-4, 1e-3, 1e-2], "losses": [2.3, 1.2, "Infinity"],
-              "suggested_lr": 1e-3, "reason": "steepest descent"}
+    report = {"event": "LrFound", "step": 0, "lrs": [1e-4, 1e-3, 1e-2],
+              "losses": [2.3, 1.2, "Infinity"], "suggested_lr": 1e-3,
+              "reason": "steepest descent"}
     curve = parse_lr_find_output(CommandOutput(0, json.dumps(report), ""))
     assert curve.lrs == (1e-4, 1e-3, 1e-2) and curve.losses[:2] == (2.3, 1.2)
     assert math.isinf(curve.losses[2])
     assert curve.suggested_lr == 1e-3 and curve.reason == "steepest descent"
-    with pytest.raises(HeadlessCommandError, match="losses"):
+    with pytest.raises(HeadlessCommandError, match=r"not an LrFound event.*'x'"):
         parse_lr_find_output(CommandOutput(0, json.dumps({**report, "losses": [1, "x", 2]}),
                                            ""))
-    with pytest.raises(HeadlessCommandError, match="suggested_lr"):
+    with pytest.raises(HeadlessCommandError, match=r"not an LrFound event.*'big'"):
         parse_lr_find_output(CommandOutput(0, json.dumps({**report, "suggested_lr": "big"}),
                                            ""))
+    for wrong in ({**report, "lrs": [1e-4]}, {**report, "event": "EvalDone"},
+                  {k: v for k, v in report.items() if k != "event"}):
+        with pytest.raises(HeadlessCommandError, match="lr-find"):
+            parse_lr_find_output(CommandOutput(0, json.dumps(wrong), ""))
 
 
 async def test_lr_key_asks_the_engine_and_a_applies_the_suggestion() -> None:
@@ -225,7 +237,7 @@ async def test_lr_key_asks_the_engine_and_a_applies_the_suggestion() -> None:
         assert app.run_state.config.optim.lr == 3e-3  # acknowledged
 
 
-async def test_an_answer_after_the_screen_was_closed_opens_it_again() -> None:
+async def test_an_answer_after_the_screen_was_closed_does_not_pop_up_again() -> None:
     app, engines = make_app(FakeRunner(CommandOutput(0, "{}", "")))
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
@@ -234,13 +246,8 @@ async def test_an_answer_after_the_screen_was_closed_opens_it_again() -> None:
         await pilot.press("escape")
         engines.current.feed(protocol.LrFound(200, LRS, LOSSES, None, "the loss never fell"))
         await settle(pilot)
-        screen = app.screen
-        assert isinstance(screen, LrFindScreen)
-        assert "no suggestion" in text_of(screen, "#lr-find-summary")
-        await pilot.press("a")  # nothing to apply
-        await settle(pilot)
-        assert app.screen is screen and not any(
-            isinstance(c, protocol.SetHyper) for c in engines.current.commands)
+        assert not isinstance(app.screen, LrFindScreen)  # a notification says it instead
+        assert not any(isinstance(c, protocol.SetHyper) for c in engines.current.commands)
 
 
 async def test_a_refused_range_test_says_why() -> None:
@@ -255,9 +262,8 @@ async def test_a_refused_range_test_says_why() -> None:
 
 
 async def test_after_the_run_the_lr_finder_tests_the_config_and_a_edits_it() -> None:
-    report = {"lrs": list(LRS), "losses": list(LOSSES), "suggested_lr": 2e-3,
-              "reason": "steepest descent"}
-    runner = FakeRunner(CommandOutput(0, json.dumps(report), ""))
+    found = protocol.LrFound(0, LRS, LOSSES, 2e-3, "steepest descent")
+    runner = FakeRunner(CommandOutput(0, protocol.to_json(found), ""))
     app, engines = make_app(runner)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
@@ -308,7 +314,7 @@ async def test_the_real_doctor_reports_every_check_of_a_tiny_config() -> None:
     report = parse_doctor_output(output)
     assert report.checks and {c.status for c in report.checks} <= {"pass", "warn", "fail"}
     assert all(c.name and c.detail for c in report.checks)
-    assert output.returncode == (1 if report.count("fail") else 0)  # the CLI's contract
+    assert output.returncode == (EXIT_CHECK_FAILED if report.count("fail") else 0)
     sent = json.loads(output.stdout)
     assert (sent["passed"], sent["warned"], sent["failed"]) == (
         report.count("pass"), report.count("warn"), report.count("fail"))

@@ -1,10 +1,10 @@
 """The engine's headless commands (``doctor``, ``lr-find``) run from the app on a config.
 
-Each runs as ``python -m engine COMMAND --json CONFIG.toml`` in a child process: the
-app stays responsive (asyncio waits on the pipes, nothing blocks the UI) and never
-imports torch, and the run being trained keeps training in its own engine. The
-config goes through a temporary TOML file written with ``engine.config.to_toml``,
-exactly what a user would pass on the command line.
+Each runs as ``python -m engine COMMAND --json CONFIG.toml --set run.threads=1`` in a
+child process: the app stays responsive (asyncio waits on the pipes, nothing blocks
+the UI) and never imports torch, and the run being trained keeps training in its own
+engine. The config goes through a temporary TOML file written with
+``engine.config.to_toml``, exactly what a user would pass on the command line.
 
 The app takes the runner as an argument (``CommandRunner``), so its tests put a fake
 in place of the child process.
@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.cli import EXIT_BAD_INPUT
 from engine.config import Config, to_toml
 
 HEADLESS_COMMANDS = ("doctor", "lr-find")
 """The engine commands the app runs on a config; each prints one JSON object."""
-EXIT_BAD_CONFIG = 2
-"""The engine CLI's exit code for bad input (the config); its message is on stderr."""
+CHILD_THREADS = 1
+"""The child's run.threads. Its default (cores - 1) beside a training engine that
+already uses them oversubscribes the cores and slows both; the checks and the range
+test are small and finish in seconds on one thread."""
 ERROR_TAIL_CHARS = 2000
 """How much of a failed command's stderr is shown: the end, where a traceback says why."""
 
@@ -39,7 +42,8 @@ class CommandOutput:
     """What a finished headless command left: its exit code and both streams."""
 
     returncode: int
-    """0 success; the engine CLI's codes otherwise (1 a check failed, 2 bad input)."""
+    """0 success; the engine CLI's ``EXIT_*`` codes otherwise (1 the run could not be
+    built, 2 bad input, 4 the doctor's check failed)."""
     stdout: str
     stderr: str
 
@@ -49,7 +53,8 @@ CommandRunner = Callable[[str, Config], Awaitable[CommandOutput]]
 
 
 async def run_engine_command(command: str, config: Config) -> CommandOutput:
-    """Run ``python -m engine COMMAND --json CONFIG.toml`` on ``config``; wait for it.
+    """Run ``python -m engine COMMAND --json CONFIG.toml`` on ``config`` (on
+    ``CHILD_THREADS`` threads); wait for it.
 
     The child leads its own session, so the terminal's Ctrl-C stays the app's.
     Cancelling the wait (the screen showing it closed) kills the child's whole
@@ -69,6 +74,7 @@ async def run_engine_command(command: str, config: Config) -> CommandOutput:
             file.write(to_toml(config, comments=False))
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine", command, "--json", str(path),
+            "--set", f"run.threads={CHILD_THREADS}",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
@@ -95,26 +101,27 @@ def json_report(output: CommandOutput, command: str, ok_codes: tuple[int, ...] =
     """The one JSON object a headless command printed, or why there is none.
 
     ``ok_codes`` are the exit codes that come with a report (the doctor also reports
-    when a check failed, with exit code 1).
+    when a check failed, with ``engine.cli.EXIT_CHECK_FAILED``).
 
     Raises:
         HeadlessCommandError: the config was refused (exit code 2: the engine's
             message), the command failed or crashed (its exit code and the end of its
-            stderr), or it printed something that is not one JSON object.
+            stderr: the user's traceback when their code raised), or it printed
+            something that is not one JSON object (that, and the end of its stderr).
     """
     message = output.stderr.strip()
-    if output.returncode == EXIT_BAD_CONFIG:
+    tail = message[-ERROR_TAIL_CHARS:] if message else "(nothing on stderr)"
+    if output.returncode == EXIT_BAD_INPUT:
         raise HeadlessCommandError(f"{command}: the config was refused: "
                                    f"{message or '(no message)'}")
     if output.returncode not in ok_codes:
-        tail = message[-ERROR_TAIL_CHARS:] if message else "(nothing on stderr)"
         raise HeadlessCommandError(f"{command} failed (exit code {output.returncode}):\n{tail}")
     try:
         report = json.loads(output.stdout)
     except json.JSONDecodeError as exc:
         raise HeadlessCommandError(
             f"{command} printed something that is not its JSON report ({exc}): "
-            f"{output.stdout.strip()[:200]!r}") from None
+            f"{output.stdout.strip()[:200]!r}; its stderr ends:\n{tail}") from None
     if not isinstance(report, dict):
         raise HeadlessCommandError(f"{command} printed JSON that is not one object: "
                                    f"{output.stdout.strip()[:200]!r}")

@@ -11,8 +11,7 @@ are none.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -21,44 +20,21 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from engine.cli import EXIT_CHECK_FAILED, EXIT_OK
+from engine.doctor_report import FAIL, PASS, WARN, CheckResult, DoctorReport, ReportError
 from tui.headless import CommandOutput, HeadlessCommandError, json_report
 
-DOCTOR_EXIT_CODES = (0, 1)
-"""``doctor --json`` reports with 0 (no check failed) and with 1 (a check failed)."""
-STATUS_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
-"""How each verdict is shown; also the verdicts a check may have."""
-RUNNING_TEXT = "running the checks... (the run keeps training)"
-
-
-@dataclass(frozen=True)
-class DoctorCheck:
-    """One item of the checklist and its verdict."""
-
-    name: str
-    status: str
-    """pass, warn or fail."""
-    detail: str
-    """The numbers behind the verdict and what they mean."""
-
-
-@dataclass(frozen=True)
-class DoctorReport:
-    """Every check of one doctor run, in the order the doctor ran them."""
-
-    checks: tuple[DoctorCheck, ...]
-
-    def count(self, status: str) -> int:
-        """How many checks ended with ``status`` (pass, warn or fail)."""
-        return sum(check.status == status for check in self.checks)
-
-    def summary(self) -> str:
-        """``5 passed, 2 warned, 1 failed``."""
-        return (f"{self.count('pass')} passed, {self.count('warn')} warned, "
-                f"{self.count('fail')} failed")
+DOCTOR_EXIT_CODES = (EXIT_OK, EXIT_CHECK_FAILED)
+"""``doctor --json`` prints its report when no check failed and when one did; any other
+code (a crash building the run, a refused config) comes without one."""
+STATUS_STYLE = {PASS: "bold green", WARN: "bold yellow", FAIL: "bold red"}
+"""How each verdict is shown."""
+RUNNING_TEXT = ("running the checks on a copy, in a process of their own "
+                "(a run that is training keeps training)")
 
 
 def parse_doctor_output(output: CommandOutput) -> DoctorReport:
-    """The report ``doctor --json`` printed: ``{"checks": [{name, status, detail}...]}``.
+    """The report ``doctor --json`` printed (``engine.doctor_report``'s shape).
 
     The counts on screen are taken from the checks themselves, not from the
     ``passed``/``warned``/``failed`` fields that come with them.
@@ -69,28 +45,13 @@ def parse_doctor_output(output: CommandOutput) -> DoctorReport:
             detail (the message names the check and the field).
     """
     report = json_report(output, "doctor", DOCTOR_EXIT_CODES)
-    checks = report.get("checks")
-    if not isinstance(checks, list):
-        raise HeadlessCommandError(f"doctor: the report has no list of checks: {report!r:.200}")
-    return DoctorReport(tuple(_check(index, item) for index, item in enumerate(checks)))
+    try:
+        return DoctorReport.from_dict(report)
+    except ReportError as exc:
+        raise HeadlessCommandError(f"doctor: {exc}") from None
 
 
-def _check(index: int, item: Any) -> DoctorCheck:
-    if not isinstance(item, dict):
-        raise HeadlessCommandError(f"doctor: check {index} is not an object: {item!r:.200}")
-    name, status, detail = item.get("name"), item.get("status"), item.get("detail")
-    if not isinstance(name, str):
-        raise HeadlessCommandError(f"doctor: check {index} has no name: {item!r:.200}")
-    if status not in STATUS_STYLE:
-        raise HeadlessCommandError(f"doctor: check {name!r} has status {status!r}; "
-                                   f"allowed: {', '.join(STATUS_STYLE)}")
-    if not isinstance(detail, str):
-        raise HeadlessCommandError(f"doctor: check {name!r} has detail {detail!r}; "
-                                   "a string is expected")
-    return DoctorCheck(name, status, detail)
-
-
-def check_text(check: DoctorCheck) -> Text:
+def check_text(check: CheckResult) -> Text:
     """A check as the screen shows it: a coloured PASS/WARN/FAIL, its name, its detail.
 
     Plain ``Text``, not markup: a detail such as ``labels in [0, 9]`` stays as it is.

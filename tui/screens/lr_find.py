@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult, RenderResult
@@ -27,8 +26,6 @@ from engine import protocol
 from tui.headless import CommandOutput, HeadlessCommandError, json_report
 from tui.plotting import draw_lr_curve
 
-NON_FINITE_NAMES = ("NaN", "Infinity", "-Infinity")
-"""How the protocol's JSON writes non-finite floats (a diverged loss is one)."""
 APPLY_NOW = "set optim.lr to it now (marked on the chart)"
 """What applying does while the run trains: a live change, like the lr keys."""
 APPLY_AT_RESTART = "put it in the Config view's optim.lr for the next run (r)"
@@ -36,57 +33,28 @@ APPLY_AT_RESTART = "put it in the Config view's optim.lr for the next run (r)"
 RUNNING_TEXT = "running the range test... (a few seconds)"
 
 
-@dataclass(frozen=True)
-class LrCurve:
-    """A range test's result: smoothed loss at each lr, and the lr it suggests."""
-
-    lrs: tuple[float, ...]
-    losses: tuple[float, ...]
-    suggested_lr: float | None
-    """Where the smoothed loss falls fastest; None when the curve never falls."""
-    reason: str
-    """How the suggestion was chosen, or why there is none."""
-
-    @classmethod
-    def from_event(cls, event: protocol.LrFound) -> LrCurve:
-        """The curve of the engine's answer to ``FindLr``."""
-        return cls(event.lrs, event.losses, event.suggested_lr, event.reason)
-
-
-def parse_lr_find_output(output: CommandOutput) -> LrCurve:
-    """The curve ``lr-find --json`` printed: ``{lrs, losses, suggested_lr, reason}``.
-
-    Losses may be non-finite (the test runs until the loss diverges), written as
-    numbers or as the protocol's "NaN" / "Infinity" strings.
+def parse_lr_find_output(output: CommandOutput) -> protocol.LrFound:
+    """The result ``lr-find --json`` printed: one ``LrFound`` event, the same the engine
+    answers a live ``FindLr`` with (``protocol.from_json`` reads it, non-finite losses
+    included).
 
     Raises:
-        HeadlessCommandError: no report (refused config, crash, not JSON), or a field
-            missing or of the wrong type (the message names the field).
+        HeadlessCommandError: no report (refused config, crash, not JSON), not an
+            LrFound event, a field missing or of the wrong type (the message names the
+            field), or lrs and losses of different lengths.
     """
     report = json_report(output, "lr-find")
-    lrs, losses = _numbers(report, "lrs"), _numbers(report, "losses")
-    if len(lrs) != len(losses):
-        raise HeadlessCommandError(f"lr-find: {len(lrs)} lrs but {len(losses)} losses")
-    suggested = report.get("suggested_lr")
-    if suggested is not None and (isinstance(suggested, bool)
-                                  or not isinstance(suggested, int | float)):
-        raise HeadlessCommandError(f"lr-find: suggested_lr is {suggested!r}; a number or "
-                                   "null is expected")
-    reason = report.get("reason")
-    if not isinstance(reason, str):
-        raise HeadlessCommandError(f"lr-find: reason is {reason!r}; a string is expected")
-    return LrCurve(lrs, losses, None if suggested is None else float(suggested), reason)
-
-
-def _numbers(report: dict[str, Any], key: str) -> tuple[float, ...]:
-    values = report.get(key)
-    if not isinstance(values, list):
-        raise HeadlessCommandError(f"lr-find: {key} is {values!r:.100}; a list is expected")
-    for value in values:
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number and value not in NON_FINITE_NAMES:
-            raise HeadlessCommandError(f"lr-find: {key} holds {value!r}; numbers are expected")
-    return tuple(float(value) for value in values)  # float("Infinity") is inf
+    try:
+        found = protocol.from_dict(report)
+    except ValueError as exc:
+        raise HeadlessCommandError(f"lr-find: not an LrFound event: {exc}") from None
+    if not isinstance(found, protocol.LrFound):
+        raise HeadlessCommandError(f"lr-find: printed a {type(found).__name__}, not an "
+                                   "LrFound event")
+    if len(found.lrs) != len(found.losses):
+        raise HeadlessCommandError(f"lr-find: {len(found.lrs)} lrs but {len(found.losses)} "
+                                   "losses")
+    return found
 
 
 class LrCurveChart(PlotextPlot):
@@ -94,9 +62,9 @@ class LrCurveChart(PlotextPlot):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.curve: LrCurve | None = None
+        self.curve: protocol.LrFound | None = None
 
-    def show(self, curve: LrCurve) -> None:
+    def show(self, curve: protocol.LrFound) -> None:
         """Draw ``curve`` from now on."""
         self.curve = curve
         self.refresh()
@@ -133,7 +101,7 @@ class LrFindScreen(ModalScreen[float | None]):
         self.about = about
         """What is tested (the running run's weights, or a config), for the title."""
         self.job = job
-        self.curve: LrCurve | None = None
+        self.curve: protocol.LrFound | None = None
         self.error: str | None = None
         self._composed = False
         """Set on mount: before it, a result is kept and shown on mount."""
@@ -174,7 +142,7 @@ class LrFindScreen(ModalScreen[float | None]):
             return
         self.show_curve(curve)
 
-    def show_curve(self, curve: LrCurve) -> None:
+    def show_curve(self, curve: protocol.LrFound) -> None:
         """Draw the curve; name the suggestion and the key that applies it (at once, or
         as soon as the screen is shown)."""
         self.curve, self.error = curve, None
