@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.lr_chart import loss_axis_top
 from tui.series import Series, decimate
 
 if TYPE_CHECKING:
@@ -143,6 +144,11 @@ def draw_loss_chart(
 
     ticks = _step_ticks(*x_range, max_ticks=max(2, width // 12))
     plt.xticks(ticks, [_short_step(tick) for tick in ticks])
+    drawn = [ys for ys in (train_y, val_y, *(o[2] for o in others)) if len(ys)]
+    if drawn:
+        loss_ticks = _value_ticks(np.concatenate(drawn), log=log_note == " (log)",
+                                  count=max(2, height // LOSS_TICK_ROWS))
+        plt.yticks(loss_ticks, [_short_value(tick) for tick in loss_ticks])
     if steps_per_epoch:
         plt.xlabel("epoch")
     loss_top = max((float(ys.max()) for ys in (train_y, val_y, *(o[2] for o in others))
@@ -194,14 +200,6 @@ def draw_histogram(
     plt.title(_fit(title + note, width))
 
 
-LR_CURVE_TOP_FACTOR = 2.0
-"""The lr curve's loss axis ends at most at this multiple of the loss at the smallest lr.
-
-The range test raises the lr until the loss diverges (KNOWLEDGE.md section 8: too
-large an lr diverges), and that tail, up to inf, would squash the descent the
-suggestion is read from; twice the starting loss still shows the turn upwards."""
-
-
 def draw_lr_curve(
     plt: Plot,
     *,
@@ -214,11 +212,14 @@ def draw_lr_curve(
     """Clear ``plt`` and draw a learning-rate range test: smoothed loss against lr.
 
     The x axis is log10(lr) with a tick at each power of ten (labelled ``1e-3``), as
-    the test raises the lr exponentially; the loss axis is linear and ends at the
-    highest loss or ``LR_CURVE_TOP_FACTOR`` times the first one, whichever is lower.
-    Points with a non-positive lr or a non-finite loss are left out. The suggestion,
-    when there is one, is a vertical line labelled with its value, also named in the
-    title. No finite point at all: an empty frame saying so. Never raises.
+    the test raises the lr exponentially; the loss axis is linear and ends where
+    ``engine.lr_chart.loss_axis_top`` says (the terminal chart's rule). Points with a
+    non-positive lr or a non-finite loss are left out. The suggestion, when there is
+    one, is a vertical line labelled with its value, also named in the title. No finite
+    point at all: an empty frame saying so.
+
+    Raises:
+        ValueError: ``lrs`` and ``losses`` differ in length.
     """
     _reset(plt, width, height)
     x = np.asarray(lrs, dtype=np.float64)
@@ -232,7 +233,7 @@ def draw_lr_curve(
         plt.title(_fit(f"lr range test: no finite loss; {suggested}", width))
         return
     plt.plot(x.tolist(), y.tolist(), color=TRAIN_COLOR, label="smoothed loss")
-    top = min(float(y.max()), LR_CURVE_TOP_FACTOR * float(y[0])) if y[0] > 0 else float(y.max())
+    top = loss_axis_top(y.tolist())
     if top > float(y.min()):
         plt.ylim(float(y.min()), top)
     lo, hi = math.floor(float(x.min())), math.ceil(float(x.max()))
@@ -273,6 +274,36 @@ def _step_ticks(lo: float, hi: float, *, max_ticks: int) -> list[float]:
             break
     first = math.ceil(lo / spacing) * spacing
     return [float(tick) for tick in np.arange(first, hi + spacing * 1e-9, spacing)]
+
+
+LOSS_TICK_ROWS = 3
+"""One loss-axis label every three rows or so, as plotext spaces its own."""
+
+
+def _value_ticks(values: np.ndarray, *, log: bool, count: int) -> list[float]:
+    """Tick values for the loss axis over the finite ``values``: evenly spaced, or on a
+    log axis powers of ten where the range spans decades (evenly in log otherwise)."""
+    finite = values[np.isfinite(values)]
+    if log:
+        finite = finite[finite > 0]
+    if not len(finite):
+        return []
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo == hi:
+        return [lo]
+    if not log:
+        return [float(v) for v in np.linspace(lo, hi, count)]
+    decades = np.arange(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+    if len(decades) >= 2:
+        stride = max(1, math.ceil(len(decades) / count))
+        return [float(10.0 ** d) for d in decades[::stride]]
+    return [float(v) for v in np.geomspace(lo, hi, count)]
+
+
+def _short_value(value: float) -> str:
+    """``0.25``, ``12.5``, ``3.1e+12``: a loss-axis label of at most ~8 characters
+    (plotext writes 1.9e33 in full, 36 columns wide, after a diverged step)."""
+    return f"{value:.3g}"
 
 
 def _short_step(step: float) -> str:
