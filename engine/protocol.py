@@ -165,7 +165,8 @@ class EvalDone:
     val_loss: float
     val_accuracy: float | None
     train_loss: float
-    """Mean training loss over the steps since the previous evaluation."""
+    """Mean training loss over the steps since the previous evaluation whose update was
+    applied (steps withheld by run.on_nonfinite = skip or rollback are left out)."""
     best_val_loss: float
 
 
@@ -301,7 +302,8 @@ class FinalMetrics:
     step: int
     epoch: int
     train_loss: float | None
-    """Mean training loss over the steps since the previous evaluation (as in EvalDone)."""
+    """Mean training loss over the applied steps since the previous evaluation (as in
+    EvalDone)."""
     val_loss: float | None
     val_accuracy: float | None
     best_val_loss: float | None
@@ -458,9 +460,15 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = _decode(value, hints[key])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{cls.__name__}.{key} = {value!r}: {exc}") from None
     try:
-        return cls(**{k: _decode(v, hints[k]) for k, v in data.items()})
-    except (TypeError, KeyError, ValueError) as exc:
+        return cls(**values)
+    except TypeError as exc:  # e.g. a required field missing
         raise ValueError(f"{cls.__name__}: {exc}") from None
 
 

@@ -332,7 +332,9 @@ def test_float_fields_come_back_as_floats() -> None:
         ({"event": "RunFinished", "reason": "completed",
           "final": {"step": 1, "bogus": 2}}, "bogus"),  # nested unknown field
         ({"event": "EvalDone", "step": 1, "epoch": 0, "val_loss": "nan",
-          "val_accuracy": None, "train_loss": 0.0, "best_val_loss": 0.0}, "EvalDone"),
+          "val_accuracy": None, "train_loss": 0.0, "best_val_loss": 0.0}, "EvalDone.val_loss"),
+        ({"event": "LrFound", "step": 0, "lrs": [1e-3], "losses": [1, "x"],
+          "suggested_lr": None, "reason": ""}, "LrFound.losses"),  # the field is named
     ],
 )
 def test_from_dict_rejects(data: dict[str, Any], part: str) -> None:
