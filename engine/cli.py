@@ -228,8 +228,10 @@ class ProgressPrinter:
         where = f" [{', '.join(e.layers)}]" if e.layers else ""
         self.say(f"alert {e.severity} at step {e.step}: {e.kind}{where}: {e.message}", self.err)
         for fix in e.fixes:
-            # Headless, nothing applies live: every fix is a restart with its --set flags.
-            self.say(f"    fix: {fix.label} (restart with {set_flags(fix.changes)})", self.err)
+            # Headless, nothing applies live: a live fix ("... now") is for the app (f);
+            # here every fix is the --set flags of the next run.
+            how = "the app applies it live with f; next run" if not fix.restart else "next run"
+            self.say(f"    fix: {fix.label} ({how}: {set_flags(fix.changes)})", self.err)
 
     def on_LrFound(self, e: protocol.LrFound) -> None:
         lr = format_number(e.suggested_lr, ".2e")

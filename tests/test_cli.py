@@ -196,8 +196,9 @@ def test_headless_alerts_print_fixes_as_set_flags_that_apply():
     lines = [line for line in err.getvalue().splitlines() if "fix:" in line]
     assert len(lines) == len(FIXES)
     for line, fix in zip(lines, FIXES, strict=True):
-        assert "live" not in line and "restart with --set" in line  # nothing applies live
-        words = shlex.split(line.partition("restart with ")[2].rstrip(")"))
+        assert "next run: --set" in line  # headless, a fix is the next run's flags
+        assert ("applies it live with f" in line) == (not fix.restart)
+        words = shlex.split(line.partition("next run: ")[2].rstrip(")"))
         assignments = words[1::2]
         assert words[::2] == ["--set"] * len(fix.changes)
         applied = apply_overrides(Config(), assignments)
