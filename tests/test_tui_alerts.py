@@ -238,6 +238,44 @@ async def test_a_restart_fix_asks_then_trains_this_runs_config_with_the_changes(
         assert app.run_state.alerts == [] and not app.query_one(AlertStrip).display
 
 
+def test_an_alert_keeps_the_runs_values_of_its_fix_keys_from_when_it_was_raised() -> None:
+    state = RunState(Config())
+    raised = alert(fixes=(HALVE_LR, CLIP))
+    state.apply(raised)
+    assert state.values_at_alert[id(raised)] == {"optim.lr": Config().optim.lr,
+                                                 "reg.clip_norm": Config().reg.clip_norm}
+    state.apply(protocol.HyperChanged(210, "optim.lr", Config().optim.lr, 1e-4))
+    assert state.changed_since(raised, HALVE_LR, state.config.get) == {
+        "optim.lr": (Config().optim.lr, 1e-4)}
+    assert state.changed_since(raised, CLIP, state.config.get) == {}
+
+
+async def test_a_live_fix_whose_key_moved_since_the_alert_asks_first() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        engines.current.feed(alert("exploding_gradients", fixes=(HALVE_LR,)))
+        await settle(pilot)
+        await pilot.press("minus", "minus")  # 1e-3 -> 2.5e-4: "halve" to 5e-4 would raise it
+        await settle(pilot)
+        lowered = Config().optim.lr / 4
+        await pilot.press("f")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert app.screen.question == (
+            f"optim.lr changed since this alert (was {Config().optim.lr:.4g}, now "
+            f"{lowered:.4g}); set it to {5e-4:.4g} anyway?")
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.run_state.config.optim.lr == lowered
+        await pilot.press("f")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert engines.current.commands[-1] == \
+            protocol.SetHyper("optim.lr", 5e-4, "fix: exploding_gradients")
+
+
 async def test_f_is_disabled_without_an_alert_or_a_fix_that_can_apply_now() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:

@@ -485,3 +485,43 @@ async def test_fast_typing_in_a_field_keeps_every_key_and_escape_leaves_it() -> 
         await pilot.press("escape", "n", "1")  # keys reach the app again
         assert box.value == "47"
         assert app.query_one("#views").active == "train"
+
+
+async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() -> None:
+    from tui.screens.lr_find import LrFindScreen
+
+    app, engines = make_app()
+    notified: list[str] = []
+    real_notify = app.notify
+
+    def recording_notify(message: str, **kwargs: Any) -> None:
+        notified.append(message)
+        real_notify(message, **kwargs)
+
+    app.notify = recording_notify  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("space")  # paused at step 200: the weights the test copies stay
+        await settle(pilot)
+        await pilot.press("L")
+        await settle(pilot)
+        await pilot.press("escape")
+        await settle(pilot)
+        answer = protocol.LrFound(200, (1e-4, 1e-3, 1e-2), (2.0, 1.0, 3.0), 3e-3, "steepest")
+        engines.current.feed(answer)
+        await settle(pilot)
+        assert not isinstance(app.screen, LrFindScreen)  # nothing pops up over the run
+        assert "3.00e-03" in notified[-1] and "L shows" in notified[-1]
+        await pilot.press("L")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, LrFindScreen) and screen.curve == answer
+        assert "step 200" in screen.about
+        assert engines.current.commands.count(protocol.FindLr()) == 1  # no second test
+        await pilot.press("escape")
+        await pilot.press("n")  # one step on: the answer is about other weights now
+        await settle(pilot)
+        await pilot.press("L")
+        await settle(pilot)
+        assert engines.current.commands.count(protocol.FindLr()) == 2
+        assert isinstance(app.screen, LrFindScreen) and app.screen.waiting

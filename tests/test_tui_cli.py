@@ -48,3 +48,8 @@ def test_help_names_the_app_and_the_headless_commands(capsys: pytest.CaptureFixt
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--inline" in out and "run --headless" in out and "--preset" in out
+    headless = out[out.index("Headless commands"):]
+    from engine.cli import COMMANDS
+
+    for command in COMMANDS:  # every command the engine's CLI has, named
+        assert f" {command}" in headless, command

@@ -18,7 +18,9 @@ from tui import cli
 from tui.app import TrainlabApp
 from tui.lab_session import LabSession
 from tui.plotting import OVERLAY_COLORS, TRAIN_COLOR, VAL_LOSS_COLOR, draw_loss_chart
+from tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from tui.screens.lab import LabScreen
+from tui.screens.lr_find import LrFindScreen
 from tui.series import Series
 from tui.widgets import loss_chart
 
@@ -80,10 +82,8 @@ def test_by_epoch_a_curve_is_put_in_epochs_of_its_own_run() -> None:
     np.testing.assert_allclose(curve.y, (1 / steps).astype(np.float32))
 
 
-def test_a_lab_with_an_unknown_axis_or_no_runs_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"compare_by 'time'.*step, epoch"):
-        LabSession(Lab("x", "s", "e", LAB.variants, compare_by="time"), LAB.configs(Config()))
-    with pytest.raises(ValueError, match="no runs"):
+def test_a_session_without_runs_is_refused_naming_the_lab() -> None:
+    with pytest.raises(ValueError, match="'two-lrs' has no runs"):
         LabSession(LAB, [])
 
 
@@ -255,6 +255,76 @@ async def test_r_in_a_lab_restarts_only_the_current_variant() -> None:
         assert lab.index == 1 and list(lab.results) == [0]
 
 
+async def test_a_dialog_answered_after_its_variant_finished_applies_nothing() -> None:
+    """The pump runs under a dialog: the next variant starts while the user chooses.
+    A fix, an lr or a restart meant for the finished variant must not reach the next."""
+    halve = protocol.Fix("halve the learning rate now", {"optim.lr": 5e-5})
+    clip = protocol.Fix("clip gradients at norm 1 now", {"reg.clip_norm": 1.0})
+    four = Lab("four", "s", "e", (*LAB.variants, Preset("lr-tiny", "lr 1e-5",
+                                                        {"optim.lr": 1e-5})))
+    app, engines, lab = lab_app(four)
+    notified: list[str] = []
+    real_notify = app.notify
+
+    def recording_notify(message: str, **kwargs: Any) -> None:
+        notified.append(message)
+        real_notify(message, **kwargs)
+
+    app.notify = recording_notify  # type: ignore[method-assign]
+
+    def sent_lr_or_clip(engine: Any) -> list[Any]:
+        return [c for c in engine.commands if isinstance(c, protocol.SetHyper)]
+
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        # 1. the fix picker open while variant 1 finishes
+        engines.current.feed(protocol.AlertRaised(200, "exploding_gradients", "critical", (),
+                                                  {}, "spikes", (halve, clip)))
+        await settle(pilot)
+        await pilot.press("f")
+        await settle(pilot)
+        assert isinstance(app.screen, ChoiceScreen)
+        engines.current.finish()
+        await settle(pilot)
+        assert len(engines.made) == 2  # variant 2 trains under the open list
+        await pilot.press("enter")
+        await settle(pilot)
+        assert sent_lr_or_clip(engines.current) == []
+        assert app.run_state.config == lab.runs[1][1]
+        assert "the run ended while you chose; nothing applied" in notified[-1].lower()
+
+        # 2. the lr finder's answer applied after variant 2 finished
+        await pilot.press("L")
+        await settle(pilot)
+        engines.current.feed(protocol.LrFound(200, (1e-4, 1e-3, 1e-2), (2.0, 1.0, 3.0),
+                                              1e-3, "steepest descent"))
+        await settle(pilot)
+        assert isinstance(app.screen, LrFindScreen) and app.screen.curve is not None
+        engines.current.finish()
+        await settle(pilot)
+        assert len(engines.made) == 3
+        await pilot.press("a")
+        await settle(pilot)
+        assert sent_lr_or_clip(engines.current) == []
+        assert app.run_state.config == lab.runs[2][1]
+        assert "nothing applied" in notified[-1]
+
+        # 3. restart (r) confirmed after variant 3 finished: variant 4 keeps training
+        await pilot.press("r")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        engines.current.finish()
+        await settle(pilot)
+        assert len(engines.made) == 4
+        await pilot.press("y")
+        await settle(pilot)
+        assert len(engines.made) == 4 and not engines.current.stopped
+        assert lab.index == 3 and sorted(lab.results) == [0, 1, 2]
+        assert "nothing applied" in notified[-1]
+
+
 async def test_a_failed_variant_waits_for_r_instead_of_moving_on() -> None:
     app, engines, lab = lab_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -320,3 +390,26 @@ def test_a_lab_name_opens_the_lab_and_a_preset_name_a_single_run(
     assert lab.runs == expected and lab_config == expected[0][1]
     assert all(config.run.max_epochs == 1 for _, config in lab.runs)  # --set wins
     assert no_lab is None and preset_config == apply_preset(Config(), preset_name)
+
+
+def test_set_overrides_apply_over_each_variant_only_as_the_headless_lab_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_epochs=0 on the defaults alone is refused (no limit left); over the
+    optimizers lab's variants, which set max_steps, it is a valid config."""
+    import tui.app
+
+    monkeypatch.setattr(tui.app, "TrainlabApp", AppSpy)
+    AppSpy.opened.clear()
+    overrides = {"run.max_epochs": 0, "run.max_steps": 5}
+    argv = ["--preset", "optimizers"]
+    for key, value in overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    assert cli.main(argv) == 0
+    ((config, lab),) = AppSpy.opened
+    assert lab is not None
+    expected = [(variant.name, Config().with_values(variant.changes).with_values(overrides))
+                for variant in LABS["optimizers"].variants]
+    assert lab.runs == expected and config == expected[0][1]
+    assert {c.run.max_steps for _, c in lab.runs} == {5}
+    assert [c.optim.name for _, c in lab.runs] == \
+        [v.changes["optim.name"] for v in LABS["optimizers"].variants]

@@ -35,9 +35,15 @@ from tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from tui.screens.doctor import DoctorScreen
 from tui.screens.help import HelpScreen
 from tui.screens.lab import LabScreen
-from tui.screens.lr_find import APPLY_AT_RESTART, APPLY_NOW, LrCurve, LrFindScreen
+from tui.screens.lr_find import APPLY_AT_RESTART, APPLY_NOW, LrFindScreen
 from tui.state import RunState, alert_title
-from tui.widgets.alerts_panel import AlertsPanel, AlertStrip, describe_changes, describe_fix
+from tui.widgets.alerts_panel import (
+    AlertsPanel,
+    AlertStrip,
+    describe_changes,
+    describe_fix,
+    describe_moved,
+)
 from tui.widgets.config_panel import ConfigPanel
 from tui.widgets.histogram_view import HistogramView
 from tui.widgets.layer_table import LayerTable
@@ -364,6 +370,21 @@ class TrainlabApp(App[int]):
         if self.engine is not None:
             self.engine.send(command)
 
+    def run_replaced(self, state: RunState, what: str) -> bool:
+        """Has another run replaced ``state`` while a dialog about it was open? If so,
+        say that ``what`` was not applied.
+
+        The pump keeps running under a dialog: in a lab the variant may finish and the
+        next one start before the user answers, and a fix, lr or restart meant for the
+        old run must not land on the new one (or retrain the old config under the new
+        variant's name).
+        """
+        if self.run_state is state:
+            return False
+        self.notify(f"The run ended while you chose; nothing applied ({what}).",
+                    title="Not applied", severity="warning", timeout=8)
+        return True
+
     # --- actions -----------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -409,11 +430,13 @@ class TrainlabApp(App[int]):
     @work
     async def action_pick_optimizer(self) -> None:
         """Choose the optimizer from a list."""
-        current = self.current("optim.name")
+        state, current = self.run_state, self.current("optim.name")
         choice = await self.push_screen_wait(
             ChoiceScreen("Optimizer (weights kept, optimizer state reset)",
                          list(OPTIMIZERS), current))
-        if choice and choice != current and self.run_state.active:
+        if not choice or choice == current or self.run_replaced(state, f"optimizer {choice}"):
+            return
+        if self.run_state.active:
             self.set_hyper("optim.name", choice)
 
     def action_toggle_clip(self) -> None:
@@ -440,10 +463,13 @@ class TrainlabApp(App[int]):
             self.action_view("config")
             return
         if self.run_state.active:
+            state = self.run_state
             edits = ", ".join(panel.edits) or "no edits"
             question = f"Stop this run at step {self.run_state.step} and start a new one " \
                        f"({edits})?"
-            if not await self.push_screen_wait(ConfirmScreen(question)):
+            # The edits were read from the panel of this run: the next one resets it.
+            if not await self.push_screen_wait(ConfirmScreen(question)) \
+                    or self.run_replaced(state, "restart"):
                 return
         if self.lab is not None and not self.lab.started:
             self.lab.begin()  # r before Enter: the lab starts, with the edited first run
@@ -468,10 +494,12 @@ class TrainlabApp(App[int]):
         """Apply a fix of the selected alert: the only one, or the one picked from a list.
 
         A live fix sends one SetHyper per change, noted "fix: <kind>" so the run log and
-        the engine's change log say why; a restart fix asks, then starts a new run from
-        this run's config with the changes.
+        the engine's change log say why (after asking, if a key it sets moved since the
+        alert); a restart fix asks, then starts a new run from this run's config with
+        the changes. Whatever the user answers applies only to the run the alert
+        belongs to (``run_replaced``).
         """
-        alert = self.fix_target()
+        state, alert = self.run_state, self.fix_target()
         fixes = self.fixes_now(alert) if alert is not None else []
         if alert is None or not fixes:  # checked before the key acted; the run moves on
             return
@@ -480,35 +508,53 @@ class TrainlabApp(App[int]):
             labels = [f"{alert.fixes.index(f) + 1}. {describe_fix(f)}" for f in fixes]
             choice = await self.push_screen_wait(
                 ChoiceScreen(f"Fix {alert_title(alert.kind)} (Escape: none)", labels, ""))
-            if choice is None:
+            if choice is None or self.run_replaced(state, f"fix: {choice}"):
                 return
             fix = fixes[labels.index(choice)]
         if fix.restart:
-            await self._restart_with_fix(alert, fix)
-        elif self.run_state.active:  # it may have ended while the list was open
-            for key, value in fix.changes.items():
-                self.set_hyper(key, value, note=f"fix: {alert.kind}")
+            await self._restart_with_fix(state, alert, fix)
         else:
+            await self._live_fix(state, alert, fix)
+
+    async def _live_fix(self, state: RunState, alert: protocol.AlertRaised,
+                        fix: protocol.Fix) -> None:
+        """Send the fix's changes to ``state``'s run; first ask if a key it sets has
+        moved since the alert (its values were frozen then: "halve the lr" from a since
+        lowered lr would raise it)."""
+        moved = state.changed_since(alert, fix, self.current)
+        if moved:
+            question = describe_moved(moved, fix.changes)
+            if not await self.push_screen_wait(ConfirmScreen(question)) \
+                    or self.run_replaced(state, f"fix: {fix.label}"):
+                return
+        if not self.run_state.active:  # it may have ended while a dialog was open
             self.notify(f"{fix.label}: the run has {self.run_state.state}; a live fix needs "
                         f"a running run.", title="Fix not applied", severity="warning")
+            return
+        for key, value in fix.changes.items():
+            self.set_hyper(key, value, note=f"fix: {alert.kind}")
 
-    async def _restart_with_fix(self, alert: protocol.AlertRaised, fix: protocol.Fix) -> None:
-        """Ask, then train this run's config with the fix's changes in a new run."""
+    async def _restart_with_fix(self, state: RunState, alert: protocol.AlertRaised,
+                                fix: protocol.Fix) -> None:
+        """Ask, then train ``state``'s config with the fix's changes in a new run."""
         try:
-            config = self.run_state.config.with_values(fix.changes)
+            config = state.config.with_values(fix.changes)
         except ConfigError as exc:
             self.notify(f"The fix for {alert.kind} does not make a valid config: {exc}",
                         title="Cannot apply the fix", severity="error", timeout=8)
             return
         changes = describe_changes(fix.changes)
-        if self.run_state.active:
+        if state.active:
             question = f"Restart with {changes}? This run stops at step " \
-                       f"{self.run_state.step}; a new one starts from its config with " \
+                       f"{state.step}; a new one starts from its config with " \
                        f"this change ({fix.label})."
         else:
             question = f"Start a new run from this run's config with {changes} " \
                        f"({fix.label})?"
-        if not await self.push_screen_wait(ConfirmScreen(question)) or self._starting:
+        if moved := state.changed_since(alert, fix, self.current):
+            question += f" Note: {describe_moved(moved)}."
+        if not await self.push_screen_wait(ConfirmScreen(question)) or self._starting \
+                or self.run_replaced(state, f"fix: {fix.label}"):
             return
         await self._start_run(config)
         self.run_state.say("info", f"restarted to apply the fix for {alert.kind}: "
@@ -550,37 +596,57 @@ class TrainlabApp(App[int]):
         self.push_screen(DoctorScreen(lambda: runner("doctor", config), about))
 
     def action_find_lr(self) -> None:
-        """The lr range test: by the run's engine while it trains, else on the config."""
-        if self.run_state.active:
+        """The lr range test: by the run's engine while it trains, else on the config.
+
+        A live answer already measured at the run's current step (paused, or its screen
+        closed before it came) is shown again rather than tested anew: same weights,
+        same curve.
+        """
+        s = self.run_state
+        if s.active and s.lr_found is not None and s.lr_found.step == s.step:
+            screen = LrFindScreen(APPLY_NOW, self._live_lr_about(s.lr_found.step))
+            screen.show_curve(s.lr_found)  # shown once mounted
+            self._open_lr_screen(screen)
+            return
+        if s.active:
             self.send(protocol.FindLr())
-            self._open_lr_screen(LrFindScreen(APPLY_NOW, self._live_lr_about()))
+            self._open_lr_screen(LrFindScreen(APPLY_NOW, self._live_lr_about(s.step)))
             return
         config, about = self.checked_config()
         runner = self.command_runner
         self._open_lr_screen(LrFindScreen(APPLY_AT_RESTART, f"{about}, freshly initialized",
                                           job=lambda: runner("lr-find", config)))
 
-    def _live_lr_about(self) -> str:
-        return f"a copy of the run at step {self.run_state.step} (its weights untouched)"
+    @staticmethod
+    def _live_lr_about(step: int) -> str:
+        return f"a copy of the run at step {step} (its weights untouched)"
 
     def _open_lr_screen(self, screen: LrFindScreen) -> None:
         self.lr_screen = screen
+        state = self.run_state
 
         def closed(lr: float | None) -> None:
             if self.lr_screen is screen:
                 self.lr_screen = None
-            if lr is not None:
+            if lr is not None and not self.run_replaced(state, f"optim.lr = {lr:.2e}"):
                 self._apply_lr(lr)
 
         self.push_screen(screen, callback=closed)
 
     def _lr_found(self, event: protocol.LrFound) -> None:
-        """The engine's range test answered: to the waiting screen, or a new one."""
+        """The engine's range test answered: to its waiting screen; once that screen was
+        closed, a notification instead (a screen popping up later would cover whatever
+        the user does now); the run state keeps the result for ``L``."""
         screen = self.lr_screen
-        if screen is None or screen.job is not None or not screen.waiting:
-            screen = LrFindScreen(APPLY_NOW, self._live_lr_about())
-            self._open_lr_screen(screen)
-        screen.show_curve(LrCurve.from_event(event))
+        if screen is not None and screen.job is None and screen.waiting:
+            screen.show_curve(event)
+            return
+        found = f"suggests lr {event.suggested_lr:.2e}" if event.suggested_lr is not None \
+            else "has no suggestion"
+        self.notify(f"The range test at step {event.step} {found} ({event.reason}). "
+                    f"L shows its curve while the run is at step {event.step}; later L "
+                    "tests again.", title="LR finder", timeout=ALERT_NOTIFY_SECONDS,
+                    markup=False)
 
     def _lr_failed(self, message: str) -> None:
         """No answer will come for the waiting live range test: its screen says why."""

@@ -3,8 +3,8 @@
 ``trainlab [CONFIG.toml] [--preset NAME] [--set key=value ...]`` opens the app on a
 run (the default experiment without arguments); ``trainlab run`` without
 ``--headless`` does the same. The other subcommands (``run --headless``, ``probe``,
-``presets``, ``config``) belong to ``engine.cli`` and are passed straight to it, so
-they never load Textual, and the app never loads torch.
+``doctor``, ``lr-find``, ``presets``, ``config``) belong to ``engine.cli`` and are
+passed straight to it, so they never load Textual, and the app never loads torch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from engine import cli as engine_cli
-from engine.config import ConfigError, apply_overrides
+from engine import config as config_mod
+from engine.config import Config, ConfigError
 from engine.labs import find_lab
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ digits), a CONFIG.toml, or a built-in preset, with --set overrides. Training sta
 at once; press ? in the app for the keys. A lab (--preset LAB) opens on its
 explanation; Enter trains its runs one after another, compared on one chart.
 
-Headless commands: trainlab run --headless | probe | presets | config
-(trainlab COMMAND -h for each)."""
+Headless commands: trainlab run --headless | probe | doctor | lr-find | presets |
+config (trainlab COMMAND -h for each)."""
 
 
 def build_app_parser() -> argparse.ArgumentParser:
@@ -53,19 +54,20 @@ def lab_session(args: argparse.Namespace) -> LabSession | None:
 
     Each run is the lab's variant over the base config (CONFIG.toml or the defaults),
     with the ``--set`` overrides applied last, so that they hold in every run even
-    where the variant sets the same field.
+    where the variant sets the same field: ``Lab.configs``, exactly as the headless
+    lab (``engine.lab_runner``) builds them, so the app accepts what it accepts.
 
     Raises:
-        ConfigError: a bad CONFIG.toml or override (naming the field and value).
+        ConfigError: a bad CONFIG.toml or override (naming the lab, the run, the
+            field and the value).
     """
     from tui.lab_session import LabSession
 
     lab = find_lab(args.preset) if args.preset else None
     if lab is None:
         return None
-    base = engine_cli.load_config(args.config, args.overrides)
-    return LabSession(lab, [(name, apply_overrides(config, args.overrides))
-                            for name, config in lab.configs(base)])
+    base = config_mod.load(args.config) if args.config else Config()
+    return LabSession(lab, lab.configs(base, args.overrides))
 
 
 def run_app(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,14 @@ class RunState:
     """The doctor's alerts, newest first."""
     alerted_layers: dict[str, str] = field(default_factory=dict)
     """Layer name -> the worst severity among the alerts that name it."""
+    values_at_alert: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """``id(alert)`` -> the run's values of the keys its fixes change, as they were when
+    it was raised (events arrive in order, so ``config`` then is the engine's config
+    when it diagnosed): a fix's values are frozen then, and the app asks before
+    applying one whose keys have moved since (see ``changed_since``)."""
+    lr_found: protocol.LrFound | None = None
+    """The latest answer of the engine's live lr range test, kept so that ``L`` shows it
+    again while the run is still at the step it tested."""
 
     @property
     def active(self) -> bool:
@@ -118,6 +127,21 @@ class RunState:
     def ended(self) -> bool:
         """Has the run finished or failed?"""
         return self.state in ("finished", "failed")
+
+    def changed_since(self, alert: protocol.AlertRaised, fix: protocol.Fix,
+                      current: Callable[[str], Any]) -> dict[str, tuple[Any, Any]]:
+        """The keys of ``fix`` whose value moved since ``alert`` was raised: key ->
+        (value then, value now), where ``current(key)`` says what it is now.
+
+        An alert this state never folded (or a key it could not read then) has no
+        baseline and so reports nothing.
+        """
+        then = self.values_at_alert.get(id(alert), {})
+        moved = {}
+        for key in fix.changes:
+            if key in then and (now := current(key)) != then[key]:
+                moved[key] = (then[key], now)
+        return moved
 
     def say(self, level: str, text: str, traceback: str = "", step: int | None = None) -> None:
         """Add a line to the run log (the app's own messages go here too)."""
@@ -201,6 +225,7 @@ class RunState:
         return {LOG, LAYERS}
 
     def _on_LrFound(self, e: protocol.LrFound) -> set[str]:
+        self.lr_found = e
         lr = f"suggests lr {e.suggested_lr:.2e}" if e.suggested_lr is not None \
             else "has no suggestion"
         self.say("info", f"lr range test {lr} ({e.reason})", step=e.step)
@@ -208,7 +233,12 @@ class RunState:
 
     def _on_AlertRaised(self, e: protocol.AlertRaised) -> set[str]:
         rank = severity_rank(e.severity)  # first: an unknown severity changes nothing
-        self.alerts.insert(0, e)
+        self.alerts.insert(0, e)  # kept for the run's life, so id(e) stays unique
+        then = {}
+        for key in {key for fix in e.fixes for key in fix.changes}:
+            with contextlib.suppress(ConfigError):  # not a config key: no baseline
+                then[key] = self.config.get(key)
+        self.values_at_alert[id(e)] = then
         for layer in e.layers:
             shown = self.alerted_layers.get(layer)
             if shown is None or severity_rank(shown) < rank:

@@ -56,6 +56,24 @@ def describe_changes(changes: Mapping[str, Any]) -> str:
                      for key, value in changes.items())
 
 
+def describe_moved(moved: Mapping[str, tuple[Any, Any]],
+                   changes: Mapping[str, Any] | None = None) -> str:
+    """The keys of a fix that moved since its alert (key -> (value then, value now)) in
+    words; with the fix's ``changes``, the question whether to set them anyway:
+    ``optim.lr changed since this alert (was 0.001, now 0.0001); set it to 0.0005
+    anyway?``"""
+    said = ", ".join(f"{key} changed since this alert (was {format_value(then, CHANGE_SPEC)}"
+                     f", now {format_value(now, CHANGE_SPEC)})"
+                     for key, (then, now) in moved.items())
+    if changes is None:
+        return said
+    if len(changes) == 1:
+        target = f"it to {format_value(next(iter(changes.values())), CHANGE_SPEC)}"
+    else:
+        target = describe_changes(changes)
+    return f"{said}; set {target} anyway?"
+
+
 def describe_fix(fix: protocol.Fix) -> str:
     """A fix's label and what applying it does: now (live) or with a restart."""
     how = "restart" if fix.restart else "now"
