@@ -172,6 +172,25 @@ def test_a_plateau_at_chance_level_after_a_big_start_counts():
         ({"optim.lr": pytest.approx(lr / 10)}, True)]
 
 
+def test_a_plateau_must_be_near_its_start_from_both_sides():
+    # --set optim.lr=50 on digits: 2.897 at init, blown up, then flat at ~19. That is the
+    # divergence alert's finding; 19 is not "near" 2.897, nor near ln 10.
+    blown_up = [2.897, *noisy(30000.0, 30), *noisy(18.95, 150, spread=0.005)]
+    assert curves.plateau(loss_history(blown_up), context()) is None
+    # Flat just inside the tolerance above the start (and above chance): a plateau, and
+    # its message gives the level it is near.
+    start = 2.0 * LN10
+    inside = [start, *noisy(start * (1 + curves.PLATEAU_NEAR / 2), 150, spread=0.002)]
+    alert = curves.plateau(loss_history(inside), context())
+    assert alert is not None and f"near its value at init ({start:.4g})" in alert.message
+    # Just outside it, above the start or below it, and far from chance: none.
+    for side in (1, -1):
+        level = start * (1 + side * 2 * curves.PLATEAU_NEAR)
+        outside = [start, *noisy(level, 150, spread=0.002)]
+        assert abs(np.median(outside[-50:]) / start - 1) > curves.PLATEAU_NEAR
+        assert curves.plateau(loss_history(outside), context()) is None, side
+
+
 def _row(name: str, activation: str, dead: float | None, grad_norm: float) -> LayerStats:
     return LayerStats(name, "Linear", activation, 0.0, 0.0, 0.0, 0.0, None, dead, None,
                       0.0, 1.0, 0.1, grad_norm, 0.0, 0.0, 1e-3)
@@ -378,6 +397,18 @@ def test_a_run_with_a_tiny_lr_plateaus():
     first, second = np.median(window[:50]), np.median(window[50:])
     assert alert.evidence["drop"] == pytest.approx((first - second) / first)
     assert alert.fixes[1].changes == {"optim.lr": pytest.approx(1e-6)}
+
+
+def test_a_run_blown_up_by_a_huge_lr_is_divergence_not_a_plateau():
+    # The trial's `--set optim.lr=50` on the default digits run: the loss explodes,
+    # then sits flat at ~20, far above its 2.9 at init. Cut to 400 steps (~2 s).
+    config = Config().with_values({"optim.lr": 50.0, "run.max_steps": 400,
+                                   "run.max_epochs": 0, "run.threads": 1})
+    events = run_loop(config)
+    losses = losses_by_step(events)
+    flat = np.median([losses[s] for s in sorted(losses)[-50:]])
+    assert flat > (1 + curves.PLATEAU_NEAR) * max(losses[1], LN10)  # the case at issue
+    assert "divergence" in kinds(events) and "plateau" not in kinds(events)
 
 
 def test_a_run_with_every_relu_dead_from_the_start_is_a_dead_network():

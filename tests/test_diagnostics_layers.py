@@ -18,6 +18,7 @@ import engine.stats
 from engine.config import Config, field_info
 from engine.diagnostics import DETECTORS, SNAPSHOT, Context, Diagnostics, History
 from engine.diagnostics import layers as L
+from engine.diagnostics.curves import INIT_LOSS_FACTOR
 from engine.protocol import (
     AlertRaised,
     HyperChanged,
@@ -25,7 +26,7 @@ from engine.protocol import (
     LayerStatsSnapshot,
     MetricsBatch,
 )
-from tests.conftest import of_type, run_loop, tiny_config
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
 
 LAYER_KINDS = ("vanishing_gradients", "exploding_gradients", "activation_collapse",
                "saturation", "dead_units", "symmetry", "update_ratio", "slow_lower_layers")
@@ -282,8 +283,32 @@ def test_saturation_fires_on_the_first_snapshot():
     assert alert.layers == ("blocks.0.linear", "blocks.2.linear")
     assert alert.evidence == {"saturated_frac": (0.8, 0.95)}
     assert "from the start" in alert.message
+    # N(0, 1) weights kept under ReLU explode (init-relu-large: loss 5e12), so the switch
+    # to ReLU comes with Kaiming, in one fix.
     assert changes(alert) == [{"init.scheme": "xavier_normal"}, {"model.norm": "batch"},
-                              {"model.activation": "relu"}]
+                              {"model.activation": "relu", "init.scheme": "kaiming_normal"}]
+    assert "with Kaiming init" in alert.fixes[-1].label
+
+
+@pytest.mark.parametrize("scheme", ["normal", "uniform", "constant", "default",
+                                    "xavier_normal", "orthogonal"])
+def test_no_activation_switch_keeps_an_init_that_does_not_suit_it(scheme: str):
+    pinned = [{"saturated_frac": 0.9}] * 3
+    cfg = config(init__scheme=scheme, init__std=1.0)
+    alert = only(alerts_of(cfg, [net(1, pinned)]), "saturation")
+    switches = [c for c in changes(alert) if "model.activation" in c]
+    assert switches == [{"model.activation": "relu", "init.scheme": "kaiming_normal"}]
+    assert_fixes_valid(cfg, alert)
+
+
+def test_an_activation_switch_leaves_an_init_that_suits_it():
+    pinned = [{"saturated_frac": 0.9}] * 3
+    for scheme in ("auto", "kaiming_normal", "kaiming_uniform"):  # auto picks Kaiming
+        alert = only(alerts_of(config(init__scheme=scheme), [net(1, pinned)]), "saturation")
+        assert {"model.activation": "relu"} in changes(alert), scheme
+    # Within the ReLU family a fixed-scale init does what it did: LeakyReLU alone.
+    switch = L.F.leaky_relu(config(model__activation="relu", init__scheme="normal"))
+    assert switch is not None and switch.changes == {"model.activation": "leaky_relu"}
 
 
 def test_saturation_that_appears_in_training_offers_a_lower_lr():
@@ -305,17 +330,22 @@ def relu_config(**changes: Any) -> Config:
     return config(model__activation="relu", init__scheme="kaiming_normal", **changes)
 
 
-def test_dead_units_after_three_snapshots_with_the_init_as_cause():
+def test_units_dead_at_init_fire_on_the_first_snapshot():
+    # The first snapshot is the network as initialized: no persistence is needed.
     dead = [{"dead_frac": 0.1}, {"dead_frac": 0.9}, {"dead_frac": 1.0}]
-    snaps = [net(s, dead, activation="ReLU") for s in (1, 2, 3)]
     cfg = relu_config(init__bias=-1.0)
-    assert alerts_of(cfg, snaps[:2]) == []
-    alert = only(alerts_of(cfg, snaps), "dead_units")
-    assert alert.layers == ("blocks.1.linear", "blocks.2.linear")
+    alert = only(alerts_of(cfg, [net(1, dead, activation="ReLU")]), "dead_units")
+    assert alert.step == 1 and alert.layers == ("blocks.1.linear", "blocks.2.linear")
     assert alert.evidence == {"dead_frac": (0.9, 1.0), "dead_frac_at_init": (0.9, 1.0)}
     assert alert.severity == "critical"  # blocks.2 passes no gradient at all
     assert changes(alert) == [{"init.bias": 0.0}, {"model.activation": "leaky_relu"}]
     assert_fixes_valid(cfg, alert)
+    # Units can come back once the layers below shift their input: no "never".
+    assert "never" not in alert.message and "comes back only if its input" in alert.message
+    # Not dead at init, dead on the second snapshot: that needs three in a row.
+    later = [net(1, [{"dead_frac": 0.1}] * 3, activation="ReLU"),
+             net(2, dead, activation="ReLU"), net(3, dead, activation="ReLU")]
+    assert alerts_of(cfg, later) == []
 
 
 def test_units_dead_at_init_without_a_bias_offer_the_suited_init():
@@ -638,6 +668,38 @@ def test_large_init_saturates_every_hidden_layer():
     assert alert.layers == tuple(r.name for r in rows[:-1])  # all ten, never the head
     assert alert.evidence["saturated_frac"] == tuple(r.saturated_frac for r in rows[:-1])
     assert changes(alert)[0] == {"init.scheme": "xavier_normal"}
+    # Every fix it offers starts the same net at a sane loss (under 10x ln C, the
+    # non_finite detector's "init too large" bar); ReLU keeping N(0, 1) would not.
+    sane = INIT_LOSS_FACTOR * math.log(10)
+    base = tiny_config(**DEEP, init__scheme="normal", init__std=1.0, run__max_steps=1)
+    for fix in alert.fixes:
+        assert losses_by_step(run_loop(base.with_values(fix.changes)))[1] < sane, fix.label
+    kept = run_loop(base.with_value("model.activation", "relu"))
+    assert losses_by_step(kept)[1] > sane
+
+
+def test_vanishing_text_names_exactly_the_layers_it_lists():
+    # The depth-plain trial: rows 0-5 and 20-29 of 30 under the healthy range.
+    tiny = {"grad_norm": 1e-7, "grad_max": 1e-8}
+    hidden = [tiny if i < 6 or i >= 20 else {} for i in range(30)]
+    alert = only(alerts_of(config(model__depth=30), [net(s, hidden) for s in (1, 2, 3)]),
+                 "vanishing_gradients")
+    listed = [f"blocks.{i}.linear" for i in [*range(6), *range(20, 30)]]
+    assert list(alert.layers) == listed
+    assert ("every gradient value of 16 layers (blocks.0.linear to blocks.5.linear, "
+            "blocks.20.linear to blocks.29.linear) is below") in alert.message
+
+
+def test_layer_listings_write_ranges_only_over_rows_all_named():
+    snapshot = same(1, 8)
+    names = [r.name for r in snapshot.layers]
+    assert L._listing(snapshot, names[:1]) == "blocks.0.linear"
+    assert L._listing(snapshot, [names[0], names[5]]) == "blocks.0.linear and blocks.5.linear"
+    assert L._listing(snapshot, names[2:6]) == "4 layers (blocks.2.linear to blocks.5.linear)"
+    picked = [names[i] for i in (0, 1, 3, 5, 6, 7)]
+    assert L._listing(snapshot, picked) == ("6 layers (blocks.0.linear, blocks.1.linear, "
+                                            "blocks.3.linear, blocks.5.linear to "
+                                            "blocks.7.linear)")
 
 
 @pytest.mark.usefixtures("every_step")
@@ -654,7 +716,8 @@ def test_zeros_init_is_symmetric():
 def test_negative_bias_kills_relu_units():
     events = run_loop(tiny_config(**SMALL, init__bias=-1.0, run__max_steps=3))
     alert = only(layer_alerts(events), "dead_units")
-    latest = snapshot_at(events, 3).layers
+    assert alert.step == 1  # dead as initialized: reported from the first snapshot
+    latest = snapshot_at(events, 1).layers
     expected = [r for r in latest[:-1] if r.dead_frac >= L.DEAD_UNITS_FRAC]
     assert alert.layers == tuple(r.name for r in expected)
     assert "blocks.3.linear" in alert.layers  # the top layer: dead for every sample

@@ -2,8 +2,10 @@
 
 - ``divergence``: the loss climbs far above where it started or its best, grows
   steadily, or swings wildly without coming down: the learning rate is too high.
-- ``plateau``: the loss stays flat near its value at init (or at chance level): the
-  learning rate is too low, or the network is dead (no gradient reaches the weights).
+- ``plateau``: the loss stays flat within PLATEAU_NEAR of its value at init (or of
+  chance level), above or below it: the learning rate is too low, or the network is
+  dead (no gradient reaches the weights). A loss flat far above both has blown up:
+  that is ``divergence``'s finding, not a plateau.
 - ``overfitting``: the validation loss rises over several evaluations while the
   training loss keeps falling.
 - ``non_finite``: the loss turned NaN or inf; which layer first and the likely cause.
@@ -100,10 +102,13 @@ PLATEAU_MAX_DROP = 0.02
 """Flat: the median of the window's second half is within 2% of its first half. At a
 sane LR the loss of a run that has not learned yet falls faster than that; a loss that
 rises is no plateau (the divergence detector's business)."""
-PLATEAU_NEAR_START = 0.9
-"""Not learned yet: the loss is still above 90% of its value at init, or of ln C for
-C-class cross-entropy (a network predicting the class prior; KNOWLEDGE.md section 10.1).
-A converged run sits far below both, so it is never called a plateau."""
+PLATEAU_NEAR = 0.1
+"""Not learned yet: the loss is within 10% of its value at init, or of ln C for C-class
+cross-entropy (a network predicting the class prior; KNOWLEDGE.md section 10.1), on
+either side. A converged run sits far below both, so it is never called a plateau; a
+loss far above both has blown up (``--set optim.lr=50`` on digits: flat at 18.95 after
+starting at 2.9), which the divergence alert reports, and calling that level "near" its
+start would be false."""
 DEAD_LAYER_FRACTION = 0.99
 """A hidden ReLU layer with at least 99% of its units dead passes (almost) no signal
 forward and no gradient back (KNOWLEDGE.md section 2): the network is dead."""
@@ -354,6 +359,11 @@ def _dead_network_fixes(h: History, ctx: Context, dead: Sequence[str]) -> tuple[
                      F.depth_fixes(config, h.snapshots[-1]) if rest else ())
 
 
+def _near(level: float, reference: float) -> bool:
+    """``level`` within PLATEAU_NEAR of ``reference``, above or below it."""
+    return reference > 0 and abs(level - reference) <= PLATEAU_NEAR * reference
+
+
 @detector("plateau", LOSS)
 def plateau(h: History, ctx: Context) -> AlertRaised | None:
     """The loss flat over a long window while still near its init (or chance) value."""
@@ -368,8 +378,8 @@ def plateau(h: History, ctx: Context) -> AlertRaised | None:
         return None
     drop = (before - now) / before
     chance = _chance_loss(ctx)
-    near_start = now >= PLATEAU_NEAR_START * h.first_loss
-    near_chance = chance is not None and now >= PLATEAU_NEAR_START * chance
+    near_start = _near(now, h.first_loss)
+    near_chance = chance is not None and _near(now, chance)
     if abs(drop) >= PLATEAU_MAX_DROP or not (near_start or near_chance):
         return None
     evidence: dict[str, float | tuple[float, ...]] = {

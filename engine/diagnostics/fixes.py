@@ -181,16 +181,30 @@ def init(config: Config, snapshot: LayerStatsSnapshot) -> Fix | None:
 
 
 def activation(config: Config, name: str, label: str) -> Fix | None:
-    """Switch a built-in net's activation (with the init suited to it) and restart; None
-    for a custom model or when the net already uses ``name``."""
+    """Switch a built-in net's activation and restart, in one fix with the init suited
+    to the new activation whenever the current one does not suit it; None for a custom
+    model or when the net already uses ``name``.
+
+    The init goes along when it is a scheme made for the other family (Xavier chosen for
+    tanh does not suit ReLU), and when the activation changes family with an init of a
+    fixed scale (normal, uniform, constant, zeros, PyTorch's default): that scale was
+    set for the old activation, and the new one reacts to it differently. N(0, 1)
+    weights saturate tanh, whose output stays bounded, but make a ReLU net's activations
+    grow ~16x a layer (the init-relu-large preset ends at a training loss of 5e12).
+    Within a family (ReLU -> LeakyReLU) a fixed-scale init keeps doing what it did, so
+    it is left alone. ``auto`` picks the suited init by itself."""
     if not builtin(config) or config.model.activation == name:
         return None
     changes: dict[str, Any] = {"model.activation": name}
     scheme = config.init.scheme
     suited = "xavier_normal" if name in TANH_LIKE_ACTIVATIONS else "kaiming_normal"
-    if scheme.startswith(("xavier", "kaiming", "orthogonal")) and not scheme.startswith(
-            SUITED_FAMILIES[suited]):
-        changes["init.scheme"] = suited  # e.g. Xavier chosen for tanh does not suit ReLU
+    made_for_a_family = scheme.startswith(("xavier", "kaiming", "orthogonal"))
+    family_changes = ((config.model.activation in TANH_LIKE_ACTIVATIONS)
+                      != (name in TANH_LIKE_ACTIVATIONS))
+    if scheme != "auto" and not scheme.startswith(SUITED_FAMILIES[suited]) and (
+            made_for_a_family or family_changes):
+        changes["init.scheme"] = suited
+        label = f"{label} with {'Xavier' if suited.startswith('xavier') else 'Kaiming'} init"
     return fix(label, changes)
 
 
@@ -218,7 +232,8 @@ def residual(config: Config) -> Fix | None:
 def depth_fixes(config: Config, snapshot: LayerStatsSnapshot) -> tuple[Fix, ...]:
     """The remedies for signals that shrink or grow through depth (KNOWLEDGE.md
     section 3): a suited init; else, for a saturating activation, a ReLU-family one
-    (with a badly scaled init ReLU would not help); normalization; residuals."""
+    (with a badly scaled init ReLU would not help, and ``activation`` brings Kaiming
+    along when the init is not suited); normalization; residuals."""
     suited = init(config, snapshot)
     relu = (activation(config, "relu", "switch the activation to ReLU")
             if suited is None and config.model.activation in SATURATING_ACTIVATIONS else None)

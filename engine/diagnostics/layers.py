@@ -13,8 +13,9 @@ Each detector reads the recent ``LayerStatsSnapshot`` history (KNOWLEDGE.md sect
   detector's alone: their saturation, tiny gradients or frozen updates follow from it,
   and its fix is theirs.
 - Persistence: problems that batch noise could fake must hold on each of the last
-  ``PERSIST_SNAPSHOTS`` snapshots. Init-time problems (collapse, saturation, symmetry)
-  fire from the first snapshot: it shows the network as initialized, before any update.
+  ``PERSIST_SNAPSHOTS`` snapshots. Init-time problems (collapse, saturation, dead units,
+  symmetry) fire from the first snapshot when it shows them: it is the network as
+  initialized, before any update.
 - Evidence: per-layer tuples follow the alert's ``layers``, in the same order; scalar
   entries name the reference the layers are compared against.
 - Fixes come from ``diagnostics.fixes`` (one set for every detector): tailored to the
@@ -92,8 +93,10 @@ SATURATED_FRAC = 0.5
 units at widths 100-500; Xavier saturates under 1%."""
 DEAD_UNITS_FRAC = 0.5
 """A layer has lost its capacity when half or more of its ReLU units output 0 for every
-sample of a batch (KNOWLEDGE.md section 2: dead units get a gradient of 0 forever). Healthy
-Kaiming ReLU nets measured here stay below 30%."""
+sample of a batch (KNOWLEDGE.md section 2: a dead unit gets a gradient of 0, so it stays
+dead unless its input shifts; a user trial with init.bias = -3 on digits saw 100% dead at
+init and 53-85% later, as the layers below moved). Healthy Kaiming ReLU nets measured
+here stay below 30%."""
 DEAD_UNITS_MIN_BATCH = 16
 """Dead units are only judged on batches of at least 16 samples: a unit is counted dead
 when it is 0 for every sample of the batch, and a live unit active for half the inputs
@@ -258,13 +261,25 @@ def _hidden_activation_rows(snapshot: LayerStatsSnapshot, skip: Rows = frozenset
     return [i for i, row in enumerate(snapshot.layers[:-1]) if row.activation and i not in skip]
 
 
-def _listing(names: Sequence[str]) -> str:
-    """Layer names for a sentence: 'a', 'a and b', 'N layers (a to d)' (forward order)."""
+def _listing(snapshot: LayerStatsSnapshot, names: Sequence[str]) -> str:
+    """Layer names of ``snapshot`` for a sentence, saying exactly which: 'a', 'a and b',
+    'N layers (a to d)' when they are every row from a to d, else each run of adjacent
+    rows: 'N layers (a to c, f, h to k)' (a run of two: 'f, g'). A range is only written
+    for rows that are all named, so no layer between its ends is left out silently."""
     if len(names) == 1:
         return names[0]
     if len(names) == 2:
         return f"{names[0]} and {names[1]}"
-    return f"{len(names)} layers ({names[0]} to {names[-1]})"
+    position = {row.name: i for i, row in enumerate(snapshot.layers)}
+    runs: list[list[str]] = []
+    for name in names:
+        if runs and position[name] == position[runs[-1][-1]] + 1:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    parts = [run[0] if len(run) == 1 else f"{run[0]}, {run[1]}" if len(run) == 2
+             else f"{run[0]} to {run[-1]}" for run in runs]
+    return f"{len(names)} layers ({', '.join(parts)})"
 
 
 # --- vanishing and exploding gradients ----------------------------------------------
@@ -338,17 +353,28 @@ def vanishing_gradients(history: History, ctx: Context) -> AlertRaised | None:
         "grad_norm": _figures(snapshot, found, lambda r: r.grad_norm),
         "grad_max": _figures(snapshot, found, lambda r: r.grad_max),
     }
+    # Every named layer is in one or both of the sentences below (the rows
+    # _vanishing_rows found: shrunk against the last hidden layer, or below the range).
     reasons = []
     reference = _last_hidden_grad_norm(snapshot, skip)
     first = snapshot.layers[0]
-    if reference is not None and first.grad_norm < reference / DEPTH_RATIO:
-        ratio = first.grad_norm / reference
+    shrunk = [] if reference is None else [
+        i for i in found if i < len(snapshot.layers) - 2
+        and snapshot.layers[i].grad_norm < reference / DEPTH_RATIO]
+    if reference is not None and shrunk:
         evidence["last_hidden_grad_norm"] = reference
-        evidence["first_to_last_hidden"] = ratio
-        reasons.append(f"the gradient norm of {first.name} is {ratio:.1e} times that of "
-                       f"{snapshot.layers[-2].name}, shrinking towards the input")
+        if shrunk[0] == 0:
+            evidence["first_to_last_hidden"] = first.grad_norm / reference
+        lowest = min(shrunk, key=lambda i: snapshot.layers[i].grad_norm)
+        one = len(shrunk) == 1
+        reasons.append(
+            f"the gradient {'norm' if one else 'norms'} of "
+            f"{_listing(snapshot, _names(snapshot, shrunk))} {'is' if one else 'are'} "
+            f"under 1/{DEPTH_RATIO:g} of that of {snapshot.layers[-2].name} (down to "
+            f"{snapshot.layers[lowest].grad_norm / reference:.1e} times, in "
+            f"{snapshot.layers[lowest].name}), shrinking towards the input")
     if below:
-        reasons.append(f"every gradient value of {_listing(below)} is below "
+        reasons.append(f"every gradient value of {_listing(snapshot, below)} is below "
                        f"{GRAD_HEALTHY_LOW:g}, under the healthy range")
     message = (f"Vanishing gradients: {'; '.join(reasons)}. The chain rule multiplies "
                "small factors layer after layer, so the lower layers barely learn.")
@@ -420,7 +446,7 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
         names = _names(snapshot, found)
         message = (f"Gradient spike: the global gradient norm jumped to {norm:.3g}, "
                    f"{norm / median:.0f} times its recent median ({median:.3g}), mostly in "
-                   f"{_listing(names)}. One such step can throw the weights far off; "
+                   f"{_listing(snapshot, names)}. One such step can throw the weights far off; "
                    "the learning rate is likely too high for this region of the loss.")
         return AlertRaised(
             step=snapshot.step, kind="exploding_gradients", severity="critical",
@@ -454,8 +480,8 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
                            f"{ratio:.3g} times that of {snapshot.layers[-2].name}, growing "
                            "towards the input")
     if above:
-        reasons.append(f"gradient values of {_listing(above)} exceed {GRAD_HEALTHY_HIGH:g}, "
-                       "over the healthy range")
+        reasons.append(f"gradient values of {_listing(snapshot, above)} exceed "
+                       f"{GRAD_HEALTHY_HIGH:g}, over the healthy range")
     message = (f"Exploding gradients: {'; '.join(reasons)}. Steps this large overshoot "
                "and can turn the weights into inf or NaN.")
     return AlertRaised(
@@ -529,7 +555,7 @@ def saturation(history: History, ctx: Context) -> AlertRaised | None:
     shares = _figures(snapshot, found, lambda r: r.saturated_frac)
     first = history.first_snapshot
     at_init = first is not None and bool(_saturated_rows(first, skip))
-    message = (f"Saturated units: in {_listing(names)} up to {max(shares):.0%} of the "
+    message = (f"Saturated units: in {_listing(snapshot, names)} up to {max(shares):.0%} of the "
                "activations sit at the flat ends of the activation, where its slope is "
                "almost 0, so almost no gradient passes and these units stop learning. "
                + ("The weights are too large from the start." if at_init else
@@ -552,13 +578,15 @@ def _dead_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
 
 @detector("dead_units", SNAPSHOT)
 def dead_units(history: History, ctx: Context) -> AlertRaised | None:
-    """ReLU units that output 0 for every sample, on PERSIST_SNAPSHOTS snapshots in a
-    row, with batches large enough for "every sample" to mean something."""
+    """ReLU units that output 0 for every sample, with batches large enough for "every
+    sample" to mean something: from the first snapshot when they are dead there (the
+    network as initialized: an init-time finding needs no persistence), else on
+    PERSIST_SNAPSHOTS snapshots in a row."""
     config = ctx.config
     if 0 < config.data.batch_size < DEAD_UNITS_MIN_BATCH:
         return None
     skip = frozenset(_symmetric_rows(history, config))
-    found = _persistent(history, lambda s: _dead_rows(s, skip))
+    found = _persistent(history, lambda s: _dead_rows(s, skip), from_start=True)
     if not found:
         return None
     snapshot = history.snapshots[-1]
@@ -580,10 +608,13 @@ def dead_units(history: History, ctx: Context) -> AlertRaised | None:
     else:
         cause = "They were dead from the start: the init puts their inputs below 0."
     whole = [n for n, share in zip(names, shares, strict=True) if share >= 1.0]
-    message = (f"Dead ReLU units: up to {max(shares):.0%} of the units of {_listing(names)} "
-               "output 0 for every sample, so their gradient is 0 and they never recover. "
-               + cause
-               + (f" {_listing(whole)} {'passes' if len(whole) == 1 else 'pass'} no "
+    message = (f"Dead ReLU units: up to {max(shares):.0%} of the units of "
+               f"{_listing(snapshot, names)} output 0 for every sample of the batch, so "
+               "they get no gradient from it: a ReLU unit gets no gradient from the "
+               "samples where it outputs 0, and comes back only if its input moves above 0 "
+               "on some samples (as the layers below it change, or its own weights on "
+               "samples where it is active). " + cause
+               + (f" {_listing(snapshot, whole)} {'passes' if len(whole) == 1 else 'pass'} no "
                   "gradient at all to the layers below." if whole else ""))
     bias = (F.fix(f"reset the biases ({config.init.bias:g}) to 0", {"init.bias": 0.0})
             if at_init and config.init.bias < 0 else None)
@@ -611,10 +642,10 @@ def symmetry(history: History, ctx: Context) -> AlertRaised | None:
     names = _names(first, found)
     grads = _figures(first, found, lambda r: r.grad_norm)
     zero_grad = [n for n, g in zip(names, grads, strict=True) if g == 0]
-    message = (f"Symmetric units: every weight of {_listing(names)} has the same value "
+    message = (f"Symmetric units: every weight of {_listing(first, names)} has the same value "
                "at init, so every unit of such a layer computes the same thing and gets "
                "the same gradient; the units stay identical and the layer works as one."
-               + (f" The gradient of {_listing(zero_grad)} is exactly 0: "
+               + (f" The gradient of {_listing(first, zero_grad)} is exactly 0: "
                   f"{'it does' if len(zero_grad) == 1 else 'they do'} not learn at all."
                   if zero_grad else ""))
     return AlertRaised(
@@ -691,7 +722,7 @@ def update_ratio(history: History, ctx: Context) -> AlertRaised | None:
         found, worst = high, max(medians[i] for i in high)
         factor = UPDATE_RATIO_TARGET / worst
         message = (f"Updates too large: over the last {UPDATE_RATIO_SPAN} steps each step "
-                   f"changed the weights of {_listing(_names(snapshot, high))} by up to "
+                   f"changed the weights of {_listing(snapshot, _names(snapshot, high))} by up to "
                    f"{worst:.2g} of their size (healthy is about {UPDATE_RATIO_TARGET:g}). "
                    "The weights jump around instead of settling: the learning rate is too "
                    "high.")
