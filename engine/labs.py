@@ -121,15 +121,17 @@ LABS: dict[str, Lab] = {
             "Watch the Train view for sigmoid's flat loss, and the Layers view (2): grad\n"
             "std per layer (sigmoid's falls ~4x a layer towards the input, with no unit\n"
             "saturated: its slope is small everywhere), and the dead column for ReLU as\n"
-            "it trains (units that output 0 for every input and never recover). SGD\n"
-            "with momentum on purpose: Adam rescales each weight's step, hiding all that.",
+            "it trains (units that output 0 for every input get no gradient, so they\n"
+            "stay dead unless their input shifts). SGD with momentum on purpose: Adam\n"
+            "rescales each weight's step, hiding all that.",
             _runs("act-sigmoid", "act-tanh", "act-relu", "act-leaky-relu"),
         ),
         Lab(
             "depth",
-            "30 ReLU layers: plain vs BatchNorm vs residual",
-            "Thirty ReLU layers of 64 units on 3-class spirals, SGD with momentum, the\n"
-            "same weights N(0, 0.05^2) in all three nets (a common hand-picked std).\n\n"
+            "30 LeakyReLU layers: plain vs BatchNorm vs residual",
+            "Thirty LeakyReLU layers of 64 units on 3-class spirals, SGD with momentum,\n"
+            "the same weights N(0, 0.05^2) in all three nets (a common hand-picked std;\n"
+            "LeakyReLU so that no unit dies and depth alone is what differs).\n\n"
             "Depth multiplies: each plain layer keeps 64 * 0.05^2 / 2 = 8% of its input's\n"
             "variance, and thirty such factors leave nothing. The plain net's first\n"
             "layer gets gradients ~1e-19 and its loss stays at ln 3. BatchNorm rescales\n"
