@@ -318,21 +318,26 @@ def symmetric_layers(history: History, config: Config) -> tuple[str, ...]:
     return () if first is None else _names(first, _symmetric_rows(history, config))
 
 
+def _rows_by_gradient(snapshot: LayerStatsSnapshot, skip: Rows,
+                      off: Callable[[LayerStats, float | None], bool]) -> list[int]:
+    """Hidden rows (not in ``skip``, with judgeable gradients) for which
+    ``off(row, reference)`` holds; the reference is the last hidden layer's gradient
+    norm, which the depth comparisons apply only to the rows below it."""
+    rows = snapshot.layers
+    reference = _last_hidden_grad_norm(snapshot, skip)
+    return [i for i, row in enumerate(rows[:-1])
+            if i not in skip and _gradient_ok(row)
+            and off(row, reference if i < len(rows) - 2 else None)]
+
+
 def _vanishing_rows(snapshot: LayerStatsSnapshot, skip: Rows, *, judge_range: bool
                     ) -> list[int]:
     """Hidden rows whose gradients are two orders of magnitude below the last hidden
     layer's, or (with ``judge_range``) below the healthy range; only when the first layer
     is among them (gradients vanish towards the input)."""
-    rows = snapshot.layers
-    reference = _last_hidden_grad_norm(snapshot, skip)
-    found = []
-    for i, row in enumerate(rows[:-1]):
-        if i in skip or not _gradient_ok(row):
-            continue
-        shrunk = (reference is not None and i < len(rows) - 2
-                  and row.grad_norm < reference / DEPTH_RATIO)
-        if (judge_range and _below_range(row)) or shrunk:
-            found.append(i)
+    found = _rows_by_gradient(snapshot, skip, lambda row, reference: (
+        (judge_range and _below_range(row))
+        or (reference is not None and row.grad_norm < reference / DEPTH_RATIO)))
     return found if found and found[0] == 0 else []
 
 
@@ -387,17 +392,9 @@ def vanishing_gradients(history: History, ctx: Context) -> AlertRaised | None:
 def _exploding_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
     """Hidden rows whose gradients are above the healthy range, or two orders of
     magnitude above the last hidden layer's (growing towards the input)."""
-    rows = snapshot.layers
-    reference = _last_hidden_grad_norm(snapshot, skip)
-    found = []
-    for i, row in enumerate(rows[:-1]):
-        if i in skip or not _gradient_ok(row):
-            continue
-        grown = (reference is not None and i < len(rows) - 2
-                 and row.grad_norm > reference * DEPTH_RATIO)
-        if row.grad_max > GRAD_HEALTHY_HIGH or grown:
-            found.append(i)
-    return found
+    return _rows_by_gradient(snapshot, skip, lambda row, reference: (
+        row.grad_max > GRAD_HEALTHY_HIGH
+        or (reference is not None and row.grad_norm > reference * DEPTH_RATIO)))
 
 
 def _spike(history: History, config: Config
