@@ -217,11 +217,12 @@ class Trainer:
         self.last_train_loss: float | None = None
         self.pending_losses: list[torch.Tensor] = []
         self.pending_lrs: list[float] = []
-        self.interval_loss_sum = 0.0
-        self.interval_loss_count = 0
+        self.interval_losses: dict[int, float] = {}
+        """step -> training loss of the applied steps since the previous evaluation (one
+        float per step: an interval is at most an epoch or run.eval_every steps)."""
         self.withheld_steps: set[int] = set()
-        """Steps (counted from 1) whose update skip or rollback withheld, not yet flushed:
-        left out of the interval's mean train loss. Touched only on such steps."""
+        """Steps (counted from 1) whose update skip or rollback withheld or a rollback
+        undid, not yet flushed: left out of the interval's mean train loss."""
         self.first_nonfinite_step: int | None = None
         self.update_skipped = False
         """The last step's update was withheld because its loss was not finite."""
@@ -444,6 +445,12 @@ class Trainer:
             self.optimizer = build_optimizer(self.model.parameters(), self.config.optim)
         self.rollbacks += 1
         self.withheld_in_a_row = 0
+        # The steps after the good state are undone: their losses leave the mean too
+        # (flushed ones from the interval, pending ones at their flush).
+        undone = range(good.step + 1, bad_step + 1)
+        for step in undone:
+            self.interval_losses.pop(step, None)
+        self.withheld_steps.update(undone)
         return self.set_hyper("optim.lr", self.config.optim.lr * ROLLBACK_LR_FACTOR,
                               f"rollback to step {good.step} after a non-finite loss at "
                               f"step {bad_step}")
@@ -542,7 +549,7 @@ class Trainer:
         accuracy = n_correct / n if self.objective.predict is not None else None
         train_loss = self.interval_train_loss()
         train_loss = math.nan if train_loss is None else train_loss
-        self.interval_loss_sum, self.interval_loss_count = 0.0, 0
+        self.interval_losses = {}
         self.last_train_loss = train_loss
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, self.step
@@ -562,8 +569,8 @@ class Trainer:
 
     def interval_train_loss(self) -> float | None:
         """Mean training loss of the steps since the previous evaluation (None if none)."""
-        count = self.interval_loss_count
-        return self.interval_loss_sum / count if count else None
+        losses = self.interval_losses
+        return math.fsum(losses.values()) / len(losses) if losses else None
 
     def eval_due(self) -> bool:
         """Is an evaluation due after the step just taken (run.eval_every, or epoch end)?"""
@@ -611,8 +618,7 @@ class Trainer:
                 # make the interval's mean NaN and hide the steps that trained.
                 continue
             # An applied NaN step (continue) makes the mean NaN: skipping it would hide it.
-            self.interval_loss_sum += value
-            self.interval_loss_count += 1
+            self.interval_losses[first + i] = value
             if not math.isfinite(value) and self.first_nonfinite_step is None:
                 self.first_nonfinite_step = first + i
         batch = MetricsBatch(

@@ -8,6 +8,7 @@ happens next is the policy's doing alone.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -109,11 +110,21 @@ def test_withheld_steps_are_left_out_of_the_train_loss_mean(poison, policy):
     losses = losses_by_step(events)
     evals = of_type(events, "EvalDone")
     assert [e.step for e in evals] == [10, 20]
+    # A rollback from bad step B to the state after step G undoes steps G+1..B.
+    rollbacks = [tuple(map(int, re.search(r"rollback to step (\d+) .* at step (\d+)",
+                                          change.note).groups()))
+                 for change in of_type(events, "HyperChanged")]
+    assert len(rollbacks) == (2 if policy == "rollback" else 0)
     previous = 0
     for done in evals:
         # Independently: the mean of the steps in the interval whose update was applied
-        # (the MetricsBatch losses, minus the poisoned steps the policy withheld).
-        applied = [losses[s] for s in range(previous + 1, done.step + 1) if s not in poison]
+        # (the MetricsBatch losses, minus the poisoned steps the policy withheld and
+        # the steps a rollback before this evaluation undid).
+        def undone(step: int, end: int = done.step) -> bool:
+            return any(good < step <= bad <= end for good, bad in rollbacks)
+
+        applied = [losses[s] for s in range(previous + 1, done.step + 1)
+                   if s not in poison and not undone(s)]
         assert math.isfinite(done.train_loss)
         assert done.train_loss == pytest.approx(sum(applied) / len(applied), rel=1e-9)
         previous = done.step
