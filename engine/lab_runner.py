@@ -36,14 +36,12 @@ from engine.cli import (
     EXIT_NON_FINITE,
     EXIT_OK,
     ProgressPrinter,
-    format_number,
-    format_percent,
     json_printer,
     report_config_error,
     train_headless,
 )
 from engine.config import Config, ConfigError
-from engine.labs import Lab
+from engine.labs import RESULT_COLUMNS, Lab, result_row
 
 EXIT_SEVERITY: tuple[int, ...] = (
     EXIT_OK, EXIT_NON_FINITE, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED)
@@ -51,11 +49,6 @@ EXIT_SEVERITY: tuple[int, ...] = (
 A non-finite loss can be the very lesson of a run (a too-large init or learning rate,
 KNOWLEDGE.md section 4), so it ranks below a run that could not be built or crashed;
 an interrupt ranks above everything: the lab did not finish."""
-
-TABLE_COLUMNS = ("variant", "ended", "steps", "train_loss", "val_loss", "val_acc",
-                 "best_val_loss", "seconds")
-"""The comparison table's columns (the app's lab results table has the same order)."""
-
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -80,19 +73,13 @@ def worst_exit_code(codes: Iterable[int]) -> int:
 
 def format_comparison(outcomes: Sequence[RunOutcome]) -> str:
     """The runs side by side as an aligned text table, one row per run."""
-    rows = [TABLE_COLUMNS]
+    rows = [RESULT_COLUMNS]
     for outcome in outcomes:
         if outcome.finished is None:
-            rows.append((outcome.name, "aborted", *["-"] * (len(TABLE_COLUMNS) - 2)))
-            continue
-        f = outcome.finished.final
-        rows.append((
-            outcome.name, outcome.finished.reason, str(f.step),
-            format_number(f.train_loss), format_number(f.val_loss),
-            format_percent(f.val_accuracy), format_number(f.best_val_loss),
-            format_number(f.elapsed_s, ".1f"),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+            rows.append((outcome.name, "aborted", *["-"] * (len(RESULT_COLUMNS) - 2)))
+        else:
+            rows.append(result_row(outcome.name, outcome.finished))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(RESULT_COLUMNS))]
     return "\n".join(
         "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
                   for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()

@@ -17,11 +17,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine import protocol
+from engine.cli import format_number, format_percent
 from engine.config import Config, ConfigError, apply_overrides
 from engine.presets import PRESETS, Preset
 
 COMPARE_BY = ("step", "epoch")
 """The x axes a lab's curves can share."""
+
+RESULT_COLUMNS = ("variant", "ended", "steps", "train", "val", "val_acc", "best_val",
+                  "seconds")
+"""The columns comparing a lab's runs, in the headless table (``engine.lab_runner``) and
+the app's results table alike: how each run ended, its steps, final training loss,
+validation loss, validation accuracy, best validation loss and wall-clock seconds (the
+labs' explanations point at the seconds, e.g. L-BFGS's cost per step). One word each
+(scripts split the headless table on whitespace), and short: all eight fit the app's
+lab dialog at 80 columns (with "train_loss"/"best_val_loss" the seconds fell off)."""
+
+
+def result_row(name: str, finished: protocol.RunFinished) -> tuple[str, ...]:
+    """One run's cells under ``RESULT_COLUMNS``: '-' where a number is missing (no
+    validation, no accuracy), seconds as ``RunFinished.final.elapsed_s``."""
+    f = finished.final
+    return (name, finished.reason, str(f.step), format_number(f.train_loss),
+            format_number(f.val_loss), format_percent(f.val_accuracy),
+            format_number(f.best_val_loss), format_number(f.elapsed_s, ".1f"))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from textual_plotext.plot import Plot
 
 from engine import protocol
 from engine.config import Config, apply_overrides
-from engine.labs import LABS, Lab, find_lab
+from engine.lab_runner import RunOutcome, format_comparison
+from engine.labs import LABS, RESULT_COLUMNS, Lab, find_lab, result_row
 from engine.presets import PRESETS, Preset, apply_preset
 from tests.fake_engine import FakeEngines, metrics, started
 from tui import cli
@@ -19,7 +20,7 @@ from tui.app import TrainlabApp
 from tui.lab_session import LabSession
 from tui.plotting import OVERLAY_COLORS, TRAIN_COLOR, VAL_LOSS_COLOR, draw_loss_chart
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
-from tui.screens.lab import LabScreen
+from tui.screens.lab import LabScreen, run_mark
 from tui.screens.lr_find import LrFindScreen
 from tui.series import Series
 from tui.widgets import loss_chart
@@ -57,8 +58,7 @@ def test_a_session_walks_the_variants_and_keeps_each_result_and_curve() -> None:
     assert lab.begin().optim.lr == 1e-4
     curve = series(range(1, 11), np.linspace(2.0, 1.0, 10))
     result = lab.record(finished(10), curve, steps_per_epoch=5)
-    assert (result.name, result.steps, result.train_loss, result.val_loss) == \
-        ("lr-small", 10, 0.3, 0.4)
+    assert result.name == "lr-small" and result.finished.final.step == 10
     assert lab.overlays() == []  # the finished run is still the one shown
     name, config = lab.advance() or ("", Config())
     assert (name, config.optim.lr) == ("lr-large", 0.1)
@@ -80,6 +80,29 @@ def test_by_epoch_a_curve_is_put_in_epochs_of_its_own_run() -> None:
     ((_, curve),) = lab.overlays()
     np.testing.assert_allclose(curve.x, steps / 12)
     np.testing.assert_allclose(curve.y, (1 / steps).astype(np.float32))
+
+
+def test_runs_are_marked_done_now_next_and_nothing_for_the_later_ones() -> None:
+    four = Lab("four", "s", "e", (*LAB.variants, Preset("lr-tiny", "lr 1e-5", {"optim.lr": 1e-5})))
+    lab = session(four)
+    assert [run_mark(lab, i)[0] for i in range(4)] == ["next", "", "", ""]  # not started
+    lab.begin()
+    assert [run_mark(lab, i)[0] for i in range(4)] == ["now", "next", "", ""]
+    lab.record(finished(10), series([1], [1]), None)
+    lab.advance()
+    assert [run_mark(lab, i)[0] for i in range(4)] == ["done", "now", "next", ""]
+
+
+def test_a_results_row_has_the_headless_columns_seconds_included() -> None:
+    event = protocol.RunFinished("early_stopped", protocol.FinalMetrics(
+        120, 3, 0.25, 0.5, None, 0.45, 90, 12.34))
+    row = result_row("lr-small", event)
+    assert dict(zip(RESULT_COLUMNS, row, strict=True)) == {
+        "variant": "lr-small", "ended": "early_stopped", "steps": "120",
+        "train": "0.25", "val": "0.5", "val_acc": "-", "best_val": "0.45",
+        "seconds": "12.3"}
+    table = format_comparison([RunOutcome("lr-small", 0, event)]).splitlines()
+    assert table[0].split() == list(RESULT_COLUMNS) and table[1].split() == list(row)
 
 
 def test_a_session_without_runs_is_refused_naming_the_lab() -> None:
@@ -209,11 +232,14 @@ async def test_a_lab_opens_on_its_screen_and_trains_its_variants_in_turn(
         await pilot.press("i")
         await settle(pilot)
         table = app.screen.query_one("#lab-results", DataTable)
-        assert [str(c.label) for c in table.columns.values()][:3] == ["variant", "ended", "steps"]
+        assert [str(c.label) for c in table.columns.values()] == list(RESULT_COLUMNS)
         row = table.get_row_at(0)
-        f = engines.made[0]
-        assert row == ["lr-small", "completed", str(f.step), "0.3", "0.4", "90.0%", "0.4"]
-        assert "now" in str(app.screen.query_one("#lab-runs").render())
+        f = engines.made[0]  # FakeEngine.finish: losses 0.3 / 0.4, acc 0.9, 1.0 s
+        assert row == ["lr-small", "completed", str(f.step), "0.3", "0.4", "90.0%", "0.4",
+                       "1.0"]
+        runs = str(app.screen.query_one("#lab-runs").render())
+        assert "1. done lr-small" in runs and "2. now  lr-large" in runs
+        assert "3. next lr-mid" in runs
         await pilot.press("enter")  # started: Enter only closes
         await settle(pilot)
         assert len(engines.made) == 2 and not isinstance(app.screen, LabScreen)

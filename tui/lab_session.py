@@ -22,17 +22,13 @@ from tui.series import Series
 
 @dataclass(frozen=True)
 class VariantResult:
-    """How one finished variant ended: a row of the lab's results table."""
+    """How one finished variant ended: a row of the lab's results table
+    (``engine.labs.result_row``)."""
 
     name: str
-    reason: str
-    """completed, early_stopped, stopped or non_finite."""
-    steps: int
-    train_loss: float | None
-    """Mean training loss over its last evaluation interval."""
-    val_loss: float | None
-    val_accuracy: float | None
-    best_val_loss: float | None
+    finished: protocol.RunFinished
+    """Its RunFinished: the reason (completed, early_stopped, stopped or non_finite) and
+    the final numbers, seconds included."""
 
 
 class LabSession:
@@ -93,9 +89,7 @@ class LabSession:
         """
         if not self.started:
             raise RuntimeError("record: the lab has not started")
-        f = finished.final
-        result = VariantResult(self.current_name, finished.reason, f.step, f.train_loss,
-                               f.val_loss, f.val_accuracy, f.best_val_loss)
+        result = VariantResult(self.current_name, finished)
         self.results[self.index] = result
         if self.by_epoch and steps_per_epoch:
             curve = Series()

@@ -16,13 +16,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from engine.cli import format_number, format_percent
+from engine.labs import RESULT_COLUMNS, result_row
 from tui.lab_session import LabSession
-
-RESULT_COLUMNS = ("variant", "ended", "steps", "train loss", "val loss", "val acc",
-                  "best val")
-"""The results table: how each variant ended, its steps, its final train and validation
-loss, validation accuracy and best validation loss (short names: it fits 80 columns)."""
 
 
 def reflow(text: str) -> str:
@@ -42,17 +37,25 @@ def reflow(text: str) -> str:
     return "\n".join(lines)
 
 
+def run_mark(session: LabSession, index: int) -> tuple[str, str]:
+    """Run ``index``'s place in the lab as (word, style): ``done`` once finished, ``now``
+    while it trains, ``next`` for the one run that follows (the first one before the lab
+    starts), and no word for the later ones (each "next" would say nothing)."""
+    if index in session.results:
+        return "done", "green"
+    if index == session.index:
+        return "now", "bold yellow"
+    if index == session.index + 1:
+        return "next", "cyan"
+    return "", "dim"
+
+
 def runs_text(session: LabSession) -> Text:
     """The lab's runs in order, each with its summary and whether it is done, training
-    now or still to come."""
+    now, the next to train, or later."""
     text = Text()
     for index, (name, _config) in enumerate(session.runs):
-        if index in session.results:
-            mark, style = "done", "green"
-        elif index == session.index:
-            mark, style = "now", "bold yellow"
-        else:
-            mark, style = "next", "dim"
+        mark, style = run_mark(session, index)
         if index:
             text.append("\n")
         text.append(f"{index + 1}. ", "bold")
@@ -64,14 +67,10 @@ def runs_text(session: LabSession) -> Text:
 
 
 def result_rows(session: LabSession) -> list[tuple[str, ...]]:
-    """The results table's rows: one per finished variant, in training order."""
-    rows = []
-    for index in sorted(session.results):
-        r = session.results[index]
-        rows.append((r.name, r.reason, str(r.steps), format_number(r.train_loss),
-                     format_number(r.val_loss), format_percent(r.val_accuracy),
-                     format_number(r.best_val_loss)))
-    return rows
+    """The results table's rows: one per finished variant, in training order, with the
+    headless comparison's columns (``engine.labs.RESULT_COLUMNS``)."""
+    return [result_row(r.name, r.finished)
+            for r in (session.results[i] for i in sorted(session.results))]
 
 
 class LabScreen(ModalScreen[bool]):
