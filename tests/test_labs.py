@@ -251,8 +251,8 @@ def test_a_headless_lab_trains_every_run_and_prints_the_comparison(capsys):
                        for i, v in enumerate(variants, 1)]
     assert out.count("completed: step 3,") == 4  # each run's own progress lines
     table = out[out.index("== init: 4 of 4 runs =="):].splitlines()[1:]
-    assert table[0].split() == ["variant", "ended", "steps", "train_loss", "val_loss",
-                                "val_acc", "best_val_loss", "seconds"]
+    assert table[0].split() == ["variant", "ended", "steps", "train", "val", "val_acc",
+                                "best_val", "seconds"]
     assert [row.split()[:3] for row in table[1:]] == [[v.name, "completed", "3"]
                                                      for v in variants]
 

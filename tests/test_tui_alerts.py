@@ -13,7 +13,7 @@ from rich.style import Style
 from engine import protocol
 from engine.config import Config
 from tests.fake_engine import LAYERS, FakeEngines, snapshot
-from tui.app import TrainlabApp
+from tui.app import ALERT_NOTIFY_SECONDS, TrainlabApp
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from tui.state import ALERTS, LOG, RunState, alert_title
 from tui.state import LAYERS as LAYERS_PART
@@ -116,17 +116,13 @@ def test_evidence_and_changes_are_formatted_compactly() -> None:
 # --- the app -----------------------------------------------------------------------------
 
 
+def toasts(app: TrainlabApp) -> list[tuple[str, str, str, float]]:
+    """The notifications on screen as (title, message, severity, timeout)."""
+    return [(n.title, n.message, n.severity, n.timeout) for n in app._notifications]
+
+
 async def test_a_new_alert_shows_in_the_strip_the_alerts_view_and_a_notification() -> None:
     app, engines = make_app()
-    notified: list[tuple[str, str, str]] = []
-    real_notify = app.notify
-
-    def recording_notify(message: str, *, title: str = "", severity: Any = "information",
-                         **kwargs: Any) -> None:
-        notified.append((title, message, severity))
-        real_notify(message, title=title, severity=severity, **kwargs)
-
-    app.notify = recording_notify  # type: ignore[method-assign]
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         strip = app.query_one(AlertStrip)
@@ -137,19 +133,34 @@ async def test_a_new_alert_shows_in_the_strip_the_alerts_view_and_a_notification
         assert strip.display and strip.has_class("-critical")
         text = str(strip.render())
         assert alert_title("saturation") in text and LAYERS[0] in text
-        assert "f fix: pick one of 2" in text
-        assert [(t, s) for t, _, s in notified] == [
-            (f"{alert_title('saturation')} in {LAYERS[0]}", "error")]
+        assert "f fix: pick one of 2 (1, 2)" in text
+        # Short: severity and kind as the title, one line of where and which keys.
+        assert toasts(app) == [(f"critical: {alert_title('saturation')}",
+                                f"{LAYERS[0]} · f fix · 5 details", "error",
+                                ALERT_NOTIFY_SECONDS)]
+        assert ALERT_NOTIFY_SECONDS <= 5
         engines.current.feed(alert("plateau", "info", (), fixes=()))
         await settle(pilot)
-        assert len(notified) == 1  # an info alert waits in the view, no pop-up
+        assert len(toasts(app)) == 1  # an info alert waits in the view, no pop-up
+        app.notify("something else")  # another kind of notification is left alone
+        engines.current.feed(alert("dead_units", "warning", (LAYERS[0], LAYERS[1]), fixes=()))
+        await settle(pilot)
+        shown = toasts(app)  # the newer alert replaces the older one's pop-up
+        assert [t[:3] for t in shown if t[0] != ""] == [
+            (f"warning: {alert_title('dead_units')}", f"{LAYERS[0]} +1 · 5 details",
+             "warning")]
+        assert len(shown) == 2
         await pilot.press("5")
         await settle(pilot)
         assert app.query_one("#views").active == "alerts"
+        assert [t[0] for t in toasts(app)] == [""]  # the alert pop-up left with the view
+        engines.current.feed(alert("exploding_gradients", fixes=(HALVE_LR,)))
+        await settle(pilot)
+        assert [t[0] for t in toasts(app)] == [""]  # none over the cards themselves
         panel = app.query_one(AlertsPanel)
-        assert panel.query_one("#alerts-list").option_count == 2
+        assert panel.query_one("#alerts-list").option_count == 4
         assert panel.selected_alert is app.run_state.alerts[0]  # the newest, highlighted
-        await pilot.press("down")
+        await pilot.press("down", "down", "down")
         assert panel.selected_alert is raised
 
 
@@ -276,9 +287,10 @@ async def test_a_live_fix_whose_key_moved_since_the_alert_asks_first() -> None:
             protocol.SetHyper("optim.lr", 5e-4, "fix: exploding_gradients")
 
 
-async def test_f_is_disabled_without_an_alert_or_a_fix_that_can_apply_now() -> None:
+async def test_f_is_disabled_without_an_alert_and_offers_live_fixes_as_restarts_after_the_run(
+        ) -> None:
     app, engines = make_app()
-    async with app.run_test() as pilot:
+    async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         assert app.check_action("fix", ()) is None
         await pilot.press("f")
@@ -288,14 +300,80 @@ async def test_f_is_disabled_without_an_alert_or_a_fix_that_can_apply_now() -> N
         assert app.check_action("fix", ()) is True
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert any(t.startswith("Apply the suggested fix") for t in titles)
-        engines.current.finish()  # a live fix needs a running run
-        await settle(pilot)
-        assert app.check_action("fix", ()) is None
-        await pilot.press("f")
-        assert engines.current.commands == []
-        engines.current.feed(alert("dead_units", fixes=(KAIMING,)))  # a restart still can
+        engines.current.finish()  # the live fix now applies to the next run
         await settle(pilot)
         assert app.check_action("fix", ()) is True
+        assert "f fix: halve the learning rate now (restart: optim.lr = 0.0005)" in \
+            str(app.query_one(AlertStrip).render())
+        await pilot.press("f")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert app.screen.question.startswith("Start a new run from this run's config with "
+                                              "optim.lr = 0.0005")
+        await pilot.press("y")
+        await settle(pilot, 8)
+        assert engines.made[0].commands == []  # nothing sent to the ended run
+        assert len(engines.made) == 2 and engines.current.config == Config().with_value(
+            "optim.lr", 5e-4)
+
+
+async def test_after_the_run_the_picker_numbers_fixes_as_the_card_and_takes_number_keys(
+        ) -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        engines.current.feed(alert(fixes=(HALVE_LR, CLIP, KAIMING)))
+        await settle(pilot)
+        engines.current.finish()
+        await settle(pilot)
+        assert "f fix: pick one of 3 (1, 2, 3)" in str(app.query_one(AlertStrip).render())
+        await pilot.press("f")
+        await settle(pilot)
+        assert isinstance(app.screen, ChoiceScreen)
+        card = rendered(alert_card(app.run_state.alerts[0]))
+        for choice in app.screen.choices:  # "2. clip ..." is fix 2 of the card too
+            number, _, label = choice.partition(". ")
+            assert f"{number}. {label.split(' (')[0]}" in card
+        await pilot.press("2")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen) and "reg.clip_norm = 1.0" in \
+            app.screen.question
+        await pilot.press("y")
+        await settle(pilot, 8)
+        assert len(engines.made) == 2 and engines.current.config.reg.clip_norm == 1.0
+
+
+async def test_a_rollback_after_a_non_finite_alert_marks_it_handled_with_no_fix() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        fresh = protocol.Fix("restart from fresh weights with half the lr",
+                             {"optim.lr": 5e-4}, restart=True)
+        nonfinite = alert("non_finite", fixes=(fresh,), step=150)
+        engines.current.feed(nonfinite)
+        await settle(pilot)
+        assert app.check_action("fix", ()) is True
+        lr = Config().optim.lr
+        engines.current.feed(protocol.HyperChanged(
+            160, "optim.lr", lr, lr / 10, "rollback to step 100 after a non-finite loss at "
+            "step 160"))
+        await settle(pilot)
+        said = f"handled: rolled back at step 160, lr {lr:.3g} -> {lr / 10:.3g}"
+        assert app.run_state.handled(nonfinite) == said
+        assert said in str(app.query_one(AlertStrip).render())
+        assert app.check_action("fix", ()) is None
+        await pilot.press("f")
+        await settle(pilot)
+        assert len(engines.made) == 1 and not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("5")
+        await settle(pilot)
+        card = rendered(app.query_one(AlertsPanel).query_one("#alerts-list")
+                        .get_option_at_index(0).prompt, width=200)
+        assert said in card and "1. restart from fresh weights" not in card
+        # A later non_finite alert, after the rollback, is not handled by it.
+        assert RunState(Config()).handled(nonfinite) is None
+        later = alert("non_finite", fixes=(fresh,), step=170)
+        assert app.run_state.handled(later) is None
 
 
 async def test_in_the_alerts_view_f_fixes_the_highlighted_alert() -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from textual.widgets import Markdown, TabbedContent, TabPane
 
 from engine import protocol
 from engine.config import OPTIMIZERS, Config
@@ -357,6 +358,12 @@ async def test_help_screen_lists_every_key() -> None:
         shown = {keys for keys, _ in app.screen.key_rows}
         bound = {b.key_display or b.key.split(",")[0] for b in TrainlabApp.BINDINGS}
         assert bound - {"?"} <= shown
+        tabs = app.query_one(TabbedContent)
+        views = [str(tabs.get_tab(pane.id or "").label) for pane in app.query(TabPane)]
+        assert len(views) == 5
+        help_text = app.screen.query_one(Markdown).source
+        for view in views:  # "Alerts [5]" -> every view is explained under "Views"
+            assert f"**{view.split(' [')[0]}**" in help_text, view
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 

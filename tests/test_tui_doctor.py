@@ -20,6 +20,7 @@ from tests.fake_engine import FakeEngines
 from tui.app import TrainlabApp
 from tui.headless import CommandOutput, HeadlessCommandError, run_engine_command
 from tui.plotting import draw_lr_curve
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.doctor import DoctorScreen, parse_doctor_output
 from tui.screens.help import HelpScreen
 from tui.screens.lr_find import LrFindScreen, parse_lr_find_output
@@ -229,12 +230,38 @@ async def test_lr_key_asks_the_engine_and_a_applies_the_suggestion() -> None:
         assert app.screen is screen and screen.curve is not None
         summary = text_of(screen, "#lr-find-summary")
         assert "3.00e-03" in summary and "steepest descent" in summary
+        assert "tested the run's weights at step 200" in summary  # for a new run
         assert "lr range test suggests lr 3.00e-03" in app.run_state.log[-1].text
         await pilot.press("a")
         await settle(pilot)
-        assert not isinstance(app.screen, LrFindScreen)
+        assert isinstance(app.screen, ConfirmScreen)  # trained weights: asks first
+        assert "weights at step 200" in app.screen.question
+        await pilot.press("n")
+        await settle(pilot)
+        assert not any(isinstance(c, protocol.SetHyper) for c in engine.commands)
+        await pilot.press("L", "a")  # the same answer again (still at step 200)
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
         assert engine.commands[-1] == protocol.SetHyper("optim.lr", 3e-3, "lr-find")
         assert app.run_state.config.optim.lr == 3e-3  # acknowledged
+
+
+async def test_a_live_test_at_step_0_applies_at_once_rounded_to_3_digits() -> None:
+    app, engines = make_app(FakeRunner(CommandOutput(0, "{}", "")))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("L")
+        await settle(pilot)
+        raw = 0.007054802310718645  # what a user's log showed
+        engines.current.feed(protocol.LrFound(0, LRS, LOSSES, raw, "steepest descent"))
+        await settle(pilot)
+        assert "tested the run's weights" not in text_of(app.screen, "#lr-find-summary")
+        await pilot.press("a")
+        await settle(pilot)
+        assert not isinstance(app.screen, (ConfirmScreen, LrFindScreen))  # no question
+        assert engines.current.commands[-1] == protocol.SetHyper("optim.lr", 7.05e-3,
+                                                                 "lr-find")
 
 
 async def test_an_answer_after_the_screen_was_closed_does_not_pop_up_again() -> None:
@@ -366,6 +393,8 @@ async def test_the_real_engine_answers_the_lr_key_and_a_applies_it() -> None:
         suggested = screen.suggested
         assert suggested is not None and len(screen.curve.lrs) == len(screen.curve.losses)
         await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))  # trained weights
+        await pilot.press("y")
         await wait_for(pilot, lambda: app.run_state.config.optim.lr == suggested)
         assert any("optim.lr" in e.text and "(lr-find)" in e.text for e in app.run_state.log)
         await app.shutdown()

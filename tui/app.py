@@ -10,6 +10,7 @@ acknowledges it (the run log and the status bar show what the engine did).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -22,26 +23,32 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.notifications import Notification, Notify
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
 
 from engine import protocol
-from engine.config import OPTIMIZERS, Config, ConfigError
+from engine.config import OPTIMIZERS, Config, ConfigError, format_setting
 from tui import state as parts
 from tui.bridge import Engine, ProcessEngine
 from tui.headless import CommandRunner, run_engine_command
 from tui.lab_session import LabSession
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from tui.screens.doctor import DoctorScreen
+from tui.screens.fix_picker import FixPicker
 from tui.screens.help import HelpScreen
 from tui.screens.lab import LabScreen
-from tui.screens.lr_find import APPLY_AT_RESTART, APPLY_NOW, LrFindScreen
+from tui.screens.lr_find import (
+    APPLY_AT_RESTART,
+    APPLY_NOW,
+    LrFindScreen,
+    trained_weights_note,
+)
 from tui.state import RunState, alert_title
 from tui.widgets.alerts_panel import (
     AlertsPanel,
     AlertStrip,
     describe_changes,
-    describe_fix,
     describe_moved,
 )
 from tui.widgets.config_panel import ConfigPanel
@@ -63,8 +70,12 @@ NOTIFY_SEVERITIES = ("warning", "critical")
 """Alerts that pop up a notification: the run is not learning as it should, and a
 problem must never go unseen (KNOWLEDGE.md 10: never fail silently). An info alert is
 advice; it waits in the Alerts view and the strip."""
-ALERT_NOTIFY_SECONDS = 10.0
-"""How long an alert's notification stays: long enough to read its two lines."""
+ALERT_NOTIFY_SECONDS = 5.0
+"""How long an alert's notification stays: enough to read its two short lines; the
+strip (Train view) and the Alerts view keep the alert, so the toast only draws the eye
+and must not keep covering the screen (at 80x24 a toast covers its right half)."""
+LR_NOTIFY_SECONDS = 10.0
+"""How long the lr finder's late answer stays: it is the only place it shows."""
 
 _log_numbers = itertools.count(1)
 
@@ -155,6 +166,8 @@ class TrainlabApp(App[int]):
         self._pump_task: asyncio.Task[None] | None = None
         self._starting = False
         self._quitting = False
+        self.alert_toast: Notification | None = None
+        """The alert notification on screen, if any: a newer alert replaces it."""
         self.pending: dict[str, Any] = {}
         """Live changes sent but not yet acknowledged: relative keys (+, o, c) pressed
         again before the engine answered build on these, not on the old value."""
@@ -327,20 +340,45 @@ class TrainlabApp(App[int]):
     def _show_alerts(self) -> None:
         """The alerts panel, the Train view's strip and whether ``f`` can act now."""
         s = self.run_state
-        self.query_one(AlertsPanel).show(s.alerts)
-        self.query_one(AlertStrip).show(s.alerts, self.fixes_now(s.alerts[0]) if s.alerts
-                                        else [])
+        handled = {id(a): text for a in s.alerts if (text := s.handled(a))}
+        self.query_one(AlertsPanel).show(s.alerts, handled)
+        newest = s.alerts[0] if s.alerts else None
+        self.query_one(AlertStrip).show(
+            s.alerts, self.fixes_now(newest) if newest is not None else [],
+            handled.get(id(newest)))
         self.refresh_bindings()
 
     def _notify_alert(self, alert: protocol.AlertRaised) -> None:
-        """Pop up a new warning or critical alert, whatever view is showing."""
-        if alert.severity not in NOTIFY_SEVERITIES:
+        """Pop up a new warning or critical alert in two short lines, replacing the
+        previous alert's pop-up (one at a time); none while the Alerts view shows: the
+        alert is right there, and a pop-up would cover it."""
+        if alert.severity not in NOTIFY_SEVERITIES or self.alerts_view_showing():
             return
-        where = f" in {', '.join(alert.layers)}" if alert.layers else ""
-        self.notify(f"{alert.message}\nf: fix · 5: details",
-                    title=f"{alert_title(alert.kind)}{where}",
-                    severity="error" if alert.severity == "critical" else "warning",
-                    timeout=ALERT_NOTIFY_SECONDS, markup=False)  # "[0.9, 1]" is not markup
+        self._clear_alert_toast()
+        body = []
+        if alert.layers:
+            more = len(alert.layers) - 1
+            body.append(alert.layers[0] + (f" +{more}" if more else ""))
+        if self.fixes_now(alert):
+            body.append("f fix")
+        body.append("5 details")
+        toast = Notification(" · ".join(body), f"{alert.severity}: {alert_title(alert.kind)}",
+                             "error" if alert.severity == "critical" else "warning",
+                             ALERT_NOTIFY_SECONDS, markup=False)  # layer names are no markup
+        self.alert_toast = toast
+        # App.notify returns nothing to remove the toast by; this is what it posts.
+        self.post_message(Notify(toast))
+
+    def _clear_alert_toast(self) -> None:
+        """Remove the alert pop-up on screen, if any (other notifications stay)."""
+        toast, self.alert_toast = self.alert_toast, None
+        if toast is not None and toast in self._notifications:
+            self._unnotify(toast)  # Textual's own removal of one notification
+
+    def alerts_view_showing(self) -> bool:
+        """Is the Alerts view the one on screen?"""
+        tabs = self.query(TabbedContent)  # none yet when bindings are checked at start-up
+        return bool(tabs) and tabs.first().active == "alerts"
 
     def _show_banner(self) -> None:
         banner = self.query_one("#banner", Static)
@@ -478,16 +516,26 @@ class TrainlabApp(App[int]):
 
     def fix_target(self) -> protocol.AlertRaised | None:
         """The alert ``f`` fixes: the highlighted one in the Alerts view, else the newest."""
-        tabs = self.query(TabbedContent)  # none yet when bindings are checked at start-up
-        if tabs and tabs.first().active == "alerts":
+        if self.alerts_view_showing():
             return self.query_one(AlertsPanel).selected_alert
         return self.run_state.alerts[0] if self.run_state.alerts else None
 
-    def fixes_now(self, alert: protocol.AlertRaised) -> list[protocol.Fix]:
-        """The fixes of ``alert`` that can apply at this moment: a live one while the run
-        trains or is paused, a restart unless a run is starting."""
-        return [fix for fix in alert.fixes
-                if (not self._starting if fix.restart else self.run_state.active)]
+    def fixes_now(self, alert: protocol.AlertRaised) -> list[tuple[int, protocol.Fix]]:
+        """The fixes of ``alert`` that can apply at this moment, each with its number in
+        the alert's card (from 1): a live one while the run trains or is paused, and
+        once the run ended as a restart fix (its changes on the next run, through the
+        same confirmed restart); a restart one unless a run is starting. None for an
+        alert the engine already handled (``RunState.handled``)."""
+        s = self.run_state
+        if s.handled(alert):
+            return []
+        now = []
+        for number, fix in enumerate(alert.fixes, start=1):
+            if not fix.restart and s.ended:
+                fix = dataclasses.replace(fix, restart=True)
+            if (not self._starting) if fix.restart else s.active:
+                now.append((number, fix))
+        return now
 
     @work(group="fix")
     async def action_fix(self) -> None:
@@ -503,14 +551,14 @@ class TrainlabApp(App[int]):
         fixes = self.fixes_now(alert) if alert is not None else []
         if alert is None or not fixes:  # checked before the key acted; the run moves on
             return
-        fix = fixes[0]
+        fix = fixes[0][1]
         if len(fixes) > 1:
-            labels = [f"{alert.fixes.index(f) + 1}. {describe_fix(f)}" for f in fixes]
-            choice = await self.push_screen_wait(
-                ChoiceScreen(f"Fix {alert_title(alert.kind)} (Escape: none)", labels, ""))
+            picker = FixPicker(f"Fix {alert_title(alert.kind)}: a number or Enter "
+                               "(Escape: none)", fixes)
+            choice = await self.push_screen_wait(picker)
             if choice is None or self.run_replaced(state, f"fix: {choice}"):
                 return
-            fix = fixes[labels.index(choice)]
+            fix = fixes[picker.choices.index(choice)][1]
         if fix.restart:
             await self._restart_with_fix(state, alert, fix)
         else:
@@ -628,10 +676,26 @@ class TrainlabApp(App[int]):
         def closed(lr: float | None) -> None:
             if self.lr_screen is screen:
                 self.lr_screen = None
-            if lr is not None and not self.run_replaced(state, f"optim.lr = {lr:.2e}"):
-                self._apply_lr(lr)
+            if lr is not None:
+                self._apply_found_lr(state, lr, screen.tested_step)
 
         self.push_screen(screen, callback=closed)
+
+    @work(group="lr")
+    async def _apply_found_lr(self, state: RunState, lr: float, tested_step: int) -> None:
+        """Apply the range test's ``lr`` to ``state``'s run; when the test copied weights
+        trained to ``tested_step`` > 0, ask first (``trained_weights_note``): its
+        suggestion is meant for a new run."""
+        what = f"optim.lr = {format_setting(lr)}"
+        if self.run_replaced(state, what):
+            return
+        if tested_step > 0 and state.active:
+            question = (f"{trained_weights_note(tested_step)} Set {what} on this run now "
+                        "anyway?")
+            if not await self.push_screen_wait(ConfirmScreen(question)) \
+                    or self.run_replaced(state, what):
+                return
+        self._apply_lr(lr)
 
     def _lr_found(self, event: protocol.LrFound) -> None:
         """The engine's range test answered: to its waiting screen; once that screen was
@@ -645,7 +709,7 @@ class TrainlabApp(App[int]):
             else "has no suggestion"
         self.notify(f"The range test at step {event.step} {found} ({event.reason}). "
                     f"L shows its curve while the run is at step {event.step}; later L "
-                    "tests again.", title="LR finder", timeout=ALERT_NOTIFY_SECONDS,
+                    "tests again.", title="LR finder", timeout=LR_NOTIFY_SECONDS,
                     markup=False)
 
     def _lr_failed(self, message: str) -> None:
@@ -793,6 +857,7 @@ class TrainlabApp(App[int]):
     def _view_shown(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "alerts":  # arrows move through the alerts at once
             self.query_one("#alerts-list", OptionList).focus()
+            self._clear_alert_toast()  # it would cover the cards it points to
         self.refresh_bindings()  # `f` acts on the newest alert, or the highlighted one
 
     # --- help and the command palette ----------------------------------------------

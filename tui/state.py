@@ -28,6 +28,10 @@ ALERTS = "alerts"
 """The alerts strip and panel, and the layer table's alert highlights."""
 ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM, ALERTS)
 
+ROLLBACK_NOTE = "rollback"
+"""How the note of the engine's rollback lr change starts (``engine.loop``'s
+``roll_back``: "rollback to step G after a non-finite loss at step B")."""
+
 SEVERITIES = ("info", "warning", "critical")
 """``AlertRaised.severity`` from mildest to worst: a layer with several alerts shows its
 worst."""
@@ -114,6 +118,9 @@ class RunState:
     it was raised (events arrive in order, so ``config`` then is the engine's config
     when it diagnosed): a fix's values are frozen then, and the app asks before
     applying one whose keys have moved since (see ``changed_since``)."""
+    rollbacks: list[protocol.HyperChanged] = field(default_factory=list)
+    """The lr changes the engine made rolling back (``run.on_nonfinite = rollback``), in
+    order: what marks a non_finite alert handled (``handled``)."""
     lr_found: protocol.LrFound | None = None
     """The latest answer of the engine's live lr range test, kept so that ``L`` shows it
     again while the run is still at the step it tested."""
@@ -142,6 +149,19 @@ class RunState:
             if key in then and (now := current(key)) != then[key]:
                 moved[key] = (then[key], now)
         return moved
+
+    def handled(self, alert: protocol.AlertRaised) -> str | None:
+        """How the engine already dealt with ``alert``, in words, or None: a non_finite
+        alert is handled by the first rollback at or after its step (the weights went
+        back to finite ones with a lower lr, KNOWLEDGE.md section 4), so its fixes are
+        no longer offered. Rollbacks and the alert can arrive in either order."""
+        if alert.kind != "non_finite":
+            return None
+        rollback = next((r for r in self.rollbacks if r.step >= alert.step), None)
+        if rollback is None:
+            return None
+        return (f"handled: rolled back at step {rollback.step:,}, lr "
+                f"{_short(rollback.old)} -> {_short(rollback.new)}")
 
     def say(self, level: str, text: str, traceback: str = "", step: int | None = None) -> None:
         """Add a line to the run log (the app's own messages go here too)."""
@@ -196,6 +216,9 @@ class RunState:
         short = e.key.split(".", 1)[1]
         label = f"{e.new}" if e.key == "optim.name" else f"{short}={_short(e.new)}"
         self.markers.append((e.step, label))
+        if e.note.startswith(ROLLBACK_NOTE):
+            self.rollbacks.append(e)
+            return {CHART, STATUS, LOG, CONFIG, ALERTS}
         return {CHART, STATUS, LOG, CONFIG}
 
     def _on_CommandRejected(self, e: protocol.CommandRejected) -> set[str]:

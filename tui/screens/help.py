@@ -19,6 +19,8 @@ VIEWS_TEXT = """
 - **Config**: every option; *live* ones apply to the running training (Enter), the others
   when you restart (r).
 - **Log**: changes, checkpoints, warnings and failures with their traceback.
+- **Alerts**: the doctor's findings while the run trains, newest first: the layers, why,
+  the evidence numbers and the numbered fixes (f applies the highlighted one's).
 
 Every action is also in the command palette: **ctrl+p**, then type its name.
 

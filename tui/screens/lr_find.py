@@ -31,6 +31,25 @@ APPLY_NOW = "set optim.lr to it now (marked on the chart)"
 APPLY_AT_RESTART = "put it in the Config view's optim.lr for the next run (r)"
 """What applying does after the run ended: an edit, used when the user restarts."""
 RUNNING_TEXT = "running the range test... (a few seconds)"
+LR_SIGNIFICANT_DIGITS = 3
+"""The suggestion is applied rounded to this many significant digits: the range test
+samples the lr about a tenth of a decade apart, so further digits are noise (a log
+showed optim.lr = 0.007054802310718645), and 3 digits read back as typed."""
+
+
+def round_lr(lr: float) -> float:
+    """``lr`` to ``LR_SIGNIFICANT_DIGITS`` significant digits (7.0548e-3 -> 7.05e-3)."""
+    return float(f"{lr:.{LR_SIGNIFICANT_DIGITS}g}")
+
+
+def trained_weights_note(step: int) -> str:
+    """Why a suggestion from a live test at ``step`` > 0 is not for the running run: the
+    range test is meant for fresh weights, and a trained net's loss falls fastest at a
+    higher lr than it can keep training at (KNOWLEDGE.md section 8: too large an lr
+    oscillates or diverges)."""
+    return (f"This tested the run's weights at step {step:,}, already trained: a trained "
+            "net's curve often suggests too high an lr. The suggestion is for a new run "
+            "(the classic use); applying it to this run asks first.")
 
 
 def parse_lr_find_output(output: CommandOutput) -> protocol.LrFound:
@@ -107,6 +126,12 @@ class LrFindScreen(ModalScreen[float | None]):
         """Set on mount: before it, a result is kept and shown on mount."""
 
     @property
+    def tested_step(self) -> int:
+        """The step whose weights the live test copied; 0 for fresh weights (step 0, or
+        the headless test of a config) and while no curve is in."""
+        return self.curve.step if self.curve is not None and self.job is None else 0
+
+    @property
     def waiting(self) -> bool:
         """Is the result still to come?"""
         return self.curve is None and self.error is None
@@ -148,12 +173,14 @@ class LrFindScreen(ModalScreen[float | None]):
         self.curve, self.error = curve, None
         if not self._composed:
             return
-        summary = self.query_one("#lr-find-summary", Static)
         if curve.suggested_lr is None:
-            summary.update(Text.assemble(("no suggestion: ", "bold yellow"), curve.reason))
+            summary = Text.assemble(("no suggestion: ", "bold yellow"), curve.reason)
         else:
-            summary.update(Text.assemble((f"suggested lr {curve.suggested_lr:.2e}", "bold green"),
-                                         f" ({curve.reason})"))
+            summary = Text.assemble((f"suggested lr {curve.suggested_lr:.2e}", "bold green"),
+                                    f" ({curve.reason})")
+        if self.tested_step > 0:
+            summary.append(f"\n{trained_weights_note(self.tested_step)}", "yellow")
+        self.query_one("#lr-find-summary", Static).update(summary)
         chart = self.query_one(LrCurveChart)
         chart.display = True
         chart.show(curve)
@@ -178,9 +205,10 @@ class LrFindScreen(ModalScreen[float | None]):
 
     @property
     def suggested(self) -> float | None:
-        """The suggested lr, when the result is in and has one that can be applied."""
+        """The suggested lr (``round_lr``), when the result is in and has one that can be
+        applied."""
         lr = self.curve.suggested_lr if self.curve is not None else None
-        return lr if lr is not None and math.isfinite(lr) and lr > 0 else None
+        return round_lr(lr) if lr is not None and math.isfinite(lr) and lr > 0 else None
 
     def action_apply(self) -> None:
         """Close with the suggested lr, for the app to apply."""

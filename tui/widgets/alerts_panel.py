@@ -22,16 +22,17 @@ from textual.widgets.option_list import Option
 
 from engine import protocol
 from engine.cli import format_number
+from engine.config import format_setting
 from tui.state import SEVERITIES, alert_title
 
 SEVERITY_STYLE = {"info": "bold cyan", "warning": "bold yellow", "critical": "bold red"}
 """The colour of an alert's severity here, in the strip and in the layer table."""
 SEVERITY_MARK = {"info": "●", "warning": "▲", "critical": "✖"}
 """A mark per severity, so an alert reads without colour too (monochrome terminals)."""
+HANDLED_STYLE = "bold green"
+"""An alert the engine already dealt with (e.g. rolled back): no longer a problem."""
 EVIDENCE_SPEC = ".3g"
 """Evidence numbers in 3 significant figures: enough to compare with a threshold."""
-CHANGE_SPEC = ".4g"
-"""A fix's new values in 4 significant figures: what the user is asked to accept."""
 
 
 def format_value(value: Any, spec: str = EVIDENCE_SPEC) -> str:
@@ -51,9 +52,10 @@ def format_evidence(evidence: Mapping[str, Any]) -> str:
 
 
 def describe_changes(changes: Mapping[str, Any]) -> str:
-    """A fix's config changes as ``key = value, ...`` (the words the app asks with)."""
-    return ", ".join(f"{key} = {format_value(value, CHANGE_SPEC)}"
-                     for key, value in changes.items())
+    """A fix's config changes as ``key = value, ...`` (the words the app asks with),
+    each value written as ``--set`` reads it (``format_setting``): the value the fix
+    sets exactly, as the headless fixes print it."""
+    return ", ".join(f"{key} = {format_setting(value)}" for key, value in changes.items())
 
 
 def describe_moved(moved: Mapping[str, tuple[Any, Any]],
@@ -62,13 +64,13 @@ def describe_moved(moved: Mapping[str, tuple[Any, Any]],
     words; with the fix's ``changes``, the question whether to set them anyway:
     ``optim.lr changed since this alert (was 0.001, now 0.0001); set it to 0.0005
     anyway?``"""
-    said = ", ".join(f"{key} changed since this alert (was {format_value(then, CHANGE_SPEC)}"
-                     f", now {format_value(now, CHANGE_SPEC)})"
+    said = ", ".join(f"{key} changed since this alert (was {format_setting(then)}"
+                     f", now {format_setting(now)})"
                      for key, (then, now) in moved.items())
     if changes is None:
         return said
     if len(changes) == 1:
-        target = f"it to {format_value(next(iter(changes.values())), CHANGE_SPEC)}"
+        target = f"it to {format_setting(next(iter(changes.values())))}"
     else:
         target = describe_changes(changes)
     return f"{said}; set {target} anyway?"
@@ -101,16 +103,22 @@ def alert_rows(alert: protocol.AlertRaised) -> list[tuple[str, Text]]:
     return rows
 
 
-def alert_card(alert: protocol.AlertRaised) -> Group:
+def alert_card(alert: protocol.AlertRaised, handled: str | None = None) -> Group:
     """One alert as the Alerts view shows it: a title line over headed rows, whose text
-    wraps under itself (not under the headings) in a narrow terminal."""
+    wraps under itself (not under the headings) in a narrow terminal. ``handled`` (see
+    ``RunState.handled``) says how the engine already dealt with it: shown in the title
+    line, in green, and no fix is offered then."""
     title = severity_label(alert.severity)
     title.append(f"  {alert_title(alert.kind)}", style="bold")
     title.append(f"  step {alert.step:,}", style="dim")
+    if handled:
+        title.append(f"  {handled}", style=HANDLED_STYLE)
     rows = Table.grid(padding=(0, 1))
     rows.add_column(style="dim", no_wrap=True)
     rows.add_column()
     for heading, text in alert_rows(alert):
+        if handled and heading == "fixes":
+            text = Text(f"none now ({handled})", style="dim")
         rows.add_row(f"  {heading}", text)
     return Group(title, rows)
 
@@ -122,6 +130,7 @@ class AlertsPanel(Vertical):
         super().__init__(id=id)
         self.alerts: list[protocol.AlertRaised] = []
         self._shown = 0
+        self._handled: dict[int, str] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="alerts-hint")
@@ -136,20 +145,23 @@ class AlertsPanel(Vertical):
         index = self.query_one(OptionList).highlighted
         return self.alerts[index] if index is not None and index < len(self.alerts) else None
 
-    def show(self, alerts: list[protocol.AlertRaised]) -> None:
-        """Show ``alerts`` (newest first), keeping the highlight on the same alert."""
-        if alerts is self.alerts and len(alerts) == self._shown:
+    def show(self, alerts: list[protocol.AlertRaised],
+             handled: Mapping[int, str] | None = None) -> None:
+        """Show ``alerts`` (newest first), keeping the highlight on the same alert;
+        ``handled`` maps ``id(alert)`` to how the engine dealt with it."""
+        handled = dict(handled or {})
+        if alerts is self.alerts and len(alerts) == self._shown and handled == self._handled:
             return
         options = self.query_one(OptionList)
         selected = self.selected_alert
-        self.alerts, self._shown = alerts, len(alerts)
+        self.alerts, self._shown, self._handled = alerts, len(alerts), handled
         options.clear_options()
         # Separators (None) are not options: option i is alerts[i].
         content: list[Option | None] = []
         for i, alert in enumerate(alerts):
             if i:
                 content.append(None)
-            content.append(Option(alert_card(alert)))
+            content.append(Option(alert_card(alert, handled.get(id(alert)))))
         options.add_options(content)
         if alerts:
             index = next((i for i, a in enumerate(alerts) if a is selected), 0)
@@ -170,8 +182,11 @@ class AlertStrip(Static):
     """The newest alert in two lines, with the key that fixes it; hidden while none."""
 
     def show(self, alerts: Sequence[protocol.AlertRaised],
-             fixes_now: Sequence[protocol.Fix]) -> None:
-        """Show ``alerts[0]``; ``fixes_now`` are its fixes that can apply at this moment."""
+             fixes_now: Sequence[tuple[int, protocol.Fix]],
+             handled: str | None = None) -> None:
+        """Show ``alerts[0]``; ``fixes_now`` are its fixes that can apply at this moment,
+        each with its number in the Alerts view's card; ``handled`` says how the engine
+        already dealt with it (then no fix is offered)."""
         self.display = bool(alerts)
         for severity in SEVERITIES:
             self.set_class(bool(alerts) and alerts[0].severity == severity, f"-{severity}")
@@ -185,14 +200,17 @@ class AlertStrip(Static):
         first.append(f" (step {alert.step:,}): ", style="dim")
         first.append(alert.message)
         second = Text()
-        if len(fixes_now) == 1:
+        if handled:
+            second.append(handled, style=HANDLED_STYLE)
+        elif len(fixes_now) == 1:
             second.append("f", style="bold reverse")
-            second.append(f" fix: {describe_fix(fixes_now[0])}")
+            second.append(f" fix: {describe_fix(fixes_now[0][1])}")
         elif fixes_now:
             second.append("f", style="bold reverse")
-            second.append(f" fix: pick one of {len(fixes_now)}")
+            numbers = ", ".join(str(number) for number, _fix in fixes_now)
+            second.append(f" fix: pick one of {len(fixes_now)} ({numbers})")
         elif alert.fixes:
-            second.append("no fix can apply now: live fixes need a running run", style="dim")
+            second.append("no fix can apply while the next run starts", style="dim")
         else:
             second.append("no fix to apply with a key", style="dim")
         second.append("   ")
