@@ -658,7 +658,8 @@ class TrainlabApp(App[int]):
             return
         if s.active:
             self.send(protocol.FindLr())
-            self._open_lr_screen(LrFindScreen(APPLY_NOW, self._live_lr_about(s.step)))
+            # The engine copies the weights at its next step boundary, not at this step.
+            self._open_lr_screen(LrFindScreen(APPLY_NOW, self._live_lr_about(None)))
             return
         config, about = self.checked_config()
         runner = self.command_runner
@@ -666,8 +667,9 @@ class TrainlabApp(App[int]):
                                           job=lambda: runner("lr-find", config)))
 
     @staticmethod
-    def _live_lr_about(step: int) -> str:
-        return f"a copy of the run at step {step} (its weights untouched)"
+    def _live_lr_about(step: int | None) -> str:
+        where = "the running run" if step is None else f"the run at step {step:,}"
+        return f"a copy of {where} (its weights untouched)"
 
     def _open_lr_screen(self, screen: LrFindScreen) -> None:
         self.lr_screen = screen
