@@ -217,9 +217,12 @@ class Trainer:
         self.last_train_loss: float | None = None
         self.pending_losses: list[torch.Tensor] = []
         self.pending_lrs: list[float] = []
-        self.interval_losses: dict[int, float] = {}
-        """step -> training loss of the applied steps since the previous evaluation (one
-        float per step: an interval is at most an epoch or run.eval_every steps)."""
+        self.interval_loss_sum = 0.0
+        self.interval_loss_count = 0
+        self.losses_since_good_state: dict[int, float] = {}
+        """run.on_nonfinite = rollback: step -> loss of the flushed steps after the good
+        state (at most ROLLBACK_KEEP_EVERY and a flush), which a rollback takes back out
+        of the interval's mean."""
         self.withheld_steps: set[int] = set()
         """Steps (counted from 1) whose update skip or rollback withheld or a rollback
         undid, not yet flushed: left out of the interval's mean train loss."""
@@ -418,6 +421,7 @@ class Trainer:
     def _keep_good_state(self) -> None:
         """Copy the weights and the optimizer state (on their device; see ROLLBACK_KEEP_EVERY
         for the cost) as the state a rollback returns to."""
+        self.losses_since_good_state = {}
         self.good_state = GoodState(
             step=self.step,
             model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -449,7 +453,10 @@ class Trainer:
         # (flushed ones from the interval, pending ones at their flush).
         undone = range(good.step + 1, bad_step + 1)
         for step in undone:
-            self.interval_losses.pop(step, None)
+            value = self.losses_since_good_state.pop(step, None)
+            if value is not None and step > (self.last_eval_step or 0):  # still in the mean
+                self.interval_loss_sum -= value
+                self.interval_loss_count -= 1
         self.withheld_steps.update(undone)
         return self.set_hyper("optim.lr", self.config.optim.lr * ROLLBACK_LR_FACTOR,
                               f"rollback to step {good.step} after a non-finite loss at "
@@ -549,7 +556,7 @@ class Trainer:
         accuracy = n_correct / n if self.objective.predict is not None else None
         train_loss = self.interval_train_loss()
         train_loss = math.nan if train_loss is None else train_loss
-        self.interval_losses = {}
+        self.interval_loss_sum, self.interval_loss_count = 0.0, 0
         self.last_train_loss = train_loss
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, self.step
@@ -569,8 +576,8 @@ class Trainer:
 
     def interval_train_loss(self) -> float | None:
         """Mean training loss of the steps since the previous evaluation (None if none)."""
-        losses = self.interval_losses
-        return math.fsum(losses.values()) / len(losses) if losses else None
+        count = self.interval_loss_count
+        return self.interval_loss_sum / count if count else None
 
     def eval_due(self) -> bool:
         """Is an evaluation due after the step just taken (run.eval_every, or epoch end)?"""
@@ -618,7 +625,10 @@ class Trainer:
                 # make the interval's mean NaN and hide the steps that trained.
                 continue
             # An applied NaN step (continue) makes the mean NaN: skipping it would hide it.
-            self.interval_losses[first + i] = value
+            self.interval_loss_sum += value
+            self.interval_loss_count += 1
+            if self.good_state is not None:
+                self.losses_since_good_state[first + i] = value
             if not math.isfinite(value) and self.first_nonfinite_step is None:
                 self.first_nonfinite_step = first + i
         batch = MetricsBatch(
