@@ -151,3 +151,16 @@ class FakeEngines:
     @property
     def current(self) -> FakeEngine:
         return self.made[-1]
+
+
+def record_notifications(app: Any) -> list[str]:
+    """The messages ``app`` notifies from now on, in order (still shown as usual)."""
+    notified: list[str] = []
+    real_notify = app.notify
+
+    def recording_notify(message: str, **kwargs: Any) -> None:
+        notified.append(message)
+        real_notify(message, **kwargs)
+
+    app.notify = recording_notify
+    return notified

@@ -11,7 +11,14 @@ from textual.widgets import Markdown, TabbedContent, TabPane
 
 from engine import protocol
 from engine.config import OPTIMIZERS, Config
-from tests.fake_engine import LAYERS, FakeEngines, metrics, opening, snapshot
+from tests.fake_engine import (
+    LAYERS,
+    FakeEngines,
+    metrics,
+    opening,
+    record_notifications,
+    snapshot,
+)
 from tui.app import DEFAULT_CLIP_NORM, TrainlabApp
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
@@ -498,14 +505,7 @@ async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() 
     from tui.screens.lr_find import LrFindScreen
 
     app, engines = make_app()
-    notified: list[str] = []
-    real_notify = app.notify
-
-    def recording_notify(message: str, **kwargs: Any) -> None:
-        notified.append(message)
-        real_notify(message, **kwargs)
-
-    app.notify = recording_notify  # type: ignore[method-assign]
+    notified = record_notifications(app)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         await pilot.press("space")  # paused at step 200: the weights the test copies stay

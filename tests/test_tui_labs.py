@@ -14,7 +14,7 @@ from engine.config import Config, apply_overrides
 from engine.lab_runner import RunOutcome, format_comparison
 from engine.labs import LABS, RESULT_COLUMNS, Lab, find_lab, result_row
 from engine.presets import PRESETS, Preset, apply_preset
-from tests.fake_engine import FakeEngines, metrics, started
+from tests.fake_engine import FakeEngines, metrics, record_notifications, started
 from tui import cli
 from tui.app import TrainlabApp
 from tui.lab_session import LabSession
@@ -289,14 +289,7 @@ async def test_a_dialog_answered_after_its_variant_finished_applies_nothing() ->
     four = Lab("four", "s", "e", (*LAB.variants, Preset("lr-tiny", "lr 1e-5",
                                                         {"optim.lr": 1e-5})))
     app, engines, lab = lab_app(four)
-    notified: list[str] = []
-    real_notify = app.notify
-
-    def recording_notify(message: str, **kwargs: Any) -> None:
-        notified.append(message)
-        real_notify(message, **kwargs)
-
-    app.notify = recording_notify  # type: ignore[method-assign]
+    notified = record_notifications(app)
 
     def sent_lr_or_clip(engine: Any) -> list[Any]:
         return [c for c in engine.commands if isinstance(c, protocol.SetHyper)]
