@@ -437,8 +437,19 @@ class RunConfig:
         choices=("stop", "skip", "rollback", "continue"),
         hot=True,
     )
-    checkpoint_dir: str = param(
-        "checkpoints", "Directory where SaveCheckpoint writes when given no path."
+    dir: str = param(
+        "runs", "Directory that holds the run directories: each run writes "
+        "<run.dir>/<run-id>/ with config.toml, run.db (the store), checkpoints/ and "
+        "engine.log. A relative path is taken from the current directory."
+    )
+    checkpoint_every: int = param(
+        0, "Write a checkpoint (checkpoints/step_<N>.pt, last.pt, last_good.pt) every "
+        "this many steps; 0 means at the end of every epoch. One is always written when "
+        "the run ends or is stopped.", low=0, hot=True,
+    )
+    keep_checkpoints: int = param(
+        3, "Numbered checkpoints kept (the oldest are deleted); last.pt and last_good.pt "
+        "are kept besides.", low=1, high=10_000, hot=True,
     )
 
 

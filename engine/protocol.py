@@ -49,7 +49,12 @@ class Step:
 
 @dataclass(frozen=True)
 class Stop:
-    """End the run at the next step boundary (a final evaluation still runs)."""
+    """End the run at the next step boundary (a final evaluation and a checkpoint still
+    happen)."""
+
+    why: str = ""
+    """Why, for the record (e.g. "SIGTERM", "stopped from the app"); the final
+    StateChanged carries it and the run store keeps it."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class SetHyper:
 
 @dataclass(frozen=True)
 class SaveCheckpoint:
-    """Write a checkpoint now; an empty path means ``run.checkpoint_dir/step_<N>.pt``."""
+    """Write a checkpoint now; an empty path means the run's own ``checkpoints/``."""
 
     path: str = ""
 
@@ -92,6 +97,28 @@ class FindLr:
 
 Command = (Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint | RequestSnapshot
            | FindLr)
+
+
+# --- session commands: between a viewer and the engine's socket, not the loop ------
+
+
+@dataclass(frozen=True)
+class Attach:
+    """The first line a client sends on a run's socket (``engine.serve``).
+
+    role "control" asks to steer the run: granted when nobody controls it, else the
+    client views only (``Attached.role`` says which it got). role "view" never steers.
+    """
+
+    role: str = "control"
+
+
+@dataclass(frozen=True)
+class TakeControl:
+    """Make this client the run's controller; the previous one becomes a viewer."""
+
+
+SessionCommand = Attach | TakeControl
 
 # --- events -------------------------------------------------------------------
 
@@ -376,6 +403,29 @@ class LrFound:
     """How the suggestion was chosen, or why there is none."""
 
 
+@dataclass(frozen=True)
+class Attached:
+    """The socket's answer to Attach: who this client is and where history ends.
+
+    Every event with a store sequence number up to ``last_seq`` is in the run's store
+    (committed before this was sent); everything after it arrives on the socket.
+    """
+
+    run_id: str
+    client: int
+    role: str
+    """control or view: what this client may do (commands from a viewer are rejected)."""
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class ControlChanged:
+    """Who controls the run now (a client id; 0 when nobody does), sent to every client."""
+
+    controller: int
+    reason: str = ""
+
+
 def failure_events(kind: str, message: str, traceback: str = "",
                    step: int = 0) -> tuple[EngineFailed, StateChanged, RunFinished]:
     """How a run ends when it fails before a trainer could report metrics: one shape
@@ -400,15 +450,25 @@ Event = (
     | NonFiniteDetected
     | AlertRaised
     | LrFound
+    | Attached
+    | ControlChanged
 )
 
-COMMANDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
+COMMANDS: dict[str, type] = {
+    cls.__name__: cls for cls in (*typing.get_args(Command), *typing.get_args(SessionCommand))
+}
 EVENTS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
 def is_command(message: Any) -> bool:
-    """Is ``message`` one of the protocol's commands (not an event, not anything else)?"""
+    """Is ``message`` one of the protocol's run commands (not a session command, not an
+    event, not anything else)?"""
     return isinstance(message, typing.get_args(Command))
+
+
+def is_session_command(message: Any) -> bool:
+    """Is ``message`` a session command (Attach, TakeControl), which the socket handles?"""
+    return isinstance(message, typing.get_args(SessionCommand))
 
 # --- JSON-safe dicts ------------------------------------------------------------
 

@@ -51,7 +51,7 @@ NON_DEFAULT: dict[str, Any] = {
     "run.seed": 2**32 - 1,
     "run.max_steps": 500,
     "run.max_epochs": 0,
-    "run.checkpoint_dir": "C:\\runs\\ckpt",
+    "run.dir": "C:\\runs\\mine",
 }
 
 
