@@ -16,9 +16,9 @@ from engine.config import Config
 from engine.protocol import (
     COMMANDS,
     EVENTS,
+    AlertRaised,
     Attach,
     Attached,
-    AlertRaised,
     CheckpointSaved,
     CommandRejected,
     ControlChanged,
@@ -46,9 +46,9 @@ from engine.protocol import (
     SaveCheckpoint,
     SetHyper,
     StateChanged,
-    TakeControl,
     Step,
     Stop,
+    TakeControl,
     from_dict,
     from_json,
     to_dict,
@@ -427,5 +427,9 @@ def test_module_exports_match_registries() -> None:
 def test_is_command_tells_commands_from_events_and_other_objects() -> None:
     for cls, examples in EXAMPLES.items():
         for example in examples:
-            assert protocol.is_command(example) is (cls.__name__ in protocol.COMMANDS)
+            session = cls in (Attach, TakeControl)
+            assert protocol.is_session_command(example) is session
+            assert protocol.is_command(example) is (cls.__name__ in protocol.COMMANDS
+                                                    and not session)
     assert not protocol.is_command("Pause") and not protocol.is_command(None)
+    assert not protocol.is_session_command("Attach")
