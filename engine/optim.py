@@ -195,3 +195,10 @@ class LRSchedule:
             "bad_evals": self._bad_evals,
             "total_steps": self.total_steps,
         }
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        """Continue from ``state_dict()``'s output (a resumed run); the config stays."""
+        self.plateau_factor = float(state["plateau_factor"])
+        self._best = float(state["best"])
+        self._bad_evals = int(state["bad_evals"])
+        self.total_steps = max(1, int(state["total_steps"]))

@@ -169,6 +169,9 @@ class RunStarted:
     threads: int
     steps_per_epoch: int
     total_steps: int
+    resumed_from_step: int | None = None
+    """The step this run continues from, restored from a checkpoint (``trainlab resume``
+    or ``fork``): its events go on from step + 1. None for a run from scratch."""
 
 
 @dataclass(frozen=True)
