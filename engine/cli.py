@@ -123,7 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(cfg)
     cfg.add_argument("--defaults", action="store_true",
                      help="print the complete default configuration")
+    add_run_store_args(sub)
     return parser
+
+
+def add_run_store_args(sub: Any) -> None:
+    """The subcommands that read run directories: ``runs`` and ``export``."""
+    from engine.export import EXPORT_DIR, FORMATS
+
+    where = f"directory that holds the runs (default: run.dir, {Config().run.dir!r})"
+    runs = sub.add_parser(
+        "runs", help="list the runs and their status",
+        description="List the runs under --dir, newest first: status (running, paused, "
+        "finished, stopped, failed, crashed), step, best validation loss, when the run "
+        "last recorded an event, and the run it was forked from. A crashed or stopped run "
+        "with a checkpoint says how to resume it.")
+    runs.add_argument("--json", action="store_true",
+                      help="print one JSON array: one object per run, newest first")
+    runs.add_argument("--dir", default=Config().run.dir, metavar="DIR", help=where)
+
+    export = sub.add_parser(
+        "export", help="write a run as CSV, JSON lines or TensorBoard event files",
+        description="Write a run's history for other tools: csv (train.csv, eval.csv, "
+        "changes.csv, alerts.csv, layers.csv), jsonl (events.jsonl: every event as the "
+        "--json stream writes it) or tensorboard (event files for tensorboard --logdir; "
+        "needs the optional extra trainlab[tensorboard]). Exit codes: 0 written, "
+        f"{EXIT_BAD_INPUT} no such run or the format cannot be written, {EXIT_FAILED} a "
+        "file could not be written.")
+    export.add_argument("run", nargs="?", metavar="RUN",
+                        help="run id, a unique prefix of one, or a run directory "
+                        "(default: the newest run)")
+    export.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                        help="what to write")
+    export.add_argument("--out", metavar="DIR",
+                        help=f"directory to write into (default: RUN/{EXPORT_DIR}/FORMAT)")
+    export.add_argument("--dir", default=Config().run.dir, metavar="DIR", help=where)
 
 
 def load_config(path: str | None, overrides: list[str], preset: str | None = None) -> Config:
@@ -534,6 +568,82 @@ def cmd_presets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+AGE_UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
+"""``format_age``: (seconds, suffix) from the largest unit down; the largest that fits
+is shown in whole units ("3h ago": precise enough to tell runs apart in a list)."""
+
+
+def format_age(seconds: float) -> str:
+    """How long ago, in one whole unit: '12s ago', '5m ago', '3h ago', '2d ago'."""
+    if seconds < 1:
+        return "just now"
+    size, unit = next((size, unit) for size, unit in AGE_UNITS if seconds >= size)
+    return f"{int(seconds // size)}{unit} ago"
+
+
+def format_runs_table(summaries: list[Any], now: float) -> str:
+    """``trainlab runs``'s table of ``engine.store.RunSummary`` rows, aligned, then a
+    line per run that can be resumed (or crashed without a checkpoint)."""
+    labels = any(s.label for s in summaries)
+    header = ("id", "status", "step", "best val", "last event", "parent",
+              *(("label",) if labels else ()))
+    rows = [header]
+    for s in summaries:
+        parent = s.parent + (f"@{s.parent_step}" if s.parent_step is not None else "") \
+            if s.parent else "-"
+        rows.append((s.id, s.status, str(s.step), format_number(s.best_val_loss),
+                     format_age(now - s.updated_at), parent,
+                     *((s.label or "-",) if labels else ())))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {2, 3}  # numbers line up on the right
+    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in rows]
+    notes = []
+    for s in summaries:
+        if s.resumable:
+            notes.append(f"{s.id} {s.status} at step {s.step}: trainlab resume {s.id}")
+        elif s.status == "crashed":
+            notes.append(f"{s.id} crashed with no checkpoint to resume from: {s.reason}")
+    return "\n".join([*lines, *([""] if notes else []), *notes])
+
+
+def cmd_runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab runs``: every run under --dir with its status, newest first."""
+    from engine.store import list_runs
+
+    summaries = list_runs(args.dir)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in summaries], allow_nan=False), file=out)
+    elif not summaries:
+        print(f"no runs in {args.dir} (trainlab run --headless writes one)", file=out)
+    else:
+        print(format_runs_table(summaries, time.time()), file=out)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab export``: a run as CSV, JSON lines or TensorBoard event files."""
+    from engine.export import ExportError, default_out_dir, export_run
+    from engine.store import RunNotFound, StoreError, find_run
+
+    try:
+        run_dir = find_run(args.dir, args.run)
+        out_dir = args.out or default_out_dir(run_dir, args.fmt)
+        files = export_run(run_dir, args.fmt, out_dir)
+    except (RunNotFound, ExportError) as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    except (StoreError, OSError) as exc:
+        print(f"trainlab: error: export failed: {exc}", file=err)
+        return EXIT_FAILED
+    for path in files:
+        print(path, file=out)
+    if args.fmt == "tensorboard":
+        print(f"open with: tensorboard --logdir {shlex.quote(os.fspath(out_dir))}", file=out)
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "run": cmd_run,
     "probe": cmd_probe,
@@ -541,6 +651,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "lr-find": cmd_lr_find,
     "presets": cmd_presets,
     "config": cmd_config,
+    "runs": cmd_runs,
+    "export": cmd_export,
 }
 
 
