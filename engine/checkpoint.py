@@ -1,26 +1,97 @@
-"""Checkpoint files: written atomically, loadable with ``torch.load(weights_only=True)``.
+"""Checkpoint files: written atomically, checked when read, rotated.
 
-Atomic means a reader (or a crash) never sees half a file: the checkpoint is written
-to a temporary file in the same directory, flushed to disk, then renamed over the
-target, which POSIX makes atomic. If the write fails (disk full, permissions) the
-previous file at that path is untouched and the temporary file is removed.
+Atomic means a reader (or a crash, kill -9 included) never sees half a file at a
+final name: a checkpoint is written to a temporary file in the same directory, flushed
+to disk, then renamed over the target, which POSIX makes atomic. If the write fails
+(disk full, permissions) the previous file at that path is untouched and the
+temporary file is removed.
+
+Checked means a truncated or corrupted file is told from a good one before it is used:
+torch's format is a zip archive whose members carry CRC-32 sums, and ``load`` verifies
+every one of them (torch.load itself does not: a flipped byte in a tensor loads
+silently). Files load with ``torch.load(weights_only=True)``: tensors and plain data,
+no code runs.
+
+A run's ``checkpoints/`` directory (``Checkpoints``) holds numbered files
+``step_00000120.pt``, the newest ``keep`` of them, plus two stable names: ``last.pt``
+(the newest) and ``last_good.pt`` (the newest whose values are finite), each a hard
+link to a numbered file, so they cost no space of their own until rotation deletes
+the numbered name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import shutil
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+LAST = "last.pt"
+"""The newest checkpoint of a run, whatever its values."""
+LAST_GOOD = "last_good.pt"
+"""The newest checkpoint whose values (weights, optimizer state) are all finite."""
+STEP_FILE = re.compile(r"step_(\d{8,})\.pt")
+"""Numbered checkpoints: ``step_{step:08d}.pt`` (sorts by name as by step)."""
+TEMP_SUFFIX = ".tmp"
+"""Temporary files are ``.<final name>.<random>.tmp``: hidden, and never a final name."""
+FINITE_KEY = "finite"
+"""The key ``Checkpoints.save`` adds to a payload: were its values all finite?"""
+DEFAULT_KEEP = 3
+"""Numbered checkpoints kept when the caller does not say (run.keep_checkpoints' default)."""
+
+
+class CheckpointError(ValueError):
+    """No checkpoint could be used: none exists, or every one is unreadable."""
+
+
+class Skipped(NamedTuple):
+    """A checkpoint passed over by ``Checkpoints.load_latest``, and why."""
+
+    path: Path
+    reason: str
+
+
+class Loaded(NamedTuple):
+    """A checkpoint that loaded: where it was, its payload, and what was passed over."""
+
+    path: Path
+    payload: dict[str, Any]
+    skipped: tuple[Skipped, ...] = ()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (one fsync of the directory)."""
+    with contextlib.suppress(OSError):  # some filesystems refuse to open a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temp_name(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` with torch.save to ``path`` atomically; returns the path."""
+    """Write ``payload`` with torch.save to ``path`` atomically; returns the path.
+
+    Raises OSError when it cannot be written (the previous file at ``path``, if any,
+    is intact and no temporary file is left).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
             try:
@@ -33,9 +104,249 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
+def verify(path: str | Path) -> None:
+    """Raise CheckpointError when ``path`` is not a whole, uncorrupted checkpoint file.
+
+    Reads the file once and checks every member's CRC-32 (zlib's: about 3 GB/s, 0.07 s
+    for a 200 MB checkpoint on these machines, measured).
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        size = path.stat().st_size
+        raise CheckpointError(f"{path.name} is truncated or not a checkpoint ({size} bytes, "
+                              "no complete zip archive)") from None
+    except (zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} is unreadable ({exc})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path.name} is corrupt: the checksum of {bad!r} does not "
+                              "match its data")
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_atomic`` (tensors and plain data only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Read a checkpoint written by ``save_atomic`` (tensors and plain data only).
+
+    Raises CheckpointError for a truncated, corrupt or foreign file (its checksums are
+    verified first), OSError when it cannot be read at all.
+    """
+    verify(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, TypeError) as exc:  # includes UnpicklingError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{Path(path).name} does not load: {first}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{Path(path).name} holds a {type(payload).__name__}, not a "
+                              "checkpoint payload (a dict)")
+    return payload
+
+
+class Checkpoints:
+    """The numbered checkpoints of one run in ``directory``, with last.pt and last_good.pt.
+
+    One process writes (the run's engine, which holds the run's lock); any number may
+    read. ``keep`` (run.keep_checkpoints) matters only to ``save`` and may be changed
+    between saves.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = DEFAULT_KEEP) -> None:
+        if keep < 1:
+            raise ValueError(f"keep = {keep}: at least 1 numbered checkpoint must be kept")
+        self.directory = Path(directory)
+        self.keep = keep
+        self._cleaned = False
+
+    def path_for(self, step: int) -> Path:
+        """Where the numbered checkpoint of ``step`` lives."""
+        return self.directory / f"step_{step:08d}.pt"
+
+    def steps(self) -> list[int]:
+        """Steps of the numbered checkpoints present, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = (STEP_FILE.fullmatch(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    # --- writing ----------------------------------------------------------------------
+
+    def save(self, payload: dict[str, Any], step: int, finite: bool) -> Path:
+        """Write ``payload`` as the checkpoint of ``step``; returns the numbered file.
+
+        Then ``last.pt`` (and ``last_good.pt`` when ``finite``) point at it, each
+        switched atomically, and numbered files beyond ``keep`` are deleted, oldest
+        first. ``payload`` gets ``finite`` under FINITE_KEY (a shallow copy; the
+        caller's dict is not changed).
+
+        Raises OSError when the numbered file or a link cannot be written (ENOSPC for
+        a full disk). last_good.pt then still is the previous good checkpoint, whole;
+        last.pt is the previous checkpoint unless it was switched before the failure
+        (to this one, whole). A temporary file left by a process killed mid-write is
+        removed at the first save.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._cleaned:
+            self._remove_temporaries()
+            self._cleaned = True
+        target = save_atomic({**payload, FINITE_KEY: finite}, self.path_for(step))
+        try:
+            self._point(LAST, target)
+        except OSError:
+            # last.pt still names the previous checkpoint: so must the numbered files,
+            # since the caller is told this one was not saved.
+            target.unlink(missing_ok=True)
+            raise
+        if finite:
+            # A failure here leaves last_good.pt at the previous good checkpoint, and
+            # last.pt at this (whole) one.
+            self._point(LAST_GOOD, target)
+        _fsync_dir(self.directory)
+        self._rotate()
+        return target
+
+    def _point(self, name: str, target: Path) -> None:
+        """Make ``name`` a hard link to ``target`` atomically (a copy where links fail)."""
+        final = self.directory / name
+        tmp = _temp_name(final)
+        try:
+            tmp.unlink()
+            try:
+                os.link(target, tmp)  # no data copied: a second name for the same file
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+                    raise
+                # A filesystem without hard links (FAT, some network mounts): a full copy.
+                with open(target, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _rotate(self) -> None:
+        """Delete numbered files beyond ``keep``, oldest first (a link keeps its data)."""
+        steps = self.steps()
+        for step in steps[: max(0, len(steps) - self.keep)]:
+            self.path_for(step).unlink(missing_ok=True)
+
+    def _remove_temporaries(self) -> None:
+        for path in self.directory.glob(f".*{TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _candidates(self, good: bool) -> Iterator[Path]:
+        """last(_good).pt, then the numbered files newest first."""
+        yield self.directory / (LAST_GOOD if good else LAST)
+        for step in reversed(self.steps()):
+            yield self.path_for(step)
+
+    def load_latest(self, good: bool = False) -> Loaded:
+        """The newest checkpoint that loads (with ``good``, the newest finite one).
+
+        Tries last.pt (last_good.pt), then the numbered files newer than it, newest
+        first (a process killed between writing a numbered file and switching last.pt
+        leaves one), then older ones if it did not load. Each file that is truncated,
+        corrupt or (with ``good``) not finite is passed over and reported in
+        ``skipped``; a name for a file already tried is not read again.
+
+        Raises CheckpointError when none loads, naming the directory and every reason.
+        """
+        skipped: list[Skipped] = []
+        tried: set[tuple[int, int]] = set()
+        found: Loaded | None = None
+        for path in self._candidates(good):
+            step = _step_of(path)
+            if found is not None and (step is None or step <= found.payload["step"]):
+                break  # nothing newer than what was loaded is left
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if (stat.st_dev, stat.st_ino) in tried:
+                continue  # last.pt is a link to this numbered file: already read
+            tried.add((stat.st_dev, stat.st_ino))
+            try:
+                payload = load(path)
+                _check_payload(payload, step, path)
+            except (CheckpointError, OSError) as exc:
+                skipped.append(Skipped(path, str(exc)))
+                continue
+            if good and not payload.get(FINITE_KEY, True):
+                skipped.append(Skipped(path, f"its values are not finite (step "
+                                             f"{payload['step']})"))
+                continue
+            found = Loaded(path, payload)
+            if step is not None:
+                break  # numbered files come newest first: this is the newest that loads
+        if found is None:
+            what = "finite checkpoint" if good else "checkpoint"
+            reasons = "".join(f"; {s.path.name}: {s.reason}" for s in skipped)
+            raise CheckpointError(f"no loadable {what} in {self.directory}"
+                                  + (reasons or " (it has none)"))
+        return found._replace(skipped=tuple(skipped))
+
+    def load_at(self, step: int) -> Loaded:
+        """The checkpoint of ``step``: its numbered file, or last.pt / last_good.pt when
+        they are of that step (last_good.pt outlives its numbered file's rotation).
+
+        Raises CheckpointError naming the steps that exist when there is none, or why
+        the file of that step does not load.
+        """
+        numbered = self.path_for(step)
+        paths = [numbered] if numbered.exists() else []
+        paths += [p for p in (self.directory / LAST, self.directory / LAST_GOOD) if p.exists()]
+        problems = []
+        for path in paths:
+            try:
+                payload = load(path)
+                _check_payload(payload, step if path == numbered else None, path)
+            except (CheckpointError, OSError) as exc:
+                problems.append(str(exc))
+                continue
+            if payload["step"] == step:
+                return Loaded(path, payload)
+        steps = self.steps()
+        have = ", ".join(map(str, steps)) if steps else "none"
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise CheckpointError(f"no loadable checkpoint of step {step} in {self.directory}"
+                              f"{detail}; numbered checkpoints exist for steps: {have} "
+                              "(older ones are deleted as run.keep_checkpoints says)")
+
+    def latest_good(self) -> tuple[int | None, Path] | None:
+        """The step and path of last_good.pt without reading it (None when absent).
+
+        Its step comes from the numbered file it links to; None when that was rotated
+        away or the link is a copy.
+        """
+        good = self.directory / LAST_GOOD
+        try:
+            stat = good.stat()
+        except FileNotFoundError:
+            return None
+        for step in reversed(self.steps()):
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(self.path_for(step).stat(), stat):
+                    return step, good
+        return None, good
+
+
+def _step_of(path: Path) -> int | None:
+    match = STEP_FILE.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _check_payload(payload: dict[str, Any], step: int | None, path: Path) -> None:
+    """A payload from ``Checkpoints`` has an integer step, that of its file name."""
+    got = payload.get("step")
+    if not isinstance(got, int) or isinstance(got, bool):
+        raise CheckpointError(f"{path.name} has no step: not a trainlab checkpoint")
+    if step is not None and got != step:
+        raise CheckpointError(f"{path.name} holds step {got}, not {step}")
