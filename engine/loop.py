@@ -964,6 +964,17 @@ class _Saver:
         self.trainer = trainer
         self.checkpoints = checkpoints
         self.emit = emit
+        self._saved_at: int | None = None
+        """The step of the newest checkpoint in ``checkpoints`` while the state is still
+        the one it holds (None once it moved on)."""
+
+    def state_changed(self) -> None:
+        """The state moved on without a step (an evaluation, a live change)."""
+        self._saved_at = None
+
+    def up_to_date(self) -> bool:
+        """Does the newest checkpoint hold the state as it is now?"""
+        return self._saved_at == self.trainer.step
 
     def due(self) -> bool:
         """Is a periodic checkpoint due after the step just taken (run.checkpoint_every,
@@ -978,7 +989,9 @@ class _Saver:
         trainer = self.trainer
         self.checkpoints.keep = trainer.config.run.keep_checkpoints  # hot: may have changed
         finite = finite and trainer.values_finite()
-        return self.checkpoints.save(trainer.checkpoint_payload(), trainer.step, finite)
+        path = self.checkpoints.save(trainer.checkpoint_payload(), trainer.step, finite)
+        self._saved_at = trainer.step
+        return path
 
     def _previous(self) -> str:
         """What a failed write left in place, for its message."""
@@ -1223,15 +1236,20 @@ def _train(trainer: Trainer, control: _Control, saver: _Saver, commands: queue.Q
         _handle(command, trainer, control, saver, emit)
         if timed_aside:
             restart_clock()  # its seconds are not training throughput
+        if isinstance(command, protocol.SetHyper | protocol.FindLr):
+            saver.state_changed()  # a range test draws dropout masks from the global RNG
 
     def end(reason: str) -> str:
-        """Every end writes a checkpoint (one after a non-finite loss is not "good")."""
+        """Every end writes a checkpoint, unless the newest already holds this state;
+        one after a non-finite loss is never "good"."""
         flush()
-        saver.automatic(finite=reason != "non_finite")
+        if reason == "non_finite" or not saver.up_to_date():
+            saver.automatic(finite=reason != "non_finite")
         return reason
 
     def evaluate() -> None:
         flush()  # the eval's train_loss covers every step up to here
+        saver.state_changed()  # its counters (best, patience) are in a checkpoint
         result = trainer.evaluate()
         restart_clock()
         if result is None:
