@@ -609,7 +609,7 @@ class RunStore:
                   *(_to_db(getattr(row, name)) for name in _LAYER_NUMBERS))
                  for row in event.layers])
         elif isinstance(event, protocol.RunStarted):
-            resumed = getattr(event, "resumed_from_step", None)
+            resumed = event.resumed_from_step
             if resumed is not None:
                 # The resumed run repeats the steps after its checkpoint: what the lost
                 # segment recorded past it did not happen in this run's history.
@@ -910,25 +910,26 @@ def recording(runs: RunStore, emit: Callable[[Any], None]) -> Callable[[Any], No
 
     def emit_recorded(event: Any) -> None:
         nonlocal missed, since
+        if missed:  # say so first, on the record, once the store takes it
+            notice = protocol.Notice(_step_of(event) or since, "info",
+                                     f"the run store records again; it missed {missed} "
+                                     f"event(s) from step {since}")
+            try:
+                runs.record(notice)
+            except StoreError:
+                pass  # still failing: the event below counts as missed too
+            else:
+                missed = 0
+                emit(notice)
         try:
             runs.record(event)
         except StoreError as exc:
-            step = _step_of(event) or 0
             if missed == 0:
-                since = step
-                emit(protocol.Notice(step, "error", f"the run store cannot record: {exc}; "
-                                     f"training goes on, the store misses events from "
-                                     f"step {step}"))
+                since = _step_of(event) or 0
+                emit(protocol.Notice(since, "error", f"the run store cannot record: {exc}; "
+                                     "training goes on, the store misses events from "
+                                     f"step {since}"))
             missed += 1
-        else:
-            if missed:
-                notice = protocol.Notice(_step_of(event) or since, "info",
-                                         f"the run store records again; it missed {missed} "
-                                         f"event(s) from step {since}")
-                missed = 0
-                with contextlib.suppress(StoreError):  # the gap, on the record too
-                    runs.record(notice)
-                emit(notice)
         emit(event)
 
     return emit_recorded
