@@ -1,0 +1,520 @@
+"""The compare screen: runs under a root listed, picked, and compared from their stores.
+
+Run directories are built with ``engine.store`` from canned events (``tests.fake_engine``):
+no training. Expected values are computed here from the events and configs written,
+not from ``tui.compare``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.text import Text
+from textual.app import App
+from textual.widgets import DataTable, Static
+
+from engine import protocol, store
+from engine.config import Config
+from tests.fake_engine import metrics, snapshot, started
+from tui import compare
+from tui.screens.compare import (
+    DIFFERS_STYLE,
+    PICKED,
+    REFERENCE_STYLE,
+    CompareChart,
+    CompareScreen,
+    RunPicker,
+)
+
+PARENT_LR = 1e-3
+FORK_LR = 3e-4
+STEPS_PER_EPOCH = 23
+"""What fake_engine.started says."""
+
+
+def make_run(root: Path, config: Config, events: list[Any], *, run_id: str | None = None,
+             parent: str = "", parent_step: int | None = None, label: str = "") -> str:
+    """A run directory under ``root`` that recorded ``events``; its id (``run_id`` when
+    given, so that snapshots do not depend on the clock)."""
+    path = store.new_run(root, config, parent=parent, parent_step=parent_step, label=label)
+    if run_id is not None:
+        path = path.rename(root / run_id)
+        with store.RunStore.open(path, write=True) as runs:
+            runs.set_meta(id=run_id)
+    with store.RunStore.open(path, write=True) as runs:
+        for event in events:
+            runs.record(event)
+    return path.name
+
+
+def final(step: int, train: float, val: float, accuracy: float, best: float,
+          best_step: int) -> protocol.RunFinished:
+    return protocol.RunFinished("completed", protocol.FinalMetrics(
+        step, step // STEPS_PER_EPOCH, train, val, accuracy, best, best_step, 12.0))
+
+
+def parent_events(config: Config) -> list[Any]:
+    """A finished 400-step run: evaluations at 200 (the best) and 400."""
+    return [
+        started(config, 400),
+        protocol.StateChanged("running", 0, "started"),
+        metrics(1, 200, lr=config.optim.lr),
+        protocol.EvalDone(200, 8, 0.50, 0.85, 0.45, 0.50),
+        snapshot(200),
+        metrics(201, 200, lr=config.optim.lr, epoch=8),
+        protocol.EvalDone(400, 17, 0.55, 0.86, 0.30, 0.50),
+        protocol.StateChanged("finished", 400, "completed"),
+        final(400, 0.30, 0.55, 0.86, 0.50, 200),
+    ]
+
+
+def fork_events(config: Config) -> list[Any]:
+    """A fork from step 200 that trains to 400 and does better."""
+    return [
+        dataclasses.replace(started(config, 400), resumed_from_step=200),
+        protocol.StateChanged("running", 200, "resumed"),
+        metrics(201, 200, lr=config.optim.lr, epoch=8),
+        protocol.EvalDone(300, 13, 0.42, 0.88, 0.35, 0.42),
+        protocol.EvalDone(400, 17, 0.40, 0.90, 0.28, 0.40),
+        protocol.StateChanged("finished", 400, "completed"),
+        final(400, 0.28, 0.40, 0.90, 0.40, 400),
+    ]
+
+
+def other_events(config: Config) -> list[Any]:
+    """A crashed run: 100 steps, one evaluation, no end."""
+    return [started(config, 400), protocol.StateChanged("running", 0, "started"),
+            metrics(1, 100, lr=config.optim.lr), protocol.EvalDone(100, 4, 0.7, 0.6, 0.8, 0.7)]
+
+
+@dataclasses.dataclass
+class Runs:
+    """Three runs under one root: a parent, its fork (other lr), an unrelated run."""
+
+    root: Path
+    parent: str
+    fork: str
+    other: str
+    configs: dict[str, Config]
+    events: dict[str, list[Any]]
+
+
+def three_runs(root: Path, *, fixed_ids: bool = False) -> Runs:
+    parent_config = Config().with_values({"optim.lr": PARENT_LR, "run.max_steps": 400})
+    fork_config = parent_config.with_values({"optim.lr": FORK_LR, "optim.weight_decay": 0.01})
+    other_config = Config().with_values({"model.width": 32, "run.seed": 7})
+    events = {"parent": parent_events(parent_config), "fork": fork_events(fork_config),
+              "other": other_events(other_config)}
+    ids = {"parent": "20261201-100000-aaaa", "fork": "20261201-100500-bbbb",
+           "other": "20261201-090000-cccc"} if fixed_ids else {}
+    parent = make_run(root, parent_config, events["parent"], run_id=ids.get("parent"),
+                      label="baseline")
+    fork = make_run(root, fork_config, events["fork"], run_id=ids.get("fork"), parent=parent,
+                    parent_step=200, label="lower lr")
+    other = make_run(root, other_config, events["other"], run_id=ids.get("other"))
+    return Runs(root, parent, fork, other,
+                {parent: parent_config, fork: fork_config, other: other_config},
+                {parent: events["parent"], fork: events["fork"], other: events["other"]})
+
+
+class Host(App[None]):
+    """A bare app that opens the compare screen at once (tui/app.py is not needed)."""
+
+    def __init__(self, root: Path, current: str | None, **kwargs: Any) -> None:
+        super().__init__()
+        self.screen_args = (root, current)
+        self.kwargs = kwargs
+
+    def on_mount(self) -> None:
+        self.push_screen(CompareScreen(*self.screen_args, **self.kwargs))
+
+
+def flat(config: Config) -> dict[str, Any]:
+    """Dotted key -> value, from the config's TOML dict (not tui.compare.flat_config)."""
+    return {f"{section}.{name}": value for section, values in config.to_dict().items()
+            for name, value in values.items()}
+
+
+def column(table: DataTable[Any], key: str) -> list[str]:
+    return [str(cell) for cell in table.get_column(key)]
+
+
+def cell(table: DataTable[Any], row: str, column_key: str) -> Text:
+    value = table.get_cell(row, column_key)
+    assert isinstance(value, Text)
+    return value
+
+
+def run_column(screen: CompareScreen, run_id: str) -> str:
+    """The config/metrics tables' column key of ``run_id``."""
+    return f"run{[run.id for run in screen.compared].index(run_id)}"
+
+
+def metric(table: DataTable[Any], row: str, column_key: str) -> str:
+    return str(table.get_cell(row, column_key))
+
+
+# --- the screen ---------------------------------------------------------------------
+
+
+async def test_lists_every_run_newest_first_with_parents(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        table = screen.query_one(RunPicker)
+        # other was created last, then fork, then parent: newest first.
+        assert [row.value for row in table.rows] == [runs.other, runs.fork, runs.parent]
+        names = compare.short_names([runs.other, runs.fork, runs.parent])
+        assert column(table, "run") == [names[runs.other], names[runs.fork], names[runs.parent]]
+        assert column(table, "status") == ["crashed", "finished", "finished"]
+        assert column(table, "step") == ["100", "400", "400"]
+        assert column(table, "best") == ["0.7", "0.4", "0.5"]
+        assert column(table, "parent") == ["", f"{names[runs.parent]}@200", ""]
+        assert column(table, "label") == ["", "lower lr", "baseline"]
+        # the crashed run says why; a finished one needs no note
+        notes = column(table, "note")
+        assert "ended without a final event" in notes[0] and notes[1:] == ["", ""]
+
+
+async def test_the_current_run_its_parent_and_forks_are_picked(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    for current in (runs.parent, runs.fork):
+        async with Host(tmp_path, current).run_test(size=(120, 30)) as pilot:
+            await pilot.pause()
+            screen = pilot.app.screen
+            assert isinstance(screen, CompareScreen)
+            assert sorted(screen.picked) == sorted([runs.parent, runs.fork])
+            assert [run.id for run in screen.compared] == [runs.fork, runs.parent]
+            marks = column(screen.query_one(RunPicker), "pick")
+            assert marks == ["", PICKED, PICKED]
+
+
+async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        table = screen.query_one("#configs-table", DataTable)
+        parent, fork = flat(runs.configs[runs.parent]), flat(runs.configs[runs.fork])
+        expected = {key for key in parent if parent[key] != fork[key]}
+        assert expected == {"optim.lr", "optim.weight_decay"}  # what the fork changed
+        assert {row.value for row in table.rows} == expected
+        fork_column, parent_column = run_column(screen, runs.fork), run_column(screen, runs.parent)
+        assert str(cell(table, "optim.lr", fork_column)) == repr(FORK_LR)
+        assert str(cell(table, "optim.lr", parent_column)) == repr(PARENT_LR)
+        # The fork is listed first, so it is the reference; the parent's value differs.
+        assert cell(table, "optim.lr", fork_column).style == REFERENCE_STYLE
+        assert cell(table, "optim.lr", parent_column).style == DIFFERS_STYLE
+        caption = str(screen.query_one("#configs-caption", Static).render())
+        assert "2 keys differ" in caption
+
+        await pilot.press("a")  # every key
+        assert len(table.rows) == len(parent)
+        assert cell(table, "optim.momentum", fork_column).style == ""
+        assert cell(table, "optim.lr", "key").style == DIFFERS_STYLE
+        await pilot.press("a")
+        assert {row.value for row in table.rows} == expected
+
+
+async def test_adding_a_third_run_widens_the_differences(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        await pilot.press("space", "enter")  # the cursor starts on the newest: other
+        assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other}
+        configs = [flat(c) for c in runs.configs.values()]
+        expected = {key for key in configs[0] if len({repr(c[key]) for c in configs}) > 1}
+        assert expected >= {"optim.lr", "optim.weight_decay", "model.width", "run.seed",
+                            "run.max_steps"}
+        table = screen.query_one("#configs-table", DataTable)
+        assert {row.value for row in table.rows} == expected
+
+
+async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await pilot.press("space", "enter")  # pick the crashed run too
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        table = screen.query_one("#metrics-table", DataTable)
+        for run_id in (runs.parent, runs.fork):
+            ended = next(e for e in runs.events[run_id] if isinstance(e, protocol.RunFinished))
+            evals = [e for e in runs.events[run_id] if isinstance(e, protocol.EvalDone)]
+            best = min(evals, key=lambda e: e.val_loss)
+            col = run_column(screen, run_id)
+            assert metric(table, "status", col) == "finished"
+            assert metric(table, "final step", col) == str(ended.final.step)
+            assert float(metric(table, "train loss", col)) == ended.final.train_loss
+            assert float(metric(table, "val loss", col)) == ended.final.val_loss
+            assert metric(table, "val accuracy", col) == f"{ended.final.val_accuracy:.1%}"
+            assert float(metric(table, "best val loss", col)) == best.val_loss
+            assert metric(table, "best at step", col) == str(best.step)
+        # The crashed run: its latest evaluation, and why it has no end.
+        col = run_column(screen, runs.other)
+        assert metric(table, "status", col) == "crashed"
+        assert metric(table, "final step", col) == "100"
+        assert float(metric(table, "val loss", col)) == 0.7
+        assert metric(table, "time", col) == compare.MISSING
+        assert "without a final event" in metric(table, "note", col)
+        # The fork's val loss is the best of the three, and marked so.
+        assert table.get_cell("val loss", run_column(screen, runs.fork)).style == "bold green"
+        assert table.get_cell("val loss", run_column(screen, runs.parent)).style == ""
+
+
+async def test_the_chart_has_one_overlay_per_picked_run(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        chart = screen.query_one(CompareChart)
+        names = screen.names
+        assert [name for name, _ in chart.curves] == [names[runs.fork], names[runs.parent]]
+        for (_, series), run_id in zip(chart.curves, (runs.fork, runs.parent), strict=True):
+            batches = [e for e in runs.events[run_id] if isinstance(e, protocol.MetricsBatch)]
+            steps = [s for b in batches for s in b.steps]
+            losses = [x for b in batches for x in b.losses]
+            assert series.x.tolist() == steps
+            np.testing.assert_allclose(series.y, losses, rtol=1e-6)  # float32 in the chart
+        assert chart.curves[0][1].x[0] == 201  # the fork goes on from its parent's step
+
+        await pilot.press("v")  # validation loss
+        for (_, series), run_id in zip(chart.curves, (runs.fork, runs.parent), strict=True):
+            evals = [e for e in runs.events[run_id] if isinstance(e, protocol.EvalDone)]
+            assert series.x.tolist() == [e.step for e in evals]
+        assert "validation loss of 2 runs" in chart.title
+
+        await pilot.press("v", "e")  # training loss by epoch
+        np.testing.assert_allclose(chart.curves[1][1].x[:3],
+                                   np.array([1, 2, 3]) / STEPS_PER_EPOCH)
+        assert chart.by_epoch and "by epoch" in chart.title
+
+        # Unpick the fork (second row) and compare: one overlay.
+        table = screen.query_one(RunPicker)
+        table.focus()
+        table.move_cursor(row=table.get_row_index(runs.fork))
+        await pilot.press("space", "enter")
+        assert [name for name, _ in chart.curves] == [names[runs.parent]]
+
+
+async def test_a_live_change_shows_in_the_config_and_makes_a_difference(tmp_path: Path) -> None:
+    config = Config().with_values({"optim.lr": PARENT_LR})
+    same = make_run(tmp_path, config, parent_events(config))
+    changed_events = parent_events(config)
+    changed_events.insert(3, protocol.HyperChanged(150, "optim.lr", PARENT_LR, 5e-4))
+    changed = make_run(tmp_path, config, changed_events)
+    async with Host(tmp_path, same).run_test(size=(120, 30)) as pilot:
+        await pilot.press("space", "enter")  # the cursor is on the newest: changed
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        table = screen.query_one("#configs-table", DataTable)
+        assert [row.value for row in table.rows] == ["optim.lr"]
+        assert str(table.get_cell("optim.lr", run_column(screen, changed))) == \
+            f"{PARENT_LR!r} → 0.0005 @150"
+        assert str(table.get_cell("optim.lr", run_column(screen, same))) == repr(PARENT_LR)
+
+
+async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    broken = tmp_path / "20261130-120000-dead"
+    broken.mkdir()
+    (broken / store.DB_FILE).write_bytes(b"this is not a database" * 100)
+    (tmp_path / runs.other / store.CONFIG_FILE).unlink()
+    async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        table = screen.query_one(RunPicker)
+        assert broken.name in [row.value for row in table.rows]
+        row = table.get_row_index(broken.name)
+        assert "unreadable" in str(table.get_row_at(row)[-1])
+        # Pick both problem runs and compare: no crash, reasons shown.
+        table.move_cursor(row=row)
+        await pilot.press("space")
+        table.move_cursor(row=table.get_row_index(runs.other))
+        await pilot.press("space", "enter")
+        assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other,
+                                                       broken.name}
+        errors = {run.id: run.error for run in screen.compared}
+        assert "cannot use run.db: file is not a database" in errors[broken.name]
+        assert errors[runs.other] == "config file not found: config.toml"
+        metrics_table = screen.query_one("#metrics-table", DataTable)
+        assert errors[broken.name].startswith(
+            metric(metrics_table, "note", run_column(screen, broken.name)).rstrip("…"))
+        assert metric(metrics_table, "note", run_column(screen, runs.other)) == errors[runs.other]
+        # the highlighted run's whole reason under the runs table
+        table.move_cursor(row=table.get_row_index(broken.name))
+        await pilot.pause()
+        note = str(screen.query_one("#runs-note", Static).render())
+        assert errors[broken.name] in note.replace("\n", "")
+        configs = screen.query_one("#configs-table", DataTable)
+        assert str(configs.get_cell("optim.lr", run_column(screen, runs.other))) == \
+            compare.MISSING
+        caption = str(screen.query_one("#configs-caption", Static).render())
+        assert "config unreadable" in caption
+        # The crashed run's curve is still read without its config; the broken one has none.
+        chart = screen.query_one(CompareChart)
+        assert len(chart.curves) == 3
+
+
+async def test_a_root_that_cannot_be_listed_says_so(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "runs"
+    not_a_dir.write_text("a file")
+    async with Host(not_a_dir, None).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        note = str(pilot.app.screen.query_one("#runs-note", Static).render())
+        assert "cannot list the runs" in note and str(not_a_dir) in note
+
+
+async def test_no_runs_yet(tmp_path: Path) -> None:
+    async with Host(tmp_path / "runs", None).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert "no runs in" in str(screen.query_one("#runs-note", Static).render())
+        await pilot.press("enter", "v", "e", "a", "l", "r", "3", "4")  # nothing to break
+        assert screen.query_one(CompareChart).curves == ()
+
+
+async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        assert not screen.wide
+
+        def shown() -> list[str]:
+            return [pane for pane in ("runs", "chart", "configs", "metrics")
+                    if screen.query_one(f"#pane-{pane}").display]
+
+        assert shown() == ["runs"]
+        assert screen.focused is screen.query_one(RunPicker)
+        await pilot.press("enter")  # compare: on to the chart
+        assert shown() == ["chart"]
+        await pilot.press("3")
+        assert shown() == ["configs"]
+        assert screen.focused is screen.query_one("#configs-table")
+        await pilot.press("4")
+        assert shown() == ["metrics"]
+        await pilot.press("1")
+        assert shown() == ["runs"]
+        await pilot.press("escape")
+        assert not isinstance(pilot.app.screen, CompareScreen)
+
+    async with Host(tmp_path, runs.parent).run_test(size=(200, 60)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        assert screen.wide
+        assert all(screen.query_one(f"#pane-{pane}").display
+                   for pane in ("runs", "chart", "configs", "metrics"))
+        await pilot.press("enter")  # compare: everything stays in view
+        assert screen.focused is screen.query_one(RunPicker)
+
+
+async def test_reload_sees_a_run_that_moved_on(tmp_path: Path) -> None:
+    config = Config()
+    path = store.new_run(tmp_path, config)
+    with store.EngineLock(path), store.RunStore.open(path, write=True) as runs:
+        runs.record(started(config))
+        runs.record(protocol.StateChanged("running", 0, "started"))
+        runs.record(metrics(1, 50))
+        runs.commit()
+        async with Host(tmp_path, path.name).run_test(size=(120, 30)) as pilot:
+            await pilot.pause()
+            screen = pilot.app.screen
+            assert isinstance(screen, CompareScreen)
+            table = screen.query_one(RunPicker)
+            assert column(table, "status") == ["running"]
+            assert len(screen.query_one(CompareChart).curves[0][1]) == 50
+            runs.record(metrics(51, 50))
+            runs.commit()
+            await pilot.press("r")
+            assert column(table, "step") == ["100"]
+            assert len(screen.query_one(CompareChart).curves[0][1]) == 100
+            metrics_table = screen.query_one("#metrics-table", DataTable)
+            assert metric(metrics_table, "status", "run0") == "running"
+
+
+# --- tui.compare without a screen -----------------------------------------------------
+
+
+def test_ago_uses_the_largest_whole_unit() -> None:
+    assert [compare.ago(s) for s in (0, 59, 60, 3599, 3600, 86400 * 3 + 5, -4)] == \
+        ["0s", "59s", "1m", "59m", "1h", "3d", "0s"]
+
+
+def test_short_names_drop_a_shared_date_only() -> None:
+    same_day = ["20261201-100000-aaaa", "20261201-110000-bbbb"]
+    assert compare.short_names(same_day) == {same_day[0]: "100000-aaaa",
+                                             same_day[1]: "110000-bbbb"}
+    two_days = [same_day[0], "20261202-100000-cccc"]
+    assert compare.short_names(two_days) == {i: i for i in two_days}
+    assert compare.short_names(["my-run", "20261201-100000-aaaa"])["my-run"] == "my-run"
+
+
+def test_family_is_the_run_its_parent_and_its_forks(tmp_path: Path) -> None:
+    def summary(run_id: str, parent: str = "") -> store.RunSummary:
+        return store.RunSummary(run_id, tmp_path / run_id, "finished", 0, 0, None, None, 0.0,
+                                0.0, parent, None, "", "")
+
+    listed = [summary("d", "b"), summary("c"), summary("b", "a"), summary("a"),
+              summary("e", "a")]
+    assert compare.family(listed, "b") == ["d", "b", "a"]
+    assert compare.family(listed, "a") == ["b", "a", "e"]
+    assert compare.family(listed, "zz") == []
+
+
+def test_format_number_keeps_what_the_run_had() -> None:
+    assert compare.format_number(math.nan, "loss") == "NaN"
+    assert compare.format_number(math.inf, "loss") == "Infinity"
+    assert compare.format_number(None, "loss") == compare.MISSING
+    assert compare.format_number(0.123456, "loss") == "0.1235"
+    assert compare.format_number(0.875, "percent") == "87.5%"
+    assert compare.format_number(900.0, "seconds") == "15m"
+
+
+def test_metric_rows_mark_the_best_and_ignore_nan(tmp_path: Path) -> None:
+    def run(val: float) -> compare.ComparedRun:
+        summary = store.RunSummary("r", tmp_path, "finished", 0, 0, None, None, 0.0, 0.0, "",
+                                   None, "", "")
+        return compare.ComparedRun(summary, metrics=compare.RunMetrics(
+            "finished", 10, 1.0, val, 0.5, val, 10, 1.0))
+
+    rows = {row.name: row for row in compare.metric_rows([run(0.3), run(math.nan), run(0.2)])}
+    assert rows["val loss"].best == {2}
+    assert rows["val loss"].cells[1] == "NaN"
+    assert rows["val accuracy"].best == {0, 1, 2}  # all equal: all best
+    assert rows["final step"].best == frozenset()
+
+
+def test_load_run_of_a_missing_directory_says_why(tmp_path: Path) -> None:
+    summary = store.RunSummary("gone", tmp_path / "gone", "crashed", 0, 0, None, None, 0.0,
+                               0.0, "", None, "", "")
+    run = compare.load_run(summary)
+    assert run.config is None and run.metrics is None
+    assert store.CONFIG_FILE in run.error and store.DB_FILE in run.error
+    assert compare.note(run) == run.error
+
+
+@pytest.mark.parametrize("all_keys", [False, True])
+def test_config_rows_of_one_readable_run_differ_in_nothing(tmp_path: Path,
+                                                           all_keys: bool) -> None:
+    runs = three_runs(tmp_path)
+    summaries = {s.id: s for s in store.list_runs(tmp_path)}
+    one = compare.load_run(summaries[runs.parent])
+    broken = compare.ComparedRun(summaries[runs.fork])  # config None: as if unreadable
+    assert compare.differing_keys([one, broken]) == []
+    rows = compare.config_rows([one, broken], all_keys=all_keys)
+    assert len(rows) == (len(flat(runs.configs[runs.parent])) if all_keys else 0)
+    assert not any(row.differs or any(row.unlike_first) for row in rows)
