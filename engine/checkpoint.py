@@ -83,6 +83,28 @@ def _temp_name(path: Path) -> Path:
     return Path(name)
 
 
+class _RecordingWriter:
+    """The file torch.save writes to, keeping the first OSError a write raised.
+
+    torch's zip writer turns a failed write into a RuntimeError ("unexpected pos 768
+    vs 662") that hides the cause; with this, a full disk is reported as ENOSPC.
+    """
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` with torch.save to ``path`` atomically; returns the path.
 
@@ -94,9 +116,13 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
+            recording = _RecordingWriter(tmp)
             try:
-                torch.save(payload, tmp)
+                torch.save(payload, recording)
             except RuntimeError as exc:  # torch's zip writer reports a failed write so
+                cause = recording.error
+                if cause is not None and cause.errno is not None:  # e.g. ENOSPC: say it
+                    raise OSError(cause.errno, cause.strerror, str(path)) from exc
                 raise OSError(f"writing {path.name} failed: {exc}") from exc
             tmp.flush()
             os.fsync(tmp.fileno())  # the data is on disk before the rename makes it visible
