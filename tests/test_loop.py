@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from engine import protocol
-from engine.checkpoint import load
+from engine.checkpoint import Checkpoints, load
 from engine.data import load_dataset
 from engine.loop import Batches, steps_per_epoch
 from engine.models import build_model
-from engine.protocol import Pause, SaveCheckpoint, SetHyper, Step, Stop
+from engine.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
 from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
 
 
@@ -288,6 +288,133 @@ def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path: Path):
     events = run_loop(tiny_config(), [SaveCheckpoint(str(blocker / "sub" / "b.pt"))])
     assert "checkpoint not written" in of_type(events, "CommandRejected")[0].reason
     assert finished(events).reason == "completed"
+
+
+def _run_with_checkpoints(config, directory: Path, commands: list | None = None) -> list:
+    """Like run_loop, with the run's checkpoints in ``directory``."""
+    import queue
+
+    from engine.loop import run
+
+    q: queue.Queue = queue.Queue()
+    for command in commands or []:
+        q.put(command)
+    events: list = []
+    run(config, q, events.append, checkpoints=Checkpoints(directory))
+    return events
+
+
+def test_checkpoints_every_epoch_rotated_and_one_at_the_end(tmp_path: Path):
+    # 160 training samples at 32: an epoch is 5 steps.
+    config = tiny_config(run__max_steps=0, run__max_epochs=3, run__keep_checkpoints=2)
+    events = _run_with_checkpoints(config, tmp_path)
+    saved = of_type(events, "CheckpointSaved")
+    # Epoch ends 5 and 10; the run ends at 15 (one checkpoint there, not two).
+    assert [(c.step, Path(c.path).name) for c in saved] == [
+        (5, "step_00000005.pt"), (10, "step_00000010.pt"), (15, "step_00000015.pt")]
+    assert Checkpoints(tmp_path).steps() == [10, 15]  # run.keep_checkpoints
+    first_eval = of_type(events, "EvalDone")[0]
+    assert load(tmp_path / "last.pt")["step"] == 15
+    # Each is written after its step's evaluation: the counters include it.
+    ten = load(tmp_path / "step_00000010.pt")
+    assert ten["counters"]["last_eval_step"] == 10
+    assert ten["counters"]["best_val_loss"] <= first_eval.val_loss
+    # Every checkpoint_every steps instead; the events order the save after its step.
+    events = _run_with_checkpoints(tiny_config(run__max_steps=10, run__checkpoint_every=4),
+                                   tmp_path / "every4")
+    assert [c.step for c in of_type(events, "CheckpointSaved")] == [4, 8, 10]
+    names = [type(e).__name__ for e in events]
+    assert names.index("CheckpointSaved") > names.index("MetricsBatch")
+
+
+def test_save_checkpoint_without_a_path_goes_to_the_runs_checkpoints(tmp_path: Path):
+    events = run_loop(tiny_config(), [SaveCheckpoint()])
+    assert "no checkpoint directory" in of_type(events, "CommandRejected")[0].reason
+    assert not of_type(events, "CheckpointSaved")
+    events = _run_with_checkpoints(tiny_config(run__max_steps=6),
+                                   tmp_path, [Pause(), Step(3), SaveCheckpoint(), Stop()])
+    saved = of_type(events, "CheckpointSaved")
+    assert saved[0].step == 3 and Path(saved[0].path) == tmp_path / "step_00000003.pt"
+    assert load(saved[0].path)["step"] == 3
+
+
+def test_stop_why_is_the_final_reason_and_the_end_writes_a_checkpoint(tmp_path: Path):
+    commands = [Pause(), Step(3), SetHyper("optim.lr", 0.05), Stop(why="SIGTERM")]
+    events = _run_with_checkpoints(tiny_config(run__max_steps=50), tmp_path, commands)
+    final = of_type(events, "StateChanged")[-1]
+    assert (final.state, final.step, final.reason) == ("finished", 3, "SIGTERM")
+    assert finished(events).reason == "stopped"
+    end = of_type(events, "CheckpointSaved")[-1]
+    names = [type(e).__name__ for e in events]
+    assert names.index("CheckpointSaved") < names.index("RunFinished")
+    assert end.step == 3 and load(end.path)["config"]["optim"]["lr"] == 0.05
+
+
+def test_a_run_stopped_by_a_non_finite_loss_keeps_last_good_at_a_finite_one(tmp_path: Path):
+    config = tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
+                         run__max_steps=200, run__checkpoint_every=1)
+    events = _run_with_checkpoints(config, tmp_path)
+    assert finished(events).reason == "non_finite"
+    end = finished(events).final.step
+    last, good = load(tmp_path / "last.pt"), load(tmp_path / "last_good.pt")
+    assert last["step"] == end and last["finite"] is False
+    assert good["step"] < end and good["finite"] is True
+    assert all(torch.isfinite(t).all() for t in good["model"].values())
+
+
+def _disk_full_from_write(monkeypatch: pytest.MonkeyPatch, first_failing: int) -> None:
+    """Checkpoint file writes fail with ENOSPC from the ``first_failing``-th file on."""
+    import errno
+    import os
+
+    from engine import checkpoint
+
+    real_fdopen, opened = os.fdopen, []
+
+    class Full:
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.close()
+
+    def fdopen(fd, mode):
+        opened.append(fd)
+        f = real_fdopen(fd, mode)
+        return Full(f) if len(opened) >= first_failing else f
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+
+
+def test_a_full_disk_is_reported_and_the_run_goes_on(tmp_path: Path, monkeypatch):
+    _disk_full_from_write(monkeypatch, first_failing=2)
+    commands = [Pause(), Step(7), SaveCheckpoint(), Resume()]
+    events = _run_with_checkpoints(tiny_config(run__max_steps=12), tmp_path, commands)
+    assert [c.step for c in of_type(events, "CheckpointSaved")] == [5]
+    errors = [n for n in of_type(events, "Notice") if n.level == "error"]
+    assert [n.step for n in errors] == [10, 12]  # the epoch end and the run's end
+    good = tmp_path / "last_good.pt"
+    for notice in errors:
+        assert f"checkpoint of step {notice.step} not written (No space left on device" \
+            in notice.message
+        assert f"the previous good checkpoint ({good}, of step 5) is intact" in notice.message
+        assert notice.message.endswith("the run goes on")
+    rejected = of_type(events, "CommandRejected")[0]
+    assert rejected.command_type == "SaveCheckpoint" and rejected.step == 7
+    assert "No space left on device" in rejected.reason and "of step 5" in rejected.reason
+    assert finished(events).reason == "completed" and finished(events).final.step == 12
+    assert load(tmp_path / "last.pt")["step"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.pt", "last_good.pt", "step_00000005.pt"]
 
 
 def test_metrics_are_batched_not_one_event_per_step():
