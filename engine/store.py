@@ -22,6 +22,9 @@ numbered by ``seq``; ``train`` (per-step loss and lr), ``evals``, ``changes``, `
 ``layer_stats`` and ``meta`` are derived for queries. A number column holds a finite
 float as REAL, NaN and ±inf as the protocol's strings "NaN", "Infinity", "-Infinity"
 (SQLite stores a NaN REAL as NULL, which means "no value" here) and None as NULL.
+The derived tables hold one row per step (per step and layer for ``layer_stats``): a
+resumed run (``RunStarted.resumed_from_step``) drops the rows past its checkpoint's step,
+so the steps it repeats replace what the lost segment recorded; ``events`` keeps all.
 
 Writes are batched: ``record`` adds to an open transaction that is committed at most
 ``COMMIT_INTERVAL_S`` later (by a background flusher, so a quiet run is never left
@@ -476,8 +479,8 @@ class RunStore:
 
     def summary(self, alive: bool) -> RunSummary:
         """This run at a glance; ``alive``: its engine holds the lock (``engine_alive``)."""
-        meta = self.meta()
         with self._reading():
+            meta = self.meta()
             started = self._last_of("RunStarted")
             ended = self._last_of("RunFinished")
             state = self._last_of("StateChanged")
@@ -762,8 +765,9 @@ def list_runs(root: str | Path) -> list[RunSummary]:
     for run_dir in _run_dirs(Path(root)):
         try:
             summaries.append(summarize(run_dir))
-        except (StoreError, RunNotFound, ValueError) as exc:
-            summaries.append(_unreadable(run_dir, str(exc)))
+        except (OSError, ValueError) as exc:  # StoreError, RunNotFound, a corrupt event
+            with contextlib.suppress(OSError):  # gone meanwhile (deleted): not listed
+                summaries.append(_unreadable(run_dir, str(exc)))
     return sorted(summaries, key=lambda s: (s.created_at, s.id), reverse=True)
 
 
