@@ -603,8 +603,9 @@ def format_runs_table(summaries: list[Any], now: float) -> str:
     for s in summaries:
         if s.resumable:
             notes.append(f"{s.id} {s.status} at step {s.step}: trainlab resume {s.id}")
-        elif s.status == "crashed":
-            notes.append(f"{s.id} crashed with no checkpoint to resume from: {s.reason}")
+        elif s.status == "crashed":  # the reason is in --json; the log says more
+            notes.append(f"{s.id} crashed with no checkpoint to resume from; see its "
+                         "engine.log")
     return "\n".join([*lines, *([""] if notes else []), *notes])
 
 
