@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from rich.text import Text
 from textual.app import App
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
 from engine import protocol, store
@@ -52,6 +55,11 @@ def make_run(root: Path, config: Config, events: list[Any], *, run_id: str | Non
     return path.name
 
 
+def scaled(batch: protocol.MetricsBatch, factor: float) -> protocol.MetricsBatch:
+    """``batch`` with every loss times ``factor`` (a run that learns differently)."""
+    return dataclasses.replace(batch, losses=tuple(x * factor for x in batch.losses))
+
+
 def final(step: int, train: float, val: float, accuracy: float, best: float,
           best_step: int) -> protocol.RunFinished:
     return protocol.RunFinished("completed", protocol.FinalMetrics(
@@ -78,7 +86,7 @@ def fork_events(config: Config) -> list[Any]:
     return [
         dataclasses.replace(started(config, 400), resumed_from_step=200),
         protocol.StateChanged("running", 200, "resumed"),
-        metrics(201, 200, lr=config.optim.lr, epoch=8),
+        scaled(metrics(201, 200, lr=config.optim.lr, epoch=8), 0.8),
         protocol.EvalDone(300, 13, 0.42, 0.88, 0.35, 0.42),
         protocol.EvalDone(400, 17, 0.40, 0.90, 0.28, 0.40),
         protocol.StateChanged("finished", 400, "completed"),
@@ -191,9 +199,50 @@ async def test_the_current_run_its_parent_and_forks_are_picked(tmp_path: Path) -
             screen = pilot.app.screen
             assert isinstance(screen, CompareScreen)
             assert sorted(screen.picked) == sorted([runs.parent, runs.fork])
-            assert [run.id for run in screen.compared] == [runs.fork, runs.parent]
+            # the current run first: the others' differences are shown against it
+            assert [run.id for run in screen.compared] == \
+                [current, runs.fork if current == runs.parent else runs.parent]
             marks = column(screen.query_one(RunPicker), "pick")
             assert marks == ["", PICKED, PICKED]
+
+
+async def test_picked_runs_are_preselected_too(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    async with Host(tmp_path, None, picked=[runs.other, "20991231-000000-none"]).run_test(
+            size=(120, 30)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        assert screen.picked == [runs.other]  # a run that is not under the root is dropped
+        assert [run.id for run in screen.compared] == [runs.other]
+
+
+async def test_the_apps_keys_do_nothing_under_the_screen(tmp_path: Path) -> None:
+    runs = three_runs(tmp_path)
+    pressed: list[str] = []
+
+    class Steering(Host):
+        BINDINGS: ClassVar[list[BindingType]] = [Binding("s", "save", "Save"),
+                                                 Binding("n", "save", "Step")]
+
+        def action_save(self) -> None:
+            pressed.append("save")
+
+    async with Steering(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for pane in ("1", "2", "3", "4"):
+            await pilot.press(pane, "s", "n")
+        assert pressed == []
+        await pilot.press("escape", "s")
+        assert pressed == ["save"]  # the screen closed: the app has its keys back
+
+
+def test_the_screen_imports_no_torch() -> None:
+    code = ("import sys, tui.screens.compare, tui.compare; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "False"
 
 
 async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> None:
@@ -210,9 +259,9 @@ async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> N
         fork_column, parent_column = run_column(screen, runs.fork), run_column(screen, runs.parent)
         assert str(cell(table, "optim.lr", fork_column)) == repr(FORK_LR)
         assert str(cell(table, "optim.lr", parent_column)) == repr(PARENT_LR)
-        # The fork is listed first, so it is the reference; the parent's value differs.
-        assert cell(table, "optim.lr", fork_column).style == REFERENCE_STYLE
-        assert cell(table, "optim.lr", parent_column).style == DIFFERS_STYLE
+        # The current run (parent) is the reference; the fork's value differs from it.
+        assert cell(table, "optim.lr", parent_column).style == REFERENCE_STYLE
+        assert cell(table, "optim.lr", fork_column).style == DIFFERS_STYLE
         caption = str(screen.query_one("#configs-caption", Static).render())
         assert "2 keys differ" in caption
 
@@ -265,7 +314,10 @@ async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
         assert metric(table, "final step", col) == "100"
         assert float(metric(table, "val loss", col)) == 0.7
         assert metric(table, "time", col) == compare.MISSING
-        assert "without a final event" in metric(table, "note", col)
+        notes = str(screen.query_one("#metrics-notes", Static).render()).splitlines()
+        assert len(notes) == 1  # only the crashed run has something to say
+        assert notes[0].startswith(f"{screen.names[runs.other]}: ")
+        assert "without a final event" in notes[0]
         # The fork's val loss is the best of the three, and marked so.
         assert table.get_cell("val loss", run_column(screen, runs.fork)).style == "bold green"
         assert table.get_cell("val loss", run_column(screen, runs.parent)).style == ""
@@ -279,23 +331,23 @@ async def test_the_chart_has_one_overlay_per_picked_run(tmp_path: Path) -> None:
         assert isinstance(screen, CompareScreen)
         chart = screen.query_one(CompareChart)
         names = screen.names
-        assert [name for name, _ in chart.curves] == [names[runs.fork], names[runs.parent]]
-        for (_, series), run_id in zip(chart.curves, (runs.fork, runs.parent), strict=True):
+        assert [name for name, _ in chart.curves] == [names[runs.parent], names[runs.fork]]
+        for (_, series), run_id in zip(chart.curves, (runs.parent, runs.fork), strict=True):
             batches = [e for e in runs.events[run_id] if isinstance(e, protocol.MetricsBatch)]
             steps = [s for b in batches for s in b.steps]
             losses = [x for b in batches for x in b.losses]
             assert series.x.tolist() == steps
             np.testing.assert_allclose(series.y, losses, rtol=1e-6)  # float32 in the chart
-        assert chart.curves[0][1].x[0] == 201  # the fork goes on from its parent's step
+        assert chart.curves[1][1].x[0] == 201  # the fork goes on from its parent's step
 
         await pilot.press("v")  # validation loss
-        for (_, series), run_id in zip(chart.curves, (runs.fork, runs.parent), strict=True):
+        for (_, series), run_id in zip(chart.curves, (runs.parent, runs.fork), strict=True):
             evals = [e for e in runs.events[run_id] if isinstance(e, protocol.EvalDone)]
             assert series.x.tolist() == [e.step for e in evals]
         assert "validation loss of 2 runs" in chart.title
 
         await pilot.press("v", "e")  # training loss by epoch
-        np.testing.assert_allclose(chart.curves[1][1].x[:3],
+        np.testing.assert_allclose(chart.curves[0][1].x[:3],
                                    np.array([1, 2, 3]) / STEPS_PER_EPOCH)
         assert chart.by_epoch and "by epoch" in chart.title
 
@@ -348,10 +400,9 @@ async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> Non
         errors = {run.id: run.error for run in screen.compared}
         assert "cannot use run.db: file is not a database" in errors[broken.name]
         assert errors[runs.other] == "config file not found: config.toml"
-        metrics_table = screen.query_one("#metrics-table", DataTable)
-        assert errors[broken.name].startswith(
-            metric(metrics_table, "note", run_column(screen, broken.name)).rstrip("…"))
-        assert metric(metrics_table, "note", run_column(screen, runs.other)) == errors[runs.other]
+        notes = str(screen.query_one("#metrics-notes", Static).render()).replace("\n", "")
+        assert f"{screen.names[broken.name]}: {errors[broken.name]}" in notes
+        assert f"{screen.names[runs.other]}: {errors[runs.other]}" in notes
         # the highlighted run's whole reason under the runs table
         table.move_cursor(row=table.get_row_index(broken.name))
         await pilot.pause()

@@ -11,7 +11,7 @@ whose store cannot be read is listed with the reason and never breaks the screen
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,9 +40,12 @@ PANES = ("runs", "chart", "configs", "metrics")
 PANE_TITLES = {"runs": "Runs", "chart": "Chart", "configs": "Configs", "metrics": "Metrics"}
 PICKED = "✓"
 """The mark of a picked run in the runs table."""
-KEYS_TEXT = ("1-4 panes · space pick · enter compare · v val/train · e epochs · "
-             "a all keys · l log · r reload · esc")
-"""The keys, on the bottom line (80 columns)."""
+KEYS_TEXT = ("1-4 focus a pane · space picks a run · enter compares · v validation/training "
+             "loss · e epochs/steps · a every key/differences · l log y · r reload · "
+             "escape closes")
+"""The keys, on the bottom line of a large terminal."""
+KEYS_NARROW = "1-4 pane · space pick · enter compare · v val · e epoch · a keys · l log · esc"
+"""The keys in 78 columns (80, less the padding)."""
 STATUS_STYLES = {"running": "green", "paused": "yellow", "finished": "", "stopped": "dim",
                  "failed": "red", "crashed": "bold red"}
 """How each status is written in the runs table."""
@@ -142,7 +145,8 @@ class RunPicker(DataTable[Any]):
 
 class CompareScreen(ModalScreen[None]):
     """Pick runs under ``root`` and compare them; ``current`` (a run id) is picked at
-    the start with its parent and its forks. Escape closes.
+    the start with its parent and its forks, and so are the ids in ``picked`` (a lab's
+    runs, say). Escape closes.
 
     ``now`` gives the time "how long ago" counts from (tests fix it).
     """
@@ -165,12 +169,15 @@ class CompareScreen(ModalScreen[None]):
     .compare-pane.-current {
         display: block;
     }
-    #runs-table, #configs-table, #metrics-table {
+    #runs-table, #configs-table {
         height: 1fr;
     }
-    #runs-note, #configs-caption {
+    #metrics-table {
         height: auto;
-        max-height: 3;
+    }
+    #runs-note, #configs-caption, #metrics-notes {
+        height: auto;
+        max-height: 5;
         padding: 0 1;
         color: $text-muted;
     }
@@ -211,10 +218,11 @@ class CompareScreen(ModalScreen[None]):
     ]
 
     def __init__(self, root: str | Path, current: str | None = None, *,
-                 now: Callable[[], float] = time.time) -> None:
+                 picked: Iterable[str] = (), now: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.root = Path(root)
         self.current = current
+        self.preselected = tuple(picked)
         self.now = now
         self.pane = "runs"
         """The pane shown when one shows at a time."""
@@ -246,7 +254,8 @@ class CompareScreen(ModalScreen[None]):
                 yield DataTable(id="configs-table", cursor_type="row", zebra_stripes=True)
             with Vertical(id="pane-metrics", classes="compare-pane"):
                 yield DataTable(id="metrics-table", cursor_type="row", zebra_stripes=True)
-        yield Static(KEYS_TEXT, id="compare-keys")
+                yield Static(id="metrics-notes")
+        yield Static(KEYS_NARROW, id="compare-keys")
 
     def on_mount(self) -> None:
         for pane in PANES:
@@ -255,8 +264,9 @@ class CompareScreen(ModalScreen[None]):
         for key, header in RUN_COLUMNS:
             table.add_column(header, key=key)
         self._list_runs()
-        if self.current:
-            self.picked = compare.family(self.summaries, self.current)
+        picks = [*self.preselected, *compare.family(self.summaries, self.current or "")]
+        listed = {summary.id for summary in self.summaries}
+        self.picked = [run_id for run_id in dict.fromkeys(picks) if run_id in listed]
         self._fill_runs()
         self._compare()
         self._apply_size(self.app.size.width, self.app.size.height)
@@ -266,7 +276,9 @@ class CompareScreen(ModalScreen[None]):
         self._apply_size(event.size.width, event.size.height)
 
     def _apply_size(self, width: int, height: int) -> None:
-        self.set_class(width >= WIDE_COLUMNS and height >= WIDE_ROWS, "-wide")
+        wide = width >= WIDE_COLUMNS and height >= WIDE_ROWS
+        self.set_class(wide, "-wide")
+        self.query_one("#compare-keys", Static).update(KEYS_TEXT if wide else KEYS_NARROW)
 
     @property
     def wide(self) -> bool:
@@ -374,9 +386,11 @@ class CompareScreen(ModalScreen[None]):
     # --- comparing ---------------------------------------------------------------
 
     def _compare(self) -> None:
-        """Read the picked runs (in the runs table's order) and fill the other panes."""
+        """Read the picked runs and fill the other panes: the current run first (the
+        one the others' differences are shown against), then newest first."""
         by_id = {s.id: s for s in self.summaries}
-        order = [s.id for s in self.summaries if s.id in self.picked]
+        order = sorted((s.id for s in self.summaries if s.id in self.picked),
+                       key=lambda run_id: run_id != self.current)  # stable: newest first
         self.compared = [compare.load_run(by_id[run_id]) for run_id in order]
         self._show_chart()
         self._show_configs()
@@ -434,7 +448,8 @@ class CompareScreen(ModalScreen[None]):
             text.append("one run: its config (pick another to see what differs)")
         elif differ:
             text.append(f"{differ} key{'s' if differ != 1 else ''} differ", "bold")
-            text.append("; highlighted: values unlike the first run's")
+            reference = next(r for r in self.compared if r.config is not None)
+            text.append(f"; highlighted: values unlike {self.names.get(reference.id)}'s")
         else:
             text.append("the configs are the same")
         if len(self.compared) >= 2:
@@ -447,6 +462,8 @@ class CompareScreen(ModalScreen[None]):
         table = self.query_one("#metrics-table", DataTable)
         table.clear(columns=True)
         if not self.compared:
+            self.query_one("#metrics-notes", Static).update("pick runs (1) to compare how "
+                                                            "far they got")
             return
         table.add_column("", key="metric")
         for index, header in enumerate(self._headers()):
@@ -455,11 +472,14 @@ class CompareScreen(ModalScreen[None]):
             table.add_row(Text(row.name, "bold"),
                           *(Text(cell, BEST_STYLE if i in row.best else "", justify="right")
                             for i, cell in enumerate(row.cells)), key=row.name)
-        notes = [compare.note(run) for run in self.compared]
-        if any(notes):
-            table.add_row(Text("note", "bold"),
-                          *(Text(_cut(n), ERROR_STYLE if run.error else "dim")
-                            for n, run in zip(notes, self.compared, strict=True)), key="note")
+        notes = Text()
+        for run in self.compared:
+            if note := compare.note(run):
+                if notes:
+                    notes.append("\n")
+                notes.append(f"{self.names.get(run.id, run.id)}: ", "bold")
+                notes.append(note, ERROR_STYLE if run.error else "")
+        self.query_one("#metrics-notes", Static).update(notes)
 
     # --- keys --------------------------------------------------------------------
 
