@@ -224,3 +224,16 @@ def test_decimate_a_million_points_takes_a_few_milliseconds() -> None:
     assert len(out_x) <= 400
     # ~1.5 ms measured; generous for a loaded CI machine, far from a per-point loop.
     assert min(times) < 0.05
+
+
+def test_truncate_after_drops_exactly_the_later_points() -> None:
+    series = Series()
+    series.extend(range(1, 3001), [float(i) for i in range(1, 3001)])
+    series.truncate_after(1200)
+    assert len(series) == 1200 and series.x[-1] == 1200 and series.y[-1] == 1200.0
+    series.truncate_after(5000)  # past the end: nothing to drop
+    assert len(series) == 1200
+    series.extend([1201], [7.0])  # growing again goes on from the cut
+    assert series.x[-2:].tolist() == [1200, 1201] and series.y[-1] == 7.0
+    series.truncate_after(0)
+    assert len(series) == 0

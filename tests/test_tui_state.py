@@ -118,3 +118,20 @@ def test_signal_bars_fit_the_snapshot_and_keep_depth_trends_visible() -> None:
     scale = log_range([1.0, 3.0])
     assert len(bar(1.0, 20, scale).plain.strip()) < len(bar(3.0, 20, scale).plain.strip())
     assert bar(math.nan, 20, scale).plain.startswith("!")
+
+
+def test_a_resumed_run_goes_back_to_its_checkpoint_step() -> None:
+    # A crash after step 200 of history, a resume from the checkpoint of step 120: the
+    # steps after 120 are trained again, so what the store held past them is dropped.
+    import dataclasses
+
+    from tests.fake_engine import started
+
+    history = [*opening(Config(), steps=200), protocol.HyperChanged(150, "optim.lr", 1e-3, 2e-3)]
+    resumed = dataclasses.replace(started(Config()), resumed_from_step=120)
+    state = folded([*history, resumed, metrics(121, 10)])
+    steps = state.train_loss.x
+    assert steps.tolist() == [*range(1, 121), *range(121, 131)]
+    assert state.val_loss.x.tolist() == []  # the evaluation at step 200 is undone
+    assert state.markers == []  # so is the change at step 150
+    assert state.step == 130

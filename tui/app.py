@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-import os
-import tempfile
-import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import on, work
@@ -27,10 +22,10 @@ from textual.notifications import Notification, Notify
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
 
-from engine import protocol
+from engine import protocol, store
 from engine.config import OPTIMIZERS, Config, ConfigError, format_setting
 from tui import state as parts
-from tui.bridge import Engine, ProcessEngine
+from tui.bridge import Engine, ServedEngine
 from tui.headless import CommandRunner, run_engine_command
 from tui.lab_session import LabSession
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
@@ -77,14 +72,16 @@ and must not keep covering the screen (at 80x24 a toast covers its right half)."
 LR_NOTIFY_SECONDS = 10.0
 """How long the lr finder's late answer stays: it is the only place it shows."""
 
-_log_numbers = itertools.count(1)
+STEERING_ACTIONS = frozenset({
+    "toggle_pause", "step", "scale_lr", "next_optimizer", "pick_optimizer", "toggle_clip",
+    "save_checkpoint", "stop_run", "fix", "find_lr"})
+"""Actions that change the run: a viewer (another client controls the run) has them
+disabled until it takes control (t)."""
 
 
 def default_engine_factory() -> Engine:
-    """A child-process engine whose output goes to a log file of its own."""
-    folder = Path(tempfile.gettempdir()) / "trainlab"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return ProcessEngine(folder / f"engine-{stamp}-{os.getpid()}-{next(_log_numbers)}.log")
+    """A new run in a process of its own, which outlives the app (``tui.bridge``)."""
+    return ServedEngine()
 
 
 class TrainlabApp(App[int]):
@@ -103,6 +100,8 @@ class TrainlabApp(App[int]):
         Binding("c", "toggle_clip", "Clip"),
         Binding("s", "save_checkpoint", "Save"),
         Binding("r", "restart", "Restart"),
+        Binding("x", "stop_run", "Stop", show=False),
+        Binding("t", "take_control", "Take control", show=False),
         # Not in the footer (80 columns are full): the alert strip shows the key instead.
         Binding("f", "fix", "Fix", show=False),
         Binding("l", "toggle_log_scale", "Log y", show=False),
@@ -130,6 +129,8 @@ class TrainlabApp(App[int]):
         "toggle_clip": ("c", "gradient clipping on/off (max norm; set it in Config)"),
         "save_checkpoint": ("s", "save a checkpoint"),
         "restart": ("r", "restart: a new run with the edited config"),
+        "stop_run": ("x", "stop the run (asks first; a checkpoint is written)"),
+        "take_control": ("t", "take control of a run another app steers (viewing only now)"),
         "fix": ("f", "apply the suggested fix of the newest alert, or the highlighted one"),
         "toggle_log_scale": ("l", "log scale for the loss chart"),
         "next_histogram": ("h", "histogram of weights / gradients / activations"),
@@ -142,7 +143,7 @@ class TrainlabApp(App[int]):
         "find_lr": ("L", "lr finder: range test, its curve and suggestion (a applies it)"),
         "lab": ("i", "the lab: its explanation, runs and results (r redoes the current run)"),
         "help": ("? / F1", "this help"),
-        "quit": ("q", "quit (asks first while training runs)"),
+        "quit": ("q", "quit; a run in its own process trains on (trainlab attach)"),
     }
 
     def __init__(self, config: Config, *,
@@ -166,6 +167,8 @@ class TrainlabApp(App[int]):
         self._pump_task: asyncio.Task[None] | None = None
         self._starting = False
         self._quitting = False
+        self.detached_run = ""
+        """The run the app left training when it quit (the command line says so)."""
         self.alert_toast: Notification | None = None
         """The alert notification on screen, if any: a newer alert replaces it."""
         self.pending: dict[str, Any] = {}
@@ -229,14 +232,13 @@ class TrainlabApp(App[int]):
         try:
             await self._stop_pump()
             if self.engine is not None:
-                await self.engine.stop()
+                # A viewer's restart leaves the run to the client that controls it.
+                viewer = self.run_state.role == "view"
+                await (self.engine.detach() if viewer else self.engine.stop())
             self.run_state = RunState(config)
             self.pending.clear()
             self.selected_layer = None
             self.engine = self.engine_factory()
-            log_path = getattr(self.engine, "log_path", None)
-            if log_path is not None:
-                self.run_state.say("info", f"engine output goes to {log_path}")
             chart = self.query_one(LossChart)
             s = self.run_state
             chart.show(s.train_loss, s.val_loss, s.val_accuracy, s.lr_history, s.markers)
@@ -245,10 +247,16 @@ class TrainlabApp(App[int]):
             self.query_one(HistogramView).show_histogram(None, step=0)
             try:
                 await self.engine.start(config)
-            except OSError as exc:  # e.g. no python executable: say so, stay up
+            except OSError as exc:  # e.g. no python executable, a run.dir we cannot write
                 for event in protocol.failure_events("internal",
                                                      f"could not start the engine: {exc}"):
                     s.apply(event)
+            run_dir = self.engine.run_dir
+            if run_dir is not None:
+                s.run_id = s.run_id or run_dir.name
+                if self.engine.detachable:
+                    s.say("info", f"the engine's output (and your code's prints) go to "
+                          f"{run_dir / store.LOG_FILE}", step=0)
             self._refresh(set(parts.ALL_PARTS))
             self._pump_task = asyncio.create_task(self._pump(self.engine))
         finally:
@@ -331,9 +339,11 @@ class TrainlabApp(App[int]):
             self._show_alerts()
         if parts.STATUS in changed:
             self.query_one(StatusBar).show(s)
-            if self.sub_title != s.state:  # a new state: other keys make sense now
+            title = " · ".join(filter(None, (s.run_id, s.state,
+                                             "view only (t)" if s.role == "view" else "")))
+            if self.sub_title != title:  # a new state or role: other keys make sense now
                 self._show_banner()
-                self.sub_title = s.state
+                self.sub_title = title
                 self.refresh_bindings()
                 self._show_alerts()  # which fixes can apply depends on the state
 
@@ -428,6 +438,12 @@ class TrainlabApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Disable (greyed out in the footer) what makes no sense in the run's state."""
         state = self.run_state.state
+        if action in STEERING_ACTIONS and self.run_state.role == "view":
+            return None  # another client steers this run
+        if action == "take_control":
+            return (self.run_state.role == "view" and self.run_state.active) or None
+        if action == "stop_run":
+            return self.run_state.active or None
         if action == "toggle_pause":
             return state in ("running", "paused") or None
         if action == "step":
@@ -487,6 +503,22 @@ class TrainlabApp(App[int]):
     def action_save_checkpoint(self) -> None:
         """Save a checkpoint at the next step boundary."""
         self.send(protocol.SaveCheckpoint())
+
+    @work(group="stop")
+    async def action_stop_run(self) -> None:
+        """Stop the run for good (asks first): it finishes its step, evaluates and writes a
+        checkpoint; ``trainlab resume`` can go on from there."""
+        state = self.run_state
+        question = f"Stop run {state.run_id or ''} at step {state.step:,}? It writes a " \
+                   "checkpoint; trainlab resume can continue it later."
+        if not await self.push_screen_wait(ConfirmScreen(question)) \
+                or self.run_replaced(state, "stop"):
+            return
+        self.send(protocol.Stop("stopped from the app"))
+
+    def action_take_control(self) -> None:
+        """Steer a run another client controls; that one becomes a viewer."""
+        self.send(protocol.TakeControl())
 
     @work(group="restart")
     async def action_restart(self) -> None:
@@ -803,32 +835,37 @@ class TrainlabApp(App[int]):
 
     @work(group="quit")
     async def action_quit(self) -> None:
-        """Quit; while training runs, ask first and stop the run cleanly."""
+        """Quit. A run in its own process trains on (the app detaches from it); one in
+        this process (--inline) would end with it, so that asks first."""
         if self._quitting:  # ctrl+q is a priority binding: it reaches us past a dialog
             return
         self._quitting = True
         try:
-            if self.run_state.active:
+            engine = self.engine
+            if self.run_state.active and engine is not None and not engine.detachable:
                 question = f"Training is {self.run_state.state} (step " \
-                           f"{self.run_state.step}). Stop it and quit?"
+                           f"{self.run_state.step}) in this process. Stop it and quit?"
                 if not await self.push_screen_wait(ConfirmScreen(question)):
                     return
+            if self.run_state.active and engine is not None and engine.detachable:
+                self.detached_run = self.run_state.run_id
             await self.shutdown()
             self.exit(0)
         finally:
             self._quitting = False
 
     async def shutdown(self) -> None:
-        """Stop the pump and the engine (cooperatively: the step in flight finishes)."""
+        """Stop the pump and leave the engine: a run in its own process trains on, one in
+        a thread stops cooperatively (the step in flight finishes)."""
         engine, self.engine = self.engine, None
         try:
             await self._stop_pump()
         finally:
             if engine is not None:
-                await engine.stop()
+                await engine.detach()
 
     async def on_unmount(self) -> None:
-        # Any other way out (e.g. the terminal closing): still stop the engine.
+        # Any other way out (e.g. the terminal closing): leave the engine the same way.
         await self.shutdown()
 
     # --- messages from the widgets -------------------------------------------------

@@ -2,32 +2,41 @@
 
 Two engines behind one interface (DESIGN.md section 3):
 
-- ``ProcessEngine`` (the default): ``python -m engine.worker`` as a child process, the
-  protocol as JSON lines over its stdin/stdout. Training gets an interpreter of its
-  own, so the UI does not slow a Python-bound model down (bench/tui.py measures it).
-- ``ThreadEngine`` (``--inline``): the loop in a thread of this process.
+- ``ServedEngine`` (the default): the run is served by ``python -m engine.serve`` from its
+  run directory, in a process and a session of its own, so that it outlives the app, the
+  terminal and an SSH connection. The app talks to it over the run's Unix socket (JSON
+  lines) and reads the history from the run's store: it can start a run (and detach from
+  it) or attach to one that is already training, as its controller or as a viewer.
+  Training gets an interpreter of its own, so the UI does not slow a Python-bound model
+  down (bench/tui.py measures it).
+- ``ThreadEngine`` (``--inline``): the loop in a thread of this process; the run ends
+  with the app.
 
-Tests put a fake engine with the same three methods in their place. Either way the
-app reads one queue of protocol events and never learns where training runs; torch
-is imported only inside the engine (the child, or the thread once it starts).
+Tests put a fake engine with the same methods in their place. Either way the app reads
+one queue of protocol events and never learns where training runs; torch is imported
+only inside the engine (its own process, or the thread once it starts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import sys
+import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import protocol
+from engine import protocol, store
 from engine.config import Config
+from engine.serve import socket_path, spawn_detached
 
 STOP_GRACE_S = 10.0
 """How long a stopped engine may take to finish its step and say so before it is killed."""
+CONNECT_TIMEOUT_S = 120.0
+"""How long a starting engine may take to serve its socket (a cold torch import and a
+big dataset take a while) while its process is alive."""
+CONNECT_POLL_S = 0.05
 MAX_EVENT_LINE = 64 * 1024 * 1024
 """asyncio's default line limit (64 KiB) is too small for a deep net's histograms."""
 LOG_TAIL_BYTES = 4000
@@ -35,72 +44,159 @@ LOG_TAIL_BYTES = 4000
 
 
 class Engine(Protocol):
-    """What the app needs of an engine: start it, send it commands, stop it."""
+    """What the app needs of an engine: start it, send it commands, leave or stop it."""
 
     events: asyncio.Queue[Any]
+    detachable: bool
+    """Does the run go on after ``detach`` (its own process), or end with the app?"""
+    run_dir: Path | None
+    """The run's directory (store, checkpoints, log) once started; None for none."""
 
     async def start(self, config: Config) -> None:
-        """Start training ``config``; events begin to arrive in ``events``."""
+        """Start training ``config`` (or attach); events begin to arrive in ``events``."""
 
     def send(self, command: Any) -> None:
         """Queue a command; the engine applies it at its next step boundary."""
+
+    async def detach(self) -> None:
+        """Leave the run as it is (a detachable one trains on), release the engine."""
 
     async def stop(self) -> None:
         """Stop training cooperatively (the step finishes), then release the engine."""
 
 
-class ProcessEngine:
-    """A run in a child process; its stderr (and the user's prints) go to ``log_path``."""
+def log_tail(path: Path) -> str:
+    """The end of an engine's log (its last traceback), without reading it all."""
+    with contextlib.suppress(OSError), path.open("rb") as log:
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(0, size - LOG_TAIL_BYTES))
+        return log.read().decode("utf-8", errors="replace")
+    return ""
 
-    def __init__(self, log_path: Path) -> None:
+
+class ServedEngine:
+    """A run served by ``engine.serve`` in its own process, reached over its socket.
+
+    ``ServedEngine()`` starts a new run (``start`` creates its directory under
+    ``run.dir`` and spawns the engine); ``ServedEngine(run_dir)`` attaches to an existing
+    run: the history comes from its store, live events from its socket. A run whose
+    engine is gone (finished, stopped, crashed) is shown from its store alone.
+    """
+
+    detachable = True
+
+    def __init__(self, run_dir: Path | None = None, *, role: str = "control") -> None:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
-        self.log_path = log_path
-        self._process: asyncio.subprocess.Process | None = None
+        self.run_dir = run_dir
+        self.role = role
+        self._process: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
         self._finished = False
+        self._detached = False
+
+    @property
+    def log_path(self) -> Path | None:
+        """The engine's output (and the user's prints) go here."""
+        return self.run_dir / store.LOG_FILE if self.run_dir is not None else None
 
     async def start(self, config: Config) -> None:
-        """Spawn the worker in its own session (the terminal's Ctrl-C is the app's)."""
-        if self._process is not None:
+        """Create and spawn the run (no ``run_dir`` given), or attach to ``run_dir``."""
+        if self._reader is not None:
             raise RuntimeError("this engine has already been started")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "engine.worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                start_new_session=True, limit=MAX_EVENT_LINE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        first = json.dumps(protocol.encode(config.to_dict()), allow_nan=False)
-        self._write(first)
-        self._reader = asyncio.create_task(self._read_events())
-
-    def _write(self, line: str) -> None:
-        process = self._process
-        if process is None or process.stdin is None or process.stdin.is_closing():
+        if self.run_dir is None:
+            self.run_dir = store.new_run(config.run.dir, config)
+            self._process = spawn_detached(self.run_dir)
+        connection = await self._connect()
+        if connection is None:  # nobody serves it: what the store holds is all there is
+            await self._replay(upto=None)
+            if not self._finished:
+                self._crashed("the run's engine is not running and the run never finished "
+                              f"(it crashed): trainlab resume {self.run_dir.name} goes on "
+                              "from its last checkpoint")
             return
-        process.stdin.write(line.encode() + b"\n")  # buffered by the transport: no await
+        reader, self._writer = connection
+        self._write(protocol.Attach(self.role))
+        try:
+            attached = protocol.from_json((await reader.readline()).decode())
+        except ValueError:
+            attached = None
+        if not isinstance(attached, protocol.Attached):
+            self._crashed(f"the engine did not answer Attach: {attached!r}")
+            return
+        self.events.put_nowait(attached)
+        await self._replay(upto=attached.last_seq)
+        self._reader = asyncio.create_task(self._read_events(reader))
 
-    def send(self, command: Any) -> None:
-        """Write one command line; a finished engine ignores it."""
-        if not protocol.is_command(command):
-            raise TypeError(f"{command!r} is not a protocol command")
-        self._write(protocol.to_json(command))
-
-    async def _read_events(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        stdout = self._process.stdout
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The run's socket, waiting while its engine starts; None when no engine serves
+        it (or the one we spawned died first)."""
+        assert self.run_dir is not None
+        path = socket_path(self.run_dir)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT_S
         while True:
             try:
-                line = await stdout.readline()
-            except ValueError as exc:  # a line over MAX_EVENT_LINE: the stream is lost
-                # step -1: the step is unknown here (the app shows its own).
-                message = f"the engine sent an unreadable event: {exc}"
-                for event in protocol.failure_events("internal", message, step=-1):
-                    self.events.put_nowait(event)
+                return await asyncio.open_unix_connection(os.fspath(path), limit=MAX_EVENT_LINE)
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            spawned_alive = self._process is not None and self._process.poll() is None
+            if not spawned_alive and not store.engine_alive(self.run_dir):
+                return None
+            if loop.time() > deadline:
+                return None
+            await asyncio.sleep(CONNECT_POLL_S)
+
+    async def _replay(self, upto: int | None) -> None:
+        """The store's events up to ``upto`` into the queue (read off the UI's thread)."""
+        assert self.run_dir is not None
+        run_dir = self.run_dir
+
+        def read() -> list[Any]:
+            runs = store.RunStore.open(run_dir, write=False)
+            try:
+                return [event for _, event in runs.events(upto=upto)]
+            finally:
+                runs.close()
+
+        try:
+            history = await asyncio.to_thread(read)
+        except Exception as exc:  # an unreadable store: say so, the live events still come
+            self.events.put_nowait(protocol.Notice(
+                -1, "error", f"the run's history could not be read: {exc}"))
+            return
+        for event in history:
+            if isinstance(event, protocol.RunFinished):
                 self._finished = True
-                self._kill()  # unread, it would soon block on a full pipe
-                break
+            self.events.put_nowait(event)
+
+    def _crashed(self, message: str) -> None:
+        self._finished = True
+        tail = log_tail(self.log_path) if self.log_path is not None else ""
+        for event in protocol.failure_events("internal", message, tail, step=-1):
+            self.events.put_nowait(event)
+
+    def _write(self, message: Any) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        writer.write(protocol.to_json(message).encode() + b"\n")  # buffered: no await
+
+    def send(self, command: Any) -> None:
+        """Write one command line (a run or a session command); a gone engine ignores it."""
+        if not (protocol.is_command(command) or protocol.is_session_command(command)):
+            raise TypeError(f"{command!r} is not a protocol command")
+        self._write(command)
+
+    async def _read_events(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError as exc:  # a line over MAX_EVENT_LINE: the stream is lost
+                self._crashed(f"the engine sent an unreadable event: {exc}")
+                return
+            except ConnectionError:
+                line = b""
             if not line:
                 break
             try:
@@ -112,62 +208,73 @@ class ProcessEngine:
             if isinstance(event, protocol.RunFinished):
                 self._finished = True
             self.events.put_nowait(event)
-        code = await self._process.wait()
-        if not self._finished:  # killed, or crashed before it could report
-            self._finished = True
-            message = f"the engine process ended unexpectedly (exit code {code})"
-            for event in protocol.failure_events("internal", message, self._log_tail(),
-                                                 step=-1):
-                self.events.put_nowait(event)
+        if self._detached or self._finished:
+            return
+        assert self.run_dir is not None
+        if self._process is None and store.engine_alive(self.run_dir):
+            # E.g. this viewer fell too far behind and the engine let it go.
+            self.events.put_nowait(protocol.Notice(
+                -1, "error", "the connection to the engine closed; the run goes on: "
+                f"trainlab attach {self.run_dir.name} shows it again"))
+            return
+        await self._wait_for_exit()
+        code = self._process.returncode if self._process is not None else None
+        why = f" (exit code {code})" if code is not None else ""
+        self._crashed(f"the engine process ended unexpectedly{why}")
 
-    def _log_tail(self) -> str:
-        """The end of the engine's log (its last traceback), without reading it all."""
-        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
-            size = log.seek(0, os.SEEK_END)
-            log.seek(max(0, size - LOG_TAIL_BYTES))
-            return log.read().decode("utf-8", errors="replace")
-        return ""
+    async def _wait_for_exit(self) -> None:
+        """Until the engine we spawned has exited (a viewer cannot wait on it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE_S
+        while self._process is not None and self._process.poll() is None \
+                and loop.time() < deadline:
+            await asyncio.sleep(CONNECT_POLL_S)
+
+    async def detach(self) -> None:
+        """Close the connection; the run trains on and ``trainlab attach`` finds it."""
+        self._detached = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait({self._reader})
 
     async def stop(self) -> None:
-        """Ask for a stop, close its input, wait; kill it only if it does not end."""
+        """Ask for a stop and wait for the run's last events (a checkpoint is written);
+        SIGTERM the engine if it does not end in time, then detach."""
+        if self._reader is not None and not self._finished:
+            self.send(protocol.Stop("stopped from the app"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), STOP_GRACE_S)
         process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            self.send(protocol.Stop())
-        if process.stdin is not None:
-            process.stdin.close()  # end of input also means stop; and frees the transport
-        if process.returncode is None:
-            try:
-                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                self._kill()
-                await process.wait()
-        if self._reader is not None:
-            # E.g. a DataLoader worker the engine forked may still hold the pipe open.
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._reader, STOP_GRACE_S)
-
-    def _kill(self) -> None:
-        """SIGKILL the engine's whole process group (it leads its own session)."""
-        process = self._process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+        if process is not None and process.poll() is None:
+            await self._wait_for_exit()
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        await self.detach()
 
 
 class ThreadEngine:
-    """A run in a thread of this process (``--inline``, and end-to-end tests)."""
+    """A run in a thread of this process (``--inline``, and end-to-end tests); it ends
+    with the app."""
+
+    detachable = False
 
     def __init__(self) -> None:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.run_dir: Path | None = None
         self._host: Any = None
 
     async def start(self, config: Config) -> None:
         """Start the loop in a thread; its events go straight into ``events``."""
         from engine.host import ThreadHost  # no torch here: the thread imports it
 
-        host = ThreadHost(config)
+        self.run_dir = store.new_run(config.run.dir, config)
+        host = ThreadHost(config, self.run_dir)
         host.events = self.events
         host.start()
         self._host = host
@@ -176,6 +283,10 @@ class ThreadEngine:
         """Queue a command for the next step boundary."""
         if self._host is not None:
             self._host.send(command)
+
+    async def detach(self) -> None:
+        """A thread cannot outlive the app: the same as ``stop``."""
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop cooperatively: the thread finishes its step (never killed inside torch)."""

@@ -10,7 +10,10 @@ passed straight to it, so they never load Textual, and the app never loads torch
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import cli as engine_cli
@@ -19,6 +22,7 @@ from engine.config import Config, ConfigError
 from engine.labs import find_lab
 
 if TYPE_CHECKING:
+    from tui.app import TrainlabApp
     from tui.lab_session import LabSession
 
 APP_DESCRIPTION = """\
@@ -27,8 +31,13 @@ digits), a CONFIG.toml, or a built-in preset, with --set overrides. Training sta
 at once; press ? in the app for the keys. A lab (--preset LAB) opens on its
 explanation; Enter trains its runs one after another, compared on one chart.
 
-Headless commands: trainlab run --headless | probe | doctor | lr-find | presets |
-config (trainlab COMMAND -h for each)."""
+Runs outlive the app: q leaves a run training in the background; trainlab attach
+[RUN] opens the app on it again, trainlab runs lists the runs, trainlab resume RUN
+and trainlab fork RUN [--from STEP] [--set ...] go on from a checkpoint (in the app,
+or with --headless / --detach without it).
+
+Headless commands: trainlab run --headless | run --detach | runs | resume | fork |
+export | probe | doctor | lr-find | presets | config (trainlab COMMAND -h for each)."""
 
 
 def build_app_parser() -> argparse.ArgumentParser:
@@ -43,10 +52,15 @@ def build_app_parser() -> argparse.ArgumentParser:
     return parser
 
 
+APP_COMMANDS = ("run", "resume", "fork")
+"""Subcommands that open the app unless told to train without it."""
+WITHOUT_APP = {"--headless", "--json", "--detach", "-h", "--help"}
+
+
 def _wants_app(argv: list[str]) -> bool:
-    if not argv or argv[0] not in engine_cli.COMMANDS:
+    if not argv or argv[0] == "attach" or argv[0] not in engine_cli.COMMANDS:
         return True
-    return argv[0] == "run" and not {"--headless", "--json", "-h", "--help"} & set(argv)
+    return argv[0] in APP_COMMANDS and not WITHOUT_APP & set(argv)
 
 
 def lab_session(args: argparse.Namespace) -> LabSession | None:
@@ -70,6 +84,15 @@ def lab_session(args: argparse.Namespace) -> LabSession | None:
     return LabSession(lab, lab.configs(base, args.overrides))
 
 
+def _finish(app: TrainlabApp) -> int:
+    """Run the app until it quits; say where a run it left training goes on."""
+    result = app.run()
+    if app.detached_run:
+        print(f"run {app.detached_run} trains on in the background: trainlab attach "
+              f"{app.detached_run} shows it again; trainlab runs lists the runs")
+    return result if isinstance(result, int) else engine_cli.EXIT_OK
+
+
 def run_app(argv: list[str]) -> int:
     """Parse the app's arguments, load the config (or a lab), run the app until it quits."""
     args = build_app_parser().parse_args(argv)
@@ -84,14 +107,85 @@ def run_app(argv: list[str]) -> int:
 
     app = TrainlabApp(config, engine_factory=ThreadEngine, lab=lab) if args.inline \
         else TrainlabApp(config, lab=lab)
-    result = app.run()
-    return result if isinstance(result, int) else engine_cli.EXIT_OK
+    return _finish(app)
+
+
+def build_attach_parser() -> argparse.ArgumentParser:
+    """``trainlab attach [RUN] [--view] [--dir DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="trainlab attach",
+        description="Open the app on a run that trains in the background (or on a past "
+        "run, from its store): its history from the run's store, live events from its "
+        "engine. One app controls a run at a time; another one views it until it takes "
+        "control (t). q leaves the run training.")
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help="run id, a unique prefix of one, or a run directory (default: "
+                        "the newest run)")
+    parser.add_argument("--view", action="store_true",
+                        help="only watch: never steer the run (t still takes control)")
+    parser.add_argument("--dir", default=Config().run.dir, metavar="DIR",
+                        help=f"directory that holds the runs (default: run.dir, "
+                        f"{Config().run.dir!r})")
+    return parser
+
+
+def attach_app(run_dir: Path, role: str = "control") -> int:
+    """The app on the run in ``run_dir``; a restart (r) there starts a new run."""
+    from engine import store
+    from tui.app import TrainlabApp
+    from tui.bridge import ServedEngine
+
+    try:
+        config = store.run_config(run_dir)
+    except (ConfigError, OSError) as exc:
+        print(f"trainlab: error: run {run_dir.name}: {exc}", file=sys.stderr)
+        return engine_cli.EXIT_BAD_INPUT
+    engines: list[ServedEngine] = [ServedEngine(run_dir, role=role)]
+
+    def engine_factory() -> ServedEngine:
+        return engines.pop() if engines else ServedEngine()
+
+    return _finish(TrainlabApp(config, engine_factory=engine_factory))
+
+
+def run_attach(argv: list[str]) -> int:
+    """``trainlab attach``: find the run, open the app on it."""
+    from engine import store
+
+    args = build_attach_parser().parse_args(argv)
+    try:
+        run_dir = store.find_run(args.dir, args.run)
+    except store.RunNotFound as exc:
+        print(f"trainlab: error: {exc}", file=sys.stderr)
+        return engine_cli.EXIT_BAD_INPUT
+    return attach_app(run_dir, "view" if args.view else "control")
+
+
+def run_continued(argv: list[str]) -> int:
+    """``trainlab resume`` / ``fork`` in the app: the engine's own command starts the
+    run in the background (it loads the checkpoint, so torch stays out of this
+    process), then the app attaches to it."""
+    started = subprocess.run([sys.executable, "-m", "engine", *argv, "--detach", "--json"],
+                             stdout=subprocess.PIPE, text=True, check=False)
+    if started.returncode != engine_cli.EXIT_OK:
+        return started.returncode  # its error is on stderr already
+    try:
+        run_dir = Path(json.loads(started.stdout.strip().splitlines()[-1])["run_dir"])
+    except (ValueError, IndexError, KeyError) as exc:
+        print(f"trainlab: error: the engine's answer was unreadable ({exc}): "
+              f"{started.stdout[-200:]!r}", file=sys.stderr)
+        return engine_cli.EXIT_FAILED
+    return attach_app(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trainlab`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     if _wants_app(argv):
+        if argv and argv[0] == "attach":
+            return run_attach(argv[1:])
+        if argv and argv[0] in ("resume", "fork"):
+            return run_continued(argv)
         return run_app(argv[1:] if argv and argv[0] == "run" else argv)
     return engine_cli.main(argv)
 

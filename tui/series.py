@@ -62,6 +62,11 @@ class Series:
         self._y[self._size] = y
         self._size += 1
 
+    def truncate_after(self, x: float) -> None:
+        """Drop the points past ``x`` (a run resumed from an earlier checkpoint trains
+        those steps again); the buffers keep their capacity."""
+        self._size = int(np.searchsorted(self.x, x, side="right"))
+
     def extend(self, xs: Sequence[float], ys: Sequence[float]) -> None:
         """Add many points at the end: one copy per array, whatever the count.
 

@@ -121,6 +121,13 @@ class RunState:
     rollbacks: list[protocol.HyperChanged] = field(default_factory=list)
     """The lr changes the engine made rolling back (``run.on_nonfinite = rollback``), in
     order: what marks a non_finite alert handled (``handled``)."""
+    run_id: str = ""
+    """The run's directory name under run.dir (``trainlab attach`` takes it)."""
+    client: int = 0
+    """This app's client id on the run's socket (0: not attached to one)."""
+    role: str = "control"
+    """control (this app steers the run) or view (another client does: keys that would
+    change the run are disabled until TakeControl)."""
     lr_found: protocol.LrFound | None = None
     """The latest answer of the engine's live lr range test, kept so that ``L`` shows it
     again while the run is still at the step it tested."""
@@ -174,6 +181,16 @@ class RunState:
 
     def _on_RunStarted(self, e: protocol.RunStarted) -> set[str]:
         self.started = e
+        if e.resumed_from_step is not None:
+            # Resumed from a checkpoint: what an earlier engine recorded past it (before a
+            # crash) is trained again, so the curves go back to the checkpoint's step.
+            step = e.resumed_from_step
+            for series in (self.train_loss, self.lr_history, self.val_loss,
+                           self.val_accuracy):
+                series.truncate_after(step)
+            self.markers = [(at, label) for at, label in self.markers if at <= step]
+            self.step = step
+            self.say("info", f"continues from the checkpoint of step {step:,}", step=step)
         # The engine's effective config (e.g. resolved paths) is the truth.
         with contextlib.suppress(ConfigError):
             self.config = from_dict(e.config)
@@ -182,6 +199,24 @@ class RunState:
                  f"{d.name} ({d.train_size} train / {d.val_size} val); loss {e.loss}; "
                  f"{e.device}, {e.threads} thread(s); {e.total_steps} steps", step=0)
         return {STATUS, LOG, CONFIG, CHART}
+
+    def _on_Attached(self, e: protocol.Attached) -> set[str]:
+        self.run_id, self.client, self.role = e.run_id, e.client, e.role
+        if e.role == "view":
+            self.say("warning", "another client controls this run: viewing only (t takes "
+                     "control)")
+        return {STATUS, LOG}
+
+    def _on_ControlChanged(self, e: protocol.ControlChanged) -> set[str]:
+        if not self.client:
+            return set()
+        role = "control" if e.controller == self.client else "view"
+        if role != self.role:
+            self.role = role
+            self.say("info" if role == "control" else "warning",
+                     "this app controls the run" if role == "control"
+                     else f"viewing only: {e.reason} (t takes control back)")
+        return {STATUS, LOG}
 
     def _on_MetricsBatch(self, e: protocol.MetricsBatch) -> set[str]:
         if not e.steps:
