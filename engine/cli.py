@@ -16,12 +16,12 @@ import json
 import os
 import queue
 import shlex
-import signal
 import sys
 import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from engine import config as config_mod
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train in this terminal without the app, printing progress")
     run.add_argument("--json", action="store_true",
                      help="print every event as one JSON line (the scripting interface)")
+    add_start_args(run)
 
     probe = sub.add_parser(
         "probe", help="measure every layer of the initialized model on one batch",
@@ -124,7 +125,51 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--defaults", action="store_true",
                      help="print the complete default configuration")
     add_run_store_args(sub)
+    add_continue_args(sub)
     return parser
+
+
+def add_start_args(p: argparse.ArgumentParser) -> None:
+    """--detach: how run, resume and fork start an engine without the app."""
+    p.add_argument("--detach", action="store_true",
+                   help="start the engine in the background (its own session; it outlives "
+                   "this terminal), print the run's id and return; with --json, one JSON "
+                   "object: run_id, run_dir, pid")
+
+
+def add_continue_args(sub: Any) -> None:
+    """``resume`` and ``fork``: a run goes on from one of its checkpoints."""
+    where = f"directory that holds the runs (default: run.dir, {Config().run.dir!r})"
+    how = ("Without --headless, --json or --detach the app opens on it. --headless trains "
+           "in this terminal; --detach in the background.")
+    resume = sub.add_parser(
+        "resume", help="continue a crashed or stopped run from its last good checkpoint",
+        description="Continue a run from its newest checkpoint that loads and holds "
+        "finite values (truncated or corrupt ones are skipped and named), with the config "
+        "saved in it (live changes included): on the CPU the result is bit-identical to a "
+        f"run that never stopped. {how}")
+    resume.add_argument("run", metavar="RUN",
+                        help="run id, a unique prefix of one, or a run directory")
+    fork = sub.add_parser(
+        "fork", help="a new run from a checkpoint of a run, with an edited config",
+        description="Start a new run from one of RUN's checkpoints (the newest good one, "
+        "or --from STEP) with --set edits: the weights and the step count go on, so the two "
+        "curves overlay at the fork; the new run records its parent. A cold edit that "
+        f"changes a weight's shape cannot fork (that is a new run). {how}")
+    fork.add_argument("run", metavar="RUN",
+                      help="run id, a unique prefix of one, or a run directory")
+    fork.add_argument("--from", dest="from_step", type=int, metavar="STEP",
+                      help="the checkpoint of this step (default: the newest good one)")
+    fork.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="SECTION.FIELD=VALUE",
+                      help="edit one config field, e.g. --set optim.lr=3e-3 (repeatable)")
+    for p in (resume, fork):
+        p.add_argument("--dir", default=Config().run.dir, metavar="DIR", help=where)
+        p.add_argument("--headless", action="store_true",
+                       help="train in this terminal without the app, printing progress")
+        p.add_argument("--json", action="store_true",
+                       help="print every event as one JSON line")
+        add_start_args(p)
 
 
 def add_run_store_args(sub: Any) -> None:
@@ -308,12 +353,14 @@ def json_printer(out: TextIO) -> Callable[[Any], None]:
 
 
 def _exit_code(finished: protocol.RunFinished, failure: protocol.EngineFailed | None,
-               interrupted: bool) -> int:
+               signum: int | None) -> int:
+    """How a run ended, as the exit status: a stop by a signal is 128 + its number (130
+    for Ctrl-C, 143 for SIGTERM), as the shell reports a process that signal ended."""
     if finished.reason == "failed":
         return EXIT_BAD_INPUT if failure is not None and failure.kind == "config" else EXIT_FAILED
     if finished.reason == "non_finite":
         return EXIT_NON_FINITE
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+    return 128 + signum if signum is not None else EXIT_OK
 
 
 def report_config_error(exc: ConfigError, show: Callable[[Any], None], err: TextIO,
@@ -338,29 +385,29 @@ class HeadlessResult:
     """stdout's reader left (``| head``): nothing more should be printed."""
 
 
-def train_headless(config: Config, show: Callable[[Any], None], err: TextIO) -> HeadlessResult:
-    """Train ``config`` in the foreground, every event to ``show``.
+def train_headless(config: Config, show: Callable[[Any], None], err: TextIO, *,
+                   run_dir: Path | None = None, start_from: dict[str, Any] | None = None,
+                   notes: tuple[str, ...] = ()) -> HeadlessResult:
+    """Train ``config`` in the foreground as the engine of a run directory (a new one
+    under run.dir unless ``run_dir`` is given), every event to ``show``.
 
-    The first Ctrl-C stops at the next step boundary (the final evaluation still runs),
-    the second gives up at once; a reader that leaves stdout stops the run quietly.
+    The run is served like a detached one (``engine.serve``: store, checkpoints, and a
+    socket that ``trainlab attach`` can watch from another terminal). The first Ctrl-C
+    (or SIGTERM, SIGHUP) stops at the next step boundary (the final evaluation and a
+    checkpoint still happen), the second gives up at once; a reader that leaves stdout
+    stops the run quietly.
     """
-    from engine.loop import run  # imports torch: only now that there is a run
+    from engine import store
+    from engine.serve import serve
 
     commands: queue.Queue[Any] = queue.Queue()
-    interrupts = 0
     failure: protocol.EngineFailed | None = None
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        # First Ctrl-C: stop at the next step boundary (final eval included).
-        # Second: give up at once.
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to abort)", file=err, flush=True)
-        commands.put(protocol.Stop())
-
     reader_gone = False
+
+    def on_signal(name: str) -> None:
+        what = "Ctrl-C" if name == "SIGINT" else name
+        print(f"\n{what}: stopping after this step ({what} again to abort)", file=err,
+              flush=True)
 
     def emit(event: Any) -> None:
         nonlocal failure, reader_gone
@@ -372,22 +419,23 @@ def train_headless(config: Config, show: Callable[[Any], None], err: TextIO) -> 
             show(event)
         except BrokenPipeError:  # `trainlab run ... | head`: the reader left; stop quietly
             reader_gone = True
-            commands.put(protocol.Stop())
+            commands.put(protocol.Stop("the reader of stdout left"))
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        finished = run(config, commands, emit)
+        run_dir = run_dir if run_dir is not None else store.new_run(config.run.dir, config)
+        finished, signum = serve(run_dir, config, show=emit, start_from=start_from,
+                                 notes=notes, on_signal=on_signal, commands=commands)
     except KeyboardInterrupt:
         print("trainlab: aborted", file=err)
         return HeadlessResult(EXIT_INTERRUPTED, None, reader_gone=False)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    except (store.RunBusy, OSError) as exc:  # another engine serves it; run.dir unwritable
+        print(f"trainlab: error: {exc}", file=err)
+        return HeadlessResult(EXIT_BAD_INPUT, None, reader_gone=False)
     if reader_gone:
         # Python flushes stdout at exit; point it at /dev/null so that cannot fail too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return HeadlessResult(EXIT_OK, finished, reader_gone=True)
-    return HeadlessResult(_exit_code(finished, failure, interrupts > 0), finished,
-                          reader_gone=False)
+    return HeadlessResult(_exit_code(finished, failure, signum), finished, reader_gone=False)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -396,12 +444,16 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     A lab (``--preset LAB``) trains its runs in turn and compares them
     (``engine.lab_runner``).
     """
-    if not args.headless and not args.json:  # the app's front end (tui.cli) opens the app
-        print("trainlab run: add --headless (or --json) to train without the app", file=err)
+    if not _without_app(args, "run", err):
         return EXIT_BAD_INPUT
+    from engine import store
     from engine.labs import find_lab  # no torch: labs are data
 
     if args.preset and (lab := find_lab(args.preset)) is not None:
+        if args.detach:
+            print(f"trainlab run: --detach starts one run; the lab {lab.name} trains its runs "
+                  "in turn: use --headless, or the app", file=err)
+            return EXIT_BAD_INPUT
         from engine.lab_runner import run_lab  # it imports this module: import it late
 
         return run_lab(lab, args.config, args.overrides, as_json=args.json, out=out, err=err)
@@ -410,7 +462,133 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         return report_config_error(exc, show, err, args.json)
+    if args.detach:
+        try:
+            run_dir = store.new_run(config.run.dir, config)
+        except OSError as exc:
+            print(f"trainlab: error: run.dir = {config.run.dir!r}: {exc}", file=err)
+            return EXIT_BAD_INPUT
+        return start_detached(run_dir, (), args.json, out, err)
     return train_headless(config, show, err).exit_code
+
+
+def _without_app(args: argparse.Namespace, command: str, err: TextIO) -> bool:
+    """Did the command line ask for a way to train without the app? (Without one, the
+    app's front end, tui.cli, opens the app; this is for ``python -m engine``.)"""
+    if args.headless or args.json or args.detach:
+        return True
+    print(f"trainlab {command}: add --headless, --json or --detach to train without the app",
+          file=err)
+    return False
+
+
+DETACH_WAIT_S = 120.0
+"""``--detach``: how long the command waits for the engine to serve its socket (or to
+fail) before it returns anyway; a cold torch import and a big dataset take a while."""
+
+
+def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, out: TextIO,
+                   err: TextIO) -> int:
+    """Spawn the run's engine in the background, wait until it serves (or fails), and say
+    how to reach it: exit 0 once it trains; a run that failed to start exits as it would
+    in the foreground, its error on stderr."""
+    from engine import store
+    from engine.serve import socket_path, spawn_detached
+
+    process = spawn_detached(run_dir, *serve_args)
+    deadline = time.monotonic() + DETACH_WAIT_S
+    while process.poll() is None and not socket_path(run_dir).exists() \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if process.poll() is not None:  # it ended before serving: say why, from its store
+        failure = next((e for e in _stored_events(run_dir)
+                        if isinstance(e, protocol.EngineFailed)), None)
+        why = failure.message if failure else f"exit status {process.returncode}; see " \
+            f"{run_dir / store.LOG_FILE}"
+        print(f"trainlab: error: run {run_dir.name} did not start: {why}", file=err)
+        return EXIT_BAD_INPUT if failure is not None and failure.kind == "config" \
+            else EXIT_FAILED
+    if as_json:
+        print(json.dumps({"run_id": run_dir.name, "run_dir": os.fspath(run_dir),
+                          "pid": process.pid}), file=out)
+    else:
+        print(f"run {run_dir.name} trains in the background (pid {process.pid}, its output "
+              f"in {run_dir / store.LOG_FILE})\n  trainlab attach {run_dir.name}    watch "
+              f"and steer it\n  trainlab runs                  list the runs", file=out)
+    return EXIT_OK
+
+
+def _stored_events(run_dir: Path) -> list[Any]:
+    """Every event in a run's store (empty when it cannot be read)."""
+    from engine import store
+
+    try:
+        with store.RunStore.open(run_dir, write=False) as runs:
+            return [event for _, event in runs.events()]
+    except (store.StoreError, OSError):
+        return []
+
+
+def _continued_run(args: argparse.Namespace, err: TextIO) -> Path | None:
+    """RUN of resume/fork as a run directory; None (said on ``err``) when there is none."""
+    from engine import store
+
+    try:
+        return store.find_run(args.dir, args.run)
+    except store.RunNotFound as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return None
+
+
+def cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab resume RUN``: go on from the run's newest good checkpoint."""
+    if not _without_app(args, "resume", err) or (run_dir := _continued_run(args, err)) is None:
+        return EXIT_BAD_INPUT
+    from engine import store
+    from engine.checkpoint import CheckpointError
+    from engine.resume import resume_plan
+
+    if store.engine_alive(run_dir):
+        print(f"trainlab: error: run {run_dir.name} is running: trainlab attach "
+              f"{run_dir.name} shows it", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        plan = resume_plan(run_dir)
+    except (CheckpointError, ConfigError) as exc:
+        print(f"trainlab: error: cannot resume {run_dir.name}: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    if args.detach:
+        return start_detached(run_dir, ("--resume",), args.json, out, err)
+    loaded = plan.checkpoint
+    notes = (f"resumed from {loaded.path.name} (step {loaded.payload['step']})",
+             *(f"skipped {skip.path.name}: {skip.reason}" for skip in loaded.skipped))
+    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    return train_headless(plan.config, show, err, run_dir=run_dir, start_from=loaded.payload,
+                          notes=notes).exit_code
+
+
+def cmd_fork(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab fork RUN [--from STEP] [--set ...]``: a new run from a checkpoint."""
+    if not _without_app(args, "fork", err) or (run_dir := _continued_run(args, err)) is None:
+        return EXIT_BAD_INPUT
+    from engine import store
+    from engine.checkpoint import CheckpointError
+    from engine.resume import fork_plan
+
+    try:
+        plan = fork_plan(run_dir, args.from_step, args.overrides)
+        child = store.new_run(run_dir.parent, plan.config, parent=plan.parent,
+                              parent_step=plan.parent_step)
+    except (CheckpointError, ConfigError) as exc:
+        print(f"trainlab: error: cannot fork {run_dir.name}: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    if args.detach:
+        return start_detached(child, ("--checkpoint", os.fspath(plan.source)), args.json,
+                              out, err)
+    note = f"forked from run {plan.parent} at step {plan.parent_step} ({plan.source.name})"
+    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    return train_headless(plan.config, show, err, run_dir=child, start_from=plan.payload,
+                          notes=(note,)).exit_code
 
 
 def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -654,6 +832,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "config": cmd_config,
     "runs": cmd_runs,
     "export": cmd_export,
+    "resume": cmd_resume,
+    "fork": cmd_fork,
 }
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+from pathlib import Path
 from typing import Any
 
 from engine import protocol
@@ -21,13 +22,18 @@ from engine.config import Config
 class ThreadHost:
     """One run of ``engine.loop.run`` in a background thread.
 
+    With a ``run_dir`` the run is served from it (``engine.serve``: the store, the
+    checkpoints and the socket, so another terminal can attach while this process
+    trains it); without one it only trains (tests).
+
     Call ``start()`` from inside the running event loop that will read ``events``.
     Stop it cooperatively with ``stop()``: the loop finishes its step and returns,
     instead of being killed inside torch at interpreter exit.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, run_dir: Path | None = None) -> None:
         self.config = config
+        self.run_dir = run_dir
         self.commands: queue.Queue[Any] = queue.Queue()
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self._thread: threading.Thread | None = None
@@ -44,9 +50,18 @@ class ThreadHost:
                 aloop.call_soon_threadsafe(self.events.put_nowait, event)
 
         def main() -> None:
-            from engine.loop import run  # torch is imported here, off the UI's start-up path
+            if self.run_dir is None:
+                from engine.loop import run  # torch: imported here, off the UI's start-up
 
-            run(self.config, self.commands, emit)
+                run(self.config, self.commands, emit)
+                return
+            from engine.serve import serve
+
+            try:
+                serve(self.run_dir, self.config, show=emit, commands=self.commands)
+            except Exception as exc:  # e.g. the run is busy: say so, as a failed run
+                for event in protocol.failure_events("internal", str(exc)):
+                    emit(event)
 
         self._thread = threading.Thread(target=main, name="trainlab-engine", daemon=True)
         self._thread.start()

@@ -66,9 +66,16 @@ def variant_header(lab: Lab, index: int) -> dict[str, Any]:
             "of": len(lab.variants)}
 
 
+def stopped_by_signal(code: int) -> bool:
+    """Was the run stopped by a signal (exit status 128 + its number: Ctrl-C, SIGTERM)?"""
+    return code > 128
+
+
 def worst_exit_code(codes: Iterable[int]) -> int:
-    """The most severe of ``codes`` by ``EXIT_SEVERITY`` (EXIT_OK when there are none)."""
-    return max(codes, key=EXIT_SEVERITY.index, default=EXIT_OK)
+    """The most severe of ``codes`` by ``EXIT_SEVERITY`` (EXIT_OK when there are none); a
+    stop by any signal ranks as an interrupt, and is returned as it was."""
+    return max(codes, key=lambda code: EXIT_SEVERITY.index(
+        EXIT_INTERRUPTED if stopped_by_signal(code) else code), default=EXIT_OK)
 
 
 def format_comparison(outcomes: Sequence[RunOutcome]) -> str:
@@ -121,7 +128,7 @@ def run_lab(lab: Lab, config_path: str | None, overrides: Sequence[str], *, as_j
         if result.reader_gone:  # `| head`: the reader left, nothing more to say
             return EXIT_OK
         outcomes.append(RunOutcome(name, result.exit_code, result.finished))
-        if result.exit_code == EXIT_INTERRUPTED:
+        if stopped_by_signal(result.exit_code):
             interrupted = True
             break
 

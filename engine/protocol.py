@@ -432,7 +432,7 @@ class ControlChanged:
 def failure_events(kind: str, message: str, traceback: str = "",
                    step: int = 0) -> tuple[EngineFailed, StateChanged, RunFinished]:
     """How a run ends when it fails before a trainer could report metrics: one shape
-    for the loop's refusals, the CLI's, the worker's and a dead engine's."""
+    for the loop's refusals, the CLI's, the detached engine's and a dead engine's."""
     return (EngineFailed(step, kind, message, traceback),
             StateChanged("failed", step, message),
             RunFinished("failed", FinalMetrics.none_yet()))

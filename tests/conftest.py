@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import queue
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.config import Config
+
+RUNS_ROOT = Path(tempfile.mkdtemp(prefix="trainlab-test-runs-"))
+"""run.dir of the tests' runs: never the checkout's ./runs."""
+atexit.register(shutil.rmtree, RUNS_ROOT, ignore_errors=True)
 
 
 def tiny_config(**changes: Any) -> Config:
@@ -24,6 +32,7 @@ def tiny_config(**changes: Any) -> Config:
         "run.max_steps": 20,
         "run.max_epochs": 0,
         "run.threads": 1,
+        "run.dir": str(RUNS_ROOT),
     }
     base.update({key.replace("__", "."): value for key, value in changes.items()})
     return Config().with_values(base)

@@ -17,7 +17,7 @@ def _modules_after(code: str) -> set[str]:
 def test_engine_imports_no_ui_library():
     loaded = _modules_after(
         "import engine.loop, engine.host, engine.cli, engine.protocol, engine.config, "
-        "engine.worker"
+        "engine.serve, engine.store, engine.checkpoint, engine.resume, engine.export"
     )
     assert "torch" in loaded  # the check below means something
     assert not loaded & {"textual", "rich", "plotext", "textual_plotext"}
@@ -25,7 +25,8 @@ def test_engine_imports_no_ui_library():
 
 def test_tui_and_the_cli_front_import_no_torch():
     loaded = _modules_after(
-        "import tui.app, tui.cli, tui.bridge, engine.cli, engine.config, engine.protocol"
+        "import tui.app, tui.cli, tui.bridge, tui.screens.compare, engine.cli, engine.config, "
+        "engine.protocol, engine.store, engine.serve"
     )
     assert {"engine", "textual", "plotext"} <= loaded  # the app really was imported
     assert "torch" not in loaded

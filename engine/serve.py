@@ -1,0 +1,494 @@
+"""A run served from its run directory: the loop, the store, checkpoints and a socket.
+
+``serve`` is what every real run goes through, in the foreground (``trainlab run
+--headless``) or detached (``python -m engine.serve RUN_DIR``, which the app and
+``trainlab resume`` / ``fork`` start in a session of its own, so that an SSH drop or a
+closed terminal does not stop training). It
+
+- holds the run directory's engine lock for its lifetime (one engine per run; a lock the
+  kernel drops when the process dies, so a crashed run is told from a live one);
+- records every event in ``run.db`` (``engine.store``) and writes checkpoints into
+  ``checkpoints/`` (``engine.checkpoint``);
+- serves a Unix-domain socket (mode 0600, owner only, and the peer's uid checked;
+  nothing on TCP) carrying JSON lines: commands in, live events out. A client's first
+  line is ``Attach``; it is answered by ``Attached``, whose ``last_seq`` says where the
+  store's history ends and the socket's live events begin. One client controls the run
+  at a time; the others view, until one sends ``TakeControl``;
+- turns SIGTERM, SIGINT and SIGHUP into a Stop at the next step boundary (the step
+  finishes, a checkpoint is written, the reason is recorded) and exits with 128 + the
+  signal's number. A second signal aborts at once.
+
+Costs: the engine thread never waits for a client. Each event is put on every client's
+bounded outbox (a deque append) and a writer thread per client sends it; a client that
+falls ``OUTBOX_LIMIT`` events behind is disconnected and re-attaches from the store.
+Nothing here imports torch until ``serve`` runs the loop, so the app may import
+``socket_path`` and ``spawn_detached``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import itertools
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine import protocol, store
+from engine.config import Config, ConfigError
+
+Emit = Callable[[Any], None]
+
+OUTBOX_LIMIT = 10_000
+"""Events a client may fall behind before it is disconnected (at ~10 events a second,
+over 15 minutes of a viewer that stopped reading; it re-attaches from the store)."""
+MAX_COMMAND_LINE = 1 << 20
+"""The longest command line a client may send (1 MiB); a longer one closes it."""
+SOCKET_PATH_MAX = 100
+"""sun_path holds 108 bytes on Linux (104 on macOS); a deeper run directory serves its
+socket from a short per-user directory instead (``socket_path``)."""
+CLOSE_GRACE_S = 2.0
+"""At the end of a run, how long the writers get to send the last events."""
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""Each stops the run cleanly: SIGTERM (kill, systemd, a scheduler), SIGINT (Ctrl-C in
+the foreground), SIGHUP (a hang-up; a detached engine is in a session of its own, so an
+SSH drop does not send it one)."""
+
+
+def socket_path(run_dir: str | Path) -> Path:
+    """Where a run's engine serves its socket: ``<run dir>/engine.sock``, or, when that
+    path is too long for a Unix socket, a name in a per-user directory (mode 0700)
+    derived from the run directory, so the server and every client find the same one."""
+    run_dir = Path(run_dir).resolve()
+    path = run_dir / store.SOCKET_FILE
+    if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+        return path
+    folder = Path(tempfile.gettempdir()) / f"trainlab-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
+    return folder / f"{digest}.sock"
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The connecting process's uid (SO_PEERCRED, Linux); None where it is not known."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class _Client:
+    """One connection: a bounded outbox drained by its own writer thread."""
+
+    def __init__(self, client_id: int, conn: socket.socket) -> None:
+        self.id = client_id
+        self.conn = conn
+        self.role = ""
+        """"" until it attached; then control or view."""
+        self._outbox: queue.Queue[str | None] = queue.Queue(OUTBOX_LIMIT)
+        self.closed = threading.Event()
+        self.writer = threading.Thread(target=self._write, name=f"trainlab-client-{client_id}",
+                                       daemon=True)
+        self.writer.start()
+
+    def push(self, message: Any) -> bool:
+        """Queue a message for the writer; False (and the client closes) when it fell
+        OUTBOX_LIMIT behind. Never blocks."""
+        if self.closed.is_set():
+            return False
+        try:
+            self._outbox.put_nowait(protocol.to_json(message) + "\n")
+        except queue.Full:
+            self.close()
+            return False
+        return True
+
+    def finish(self) -> None:
+        """Send what is queued, then close (the end of the run)."""
+        with contextlib.suppress(queue.Full):
+            self._outbox.put_nowait(None)
+
+    def _write(self) -> None:
+        while not self.closed.is_set():
+            line = self._outbox.get()
+            if line is None:
+                break
+            try:
+                self.conn.sendall(line.encode())
+            except OSError:  # the client went away (an SSH drop, a closed app)
+                break
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection (idempotent); the reader then ends too."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        with contextlib.suppress(queue.Full):
+            self._outbox.put_nowait(None)  # wake the writer
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+class RunServer:
+    """The run's socket: clients attach, one controls, every event goes to all of them.
+
+    ``publish`` is the engine's side (called for every event, after it was recorded);
+    commands from the controller go into ``commands``, which the loop drains at step
+    boundaries and validates like any other command.
+    """
+
+    def __init__(self, path: Path, run_id: str, commands: queue.Queue[Any],
+                 history_end: Callable[[], int]) -> None:
+        """``history_end`` commits the store and returns its last sequence number; it is
+        called under the same lock as ``publish``, so no event falls between the two."""
+        self.path = path
+        self.run_id = run_id
+        self.commands = commands
+        self.history_end = history_end
+        self.lock = threading.Lock()
+        """Orders publish against attach: an event is in the history or on the socket."""
+        self.clients: dict[int, _Client] = {}
+        self.controller = 0
+        self._ids = itertools.count(1)
+        self._uid = os.getuid()
+        self._listener = self._listen(path)
+        self._acceptor = threading.Thread(target=self._accept, name="trainlab-accept",
+                                          daemon=True)
+
+    @staticmethod
+    def _listen(path: Path) -> socket.socket:
+        """Bind the socket with mode 0600 from the start (umask, not a chmod after: no
+        moment where another user could connect)."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of a crashed engine (we hold the run's lock)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(os.fspath(path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+        return listener
+
+    def start(self) -> None:
+        """Accept clients from now on."""
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed: the run ended
+                return
+            if _peer_uid(conn) not in (None, self._uid, 0):
+                # The socket's mode already refuses other users (root aside, who may do
+                # anything anyway); this is belt and braces.
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
+            client = _Client(next(self._ids), conn)
+            threading.Thread(target=self._read, args=(client,), daemon=True,
+                             name=f"trainlab-reader-{client.id}").start()
+
+    # --- a client's lines -------------------------------------------------------------
+
+    def _read(self, client: _Client) -> None:
+        try:
+            stream = client.conn.makefile("rb")
+            while not client.closed.is_set():
+                line = stream.readline(MAX_COMMAND_LINE + 1)
+                if not line:
+                    break
+                if len(line) > MAX_COMMAND_LINE:
+                    client.push(protocol.CommandRejected(
+                        "unknown", f"a command line over {MAX_COMMAND_LINE} bytes; "
+                        "connection closed", -1))
+                    client.finish()
+                    return
+                if line.strip():
+                    self._command(client, line)
+        except OSError:
+            pass
+        finally:
+            self._leave(client)
+
+    def _command(self, client: _Client, line: bytes) -> None:
+        """One line from a client: a session command, a run command, or a rejection."""
+        try:
+            message = protocol.from_json(line.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
+            text = line.decode("utf-8", errors="replace").strip()
+            client.push(protocol.CommandRejected(
+                "unknown", f"unreadable command {text[:200]!r}: {exc}", -1))
+            return
+        name = type(message).__name__
+        if isinstance(message, protocol.Attach):
+            self._attach(client, message.role)
+        elif not client.role:
+            client.push(protocol.CommandRejected(
+                name, "attach first: the first line must be an Attach command", -1))
+        elif isinstance(message, protocol.TakeControl):
+            with self.lock:
+                self._set_controller(client.id, f"client {client.id} took control")
+        elif not protocol.is_command(message):
+            client.push(protocol.CommandRejected(name, "an event is not a command", -1))
+        elif client.id != self.controller:
+            client.push(protocol.CommandRejected(
+                name, "this client only views the run: another one controls it (send "
+                "TakeControl to steer)", -1))
+        else:
+            self.commands.put(message)
+
+    def _attach(self, client: _Client, role: str) -> None:
+        if role not in ("control", "view"):
+            client.push(protocol.CommandRejected(
+                "Attach", f"Attach.role = {role!r}: expected control or view", -1))
+            return
+        if client.role:
+            client.push(protocol.CommandRejected("Attach", "already attached", -1))
+            return
+        with self.lock:
+            last_seq = self.history_end()
+            granted = "control" if role == "control" and self.controller == 0 else "view"
+            client.role = granted
+            self.clients[client.id] = client
+            client.push(protocol.Attached(self.run_id, client.id, granted, last_seq))
+            if granted == "control":
+                self._set_controller(client.id, f"client {client.id} attached")
+
+    def _set_controller(self, client_id: int, reason: str) -> None:
+        """Called under ``lock``: the new controller, said to every client."""
+        if self.controller == client_id:
+            return
+        old = self.clients.get(self.controller)
+        if old is not None:
+            old.role = "view"
+        self.controller = client_id
+        new = self.clients.get(client_id)
+        if new is not None:
+            new.role = "control"
+        self._broadcast(protocol.ControlChanged(client_id, reason))
+
+    def _leave(self, client: _Client) -> None:
+        client.close()
+        with self.lock:
+            self.clients.pop(client.id, None)
+            if self.controller == client.id:
+                self._set_controller(0, f"client {client.id} (the controller) left")
+
+    # --- the engine's side ------------------------------------------------------------
+
+    def _broadcast(self, event: Any) -> None:
+        for client in list(self.clients.values()):
+            if not client.push(event):
+                self.clients.pop(client.id, None)
+                if self.controller == client.id:
+                    self.controller = 0
+
+    def publish(self, event: Any) -> None:
+        """Send an event to every attached client (the caller holds ``lock``)."""
+        self._broadcast(event)
+
+    def close(self) -> None:
+        """Stop accepting, send the clients what is queued, remove the socket file."""
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with self.lock:
+            clients = list(self.clients.values())
+            self.clients.clear()
+        for client in clients:
+            client.finish()
+        for client in clients:
+            client.writer.join(CLOSE_GRACE_S)
+            client.close()
+
+
+class _Signals:
+    """SIGTERM, SIGINT and SIGHUP: the first asks the loop to stop, a second aborts."""
+
+    def __init__(self, commands: queue.Queue[Any], on_signal: Callable[[str], None]) -> None:
+        self.commands = commands
+        self.on_signal = on_signal
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt  # the second: give up now (checkpoints are atomic)
+        self.received = signum
+        name = signal.Signals(signum).name
+        self.on_signal(name)
+        # Not commands.put here: the handler runs between two bytecodes of the main
+        # thread, which may hold the queue's lock inside get(); a thread puts it.
+        threading.Thread(target=self.commands.put, args=(protocol.Stop(name),),
+                         daemon=True).start()
+
+
+def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
+          start_from: dict[str, Any] | None = None,
+          notes: tuple[str, ...] = (),
+          on_signal: Callable[[str], None] = lambda name: None,
+          commands: queue.Queue[Any] | None = None) -> tuple[protocol.RunFinished, int | None]:
+    """Train ``config`` as the engine of ``run_dir``; returns the RunFinished event and
+    the number of the signal that stopped it (None if none did).
+
+    ``show`` sees every event too (the headless printer); ``start_from`` is a checkpoint
+    payload to continue from (resume, fork); ``notes`` go to the run log first (what it
+    was started from, which checkpoints were skipped). Raises ``store.RunBusy`` when another
+    engine serves this run.
+    """
+    from engine.checkpoint import Checkpoints  # torch: only once a run is served
+    from engine.loop import run
+
+    run_dir = Path(run_dir)
+    commands = commands if commands is not None else queue.Queue()
+    with store.EngineLock(run_dir):
+        runs = store.RunStore.open(run_dir, write=True)
+        try:
+            runs.set_meta(pid=os.getpid())
+            run_id = runs.meta().get("id", run_dir.name)
+
+            def history_end() -> int:
+                runs.commit()
+                return runs.last_seq()
+
+            server = RunServer(socket_path(run_dir), str(run_id), commands, history_end)
+
+            def emit(event: Any) -> None:
+                with server.lock:
+                    runs.record(event)
+                    server.publish(event)
+                if show is not None:
+                    show(event)
+
+            server.start()
+            step = start_from["step"] if start_from else 0
+            for note in (f"run {run_id} in {run_dir}", *notes):
+                emit(protocol.Notice(step, "info", note))
+            checkpoints = Checkpoints(run_dir / store.CHECKPOINT_DIR,
+                                      keep=config.run.keep_checkpoints)
+            try:
+                with _Signals(commands, on_signal) as signals:
+                    finished = run(config, commands, emit, checkpoints=checkpoints,
+                                   start_from=start_from)
+            finally:
+                with server.lock:
+                    runs.commit()
+                server.close()
+        finally:
+            runs.close()
+    return finished, signals.received
+
+
+def exit_status(finished: protocol.RunFinished, signum: int | None) -> int:
+    """The detached engine's exit status: 128 + the signal that stopped it, else 0 (how
+    the run ended is in its store; a failed run is not a failed engine)."""
+    return 128 + signum if signum is not None else 0
+
+
+# --- the detached process -------------------------------------------------------------
+
+
+def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m engine.serve RUN_DIR ARGS`` in a session of its own, its output
+    appended to the run's engine.log and its input /dev/null: it outlives the terminal
+    and the app, and never writes to either."""
+    run_dir = Path(run_dir)
+    with (run_dir / store.LOG_FILE).open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.serve", os.fspath(run_dir), *args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _load_start(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict[str, Any] | None,
+                                                                  list[str]]:
+    """The config and the checkpoint a detached engine starts from, with what to note."""
+    from engine import config as config_mod
+
+    if args.resume:
+        from engine.resume import resume_plan
+
+        config, loaded = resume_plan(run_dir)
+        notes = [f"resumed from {loaded.path.name} (step {loaded.payload['step']})"]
+        notes += [f"skipped {path.name}: {why}" for path, why in loaded.skipped]
+        return config, loaded.payload, notes
+    config = config_mod.load(run_dir / store.CONFIG_FILE)
+    if args.checkpoint:
+        from engine.checkpoint import load
+
+        payload = load(args.checkpoint)
+        return config, payload, [f"forked from {args.checkpoint} (step {payload['step']})"]
+    return config, None, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.serve RUN_DIR [--resume | --checkpoint PATH]``: the detached
+    engine. Its exit status is 128 + a signal that stopped it, 2 when the run cannot be
+    served (busy, unreadable), else 0."""
+    parser = argparse.ArgumentParser(prog="python -m engine.serve",
+                                     description="Serve one run from its run directory.")
+    parser.add_argument("run_dir", type=Path)
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the run's newest loadable checkpoint")
+    start.add_argument("--checkpoint", type=Path,
+                       help="start from this checkpoint (a fork of another run)")
+    args = parser.parse_args(argv)
+    run_dir: Path = args.run_dir
+    try:
+        config, start_from, notes = _load_start(args, run_dir)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"engine: cannot serve {run_dir}: {exc}", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception), store.EngineLock(run_dir):
+            runs = store.RunStore.open(run_dir, write=True)
+            for event in protocol.failure_events("config", str(exc)):
+                runs.record(event)
+            runs.close()
+        return 2
+    for note in notes:
+        print(f"engine: {note}", file=sys.stderr, flush=True)
+    try:
+        finished, signum = serve(run_dir, config, start_from=start_from, notes=tuple(notes),
+                                 on_signal=lambda name: print(f"engine: {name}: stopping after "
+                                                              "this step", file=sys.stderr,
+                                                              flush=True))
+    except store.RunBusy as exc:
+        print(f"engine: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("engine: aborted by a second signal", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    print(f"engine: run {finished.reason} at step {finished.final.step}", file=sys.stderr,
+          flush=True)
+    return exit_status(finished, signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

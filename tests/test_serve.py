@@ -1,0 +1,218 @@
+"""The detached engine: its socket, controllers and viewers, signals, and the faults it
+must survive (a client hanging up, garbage, other users, kill -9)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import protocol, store
+from engine.serve import SOCKET_PATH_MAX, socket_path, spawn_detached
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = {"run__max_steps": 10_000_000, "run__checkpoint_every": 50}
+
+
+class Client:
+    """A blocking JSON-lines client of a run's socket, as a test drives it."""
+
+    def __init__(self, path: Path, role: str = "control", timeout: float = 60.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(os.fspath(path))
+        self.stream = self.sock.makefile("rb")
+        self.send(protocol.Attach(role))
+        self.attached: protocol.Attached = self.next("Attached")
+
+    def send(self, message: Any) -> None:
+        self.send_raw(protocol.to_json(message).encode() + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next(self, name: str, where: Any = lambda e: True) -> Any:
+        """The next event of class ``name`` for which ``where`` holds."""
+        while True:
+            line = self.stream.readline()
+            if not line:
+                raise AssertionError(f"the engine closed the connection before a {name}")
+            event = protocol.from_json(line.decode())
+            if type(event).__name__ == name and where(event):
+                return event
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def wait_until(condition: Any, timeout: float = 60.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_engine(**changes: Any) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A new run directory and its detached engine, once its socket answers."""
+    run_dir = store.new_run(tiny_config(**changes).run.dir, tiny_config(**changes))
+    process = spawn_detached(run_dir)
+    wait_until(lambda: socket_path(run_dir).exists() or process.poll() is not None,
+               what="the engine's socket")
+    assert process.poll() is None, (run_dir / store.LOG_FILE).read_text()
+    return run_dir, process
+
+
+@contextlib.contextmanager
+def engine(**changes: Any) -> Any:
+    run_dir, process = start_engine(**changes)
+    try:
+        yield run_dir, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+
+def stored(run_dir: Path, name: str) -> list[Any]:
+    runs = store.RunStore.open(run_dir, write=False)
+    try:
+        return [e for _, e in runs.events() if type(e).__name__ == name]
+    finally:
+        runs.close()
+
+
+def test_commands_viewers_control_and_sigterm() -> None:
+    with engine(**LONG) as (run_dir, process):
+        path = socket_path(run_dir)
+        assert path.stat().st_mode & 0o777 == 0o600  # owner only
+        boss = Client(path)
+        assert boss.attached.role == "control" and boss.attached.run_id == run_dir.name
+        boss.send(protocol.Pause())
+        paused = boss.next("StateChanged", lambda e: e.state == "paused")
+        boss.send(protocol.Step(3))
+        stepped = boss.next("StateChanged", lambda e: e.reason == "single step done")
+        assert stepped.step == paused.step + 3
+
+        # Garbage, an unknown command and a bad value: answered, the run unaffected.
+        boss.send_raw(b"this is not json\n")
+        assert "unreadable command" in boss.next("CommandRejected").reason
+        boss.send_raw(b'{"command": "Explode"}\n')
+        assert "Explode" in boss.next("CommandRejected").reason
+        boss.send(protocol.SetHyper("optim.lr", -1.0))  # the engine validates it again
+        rejected = boss.next("CommandRejected")
+        assert rejected.command_type == "SetHyper" and "optim.lr" in rejected.reason
+
+        # A second controller views only, until it takes control.
+        other = Client(path)
+        assert other.attached.role == "view"
+        assert other.attached.last_seq > boss.attached.last_seq  # history grew meanwhile
+        other.send(protocol.Step(1))
+        assert "only views" in other.next("CommandRejected").reason
+        other.send(protocol.TakeControl())
+        changed = other.next("ControlChanged")
+        assert changed.controller == other.attached.client
+        assert boss.next("ControlChanged").controller == other.attached.client
+        boss.send(protocol.Step(1))
+        assert "only views" in boss.next("CommandRejected").reason
+        other.send(protocol.Step(2))
+        done = other.next("StateChanged", lambda e: e.reason == "single step done")
+        assert done.step == stepped.step + 2
+        boss.next("StateChanged", lambda e: e.reason == "single step done")  # viewers see it
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 128 + signal.SIGTERM
+        finished = other.next("RunFinished")
+        assert finished.reason == "stopped" and finished.final.step == done.step
+        boss.close()
+        other.close()
+    final = stored(run_dir, "StateChanged")[-1]
+    assert "SIGTERM" in final.reason
+    saved = stored(run_dir, "CheckpointSaved")
+    assert saved and saved[-1].step == done.step  # the stop wrote a checkpoint
+    assert not socket_path(run_dir).exists()
+    summary = store.summarize(run_dir)
+    assert summary.status == "stopped" and summary.step == done.step
+
+
+def test_a_client_that_hangs_up_leaves_the_run_training() -> None:
+    # An SSH drop: the client process dies without a word; training goes on and a new
+    # client sees the history that was written meanwhile.
+    with engine(**LONG) as (run_dir, process):
+        path = socket_path(run_dir)
+        code = (
+            "import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "s.sendall(b'{\"command\": \"Attach\", \"role\": \"control\"}\\n')\n"
+            "s.recv(100); time.sleep(60)\n"
+        )
+        viewer = subprocess.Popen([sys.executable, "-c", code, os.fspath(path)])
+        time.sleep(1.0)
+        viewer.send_signal(signal.SIGHUP)  # what a hang-up does to a terminal's processes
+        viewer.wait(30)
+        first = Client(path)
+        assert first.attached.role == "control"  # the hung-up controller let go
+        seen = first.attached.last_seq
+        first.close()
+        wait_until(lambda: store.summarize(run_dir).step > 100, what="more training")
+        again = Client(path)
+        assert process.poll() is None
+        assert again.attached.last_seq > seen
+        again.close()
+
+
+def test_kill_minus_9_leaves_a_store_that_opens_and_a_resumable_run() -> None:
+    run_dir, process = start_engine(**LONG)
+    wait_until(lambda: stored(run_dir, "CheckpointSaved"), what="a checkpoint")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    runs = store.RunStore.open(run_dir, write=False)
+    try:
+        assert runs.integrity_check() == "ok"
+    finally:
+        runs.close()
+    summary = store.summarize(run_dir)
+    assert summary.status == "crashed" and summary.resumable
+    assert not store.engine_alive(run_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not hasattr(os, "setuid"),
+                    reason="needs root to act as another user")
+def test_another_user_cannot_connect() -> None:
+    with engine(**LONG) as (run_dir, _):
+        path = socket_path(run_dir)
+        code = (
+            "import os, socket, sys\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n"
+            "sys.exit(0)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code, os.fspath(path)], timeout=30)
+        assert result.returncode == 13
+
+
+def test_the_socket_mode_refuses_other_users() -> None:
+    # Where the test cannot act as another user: the permissions themselves.
+    with engine(**LONG) as (run_dir, _):
+        info = socket_path(run_dir).stat()
+        assert info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
+
+
+def test_a_deep_run_directory_serves_from_a_short_socket_path(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["a-long-directory-name"] * 8)
+    assert len(os.fsencode(deep / store.SOCKET_FILE)) > SOCKET_PATH_MAX
+    path = socket_path(deep)
+    assert len(os.fsencode(path)) <= SOCKET_PATH_MAX
+    assert path == socket_path(deep)  # the server and every client agree
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
