@@ -145,6 +145,14 @@ class StoreError(OSError):
     """The store could not be written (disk full, I/O error, a read-only file); the
     message names the file and SQLite's reason."""
 
+    def __init__(self, message: str, *, lost: int = 0, lost_from_step: int | None = None):
+        super().__init__(message)
+        self.lost = lost
+        """Events recorded earlier whose batch the failure rolled back (besides the one
+        that failed to record)."""
+        self.lost_from_step = lost_from_step
+        """The step of the first of them (None: unknown or none lost)."""
+
 
 # --- numbers in and out of SQLite ---------------------------------------------------
 
@@ -241,6 +249,12 @@ class RunStore:
         """'wal', or the rollback journal's mode ('delete') where WAL could not be used."""
         self._lock = threading.RLock()
         self._last_commit = time.monotonic()
+        self._pending = 0
+        """Events recorded in the open transaction (lost if it rolls back)."""
+        self._pending_step: int | None = None
+        """The step of the first of them."""
+        self._flush_error: StoreError | None = None
+        """A background commit that failed: the next record or commit raises it."""
         self._closed = threading.Event()
         self._flusher: threading.Thread | None = None
         if write:
@@ -301,6 +315,9 @@ class RunStore:
             try:
                 if self.writable:
                     self._commit()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.run_dir / DB_FILE}: the last commit failed: "
+                                 f"{exc}") from None
             finally:
                 self._db.close()
 
@@ -317,11 +334,13 @@ class RunStore:
 
         Sequence numbers start at 1 and increase by one per event. The event is
         committed with the next batch (``COMMIT_INTERVAL_S``), at once when its type is
-        in ``COMMIT_NOW``.
+        in ``COMMIT_NOW``. A seq is final once committed: when a failed write rolls a
+        batch back, its numbers are given again.
 
         Raises:
             TypeError: ``event`` is not a protocol event.
-            StoreError: the store cannot be written (disk full, I/O error).
+            StoreError: the store cannot be written (disk full, I/O error); ``lost``
+                says how many earlier events of the batch went with it.
         """
         name = type(event).__name__
         if name not in protocol.EVENTS:
@@ -330,6 +349,7 @@ class RunStore:
         now = time.time()
         with self._lock:
             self._check_writable()
+            self._raise_flush_error()
             try:
                 if not self._db.in_transaction:
                     self._db.execute("BEGIN")
@@ -338,12 +358,13 @@ class RunStore:
                     (name, _step_of(event), now, body)).lastrowid
                 assert seq is not None  # an INSERT into a rowid table always sets it
                 self._derive(seq, event)
+                self._pending += 1
+                if self._pending_step is None:
+                    self._pending_step = _step_of(event)
                 if name in COMMIT_NOW:
                     self._commit()
             except sqlite3.Error as exc:
-                self._rollback_quietly()
-                raise StoreError(f"{self.run_dir / DB_FILE}: cannot record {name}: "
-                                 f"{exc}") from None
+                raise self._failed(f"cannot record {name}", exc) from None
         return seq
 
     def commit(self) -> None:
@@ -354,11 +375,11 @@ class RunStore:
         """
         with self._lock:
             self._check_writable()
+            self._raise_flush_error()
             try:
                 self._commit()
             except sqlite3.Error as exc:
-                self._rollback_quietly()
-                raise StoreError(f"{self.run_dir / DB_FILE}: commit failed: {exc}") from None
+                raise self._failed("commit failed", exc) from None
 
     def set_meta(self, **values: Any) -> None:
         """Set run facts (``pid=4242``, ``label="baseline"``), committed at once.
@@ -378,9 +399,7 @@ class RunStore:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", rows)
                 self._commit()
             except sqlite3.Error as exc:
-                self._rollback_quietly()
-                raise StoreError(f"{self.run_dir / DB_FILE}: cannot set "
-                                 f"{', '.join(values)}: {exc}") from None
+                raise self._failed(f"cannot set {', '.join(values)}", exc) from None
 
     # -- reading --
 
@@ -529,13 +548,19 @@ class RunStore:
         if self._db.in_transaction:
             self._db.execute("COMMIT")
         self._last_commit = time.monotonic()
+        self._pending, self._pending_step = 0, None
 
-    def _rollback_quietly(self) -> None:
-        # After a failed statement SQLite may have rolled back already; either way the
-        # batch is gone and the next record starts a new transaction.
+    def _failed(self, what: str, exc: sqlite3.Error) -> StoreError:
+        """Roll the open batch back (SQLite's advice after a failed write, which it may
+        have done itself) and say what was lost."""
         with contextlib.suppress(sqlite3.Error):
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+        lost, since = self._pending, self._pending_step
+        self._pending, self._pending_step = 0, None
+        gone = f"; the {lost} event(s) recorded since the last commit are lost" if lost else ""
+        return StoreError(f"{self.run_dir / DB_FILE}: {what}: {exc}{gone}", lost=lost,
+                          lost_from_step=since if lost else None)
 
     def _flush_loop(self) -> None:
         """Commit a pending batch once it is ``COMMIT_INTERVAL_S`` old (the writer's
@@ -546,9 +571,16 @@ class RunStore:
                 if self._db.in_transaction and due and not self._closed.is_set():
                     try:
                         self._commit()
-                    except sqlite3.Error:
-                        # The next record or commit() retries and reports it.
-                        self._rollback_quietly()
+                    except sqlite3.Error as exc:
+                        if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                            continue  # readers in the way (rollback journal): next tick
+                        self._flush_error = self._failed("a batched commit failed", exc)
+
+    def _raise_flush_error(self) -> None:
+        """The engine hears of a failed background commit at its next write."""
+        if self._flush_error is not None:
+            error, self._flush_error = self._flush_error, None
+            raise error
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -929,11 +961,12 @@ def recording(runs: RunStore, emit: Callable[[Any], None]) -> Callable[[Any], No
             runs.record(event)
         except StoreError as exc:
             if missed == 0:
-                since = _step_of(event) or 0
-                emit(protocol.Notice(since, "error", f"the run store cannot record: {exc}; "
+                step = _step_of(event) or 0
+                since = exc.lost_from_step if exc.lost_from_step is not None else step
+                emit(protocol.Notice(step, "error", f"the run store cannot record: {exc}; "
                                      "training goes on, the store misses events from "
                                      f"step {since}"))
-            missed += 1
+            missed += 1 + exc.lost
         emit(event)
 
     return emit_recorded
