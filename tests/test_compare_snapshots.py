@@ -27,8 +27,10 @@ def host(root: Path) -> Host:
 
 
 async def settle(pilot: Any) -> None:
+    """Let the screen read the compared runs (a worker) and paint."""
     for _ in range(3):
         await pilot.pause()
+        await pilot.app.workers.wait_for_complete()
 
 
 def keys(*pressed: str) -> Any:

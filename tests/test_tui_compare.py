@@ -11,6 +11,7 @@ import dataclasses
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -167,13 +168,20 @@ def metric(table: DataTable[Any], row: str, column_key: str) -> str:
     return str(table.get_cell(row, column_key))
 
 
+async def settle(pilot: Any) -> None:
+    """Let the screen finish: its reading of the compared runs (a worker), then paint."""
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 # --- the screen ---------------------------------------------------------------------
 
 
 async def test_lists_every_run_newest_first_with_parents(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         table = screen.query_one(RunPicker)
@@ -195,7 +203,7 @@ async def test_the_current_run_its_parent_and_forks_are_picked(tmp_path: Path) -
     runs = three_runs(tmp_path)
     for current in (runs.parent, runs.fork):
         async with Host(tmp_path, current).run_test(size=(120, 30)) as pilot:
-            await pilot.pause()
+            await settle(pilot)
             screen = pilot.app.screen
             assert isinstance(screen, CompareScreen)
             assert sorted(screen.picked) == sorted([runs.parent, runs.fork])
@@ -210,7 +218,7 @@ async def test_picked_runs_are_preselected_too(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, None, picked=[runs.other, "20991231-000000-none"]).run_test(
             size=(120, 30)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         assert screen.picked == [runs.other]  # a run that is not under the root is dropped
@@ -229,7 +237,7 @@ async def test_the_apps_keys_do_nothing_under_the_screen(tmp_path: Path) -> None
             pressed.append("save")
 
     async with Steering(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         for pane in ("1", "2", "3", "4"):
             await pilot.press(pane, "s", "n")
         assert pressed == []
@@ -248,7 +256,7 @@ def test_the_screen_imports_no_torch() -> None:
 async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         table = screen.query_one("#configs-table", DataTable)
@@ -276,10 +284,11 @@ async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> N
 async def test_adding_a_third_run_widens_the_differences(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         await pilot.press("space", "enter")  # the cursor starts on the newest: other
+        await settle(pilot)
         assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other}
         configs = [flat(c) for c in runs.configs.values()]
         expected = {key for key in configs[0] if len({repr(c[key]) for c in configs}) > 1}
@@ -293,6 +302,7 @@ async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
         await pilot.press("space", "enter")  # pick the crashed run too
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         table = screen.query_one("#metrics-table", DataTable)
@@ -326,7 +336,7 @@ async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
 async def test_the_chart_has_one_overlay_per_picked_run(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         chart = screen.query_one(CompareChart)
@@ -356,6 +366,7 @@ async def test_the_chart_has_one_overlay_per_picked_run(tmp_path: Path) -> None:
         table.focus()
         table.move_cursor(row=table.get_row_index(runs.fork))
         await pilot.press("space", "enter")
+        await settle(pilot)
         assert [name for name, _ in chart.curves] == [names[runs.parent]]
 
 
@@ -367,6 +378,7 @@ async def test_a_live_change_shows_in_the_config_and_makes_a_difference(tmp_path
     changed = make_run(tmp_path, config, changed_events)
     async with Host(tmp_path, same).run_test(size=(120, 30)) as pilot:
         await pilot.press("space", "enter")  # the cursor is on the newest: changed
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         table = screen.query_one("#configs-table", DataTable)
@@ -376,6 +388,32 @@ async def test_a_live_change_shows_in_the_config_and_makes_a_difference(tmp_path
         assert str(table.get_cell("optim.lr", run_column(screen, same))) == repr(PARENT_LR)
 
 
+async def test_the_screen_answers_keys_while_it_reads(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = three_runs(tmp_path)
+    release = threading.Event()
+    real_load = compare.load_run
+
+    def slow_load(summary: store.RunSummary) -> compare.ComparedRun:
+        release.wait(timeout=30)  # a long run's curve, read in the worker's thread
+        return real_load(summary)
+
+    monkeypatch.setattr(compare, "load_run", slow_load)
+    async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        assert "reading 2 runs" in str(screen.query_one("#compare-tabs", Static).render())
+        await pilot.press("4")  # the keys still work
+        assert screen.query_one("#pane-metrics").display and screen.compared == []
+        # A newer compare (the crashed run added) replaces the one still reading.
+        await pilot.press("1", "space", "enter")
+        release.set()
+        await settle(pilot)
+        assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other}
+        assert "3 compared" in str(screen.query_one("#compare-tabs", Static).render())
+
+
 async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     broken = tmp_path / "20261130-120000-dead"
@@ -383,7 +421,7 @@ async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> Non
     (broken / store.DB_FILE).write_bytes(b"this is not a database" * 100)
     (tmp_path / runs.other / store.CONFIG_FILE).unlink()
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         table = screen.query_one(RunPicker)
@@ -395,6 +433,7 @@ async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> Non
         await pilot.press("space")
         table.move_cursor(row=table.get_row_index(runs.other))
         await pilot.press("space", "enter")
+        await settle(pilot)
         assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other,
                                                        broken.name}
         errors = {run.id: run.error for run in screen.compared}
@@ -405,7 +444,7 @@ async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> Non
         assert f"{screen.names[runs.other]}: {errors[runs.other]}" in notes
         # the highlighted run's whole reason under the runs table
         table.move_cursor(row=table.get_row_index(broken.name))
-        await pilot.pause()
+        await settle(pilot)
         note = str(screen.query_one("#runs-note", Static).render())
         assert errors[broken.name] in note.replace("\n", "")
         configs = screen.query_one("#configs-table", DataTable)
@@ -422,24 +461,25 @@ async def test_a_root_that_cannot_be_listed_says_so(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "runs"
     not_a_dir.write_text("a file")
     async with Host(not_a_dir, None).run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         note = str(pilot.app.screen.query_one("#runs-note", Static).render())
         assert "cannot list the runs" in note and str(not_a_dir) in note
 
 
 async def test_no_runs_yet(tmp_path: Path) -> None:
     async with Host(tmp_path / "runs", None).run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert "no runs in" in str(screen.query_one("#runs-note", Static).render())
         await pilot.press("enter", "v", "e", "a", "l", "r", "3", "4")  # nothing to break
+        await settle(pilot)
         assert screen.query_one(CompareChart).curves == ()
 
 
 async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         assert not screen.wide
@@ -451,6 +491,7 @@ async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> No
         assert shown() == ["runs"]
         assert screen.focused is screen.query_one(RunPicker)
         await pilot.press("enter")  # compare: on to the chart
+        await settle(pilot)
         assert shown() == ["chart"]
         await pilot.press("3")
         assert shown() == ["configs"]
@@ -463,13 +504,14 @@ async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> No
         assert not isinstance(pilot.app.screen, CompareScreen)
 
     async with Host(tmp_path, runs.parent).run_test(size=(200, 60)) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         assert screen.wide
         assert all(screen.query_one(f"#pane-{pane}").display
                    for pane in ("runs", "chart", "configs", "metrics"))
         await pilot.press("enter")  # compare: everything stays in view
+        await settle(pilot)
         assert screen.focused is screen.query_one(RunPicker)
 
 
@@ -482,7 +524,7 @@ async def test_reload_sees_a_run_that_moved_on(tmp_path: Path) -> None:
         runs.record(metrics(1, 50))
         runs.commit()
         async with Host(tmp_path, path.name).run_test(size=(120, 30)) as pilot:
-            await pilot.pause()
+            await settle(pilot)
             screen = pilot.app.screen
             assert isinstance(screen, CompareScreen)
             table = screen.query_one(RunPicker)
@@ -491,6 +533,7 @@ async def test_reload_sees_a_run_that_moved_on(tmp_path: Path) -> None:
             runs.record(metrics(51, 50))
             runs.commit()
             await pilot.press("r")
+            await settle(pilot)
             assert column(table, "step") == ["100"]
             assert len(screen.query_one(CompareChart).curves[0][1]) == 100
             metrics_table = screen.query_one("#metrics-table", DataTable)

@@ -10,13 +10,14 @@ whose store cannot be read is listed with the reason and never breaks the screen
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import events, on
+from textual import events, on, work
 from textual.app import ComposeResult, RenderResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Vertical
@@ -61,6 +62,8 @@ RUN_COLUMNS = (("pick", ""), ("run", "run"), ("status", "status"), ("step", "ste
                ("best", "best val"), ("parent", "parent"), ("label", "label"),
                ("age", "age"), ("note", "note"))
 """The runs table's (column key, header)."""
+READ_GROUP = "compare-read"
+"""The worker group of the reading of the compared runs (one at a time)."""
 _EMPTY = Series()
 """No current run: the compare chart draws overlays only."""
 
@@ -240,6 +243,8 @@ class CompareScreen(ModalScreen[None]):
         """The config table shows every key (else only those that differ)."""
         self.list_error = ""
         """Why the runs could not be listed ('' when they were)."""
+        self.reading = 0
+        """How many runs are being read for the panes (0: none; the panes are current)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-tabs")
@@ -391,7 +396,19 @@ class CompareScreen(ModalScreen[None]):
         by_id = {s.id: s for s in self.summaries}
         order = sorted((s.id for s in self.summaries if s.id in self.picked),
                        key=lambda run_id: run_id != self.current)  # stable: newest first
-        self.compared = [compare.load_run(by_id[run_id]) for run_id in order]
+        self.reading = len(order)
+        self._show_tabs()
+        self._read([by_id[run_id] for run_id in order])
+
+    @work(exclusive=True, group=READ_GROUP)
+    async def _read(self, summaries: list[store.RunSummary]) -> None:
+        """Read ``summaries``' runs in a thread, then show them. A million-step curve
+        takes a second or two to read: the screen keeps answering keys meanwhile, and a
+        newer compare cancels this one (its result is dropped)."""
+        compared = await asyncio.to_thread(lambda: [compare.load_run(s) for s in summaries])
+        self.compared = compared
+        self.reading = 0
+        self._show_tabs()
         self._show_chart()
         self._show_configs()
         self._show_metrics()
@@ -488,19 +505,27 @@ class CompareScreen(ModalScreen[None]):
         self.pane = pane
         for name in PANES:
             self.query_one(f"#pane-{name}").set_class(name == pane, "-current")
-        tabs = Text()
-        for index, name in enumerate(PANES, start=1):
-            style = "bold reverse" if name == pane else ""
-            tabs.append(f" {index} {PANE_TITLES[name]} ", style)
-            tabs.append(" ")
-        tabs.append(f" {len(self.compared)} compared", "dim")
-        self.query_one("#compare-tabs", Static).update(tabs)
+        self._show_tabs()
         focus = {"runs": "#runs-table", "configs": "#configs-table",
                  "metrics": "#metrics-table"}.get(pane)
         if focus is not None:
             self.query_one(focus).focus()
         else:
             self.set_focus(None)  # the chart has no keys of its own
+
+    def _show_tabs(self) -> None:
+        """The pane line: the panes (the shown one stands out) and what is compared."""
+        tabs = Text()
+        for index, name in enumerate(PANES, start=1):
+            tabs.append(f" {index} {PANE_TITLES[name]} ", "bold reverse" if name == self.pane
+                        else "")
+            tabs.append(" ")
+        if self.reading:
+            tabs.append(f" reading {self.reading} run{'s' if self.reading != 1 else ''}…",
+                        "italic")
+        else:
+            tabs.append(f" {len(self.compared)} compared", "dim")
+        self.query_one("#compare-tabs", Static).update(tabs)
 
     def action_toggle_validation(self) -> None:
         """Chart validation loss instead of training loss, or back."""
