@@ -414,6 +414,39 @@ async def test_the_screen_answers_keys_while_it_reads(tmp_path: Path,
         assert "3 compared" in str(screen.query_one("#compare-tabs", Static).render())
 
 
+async def test_a_diverged_run_is_drawn_and_its_nan_shown(tmp_path: Path) -> None:
+    config = Config()
+    healthy = make_run(tmp_path, config, parent_events(config))
+    steps = tuple(range(1, 101))
+    losses = tuple(2.0 / s if s < 60 else (math.inf if s < 80 else math.nan) for s in steps)
+    diverged = make_run(tmp_path, config, [
+        started(config), protocol.StateChanged("running", 0, "started"),
+        protocol.MetricsBatch(steps, losses, (1e-3,) * 100, 0, 500.0, 1.0),
+        protocol.EvalDone(50, 2, 0.9, 0.5, 0.8, 0.9),
+        protocol.EvalDone(100, 4, math.nan, 0.1, math.nan, 0.9),
+        protocol.StateChanged("failed", 100, "non-finite loss"),
+        protocol.RunFinished("non_finite", protocol.FinalMetrics(
+            100, 4, math.nan, math.nan, 0.1, 0.9, 50, 3.0))])
+    async with Host(tmp_path, healthy, picked=[diverged]).run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        await pilot.press("2")
+        chart = screen.query_one(CompareChart)
+        for keys in ((), ("l",), ("v",), ("e",), ("l",)):  # log, validation, epochs, linear
+            await pilot.press(*keys)
+            await settle(pilot)
+            assert len(chart.curves) == 2
+            assert "loss of 2 runs" in str(chart.render())  # drawn, not raised
+        table = screen.query_one("#metrics-table", DataTable)
+        col = run_column(screen, diverged)
+        assert metric(table, "status", col) == "failed"
+        assert metric(table, "train loss", col) == "NaN"
+        assert metric(table, "best val loss", col) == "0.9"
+        assert metric(table, "best at step", col) == "50"
+        assert "non-finite" in str(screen.query_one("#metrics-notes", Static).render())
+
+
 async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     broken = tmp_path / "20261130-120000-dead"

@@ -232,10 +232,11 @@ class CompareScreen(ModalScreen[None]):
         self.summaries: list[store.RunSummary] = []
         """The runs under ``root``, newest first."""
         self.picked: list[str] = []
-        """The picked run ids, in the order they were picked (the first is the reference)."""
+        """The picked run ids, in the order they were picked."""
         self.compared: list[compare.ComparedRun] = []
         """The runs the other panes show (the picked ones at the last compare)."""
         self.names: dict[str, str] = {}
+        """Run id -> the shorter name tables and the legend show (``short_names``)."""
         self.validation = False
         """The chart shows validation loss (else training loss)."""
         self.by_epoch = False
@@ -296,13 +297,12 @@ class CompareScreen(ModalScreen[None]):
         try:
             self.summaries = store.list_runs(self.root)
             self.list_error = ""
-        except OSError as exc:  # the root itself unreadable: say so, list nothing
+        except (OSError, ValueError) as exc:  # the root unreadable: say so, list nothing
             self.summaries = []
             self.list_error = f"cannot list the runs in {self.root}: {exc.strerror or exc}"
         listed = {s.id for s in self.summaries}
         self.picked = [run_id for run_id in self.picked if run_id in listed]
-        ids = [s.id for s in self.summaries]
-        self.names = {**compare.short_names(ids)}
+        self.names = compare.short_names([s.id for s in self.summaries])
 
     def _fill_runs(self) -> None:
         """The runs table from ``summaries``, keeping the cursor on the same run."""
@@ -409,6 +409,7 @@ class CompareScreen(ModalScreen[None]):
         self.compared = compared
         self.reading = 0
         self._show_tabs()
+        self._show_runs_note()  # the highlighted run's reading error, if it had one
         self._show_chart()
         self._show_configs()
         self._show_metrics()
