@@ -100,6 +100,14 @@ STREAM_KEYS = ("run.seed",)
 streams (data order, augmentation, dropout) meaningless: the fork draws fresh ones."""
 SCHEDULE_LENGTH_KEYS = ("data.batch_size", "run.max_steps", "run.max_epochs")
 """Keys that change where the run ends, and so the length the LR schedule spans."""
+CHECKPOINT_COUNTERS = (
+    "best_val_loss", "best_step", "evals_without_improvement", "last_eval_step",
+    "last_val_loss", "last_val_accuracy", "last_train_loss", "interval_loss_sum",
+    "interval_loss_count", "losses_since_good_state", "first_nonfinite_step",
+    "update_skipped", "withheld_in_a_row", "rollbacks", "epoch_ended",
+)
+"""The Trainer's counters a checkpoint keeps (plain numbers, a dict of them): what
+evaluation, early stopping, the interval's train loss and run.on_nonfinite go on from."""
 
 
 class Batches:
@@ -723,23 +731,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "batches": self.batches.state_dict(),
             "rng": {**_global_rng_state(), "augment": self.augment_generator.get_state()},
-            "counters": {
-                "best_val_loss": self.best_val_loss,
-                "best_step": self.best_step,
-                "evals_without_improvement": self.evals_without_improvement,
-                "last_eval_step": self.last_eval_step,
-                "last_val_loss": self.last_val_loss,
-                "last_val_accuracy": self.last_val_accuracy,
-                "last_train_loss": self.last_train_loss,
-                "interval_loss_sum": self.interval_loss_sum,
-                "interval_loss_count": self.interval_loss_count,
-                "losses_since_good_state": dict(self.losses_since_good_state),
-                "first_nonfinite_step": self.first_nonfinite_step,
-                "update_skipped": self.update_skipped,
-                "withheld_in_a_row": self.withheld_in_a_row,
-                "rollbacks": self.rollbacks,
-                "epoch_ended": self.epoch_ended,
-            },
+            "counters": {name: copy.copy(getattr(self, name)) for name in CHECKPOINT_COUNTERS},
             # Under run.on_nonfinite = rollback only: the weights a rollback returns to.
             "good_state": None if good is None else {
                 "step": good.step, "model": good.model, "optimizer": good.optimizer,
@@ -801,10 +793,13 @@ class Trainer:
             _set_global_rng_state(payload["rng"])
             self.augment_generator.set_state(payload["rng"]["augment"])
 
-        for name, value in payload["counters"].items():
-            if not hasattr(self, name):
-                raise ConfigError(f"checkpoint counter {name!r} is unknown to this trainlab")
-            setattr(self, name, value)
+        counters = payload["counters"]
+        missing = [name for name in CHECKPOINT_COUNTERS if name not in counters]
+        if missing:
+            raise ConfigError(f"checkpoint counters {', '.join(missing)} are missing: not a "
+                              f"complete format {CHECKPOINT_FORMAT} checkpoint")
+        for name in CHECKPOINT_COUNTERS:
+            setattr(self, name, copy.copy(counters[name]))
         self.changes = copy.deepcopy(list(payload["changes"]))
         good = payload.get("good_state")
         if good is not None and good["optimizer_name"] == self.config.optim.name and not changed:
@@ -816,6 +811,8 @@ class Trainer:
         if any(k in changed for k in SCHEDULE_LENGTH_KEYS):
             self.schedule.total_steps = max(1, self.total_steps())
             notes.append(f"the LR schedule now spans {self.schedule.total_steps} steps")
+        if inits := [k for k in changed if k.startswith("init.")]:
+            notes.append(f"{', '.join(inits)}: no effect, the weights come from the checkpoint")
         return notes
 
     # --- live changes --------------------------------------------------------------
