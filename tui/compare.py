@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +32,6 @@ characters in a table cell; the runs pane shows the whole of the highlighted one
 NOTED_STATUSES = frozenset({"stopped", "failed", "crashed"})
 """Statuses whose reason is worth showing beside the run (why it stopped, failed or
 crashed); a running or finished run's reason says nothing new."""
-AGO_UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
-"""How long ago, in the largest unit that fits (``3h``, not ``187m``)."""
-
 
 @dataclass(frozen=True)
 class RunMetrics:
@@ -181,20 +177,6 @@ def short_names(ids: Sequence[str]) -> dict[str, str]:
     if len(dates) == 1 and all(run_id.count("-") >= 2 for run_id in ids):
         return {run_id: run_id.split("-", 1)[1] for run_id in ids}
     return {run_id: run_id for run_id in ids}
-
-
-def ago(seconds: float) -> str:
-    """``45s``, ``12m``, ``3h``, ``2d``: how long ago, in its largest whole unit."""
-    seconds = max(0.0, seconds)
-    for size, unit in AGO_UNITS:
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return "0s"
-
-
-def age(summary: store.RunSummary, now: float | None = None) -> str:
-    """How long ago the run last recorded something (its start before any event)."""
-    return ago((time.time() if now is None else now) - summary.updated_at)
 
 
 # --- the config table ------------------------------------------------------------------

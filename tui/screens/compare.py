@@ -28,6 +28,7 @@ from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
 from engine import store
+from engine.cli import format_age
 from tui import compare
 from tui.plotting import draw_loss_chart
 from tui.series import Series
@@ -60,7 +61,7 @@ ERROR_STYLE = "red"
 """A run whose store or config cannot be read."""
 RUN_COLUMNS = (("pick", ""), ("run", "run"), ("status", "status"), ("step", "step"),
                ("best", "best val"), ("parent", "parent"), ("label", "label"),
-               ("age", "age"), ("note", "note"))
+               ("age", "last event"), ("note", "note"))
 """The runs table's (column key, header)."""
 READ_GROUP = "compare-read"
 """The worker group of the reading of the compared runs (one at a time)."""
@@ -332,7 +333,7 @@ class CompareScreen(ModalScreen[None]):
             Text(compare.format_number(summary.best_val_loss, "loss"), justify="right"),
             parent,
             summary.label,
-            Text(compare.ago(now - summary.updated_at), justify="right"),
+            Text(format_age(now - summary.updated_at), justify="right"),
             Text(_cut(note), ERROR_STYLE if unreadable else "dim"),
         ]
 
@@ -365,6 +366,8 @@ class CompareScreen(ModalScreen[None]):
             elif highlighted.reason:
                 style = ERROR_STYLE if highlighted.status in compare.NOTED_STATUSES else ""
                 text.append(f": {highlighted.reason}", style)
+            if highlighted.resumable:
+                text.append(f" · trainlab resume {highlighted.id} continues it")
         note.update(text)
 
     @on(DataTable.RowHighlighted, "#runs-table")
