@@ -78,8 +78,9 @@ SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the tables below; a store with a newer one is refused."""
 COMMIT_INTERVAL_S = 0.25
 """Longest a recorded event waits for its commit: readers (``trainlab attach``, the app)
-lag at most this much, a kill -9 loses at most this much, and one commit per interval
-keeps the cost of recording ~10 events a second negligible (one fsync of the WAL each)."""
+lag at most this much and a kill -9 loses at most this much, while a few commits a
+second keep recording cheap (measured: 86 us per 25-step MetricsBatch on 2 busy cores;
+WAL commits do not fsync, only its checkpoints do)."""
 COMMIT_NOW = frozenset({"RunStarted", "StateChanged", "RunFinished", "CheckpointSaved",
                         "EngineFailed", "HyperChanged"})
 """Events committed as soon as they are recorded: a reader must not miss a change of
