@@ -206,8 +206,11 @@ class Checkpoints:
 
         Then ``last.pt`` (and ``last_good.pt`` when ``finite``) point at it, each
         switched atomically, and numbered files beyond ``keep`` are deleted, oldest
-        first. ``payload`` gets ``finite`` under FINITE_KEY (a shallow copy; the
-        caller's dict is not changed).
+        first. Numbered files of later steps are deleted too: a run's steps only grow,
+        so they are what a resume from an older checkpoint left behind (the ones it
+        passed over as corrupt or not finite), no longer part of this run.
+        ``payload`` gets ``finite`` under FINITE_KEY (in a shallow copy; the caller's
+        dict is not changed).
 
         Raises OSError when the numbered file or a link cannot be written (ENOSPC for
         a full disk). last_good.pt then still is the previous good checkpoint, whole;
@@ -232,7 +235,7 @@ class Checkpoints:
             # last.pt at this (whole) one.
             self._point(LAST_GOOD, target)
         _fsync_dir(self.directory)
-        self._rotate()
+        self._rotate(step)
         return target
 
     def _point(self, name: str, target: Path) -> None:
@@ -256,9 +259,13 @@ class Checkpoints:
             tmp.unlink(missing_ok=True)
             raise
 
-    def _rotate(self) -> None:
-        """Delete numbered files beyond ``keep``, oldest first (a link keeps its data)."""
+    def _rotate(self, newest: int) -> None:
+        """Delete numbered files after step ``newest`` and beyond ``keep``, oldest first
+        (a link keeps its data)."""
         steps = self.steps()
+        for step in [s for s in steps if s > newest]:
+            self.path_for(step).unlink(missing_ok=True)
+        steps = [s for s in steps if s <= newest]
         for step in steps[: max(0, len(steps) - self.keep)]:
             self.path_for(step).unlink(missing_ok=True)
 

@@ -91,6 +91,30 @@ def test_rotation_keeps_the_newest_and_last_good_outlives_its_numbered_file(tmp_
     assert checkpoints.steps() == [5]
 
 
+def test_a_resume_from_an_older_checkpoint_drops_the_abandoned_later_ones(tmp_path: Path):
+    checkpoints = Checkpoints(tmp_path, keep=3)
+    checkpoints.save(payload(10), 10, finite=True)
+    checkpoints.save(payload(20), 20, finite=False)  # resumed from 10, the last good one
+    checkpoints.save(payload(11), 11, finite=True)
+    assert checkpoints.steps() == [10, 11]
+    assert checkpoints.load_latest().payload["step"] == 11
+
+
+def test_without_hard_links_last_pt_is_a_copy(tmp_path: Path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    checkpoints = Checkpoints(tmp_path, keep=1)
+    for step in (1, 2):
+        checkpoints.save(payload(step), step, finite=step == 1)
+    assert checkpoints.steps() == [2]
+    assert not (tmp_path / LAST).samefile(checkpoints.path_for(2))
+    assert saved_steps(checkpoints, LAST, LAST_GOOD) == [2, 1]
+    assert checkpoints.load_latest(good=True).payload["step"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_truncated_last_pt_falls_back_to_the_previous_checkpoint(tmp_path: Path):
     checkpoints = Checkpoints(tmp_path, keep=3)
     for step in (1, 2):
