@@ -33,6 +33,7 @@ NOTED_STATUSES = frozenset({"stopped", "failed", "crashed"})
 """Statuses whose reason is worth showing beside the run (why it stopped, failed or
 crashed); a running or finished run's reason says nothing new."""
 
+
 @dataclass(frozen=True)
 class RunMetrics:
     """How far a run got: its final numbers once it finished, its latest ones before."""
