@@ -33,8 +33,10 @@ from tui import compare
 from tui.plotting import draw_loss_chart
 from tui.series import Series
 
-WIDE_COLUMNS = 140
-"""From this width (and ``WIDE_ROWS`` height) on, the four panes share the screen."""
+WIDE_COLUMNS = 160
+"""From this width (and ``WIDE_ROWS`` height) on, the four panes share the screen (the
+app's Train view widens at the same width); narrower, the tables would need scrolling
+sideways to show three runs."""
 WIDE_ROWS = 36
 """Below this height one pane shows at a time, however wide the terminal."""
 PANES = ("runs", "chart", "configs", "metrics")
