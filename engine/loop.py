@@ -964,6 +964,8 @@ class _Saver:
         self._saved_at: int | None = None
         """The step of the newest checkpoint in ``checkpoints`` while the state is still
         the one it holds (None once it moved on)."""
+        self._periodic_at = time.monotonic()
+        """When the last periodic checkpoint was written (the run's start before one)."""
 
     def state_changed(self) -> None:
         """The state moved on without a step (an evaluation, a live change)."""
@@ -975,11 +977,15 @@ class _Saver:
 
     def due(self) -> bool:
         """Is a periodic checkpoint due after the step just taken (run.checkpoint_every,
-        0: an epoch end)? Not when the run ends here: its end writes one anyway."""
+        0: an epoch end, and run.checkpoint_min_seconds since the last one)? Not when the
+        run ends here: its end writes one anyway."""
         if self.checkpoints is None or self.trainer.finished():
             return False
-        every, step = self.trainer.config.run.checkpoint_every, self.trainer.step
-        return step % every == 0 if every else self.trainer.epoch_ended
+        run, step = self.trainer.config.run, self.trainer.step
+        if not (step % run.checkpoint_every == 0 if run.checkpoint_every
+                else self.trainer.epoch_ended):
+            return False
+        return time.monotonic() - self._periodic_at >= run.checkpoint_min_seconds
 
     def _write(self, finite: bool) -> Path:
         assert self.checkpoints is not None
@@ -1012,6 +1018,11 @@ class _Saver:
                              f"({_os_reason(exc)}); {self._previous()}; the run goes on"))
             return
         self.emit(CheckpointSaved(self.trainer.step, str(path)))
+
+    def periodic(self) -> None:
+        """The checkpoint ``due`` asked for; the next one waits run.checkpoint_min_seconds."""
+        self._periodic_at = time.monotonic()
+        self.automatic()
 
     def command(self, path: str) -> None:
         """SaveCheckpoint: into ``path``, or (empty) into the run's checkpoints."""
@@ -1352,6 +1363,6 @@ def _train(trainer: Trainer, control: _Control, saver: _Saver, commands: queue.Q
                         f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
             return end("early_stopped")
         if checkpoint_due:
-            saver.automatic()  # after the evaluation of this step: its counters included
+            saver.periodic()  # after the evaluation of this step: its counters included
         if steps_done:
             emit(StateChanged("paused", trainer.step, "single step done"))

@@ -379,12 +379,17 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
 
             server = RunServer(socket_path(run_dir), str(run_id), commands, history_end)
 
-            def emit(event: Any) -> None:
-                with server.lock:
-                    runs.record(event)
-                    server.publish(event)
+            def pass_on(event: Any) -> None:
+                server.publish(event)
                 if show is not None:
                     show(event)
+
+            # A store that cannot be written (disk full) says so and training goes on.
+            record_and_pass_on = store.recording(runs, pass_on)
+
+            def emit(event: Any) -> None:
+                with server.lock:  # recorded and published together: see RunServer.lock
+                    record_and_pass_on(event)
 
             server.start()
             step = start_from["step"] if start_from else 0

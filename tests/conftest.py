@@ -33,6 +33,7 @@ def tiny_config(**changes: Any) -> Config:
         "run.max_epochs": 0,
         "run.threads": 1,
         "run.dir": str(RUNS_ROOT),
+        "run.checkpoint_min_seconds": 0.0,  # a periodic checkpoint whenever one is due
     }
     base.update({key.replace("__", "."): value for key, value in changes.items()})
     return Config().with_values(base)

@@ -73,10 +73,18 @@ def opening(config: Config, steps: int = 200) -> list[Any]:
 
 
 class FakeEngine:
-    """Records commands; answers them like the loop does; feeds canned events."""
+    """Records commands; answers them like the loop does; feeds canned events.
+
+    Like a served engine it is detachable: ``detach`` leaves the (canned) run as it is,
+    ``stop`` stops it.
+    """
+
+    detachable = True
+    run_dir = None
 
     def __init__(self, script: list[Any] | None = None) -> None:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.detached = False
         self.script = script
         self.commands: list[Any] = []
         self.config: Config | None = None
@@ -132,6 +140,9 @@ class FakeEngine:
         self.feed(protocol.RunFinished(reason, protocol.FinalMetrics(
             self.step, 1, 0.3, 0.4, 0.9, 0.4, self.step, 1.0)))
 
+    async def detach(self) -> None:
+        self.detached = True
+
     async def stop(self) -> None:
         self.stopped = True
 
@@ -139,12 +150,15 @@ class FakeEngine:
 class FakeEngines:
     """An engine factory for the app that keeps every engine it made."""
 
-    def __init__(self, script: list[Any] | None = None) -> None:
+    def __init__(self, script: list[Any] | None = None, *, detachable: bool = True) -> None:
         self.made: list[FakeEngine] = []
         self.script = script
+        self.detachable = detachable
+        """False: engines like the thread engine's (--inline), whose run ends with the app."""
 
     def __call__(self) -> FakeEngine:
         engine = FakeEngine(self.script)
+        engine.detachable = self.detachable
         self.made.append(engine)
         return engine
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -325,6 +326,38 @@ def test_checkpoints_every_epoch_rotated_and_one_at_the_end(tmp_path: Path):
     assert [c.step for c in of_type(events, "CheckpointSaved")] == [4, 8, 10]
     names = [type(e).__name__ for e in events]
     assert names.index("CheckpointSaved") > names.index("MetricsBatch")
+
+
+def test_periodic_checkpoints_keep_run_checkpoint_min_seconds_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A clock that moves 1 s per step (the loop reads it a few times a step, so the
+    # clock is driven by the steps' own count): epoch ends every 5 steps, and a floor
+    # of 12 s lets only every third epoch end write.
+    import engine.loop as loop_module
+
+    trainer_steps: list[int] = []
+    real_step = loop_module.Trainer.train_step
+
+    def counted_step(self):  # type: ignore[no-untyped-def]
+        trainer_steps.append(1)
+        return real_step(self)
+
+    class StepClock:
+        @staticmethod
+        def monotonic() -> float:
+            return float(len(trainer_steps))
+
+        perf_counter = staticmethod(time.perf_counter)
+
+    monkeypatch.setattr(loop_module.Trainer, "train_step", counted_step)
+    monkeypatch.setattr(loop_module, "time", StepClock)
+    config = tiny_config(run__max_steps=0, run__max_epochs=8,
+                         run__checkpoint_min_seconds=12.0)
+    events = _run_with_checkpoints(config, tmp_path)
+    steps = [c.step for c in of_type(events, "CheckpointSaved")]
+    # Epoch ends at 5, 10, ..., 35 and the end at 40: 15 is the first 12 s after the
+    # start, 30 the first 12 s after 15; the end always writes.
+    assert steps == [15, 30, 40]
 
 
 def test_save_checkpoint_without_a_path_goes_to_the_runs_checkpoints(tmp_path: Path):

@@ -30,9 +30,9 @@ from tui.widgets.run_log import RunLog
 from tui.widgets.status_bar import StatusBar
 
 
-def make_app(config: Config | None = None, script: list[Any] | None = None,
-             ) -> tuple[TrainlabApp, FakeEngines]:
-    engines = FakeEngines(script)
+def make_app(config: Config | None = None, script: list[Any] | None = None, *,
+             detachable: bool = True) -> tuple[TrainlabApp, FakeEngines]:
+    engines = FakeEngines(script, detachable=detachable)
     return TrainlabApp(config or Config(), engine_factory=engines), engines
 
 
@@ -277,8 +277,21 @@ async def test_engine_failure_shows_banner_and_traceback_and_restart_recovers() 
         assert not banner.display
 
 
-async def test_quit_asks_while_training_and_stops_the_engine() -> None:
-    app, engines = make_app()
+async def test_quit_leaves_a_run_in_its_own_process_training_without_asking() -> None:
+    attached = protocol.Attached("run-1", 1, "control", 9)
+    app, engines = make_app(script=[*opening(Config()), attached])
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        assert app.run_state.run_id == "run-1"
+        await pilot.press("q")
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmScreen)
+    assert engines.current.detached and not engines.current.stopped
+    assert app.detached_run == "run-1" and app.return_value == 0
+
+
+async def test_quit_asks_while_a_run_in_this_process_trains_and_ends_it() -> None:
+    app, engines = make_app(detachable=False)
     async with app.run_test() as pilot:
         await settle(pilot)
         await pilot.press("q")
@@ -286,17 +299,17 @@ async def test_quit_asks_while_training_and_stops_the_engine() -> None:
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
         await settle(pilot)
-        assert app.is_running and not engines.current.stopped
+        assert app.is_running and not engines.current.detached
         await pilot.press("q")
         await settle(pilot)
         await pilot.press("y")
         await settle(pilot)
-    assert engines.current.stopped
-    assert app.return_value == 0
+    assert engines.current.detached  # a thread engine's detach is its stop
+    assert app.return_value == 0 and app.detached_run == ""
 
 
 async def test_quit_after_the_run_ended_does_not_ask() -> None:
-    app, engines = make_app()
+    app, engines = make_app(detachable=False)
     async with app.run_test() as pilot:
         await settle(pilot)
         engines.current.finish()
@@ -304,11 +317,58 @@ async def test_quit_after_the_run_ended_does_not_ask() -> None:
         await pilot.press("q")
         await settle(pilot)
         assert not isinstance(app.screen, ConfirmScreen)
-        assert engines.current.stopped and app.return_value == 0
+        assert engines.current.detached and app.return_value == 0
+
+
+async def test_x_stops_the_run_after_asking() -> None:
+    app, engines = make_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("x")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await settle(pilot)
+        assert not any(isinstance(c, protocol.Stop) for c in engines.current.commands)
+        await pilot.press("x")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        stops = [c for c in engines.current.commands if isinstance(c, protocol.Stop)]
+        assert stops == [protocol.Stop("stopped from the app")]
+        assert app.run_state.state == "finished"
+        assert app.check_action("stop_run", ()) is None  # nothing left to stop
+
+
+async def test_a_viewer_cannot_steer_until_it_takes_control() -> None:
+    attached = protocol.Attached("run-1", 2, "view", 9)
+    app, engines = make_app(script=[*opening(Config()), attached])
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        s = app.run_state
+        assert s.role == "view" and "view only" in app.sub_title
+        for action in ("toggle_pause", "step", "scale_lr", "toggle_clip", "stop_run",
+                       "save_checkpoint"):
+            assert app.check_action(action, ()) is None, action
+        await pilot.press("space", "plus", "c")
+        await settle(pilot)
+        assert engines.current.commands == []  # the keys are disabled: nothing sent
+        await pilot.press("t")
+        await settle(pilot)
+        assert engines.current.commands == [protocol.TakeControl()]
+        engines.current.feed(protocol.ControlChanged(2, "client 2 took control"))
+        await settle(pilot)
+        assert s.role == "control" and "view only" not in app.sub_title
+        await pilot.press("space")
+        await settle(pilot)
+        assert engines.current.commands[-1] == protocol.Pause()
+        engines.current.feed(protocol.ControlChanged(5, "client 5 took control"))
+        await settle(pilot)
+        assert s.role == "view" and app.check_action("toggle_pause", ()) is None
 
 
 async def test_quit_pressed_twice_shows_one_question_that_still_works() -> None:
-    app, engines = make_app()
+    app, engines = make_app(detachable=False)
     async with app.run_test() as pilot:
         await settle(pilot)
         await pilot.press("ctrl+q", "ctrl+q")
@@ -316,7 +376,7 @@ async def test_quit_pressed_twice_shows_one_question_that_still_works() -> None:
         assert sum(isinstance(screen, ConfirmScreen) for screen in app.screen_stack) == 1
         await pilot.press("y")
         await settle(pilot)
-        assert engines.current.stopped and app.return_value == 0
+        assert engines.current.detached and app.return_value == 0
 
 
 async def test_keys_pressed_faster_than_the_engine_answers_build_on_each_other() -> None:
@@ -455,9 +515,9 @@ async def test_an_event_the_app_cannot_fold_is_reported_and_the_pump_goes_on() -
         engines.current.feed(metrics(206, 5))
         await settle(pilot)
         assert app.run_state.step == 210
-        await pilot.press("q", "y")
+        await pilot.press("q")
         await settle(pilot)
-    assert engines.current.stopped
+    assert engines.current.detached and app.return_value == 0  # the app still quits
 
 
 async def test_chart_redraws_at_most_five_times_a_second() -> None:

@@ -384,6 +384,7 @@ class AppSpy:
     """Stands in for TrainlabApp in tui.cli: keeps what it was opened with."""
 
     opened: ClassVar[list[tuple[Config, LabSession | None]]] = []
+    detached_run = ""
 
     def __init__(self, config: Config, *, lab: LabSession | None = None, **_: Any) -> None:
         AppSpy.opened.append((config, lab))

@@ -28,6 +28,7 @@ from tui import state as parts
 from tui.bridge import Engine, ServedEngine
 from tui.headless import CommandRunner, run_engine_command
 from tui.lab_session import LabSession
+from tui.screens.compare import CompareScreen
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from tui.screens.doctor import DoctorScreen
 from tui.screens.fix_picker import FixPicker
@@ -114,6 +115,7 @@ class TrainlabApp(App[int]):
         Binding("d", "doctor", "Doctor", show=False),
         Binding("L", "find_lr", "LR finder", show=False),
         Binding("i", "lab", "Lab", show=False),
+        Binding("C", "compare", "Compare runs", show=False),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -142,6 +144,8 @@ class TrainlabApp(App[int]):
         "doctor": ("d", "pre-flight doctor: the debugging checklist on the edited config"),
         "find_lr": ("L", "lr finder: range test, its curve and suggestion (a applies it)"),
         "lab": ("i", "the lab: its explanation, runs and results (r redoes the current run)"),
+        "compare": ("C", "compare runs: curves on one chart, configs side by side "
+                    "(differences highlighted), final and best metrics"),
         "help": ("? / F1", "this help"),
         "quit": ("q", "quit; a run in its own process trains on (trainlab attach)"),
     }
@@ -828,6 +832,13 @@ class TrainlabApp(App[int]):
     def action_view(self, view: str) -> None:
         """Show one of the views: train, layers, config, log, alerts."""
         self.query_one(TabbedContent).active = view
+
+    def action_compare(self) -> None:
+        """The compare screen: the runs beside this one (its run.dir), this run picked
+        with its parent and its forks."""
+        run_dir = self.engine.run_dir if self.engine is not None else None
+        root = run_dir.parent if run_dir is not None else self.run_state.config.run.dir
+        self.push_screen(CompareScreen(root, self.run_state.run_id or None))
 
     def action_help(self) -> None:
         """The help screen: keys and views."""

@@ -36,8 +36,9 @@ Runs outlive the app: q leaves a run training in the background; trainlab attach
 and trainlab fork RUN [--from STEP] [--set ...] go on from a checkpoint (in the app,
 or with --headless / --detach without it).
 
-Headless commands: trainlab run --headless | run --detach | runs | resume | fork |
-export | probe | doctor | lr-find | presets | config (trainlab COMMAND -h for each)."""
+Headless commands (trainlab COMMAND -h for each):
+  run --headless, run --detach, runs, resume, fork, export,
+  probe, doctor, lr-find, presets, config"""
 
 
 def build_app_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,12 @@ VIEWS_TEXT = """
 - **Log**: changes, checkpoints, warnings and failures with their traceback.
 - **Alerts**: the doctor's findings while the run trains, newest first: the layers, why,
   the evidence numbers and the numbered fixes (f applies the highlighted one's).
+- **Compare** (C): pick runs, overlay their loss curves, configs side by side with the
+  differences highlighted, final and best metrics.
+
+A run trains in a process of its own: **q** leaves it training (`trainlab attach` opens
+it again), **x** stops it. An app attached to a run another one steers only views it
+until **t** takes control.
 
 Every action is also in the command palette: **ctrl+p**, then type its name.
 
