@@ -261,6 +261,9 @@ class ProgressPrinter:
 
     def on_RunStarted(self, e: protocol.RunStarted) -> None:
         d, m, c = e.dataset, e.model, e.config
+        if e.run_dir:
+            resumed = f", from step {e.resumed_from_step}" if e.resumed_from_step else ""
+            self.say(f"run {os.path.basename(e.run_dir)} in {e.run_dir}{resumed}")
         classes = f", {d.num_classes} classes" if d.num_classes else ", regression"
         self.say(f"data: {d.name} {d.input_shape}: {d.train_size} train / {d.val_size} val"
                  f"{classes}")

@@ -172,6 +172,9 @@ class RunStarted:
     resumed_from_step: int | None = None
     """The step this run continues from, restored from a checkpoint (``trainlab resume``
     or ``fork``): its events go on from step + 1. None for a run from scratch."""
+    run_dir: str = ""
+    """The run's directory (store, checkpoints, log; its name is the run's id) when it
+    is served from one (``engine.serve``: every run of the CLI and the app)."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -358,8 +359,9 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
     the number of the signal that stopped it (None if none did).
 
     ``show`` sees every event too (the headless printer); ``start_from`` is a checkpoint
-    payload to continue from (resume, fork); ``notes`` go to the run log first (what it
-    was started from, which checkpoints were skipped). Raises ``store.RunBusy`` when another
+    payload to continue from (resume, fork); ``notes`` follow RunStarted into the run
+    log (what it was started from, which checkpoints were skipped). RunStarted gets the
+    run directory (``run_dir``). Raises ``store.RunBusy`` when another
     engine serves this run.
     """
     from engine.checkpoint import Checkpoints  # torch: only once a run is served
@@ -387,14 +389,18 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
             # A store that cannot be written (disk full) says so and training goes on.
             record_and_pass_on = store.recording(runs, pass_on)
 
+            step = start_from["step"] if start_from else 0
+
             def emit(event: Any) -> None:
+                if isinstance(event, protocol.RunStarted):
+                    event = dataclasses.replace(event, run_dir=os.fspath(run_dir))
                 with server.lock:  # recorded and published together: see RunServer.lock
                     record_and_pass_on(event)
+                if isinstance(event, protocol.RunStarted):
+                    for note in notes:  # what it was started from, after what was built
+                        emit(protocol.Notice(step, "info", note))
 
             server.start()
-            step = start_from["step"] if start_from else 0
-            for note in (f"run {run_id} in {run_dir}", *notes):
-                emit(protocol.Notice(step, "info", note))
             checkpoints = Checkpoints(run_dir / store.CHECKPOINT_DIR,
                                       keep=config.run.keep_checkpoints)
             try:

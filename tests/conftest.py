@@ -65,6 +65,14 @@ def losses_by_step(events: list[Any]) -> dict[int, float]:
 
 
 @pytest.fixture(autouse=True)
+def _in_a_scratch_directory(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in an empty directory of its own: a run there (the CLI's default
+    run.dir is ./runs) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(autouse=True)
 def _one_torch_thread() -> None:
     """Tests run single-threaded: faster for tiny models, and deterministic."""
     import torch

@@ -161,11 +161,17 @@ def test_config_file_round_trip_through_the_cli(tmp_path: Path, capsys):
     assert from_dict(tomllib.loads(capsys.readouterr().out)) == Config()
 
 
-def test_a_reader_that_leaves_early_stops_the_run_quietly():
+def test_a_reader_that_leaves_early_stops_the_run_quietly(tmp_path):
     proc = subprocess.run(f"{sys.executable} -m engine run --headless | head -1", shell=True,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.stdout.startswith("data: digits")
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert proc.stdout == f"run {run_dir.name} in runs/{run_dir.name}\n"  # the first line
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    from engine import store
+
+    summary = store.summarize(run_dir)
+    assert summary.status == "stopped"  # the reader left: stopped at a step boundary
 
 
 # --- alerts, headless: every fix as --set flags that --set reads back ----------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,8 @@ class RunState:
         # The engine's effective config (e.g. resolved paths) is the truth.
         with contextlib.suppress(ConfigError):
             self.config = from_dict(e.config)
+        if e.run_dir:
+            self.run_id = os.path.basename(e.run_dir)
         d = e.dataset
         self.say("info", f"started: {e.model.arch}, {e.model.params:,} parameters on "
                  f"{d.name} ({d.train_size} train / {d.val_size} val); loss {e.loss}; "
