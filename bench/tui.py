@@ -1,8 +1,9 @@
 """What the app costs training: throughput with the TUI running vs a headless run.
 
-For each model the same config is trained headless (the loop in this process, as
-``trainlab run --headless`` does) and under the app (its default child-process
-engine, the screen drawn by Textual's headless driver at 120x40), interleaved over
+For each model the same config is trained headless (served from a run directory in
+this process, as ``trainlab run --headless`` does) and under the app (its default
+engine: the run served in a process of its own, the screen drawn by Textual's headless
+driver at 120x40), interleaved over
 several rounds because this machine is noisy. Throughput is the engine's own count of
 training: the steps of every ``MetricsBatch`` over the time they took (evaluations and
 the build, which a fresh child process pays with cold imports, are not training).
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import queue
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,17 @@ class TrainingClock:
         return self.steps / self.seconds
 
 
+RUNS = Path(tempfile.mkdtemp(prefix="trainlab-bench-runs-"))
+"""run.dir of the benchmark's runs (never the current directory's ./runs)."""
+
+
 def headless_rate(config: Config) -> float:
-    """Training steps per second of the loop in this process, as the headless CLI runs it."""
-    from engine.loop import run
+    """Training steps per second of the run in this process, as the headless CLI runs it."""
+    from engine import store
+    from engine.serve import serve
 
     clock = TrainingClock()
-    run(config, queue.Queue(), clock)
+    serve(store.new_run(RUNS, config), config, show=clock)
     return clock.rate
 
 
@@ -111,7 +117,7 @@ def main() -> None:
     rounds = 2 if args.quick else args.rounds
     ratios: dict[str, float] = {}
     for name, changes in MODELS.items():
-        config = Config().with_values(changes)
+        config = Config().with_values({**changes, "run.dir": str(RUNS)})
         if args.quick:
             config = config.with_value("run.max_epochs", max(2, config.run.max_epochs // 4))
         headless, tui = [], []

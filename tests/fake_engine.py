@@ -80,6 +80,7 @@ class FakeEngine:
     """
 
     detachable = True
+    replays_history = False
     run_dir = None
 
     def __init__(self, script: list[Any] | None = None) -> None:
@@ -150,15 +151,19 @@ class FakeEngine:
 class FakeEngines:
     """An engine factory for the app that keeps every engine it made."""
 
-    def __init__(self, script: list[Any] | None = None, *, detachable: bool = True) -> None:
+    def __init__(self, script: list[Any] | None = None, *, detachable: bool = True,
+                 replays_history: bool = False) -> None:
         self.made: list[FakeEngine] = []
         self.script = script
         self.detachable = detachable
         """False: engines like the thread engine's (--inline), whose run ends with the app."""
+        self.replays_history = replays_history
+        """True: like an attached engine, the script is history up to its Attached."""
 
     def __call__(self) -> FakeEngine:
         engine = FakeEngine(self.script)
         engine.detachable = self.detachable
+        engine.replays_history = self.replays_history
         self.made.append(engine)
         return engine
 

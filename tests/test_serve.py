@@ -216,3 +216,19 @@ def test_a_deep_run_directory_serves_from_a_short_socket_path(tmp_path: Path) ->
     assert len(os.fsencode(path)) <= SOCKET_PATH_MAX
     assert path == socket_path(deep)  # the server and every client agree
     assert (path.parent.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_and_sighup_stop_the_run_cleanly_too(signum: int) -> None:
+    with engine(**LONG) as (run_dir, process):
+        watcher = Client(socket_path(run_dir), role="view")
+        watcher.next("MetricsBatch")  # it trains
+        process.send_signal(signum)
+        assert process.wait(60) == 128 + signum
+        finished = watcher.next("RunFinished")
+        watcher.close()
+    assert finished.reason == "stopped"
+    name = signal.Signals(signum).name
+    assert name in stored(run_dir, "StateChanged")[-1].reason
+    saved = stored(run_dir, "CheckpointSaved")
+    assert saved and saved[-1].step == finished.final.step

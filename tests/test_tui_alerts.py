@@ -12,7 +12,7 @@ from rich.style import Style
 
 from engine import protocol
 from engine.config import Config
-from tests.fake_engine import LAYERS, FakeEngines, snapshot
+from tests.fake_engine import LAYERS, FakeEngines, opening, snapshot
 from tui.app import ALERT_NOTIFY_SECONDS, TrainlabApp
 from tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from tui.state import ALERTS, LOG, RunState, alert_title
@@ -119,6 +119,20 @@ def test_evidence_and_changes_are_formatted_compactly() -> None:
 def toasts(app: TrainlabApp) -> list[tuple[str, str, str, float]]:
     """The notifications on screen as (title, message, severity, timeout)."""
     return [(n.title, n.message, n.severity, n.timeout) for n in app._notifications]
+
+
+async def test_an_attached_run_pops_up_its_live_alerts_not_its_recorded_ones() -> None:
+    # An attached engine replays the run's history first, then Attached, then live events.
+    engines = FakeEngines([*opening(Config()), alert("saturation"),
+                           protocol.Attached("run-1", 1, "control", 7)], replays_history=True)
+    app = TrainlabApp(Config(), engine_factory=engines)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.run_state.alerts and app.query_one(AlertStrip).display  # it is shown
+        assert toasts(app) == []  # but the past does not pop up
+        engines.current.feed(alert("dead_units", "warning"))
+        await settle(pilot)
+        assert [t[0] for t in toasts(app)] == [f"warning: {alert_title('dead_units')}"]
 
 
 async def test_a_new_alert_shows_in_the_strip_the_alerts_view_and_a_notification() -> None:

@@ -292,13 +292,18 @@ class TrainlabApp(App[int]):
                     changed |= self.run_state.apply(event)
                     self._settle_pending(event)
                     self._react(event)
-                    if isinstance(event, protocol.AlertRaised):
+                    if isinstance(event, protocol.AlertRaised) and self._live(engine):
                         self._notify_alert(event)
                 self._refresh(changed)
             except Exception as exc:  # never let one bad event freeze the screen
                 self.run_state.say("error", f"the app could not show an event: "
                                    f"{type(exc).__name__}: {exc}")
                 self.notify(str(exc), title="Display error", severity="error")
+
+    def _live(self, engine: Engine) -> bool:
+        """Are the engine's events live now, not its run's recorded history (which an
+        attached engine replays first, up to its ``Attached``)?"""
+        return not getattr(engine, "replays_history", False) or bool(self.run_state.client)
 
     def _settle_pending(self, event: Any) -> None:
         """Forget a sent live change once the engine has answered it."""

@@ -84,6 +84,9 @@ class ServedEngine:
     """
 
     detachable = True
+    replays_history = True
+    """Its queue starts with the run's recorded history; ``Attached`` follows it, and
+    every event after that is live (the app pops up no alert of the past)."""
 
     def __init__(self, run_dir: Path | None = None, *, role: str = "control") -> None:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
@@ -124,8 +127,8 @@ class ServedEngine:
         if not isinstance(attached, protocol.Attached):
             self._crashed(f"the engine did not answer Attach: {attached!r}")
             return
-        self.events.put_nowait(attached)
         await self._replay(upto=attached.last_seq)
+        self.events.put_nowait(attached)  # after the history: what follows is live
         self._reader = asyncio.create_task(self._read_events(reader))
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
