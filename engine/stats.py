@@ -20,6 +20,7 @@ Costs (DESIGN.md section 6):
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,8 @@ MIN_SCALAR_INTERVAL_S = 0.25
 most 4 times a second (DESIGN.md section 3), so faster snapshots would never be seen."""
 MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
+MAX_LAYOUTS = 8
+"""Buffer layouts kept (one per set of activation shapes seen; usually one or two)."""
 
 # The activation kinds whose statistics have a meaning beyond mean and std.
 _SATURATION = {
@@ -68,15 +71,6 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(
     {type(build()) for build in ACTIVATION_BUILDERS.values()}
     | {nn.ReLU6, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.Hardtanh, nn.Hardswish}
 )
-
-# Column order of the per-row scalar matrix (one device tensor, one transfer).
-COLUMNS = (
-    "act_mean", "act_std", "act_min", "act_max", "saturated_frac", "dead_frac", "zero_frac",
-    "grad_out_std", "weight_norm", "weight_std", "grad_norm", "grad_std", "grad_max",
-    "update_ratio",
-)
-_COL = {name: i for i, name in enumerate(COLUMNS)}
-
 
 @dataclass
 class Row:
@@ -122,186 +116,369 @@ def find_rows(model: nn.Module, example: torch.Tensor) -> list[Row]:
     return rows
 
 
-# Raw per-tensor reductions stay on the device as small vectors; the arithmetic that
-# turns them into means, stds and fractions runs once for all rows (few, large ops
-# instead of many small ones: on a CPU each small op costs microseconds).
-RAW_MOMENTS = 3
-"""[shift, sum(x - shift), sum((x - shift)^2)] of an activation or backward signal
-(see ``_raw_moments``)."""
 
 
-OVERFLOW_SAFE = 1e15
-"""Below this magnitude float32 sums of squares cannot overflow (for up to ~3e8 values)."""
+# --- the fused reduction ----------------------------------------------------------------
+#
+# On a CPU every torch op costs ~2-5 us of dispatch however small its tensor, and a small
+# model's tracked step is bound by that count, not by arithmetic. So a tracked step copies
+# what it measures into one flat buffer, and a fixed handful of ops reduces everything at
+# once: each tensor is a *segment* that starts on a chunk boundary, one (K, CHUNK) view
+# reduces every chunk of every segment in one op (sum(1), amin(1), ...), and one
+# index_add_ adds the chunk results up per segment. The means, stds and fractions are then
+# a few float64 operations per row on the host, after the one transfer.
+
+CHUNK = 256
+"""Values per chunk of the reduction buffer. Row reductions over 256 values measured
+~1.7x faster per value than over 64, and a segment wastes fewer than 256 values of
+padding."""
 
 
-def _may_overflow(lo: torch.Tensor, hi: torch.Tensor) -> bool:
-    """Could squares of values in [lo, hi] overflow float32? On a CPU reading two numbers
-    waits for nothing, so the cheap path is taken when it is safe; elsewhere that read
-    would be a device sync, so the safe path is always taken."""
-    if lo.device.type != "cpu":
-        return True
-    return max(-lo.item(), hi.item()) > OVERFLOW_SAFE  # NaN compares False: fast path
+def _chunks(n: int) -> int:
+    return max(1, -(-n // CHUNK))
 
 
-def _raw_moments(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> list[torch.Tensor]:
-    """[shift, sum, sum of squares] of ``flat`` - shift.
+class _Layout:
+    """Where each measured tensor of a tracked step lives in one flat buffer.
 
-    Shifting by the first element keeps float32 from cancelling when the mean dwarfs
-    the spread. When the values could overflow float32 squares (exploding activations),
-    they are divided by their largest magnitude first and the sums multiplied back in
-    float64, so the statistics show their size instead of a false "non-finite".
+    Segments, in buffer order: the step's updates (the weights after it, minus those
+    before), the weights the step computed with, the raw gradients, the activation
+    samples. (The backward signals are reduced in their hooks, while in cache: they need
+    only a sum and a norm.)
+    Each segment is padded to whole chunks; before reducing, the padding is set to the
+    segment's first value (its *reference*), which leaves min/max unchanged and adds
+    nothing to sums of ``x - reference``; the host subtracts what the padding adds where
+    sums are not centred. The dead-unit maxima of ReLU-family rows go to a second, small
+    buffer.
+
+    One layout serves one set of activation shapes (``key``); built rarely (first step,
+    a smaller last batch), so its index tensors are made once here.
     """
-    shift = flat[0]
-    if not _may_overflow(lo, hi):
-        centred = flat - shift
-        return [shift, centred.sum(), torch.dot(centred, centred)]
-    scale = torch.maximum((hi - shift).abs(), (lo - shift).abs()).clamp_min(1e-30)
-    unit = (flat - shift).div_(scale)
-    s = scale.double()
-    return [shift, unit.sum() * s, torch.dot(unit, unit) * s * s]
+
+    def __init__(self, rows: list[Row], weights: list[torch.Tensor],
+                 key: tuple[torch.Size | None, ...], device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.key = key
+        starts: list[int] = []
+        sizes: list[int] = []
+        chunk_seg: list[int] = []
+
+        def add(n: int) -> int:
+            starts.append(len(chunk_seg) * CHUNK)
+            sizes.append(n)
+            chunk_seg.extend([len(sizes) - 1] * _chunks(n))
+            return len(sizes) - 1
+
+        n_rows = len(rows)
+        for _group in range(3):  # updates, weights, gradients: the same shapes each
+            for w in weights:
+                add(w.numel())
+            if _group == 0:
+                self.k_d = len(chunk_seg)
+        self.k_w = self.k_d  # chunks of one group
+        self.k_p = len(chunk_seg)  # chunks of the update, weight and gradient segments
+        self.act_rows = [i for i in range(n_rows) if key[i] is not None]
+        self.act_seg = {i: add(math.prod(key[i])) for i in self.act_rows}
+        self.k_pa = len(chunk_seg)
+        k = len(chunk_seg)
+        self.n_seg = n_seg = len(sizes)
+        self.n_rows = n_rows
+        self.n_p = 3 * n_rows
+        self.n_a = n_a = len(self.act_rows)
+        self.sizes = sizes
+        self.starts = starts
+        self.pads = [_chunks(n) * CHUNK - n for n in sizes]
+
+        self.flat = flat = torch.zeros(k * CHUNK, device=device, dtype=dtype)
+
+        def view(seg: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+            return flat[starts[seg] : starts[seg] + sizes[seg]].view(shape)
+
+        self.delta_views = [view(j, w.shape) for j, w in enumerate(weights)]
+        self.prev_views = [view(n_rows + j, w.shape) for j, w in enumerate(weights)]
+        self.grad_views = [view(2 * n_rows + j, w.shape) for j, w in enumerate(weights)]
+        self.act_slot = {i: view(self.act_seg[i], key[i]) for i in self.act_rows}
+        body = flat[: k * CHUNK].view(k, CHUNK)
+        self.d2d, self.w2d = body[: self.k_d], body[self.k_d : 2 * self.k_d]
+        self.ga2d = body[2 * self.k_d : self.k_pa]  # gradients and activations
+        self.body, self.a2d = body, body[self.k_p : self.k_pa]
+        self.scratch = torch.empty_like(self.a2d)
+
+        def index(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        self.start_idx = index(starts)
+        pad_pos = [starts[j] + sizes[j] + p for j in range(n_seg) for p in range(self.pads[j])]
+        pad_seg = [j for j in range(n_seg) for _ in range(self.pads[j])]
+        self.pad_pos, self.pad_seg = index(pad_pos), index(pad_seg)
+
+        # Saturation: one span of activation chunks from the first bounded row to the
+        # last; chunks of unbounded rows in it get an infinite radius (never saturated).
+        bounded = [i for i in self.act_rows if rows[i].act_kind in _SATURATION]
+        self.sat2d: torch.Tensor | None = None
+        sat_slots: list[int] = []
+        if bounded:
+            lo_seg, hi_seg = self.act_seg[bounded[0]], self.act_seg[bounded[-1]]
+            c0 = starts[lo_seg] // CHUNK
+            c1 = (starts[hi_seg] // CHUNK) + _chunks(sizes[hi_seg])
+            self.sat2d = body[c0:c1]
+            row_of_seg = {seg: i for i, seg in self.act_seg.items()}
+            centre, radius = [], []
+            for c in range(c0, c1):
+                kind = rows[row_of_seg[chunk_seg[c]]].act_kind
+                cen, rad = _SATURATION.get(kind, (0.0, math.inf))
+                centre.append(cen)
+                radius.append(rad)
+            self.sat_centre = torch.tensor(centre, device=device, dtype=dtype).view(-1, 1)
+            self.sat_radius = torch.tensor(radius, device=device, dtype=dtype).view(-1, 1)
+            sat_slots = chunk_seg[c0:c1]
+
+        # Dead units: per row the batch maximum of every (unit, position); a unit is dead
+        # when the sum of its positions' maxima is 0 (ReLU-family outputs are >= 0).
+        dead_rows = [i for i in self.act_rows if rows[i].act_kind in _DEAD_CAN_HAPPEN]
+        feats = {i: key[i][1:] for i in dead_rows}
+        dead_sizes = [math.prod(feats[i]) for i in dead_rows]
+        self.dead = torch.zeros(sum(dead_sizes), device=device, dtype=dtype)
+        self.dead_slot: dict[int, torch.Tensor] = {}
+        unit_idx: list[int] = []
+        unit_row: list[int] = []
+        offset = 0
+        self.units = {i: 1 for i in self.act_rows}
+        for i, size in zip(dead_rows, dead_sizes, strict=True):
+            self.dead_slot[i] = self.dead[offset : offset + size].view(feats[i])
+            units = feats[i][0] if feats[i] else 1
+            self.units[i] = units
+            positions = size // units if units else 0
+            base = len(unit_row)
+            unit_idx.extend(base + e // positions for e in range(size))
+            unit_row.extend([i] * units)
+            offset += size
+        self.unit_idx = index(unit_idx)
+        self.n_units = len(unit_row)
+
+        # Slots of the one index_add_: per segment S1 and S2, the sums of x and x^2 (of
+        # x - reference for activations and backward signals), and per activation row
+        # its non-zero, saturated and dead counts.
+        a_pos = {seg: n for n, seg in enumerate(self.act_seg.values())}
+        s2 = n_seg
+        nz = s2 + n_seg
+        sat = nz + n_a
+        dead = sat + n_a
+        self.slot = {"s2": s2, "nz": nz, "sat": sat, "dead": dead}
+        self.n_slots = dead + n_a
+        a = chunk_seg[self.k_p : self.k_pa]
+        self.slot_idx = index(
+            chunk_seg
+            + [s2 + j for j in chunk_seg]
+            + [nz + a_pos[j] for j in a]
+            + [sat + a_pos[j] for j in sat_slots]
+            + [dead + a_pos[self.act_seg[i]] for i in unit_row]
+        )
+        # Maxima and negated minima of the gradient and activation segments.
+        self.n_ext = n_ext = n_rows + n_a
+        ga = [j - 2 * n_rows for j in chunk_seg[2 * self.k_d : self.k_pa]]
+        self.ext_idx = index(ga + [n_ext + j for j in ga])
+
+        # Histograms: HIST_SAMPLES strided values of each tensor (at most; stride
+        # n // HIST_SAMPLES); per row weight, gradient, activation. A shorter tensor's row
+        # is filled up with its first value, counted with weight 0.
+        hist: list[list[int]] = []
+        weight: list[list[float]] = []
+        self.hist_names: list[tuple[int, str]] = []
+        for i in range(n_rows):
+            segs = [(n_rows + i, "weight"), (2 * n_rows + i, "grad")]
+            if i in self.act_seg:
+                segs.append((self.act_seg[i], "act"))
+            for seg, quantity in segs:
+                n = sizes[seg]
+                stride = max(1, n // HIST_SAMPLES)
+                taken = [starts[seg] + p for p in range(0, n, stride)][:HIST_SAMPLES]
+                fill = HIST_SAMPLES - len(taken)
+                hist.append(taken + [starts[seg]] * fill)
+                weight.append([1.0] * len(taken) + [0.0] * fill)
+                self.hist_names.append((i, quantity))
+        # int32 indices: index_select measured 1.3x faster with them than with int64.
+        self.hist_idx = torch.tensor(hist, dtype=torch.int32, device=device).view(-1)
+        self.hist_weight = torch.tensor(weight, device=device).view(-1)
+        self.hist_offset = torch.arange(
+            1, len(hist) * (HIST_BINS + 1), HIST_BINS + 1, dtype=torch.int32, device=device
+        )[:, None]
+        # Accumulators, zeroed in place each step (one op instead of two for a new one).
+        self.hist_counts = torch.zeros(len(hist) * (HIST_BINS + 1), device=device)
+        self.per_unit = torch.zeros(self.n_units, device=device, dtype=dtype)
+        self.slots = torch.zeros(self.n_slots, device=device, dtype=torch.float64)
+        self.ext = torch.zeros(2 * n_ext, device=device, dtype=dtype)
 
 
-def _mean_std(raw: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means and population stds from stacked raw moments (columns 0..2) and counts."""
-    offset = raw[:, 1] / n
-    var = (raw[:, 2] / n - offset * offset).clamp_min(0.0)
-    return raw[:, 0] + offset, var.sqrt()
+def _histograms(lay: _Layout, batch: torch.Tensor) -> list[torch.Tensor]:
+    """[lo, hi, counts] of each row of ``batch`` (H, HIST_SAMPLES): HIST_BINS bins over
+    that row's finite values (0..0 when it has none), behind one dropped bin per row
+    (H * (HIST_BINS + 1) counts). Non-finite values and the fillers of short rows are
+    not counted.
 
-
-ACT_RAW = RAW_MOMENTS + 7
-"""Raw activation vector: moments, min, max, non-zero count, saturated count, dead units,
-sample size, number of units (sizes filled on the device: no host-to-device copy)."""
-
-
-def _count_nonzero(x: torch.Tensor) -> torch.Tensor:
-    """Non-zero elements as a float. ``count_nonzero`` measured 35-260 us on the same
-    64k values depending on their pattern (ReLU outputs were the slow case); this is a
-    steady ~26 us."""
-    return x.sign().abs().sum()
-
-
-def _activation_raw(out: torch.Tensor, kind: str) -> torch.Tensor:
-    """The ACT_RAW reductions of one activation, on the device.
-
-    Moments and counts use the first ACT_SAMPLE_ROWS samples; dead units are counted
-    over the whole batch (a unit is dead when it is 0 for every sample; the units of a
-    conv output are its channels). On a CPU each op costs microseconds of dispatch, so
-    this keeps to the few that each figure needs.
+    On a CPU the range is taken with one amin and one amax, and a second look, with
+    non-finite values masked out (``nan_to_num``: ``isfinite``/``where`` measured 4-10x
+    slower here), only when that range is not finite: reading one number on a CPU waits
+    for nothing. On other devices that read would be a sync, so the masked way is taken
+    and no data-dependent range reaches the host.
     """
-    full = out.detach()
-    flat = full[:ACT_SAMPLE_ROWS].reshape(-1)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    lo, hi = torch.aminmax(flat)
-    moments = _raw_moments(flat, lo, hi)
-    signs = flat.sign()
-    nonzero = (signs if kind in _DEAD_CAN_HAPPEN else signs.abs()).sum()
-    if kind in _SATURATION:
-        centre, radius = _SATURATION[kind]
-        centred = flat - centre if centre else flat
-        saturated = torch.relu(centred.abs() - radius).sign().sum()  # |a - c| > r
-    else:
-        saturated = nonzero * 0.0
-    units = full.shape[1] if full.dim() > 1 else 1
-    if kind in _DEAD_CAN_HAPPEN:
-        # Max over the batch first (contiguous blocks), then over positions: measured up
-        # to 13x faster than one amax over (0, 2, 3) on conv outputs.
-        per_unit = full.amax(0).reshape(units, -1).amax(1)
-        dead = (per_unit <= 0).sum(dtype=torch.float32)
-    else:
-        dead = saturated * 0.0
-    sizes = _constant((float(flat.numel()), float(units)), flat.device)
-    return torch.cat([torch.stack([*moments, lo, hi, nonzero, saturated, dead]), sizes])
-
-
-_constants: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}
-
-
-def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """A small constant vector on the device, made once (a tensor from Python values is
-    a host-to-device copy on a GPU)."""
-    key = (values, device)
-    if key not in _constants:
-        _constants[key] = torch.tensor(values, device=device)
-    return _constants[key]
-
-
-def _strided_sample(x: torch.Tensor) -> torch.Tensor:
-    """At most HIST_SAMPLES values spread over the tensor (a view: no copy)."""
-    flat = x.detach().reshape(-1)
-    return flat[:: max(1, flat.numel() // HIST_SAMPLES)][:HIST_SAMPLES]
-
-
-def _histograms(samples: list[torch.Tensor]) -> torch.Tensor:
-    """(H, 2 + HIST_BINS): [lo, hi, counts...] per sample, all in one batch on the device.
-
-    Each range spans that sample's finite values (0..0 when it has none); non-finite
-    values are not counted. No data-dependent range reaches the host, so no sync.
-    Costs (CPU): ``nan_to_num`` instead of ``isfinite``/``where``, which measured 4-10x
-    slower on these sizes.
-    """
-    batch = torch.nn.utils.rnn.pad_sequence(
-        [s.float() for s in samples], batch_first=True, padding_value=math.nan)
     inf = math.inf
-    lo = torch.nan_to_num(batch, nan=inf, posinf=inf, neginf=inf).amin(1)
-    low = torch.nan_to_num(batch, nan=-inf, posinf=-inf, neginf=-inf)  # non-finite -> -inf
-    hi = low.amax(1)
-    lo = torch.where(torch.isfinite(lo), lo, 0.0)  # (H,) only: cheap
-    hi = torch.where(torch.isfinite(hi), hi, lo)
-    scale = HIST_BINS / (hi - lo).clamp_min(1e-12)
-    # Bin b of a finite value is stored as b + 1; -inf (non-finite, padding) clamps to
-    # 0, a bin that is dropped. The maximum itself falls into the last bin.
-    shifted = (low - lo[:, None]) * scale[:, None] + 1.0
-    bins = shifted.clamp_(0.0, HIST_BINS + 0.999).long()
-    rows = len(samples)
-    flat = (bins + torch.arange(rows, device=batch.device)[:, None] * (HIST_BINS + 1)).reshape(-1)
-    size = rows * (HIST_BINS + 1)
-    if flat.is_cuda:  # bincount would sync to size its output; scatter_add does not
-        counts = torch.zeros(size, device=flat.device).scatter_add_(
-            0, flat, torch.ones_like(flat, dtype=torch.float32))
-    else:  # on a CPU bincount is the fast one
-        counts = torch.bincount(flat, minlength=size).float()
-    counts = counts.reshape(rows, HIST_BINS + 1)[:, 1:]
-    return torch.cat([lo[:, None], hi[:, None], counts], dim=1)
+    lo, hi = batch.amin(1), batch.amax(1)
+    span = hi - lo
+    if batch.device.type != "cpu" or not math.isfinite(span.sum().item()):
+        lo = torch.nan_to_num(batch, nan=inf, posinf=inf, neginf=inf).amin(1)
+        batch = torch.nan_to_num(batch, nan=-inf, posinf=-inf, neginf=-inf)  # -> dropped
+        lo = lo.nan_to_num_(posinf=0.0)  # no finite value: 0..0
+        hi = torch.maximum(batch.amax(1), lo)
+        span = hi - lo
+    scale = (HIST_BINS / span.clamp_min(1e-12))[:, None]
+    # Bin b of row k is counted at k * (HIST_BINS + 1) + 1 + b. x - lo >= 0 for finite
+    # x (the minimum is exactly bin 0), the maximum is clamped into the last bin, and
+    # -inf to -1: the row's dropped bin. Scalar bounds and an int32 offset: a clamp to
+    # per-row tensor bounds measured 8x slower.
+    shifted = torch.sub(batch, lo[:, None]).mul_(scale).clamp_(-1.0, HIST_BINS - 0.001)
+    bins = shifted.int().add_(lay.hist_offset).view(-1)
+    if bins.is_cuda:  # bincount would sync to size its output; scatter_add_ does not
+        counts = lay.hist_counts.zero_().scatter_add_(0, bins.long(), lay.hist_weight)
+    else:  # int32 + bincount measured 1.6x faster than int64 + scatter_add_ on a CPU
+        counts = torch.bincount(bins, lay.hist_weight, minlength=lay.hist_counts.numel())
+    return [lo, hi, counts]  # fillers weigh 0
+
+
+def _reduce(lay: _Layout, after: list[torch.Tensor] | None, signals: list[torch.Tensor],
+            histograms: bool) -> list[float]:
+    """Every reduction of one tracked step over the filled buffer, in one transfer.
+
+    ``after``: the weights after the update (None: no update); ``signals``: the
+    backward signals' sums and norms (0-dim). Returns, concatenated: the segment
+    references, the index_add_ slots, the maxima and negated minima of the gradient and
+    activation segments, ``signals``, then per histogram lo, hi and HIST_BINS counts
+    (all lo first, then all hi). About 40 ops for any number of rows, each over
+    the whole buffer or a part of it, or over a vector of one value per chunk.
+
+    Sums are not centred here (a centring pass over the signals measured ~15% of this
+    function); the host recomputes, centred and in float64, the rare segment whose mean
+    dwarfs its spread (see ``_rows``).
+    """
+    flat, select = lay.flat, torch.index_select  # ~3x faster than tensor[index] here
+    if after is not None:  # the updates: after - before, in place (two ops)
+        torch._foreach_copy_(lay.delta_views, after)
+        lay.d2d.sub_(lay.w2d)
+    ref = select(flat, 0, lay.start_idx)  # each segment's first value
+    if lay.pad_pos.numel():
+        flat.index_put_((lay.pad_pos,), select(ref, 0, lay.pad_seg))  # padding := ref
+    norm = torch.linalg.vector_norm  # ~1.4x faster than a dot per chunk, squared later
+    parts = [lay.body.sum(1), norm(lay.body, dim=1)]
+    lo, hi = lay.ga2d.amin(1), lay.ga2d.amax(1)  # ~2x faster than aminmax(dim=1)
+    # Non-zeros as the sum of sign(x)^2, one norm per chunk (squared below, rounded on
+    # the host; sign gives 0 for NaN, and the host marks those rows).
+    parts.append(norm(torch.sign(lay.a2d, out=lay.scratch), dim=1))
+    if lay.sat2d is not None:  # saturated: |x - centre| > radius, as relu(...).sign()
+        sat = torch.sub(lay.sat2d, lay.sat_centre, out=lay.scratch[: lay.sat2d.shape[0]])
+        parts.append(sat.abs_().sub_(lay.sat_radius).relu_().sign_().sum(1))
+    if lay.n_units:
+        parts.append(lay.per_unit.zero_().index_add_(0, lay.unit_idx, lay.dead) == 0)
+    values = torch.cat(parts).double()
+    k = lay.body.shape[0]
+    values[k : 2 * k + lay.a2d.shape[0]].square_()  # chunk norms -> sums of squares
+    slots = lay.slots.zero_().index_add_(0, lay.slot_idx, values)
+    ext = lay.ext.fill_(-math.inf)
+    ext.scatter_reduce_(0, lay.ext_idx, torch.cat([hi, lo.neg_()]), "amax")
+    out = [ref, slots, ext]
+    if signals:
+        out.append(torch.stack(signals))
+    if histograms:
+        samples = select(flat, 0, lay.hist_idx).view(-1, HIST_SAMPLES)
+        out.extend(_histograms(lay, samples))
+    return torch.cat(out).tolist()  # the one transfer of this snapshot
+
+
+CANCELLATION = 100.0
+"""A segment whose mean^2 exceeds this many variances is summed again, centred: float32
+sums of squares would lose more than ~1e-5 of its variance."""
+
+
+def _exact_sums(segment: torch.Tensor, ref: float) -> tuple[float, float, float]:
+    """(sum of x - ref, sum of (x - ref)^2, 2-norm) of one segment, in float64 and
+    centred on ``ref``: the slow path for a mean that dwarfs the spread, and for values
+    whose float32 squares overflow (|x| > ~1e18), so that exploding statistics show
+    their size instead of a false "non-finite". A second transfer, taken only then."""
+    x = segment.double()
+    c = x - ref
+    total, squares, norm = torch.stack([c.sum(), torch.dot(c, c), torch.linalg.vector_norm(x)])
+    return total.item(), squares.item(), norm.item()
 
 
 class _Recording:
-    """What one tracked step's hooks captured, still on the device."""
+    """What one tracked step's hooks captured: copied into the expected layout's buffer,
+    or, where a shape differs from it, kept aside until the step's layout is known."""
 
-    def __init__(self, rows: list[Row], histograms: bool) -> None:
+    def __init__(self, rows: list[Row], layout: _Layout) -> None:
         self.rows = rows
-        self.histograms = histograms
+        self.layout = layout
         self.act: dict[int, torch.Tensor] = {}
-        """Row -> ACT_RAW reductions of its activation."""
-        self.act_sample: dict[int, torch.Tensor] = {}
-        self.grad_out: dict[int, torch.Tensor] = {}
-        """Row -> raw moments of the backward signal and the sample size."""
+        """Row -> its activation sample (a slot of ``layout`` or a copy)."""
+        self.dead: dict[int, torch.Tensor] = {}
+        """Row -> batch maxima of its activation (ReLU-family rows)."""
+        self.grad_out: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        """Row -> (sample of the backward signal, its sum, its 2-norm). The sample is a
+        view, kept (not copied) for the rare exact recount: held, autograd does not
+        reuse its memory."""
         self._calls: dict[nn.Module, int] = {}
 
     def on_activation(self, module: nn.Module, rows_by_call: dict[int, int],
                       out: object) -> None:
-        """A forward hook's work: the k-th call of ``module`` belongs to row rows_by_call[k]."""
+        """A forward hook's work: the k-th call of ``module`` belongs to row rows_by_call[k].
+
+        Costs: a slice, one copy into the buffer, for ReLU-family rows one amax over the
+        batch, and the backward hook.
+        """
         call = self._calls[module] = self._calls.get(module, -1) + 1
         index = rows_by_call.get(call)
         if index is None or index in self.act or not isinstance(out, torch.Tensor):
             return  # not a row's call, or a repeat pass (L-BFGS evaluates again)
         with torch.no_grad():
-            self.act[index] = _activation_raw(out, self.rows[index].act_kind)
-            if self.histograms:
-                self.act_sample[index] = _strided_sample(out[:ACT_SAMPLE_ROWS])
+            sample = _sample(out)
+            self.act[index] = _keep(self.layout.act_slot.get(index), sample)
+            if self.rows[index].act_kind in _DEAD_CAN_HAPPEN:
+                slot = self.layout.dead_slot.get(index)
+                if (slot is not None and slot.shape == out.shape[1:]
+                        and slot.dtype == out.dtype):
+                    self.dead[index] = torch.amax(out, 0, out=slot)
+                else:
+                    self.dead[index] = out.amax(0)
         if out.requires_grad:
             out.register_hook(self._grad_hook(index))
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             if index not in self.grad_out:
-                with torch.no_grad():
-                    flat = grad[:ACT_SAMPLE_ROWS].reshape(-1).float()
-                    size = _constant((float(flat.numel()),), flat.device)
-                    moments = _raw_moments(flat, *torch.aminmax(flat))
-                    self.grad_out[index] = torch.cat([torch.stack(moments), size])
+                with torch.no_grad():  # two reductions of a tensor still in cache
+                    sample, dtype = _sample(grad), self.layout.flat.dtype
+                    self.grad_out[index] = (sample, sample.sum(dtype=dtype),
+                                            torch.linalg.vector_norm(sample, dtype=dtype))
 
         return hook
+
+    def key(self) -> tuple[torch.Size | None, ...]:
+        """The activation sample shapes of this step: the layout it needs."""
+        return tuple(self.act[i].shape if i in self.act else None
+                     for i in range(len(self.rows)))
+
+
+def _sample(x: torch.Tensor) -> torch.Tensor:
+    """The first ACT_SAMPLE_ROWS samples (a view; the tensor itself when it has no
+    more: one op fewer)."""
+    if not x.dim():
+        return x.reshape(1)
+    return x if x.shape[0] <= ACT_SAMPLE_ROWS else x[:ACT_SAMPLE_ROWS]
+
+
+def _keep(slot: torch.Tensor | None, sample: torch.Tensor) -> torch.Tensor:
+    """Copy ``sample`` into its slot when the shapes agree (one op), else keep a copy."""
+    if slot is not None and slot.shape == sample.shape:
+        return slot.copy_(sample)
+    return sample.detach().clone()
 
 
 class Instruments:
@@ -316,10 +493,12 @@ class Instruments:
         self.cfg = cfg
         self.rows = find_rows(model, example)
         self.weights = [row.weight for row in self.rows]
-        # Built once: a tensor from a list is a host-to-device copy on a GPU.
-        self.weight_sizes = torch.tensor([float(w.numel()) for w in self.weights],
-                                         device=example.device)
-        self._prev = [torch.empty_like(w) for w in self.weights]  # preallocated once
+        self._device = self.weights[0].device if self.weights else example.device
+        self._dtype = functools.reduce(
+            torch.promote_types, [w.dtype for w in self.weights], torch.float32)
+        self._layouts: dict[tuple[torch.Size | None, ...], _Layout] = {}
+        self._layout = self._layout_for((None,) * len(self.rows)) if self.rows else None
+        """The layout the next tracked step copies into: the last step's."""
         self.requested: bool | None = None
         """An on-demand snapshot is due: None, or whether it includes histograms."""
         self._last_scalar = -math.inf
@@ -401,11 +580,12 @@ class Instruments:
         """
         histograms = self._histograms_due(step)
         self.requested = None
-        rec = _Recording(self.rows, histograms)
+        rec = _Recording(self.rows, self._layout)
         handles = self._attach(rec)
-        tracker = _Tracker(self, rec)
-        if update:
-            torch._foreach_copy_(self._prev, [w.detach() for w in self.weights])
+        tracker = _Tracker(self, rec, histograms)
+        if update and self._layout is not None:
+            with torch.no_grad():  # the weights this step computes with: one _foreach op
+                torch._foreach_copy_(self._layout.prev_views, self.weights)
         try:
             yield tracker
         finally:
@@ -416,6 +596,16 @@ class Instruments:
         self._last_scalar = now
         if histograms:
             self._last_hist = now
+
+    def _layout_for(self, key: tuple[torch.Size | None, ...]) -> _Layout:
+        """The buffer layout for these activation shapes, made once and kept (a few)."""
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= MAX_LAYOUTS:  # forget the oldest
+                self._layouts.pop(next(iter(self._layouts)))
+            layout = self._layouts[key] = _Layout(
+                self.rows, self.weights, key, self._device, self._dtype)
+        return layout
 
     def take(self) -> LayerStatsSnapshot | None:
         """The snapshot of the last tracked step (once)."""
@@ -441,177 +631,192 @@ def first_nonfinite(snapshot: LayerStatsSnapshot) -> tuple[str, str] | None:
     return None
 
 
-def _tensor_raw(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(L, 4): sum, min, max and 2-norm of each weight or gradient tensor.
-
-    The norms come from one _foreach call for all tensors; max |x| is derived from min
-    and max (an inf-norm measured 25x slower than aminmax on a CPU).
-    """
-    flats = [t.detach().reshape(-1) for t in tensors]
-    extremes = [torch.aminmax(flat) for flat in flats]
-    # Float64 norms (3.5x slower on a CPU) only where float32 squares could overflow.
-    wide = any(_may_overflow(lo, hi) for lo, hi in extremes)
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float64 if wide else None)
-    return torch.stack([
-        torch.stack([flat.sum(), lo, hi, norm])  # sums stay far from overflow
-        for flat, (lo, hi), norm in zip(flats, extremes, norms, strict=True)
-    ])
-
-
-def _tensor_columns(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(L, 3): norm, std and max |x| from ``_tensor_raw``.
-
-    The std comes from the norm and the sum already at hand (no pass over the data of
-    its own). In float32 that cancels below about 3e-4 of |mean|; all-equal values
-    (min == max, the symmetry problem) give exactly 0.
-    """
-    total, lo, hi, norm = raw.unbind(1)
-    mean = total / counts
-    var = (norm * norm / counts - mean * mean).clamp_min(0.0)
-    std = torch.where(lo == hi, 0.0, var.sqrt())
-    return torch.stack([norm, std, torch.maximum(lo.abs(), hi.abs())], dim=1)
 
 
 class _Tracker:
     """The per-step half of Instruments: gradient statistics and the final assembly."""
 
-    def __init__(self, owner: Instruments, rec: _Recording) -> None:
+    def __init__(self, owner: Instruments, rec: _Recording, histograms: bool) -> None:
         self.owner = owner
         self.rec = rec
-        self._grads: torch.Tensor | None = None
-        self._grad_samples: list[torch.Tensor] = []
+        self.histograms = histograms
+        self.has_grads = False
 
     def after_backward(self) -> None:
-        """Read the raw gradients (before clipping); later calls are ignored."""
-        if self._grads is not None or not self.owner.weights:
+        """Copy the raw gradients (before clipping) into the buffer; later calls are
+        ignored. One _foreach op; a weight without a gradient counts as zeros."""
+        if self.has_grads or self.rec.layout is None:
             return
-        grads = [w.grad if w.grad is not None else torch.zeros_like(w)
-                 for w in self.owner.weights]
+        views = self.rec.layout.grad_views
+        grads = [w.grad for w in self.owner.weights]
         with torch.no_grad():
-            self._grads = _tensor_raw(grads)
-            if self.rec.histograms:
-                self._grad_samples = [_strided_sample(g).clone() for g in grads]
+            torch._foreach_copy_([v for v, g in zip(views, grads, strict=True) if g is not None],
+                                 [g for g in grads if g is not None])
+            for view, grad in zip(views, grads, strict=True):
+                if grad is None:
+                    view.zero_()
+        self.has_grads = True
 
     def finish(self, step: int, *, update: bool) -> LayerStatsSnapshot:
-        """Assemble every row and histogram and bring them to the host in one transfer."""
+        """Reduce everything and bring it to the host in one transfer, then assemble."""
         owner, rows, rec = self.owner, self.owner.rows, self.rec
-        after = [w.detach() for w in owner.weights]
-        # Weight figures describe the weights this step computed with (before its
-        # update): a NaN that the update spreads upstream is then not blamed on them.
-        used = owner._prev if update else after
-        n = len(rows)
-        device = after[0].device if after else torch.device("cpu")
+        if not rows or rec.layout is None:
+            return LayerStatsSnapshot(step=step, layers=(), histograms=(),
+                                      sample_rows=ACT_SAMPLE_ROWS, overhead=owner.overhead)
+        lay = owner._layout_for(rec.key())
         with torch.no_grad():
-            table = torch.full((n, len(COLUMNS)), math.nan, device=device,
-                               dtype=torch.float64)
-            if n:
-                sizes = owner.weight_sizes
-                # Weights and gradients through one set of ops (each op costs dispatch).
-                raw = _tensor_raw(used)
-                if self._grads is not None:
-                    raw, sizes = torch.cat([raw, self._grads]), sizes.repeat(2)
-                columns = _tensor_columns(raw, sizes)
-                weight = columns[:n]
-                table[:, _COL["weight_norm"]] = weight[:, 0]
-                table[:, _COL["weight_std"]] = weight[:, 1]
-                if self._grads is not None:
-                    table[:, _COL["grad_norm"] : _COL["grad_max"] + 1] = columns[n:]
-                if update:
-                    delta = torch.stack(torch._foreach_norm(torch._foreach_sub(after, used)))
-                    table[:, _COL["update_ratio"]] = delta / weight[:, 0].clamp_min(1e-30)
-                if rec.act:
-                    self._fill_activations(table, device)
-            hists: list[tuple[str, str]] = []
-            samples: list[torch.Tensor] = []
-            if rec.histograms:
-                for i, row in enumerate(rows):
-                    hists.append((row.name, "weight"))
-                    samples.append(_strided_sample(used[i]))
-                    if self._grad_samples:
-                        hists.append((row.name, "grad"))
-                        samples.append(self._grad_samples[i])
-                    if i in rec.act_sample:
-                        hists.append((row.name, "act"))
-                        samples.append(rec.act_sample[i])
-            parts = [table.reshape(-1)]
-            if samples:
-                parts.append(_histograms(samples).reshape(-1))
-            values = torch.cat(parts).cpu().tolist()  # the one transfer of this snapshot
-        width = len(COLUMNS)
-        layer_rows = tuple(
-            _layer_stats(row, values[i * width : (i + 1) * width], measured=i in rec.act)
-            for i, row in enumerate(rows)
-        )
-        offset = n * width
-        hist_width = 2 + HIST_BINS
-        histograms = tuple(
-            Histogram(name, quantity, lo=chunk[0], hi=chunk[1],
-                      counts=tuple(map(int, chunk[2:])))
-            for k, (name, quantity) in enumerate(hists)
-            for chunk in [values[offset + k * hist_width : offset + (k + 1) * hist_width]]
-        )
+            if lay is not rec.layout:
+                _move(rec, lay)
+            owner._layout = lay  # the next step expects these shapes again
+            # Weight figures describe the weights this step computed with (before its
+            # update): a NaN that the update spreads upstream is then not blamed on them.
+            after = owner.weights  # read under no_grad: no detach needed
+            if not update:  # the weights as they are (the init probe)
+                torch._foreach_copy_(lay.prev_views, after)
+            signals = [t for i in sorted(rec.grad_out) for t in rec.grad_out[i][1:]]
+            values = _reduce(lay, after if update else None, signals, self.histograms)
         return LayerStatsSnapshot(
             step=step,
-            layers=layer_rows,
-            histograms=histograms,
+            layers=_rows(lay, values, rows, rec, grads=self.has_grads, update=update),
+            histograms=_histogram_events(lay, values, rows, grads=self.has_grads)
+            if self.histograms else (),
             sample_rows=ACT_SAMPLE_ROWS,
             overhead=owner.overhead,
         )
 
-    def _fill_activations(self, table: torch.Tensor, device: torch.device) -> None:
-        """Activation and backward-signal columns, vectorized over the rows; a row whose
-        activation did not run this step stays NaN (reported as None)."""
-        rec, n = self.rec, len(self.owner.rows)
-        missing = torch.full((ACT_RAW,), math.nan, device=device, dtype=torch.float64)
-        raw = torch.stack([rec.act.get(i, missing) for i in range(n)])
-        r = RAW_MOMENTS
-        counts, units = raw[:, r + 5], raw[:, r + 6]
-        mean, std = _mean_std(raw, counts)
-        # sign() maps NaN to 0: a non-finite activation's shares would read as zeros,
-        # so they are NaN (not measurable) wherever the moments are not finite.
-        finite = torch.isfinite(mean) & torch.isfinite(std)
-        nan = torch.full_like(mean, math.nan)
-        table[:, 0:7] = torch.stack([
-            mean, std, raw[:, r], raw[:, r + 1],
-            torch.where(finite, raw[:, r + 3] / counts, nan),  # saturated share
-            raw[:, r + 4] / units,  # dead units share (from the max: NaN-safe)
-            torch.where(finite, 1.0 - raw[:, r + 2] / counts, nan),  # zeros share
-        ], dim=1)
-        if rec.grad_out:
-            no_grad = torch.full((RAW_MOMENTS + 1,), math.nan, device=device,
-                                 dtype=torch.float64)
-            graw = torch.stack([rec.grad_out.get(i, no_grad) for i in range(n)])
-            table[:, _COL["grad_out_std"]] = _mean_std(graw, graw[:, RAW_MOMENTS])[1]
+
+def _move(rec: _Recording, lay: _Layout) -> None:
+    """Copy what the step recorded into the layout its shapes need (a step whose shapes
+    differ from the last one's: the first, or a smaller last batch)."""
+    p = lay.k_p * CHUNK  # weights and gradients: the same place in every layout
+    lay.flat[:p].copy_(rec.layout.flat[:p])
+    for i, src in rec.act.items():
+        lay.act_slot[i].copy_(src)
+    for i, src in rec.dead.items():
+        lay.dead_slot[i].copy_(src)
+    rec.layout = lay
+
+
+def _sqrt(var: float) -> float:
+    """sqrt of a variance that float rounding may have made slightly negative; NaN stays."""
+    return math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
+
+
+def _max_abs(lo: float, hi: float) -> float:
+    return math.nan if math.isnan(lo) or math.isnan(hi) else max(abs(lo), abs(hi))
+
+
+def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
+          grads: bool, update: bool) -> tuple[LayerStats, ...]:
+    """Per-row figures from the transferred sums, in float64 on the host (a few dozen
+    float operations per row)."""
+    n, ns, n_ext = len(rows), lay.n_seg, lay.n_ext
+    ref = v[:ns]
+    slots = v[ns : ns + lay.n_slots]
+    o = ns + lay.n_slots
+    ext = v[o : o + 2 * n_ext]
+    o += 2 * n_ext
+    signals = {i: (v[o + 2 * k], v[o + 2 * k + 1]) for k, i in enumerate(sorted(rec.grad_out))}
+    s2, nz, sat, dead = (lay.slot[k] for k in ("s2", "nz", "sat", "dead"))
+
+    def moments(j: int) -> tuple[float, float, float]:
+        """(mean, variance, sum of squares) of segment ``j``, from sums of x and x^2.
+
+        Where the mean dwarfs the spread (float32 squares cancel: constant weights, a
+        regression head's offset) or the squares overflowed float32, they are summed
+        again on the device, centred on the first value and in float64.
+        """
+        size, r, pad = lay.sizes[j], ref[j], lay.pads[j]
+        squares = slots[s2 + j] - pad * r * r  # the padding repeats the first value
+        mean = (slots[j] - pad * r) / size
+        var = squares / size - mean * mean
+        if math.isfinite(mean) and not (math.isfinite(var) and mean * mean <= CANCELLATION * var):
+            start = lay.starts[j]
+            total, centred, norm = _exact_sums(lay.flat[start : start + size], r)
+            offset = total / size
+            mean, var, squares = r + offset, centred / size - offset * offset, norm * norm
+        return mean, var, squares
+
+    def signal_std(i: int) -> float:
+        """Std of row ``i``'s backward signal from the sum and norm its hook took."""
+        sample = rec.grad_out[i][0]
+        total, norm = signals[i]
+        size = sample.numel()
+        mean = total / size
+        var = norm * norm / size - mean * mean
+        if math.isfinite(mean) and not (math.isfinite(var) and mean * mean <= CANCELLATION * var):
+            flat = sample.reshape(-1)
+            total, centred, _ = _exact_sums(flat, float(flat[0]))
+            var = centred / size - (total / size) ** 2
+        return _sqrt(var)
+
+    def tensor_figures(j: int) -> tuple[float, float]:
+        """(norm, std) of a weight or gradient segment."""
+        _, var, squares = moments(j)
+        return _sqrt(squares), _sqrt(var)
+
+    nan = math.nan
+    out = []
+    for i, row in enumerate(rows):
+        kind = row.act_kind
+        w_norm, w_std = tensor_figures(n + i)
+        g_norm = g_std = g_max = nan
+        if grads:
+            g_norm, g_std = tensor_figures(2 * n + i)
+            g_max = _max_abs(-ext[n_ext + i], ext[i])
+        ratio = None
+        if update:  # the update's norm: its sum of squares, less the padding's
+            delta = _sqrt(slots[s2 + i] - lay.pads[i] * ref[i] * ref[i])
+            ratio = _none_if_nan(delta / (w_norm if w_norm > 1e-30 or
+                                          math.isnan(w_norm) else 1e-30))
+        mean = std = lo = hi = zeros = saturated = dead_share = grad_out = None
+        if i in rec.act:
+            j = lay.act_seg[i]
+            a, e = j - lay.n_p, j - 2 * n
+            size, r, pad = lay.sizes[j], ref[j], lay.pads[j]
+            mean, var, _ = moments(j)
+            std = _sqrt(var)
+            lo, hi = -ext[n_ext + e], ext[e]
+            # sign() maps NaN to 0: a non-finite activation's shares would read as
+            # zeros, so they are NaN (not measurable) where the moments are not finite.
+            finite = math.isfinite(mean) and math.isfinite(std)
+            nonzero = slots[nz + a]  # from norms of sign(x): integers up to rounding
+            zeros = 1.0 - (round(nonzero) - pad * (r != 0.0)) / size if finite else nan
+            if kind in _SATURATION:
+                centre, radius = _SATURATION[kind]
+                padded = pad * (abs(r - centre) > _FLOAT32[radius])
+                saturated = (slots[sat + a] - padded) / size if finite else nan
+            if kind in _DEAD_CAN_HAPPEN:
+                dead_share = slots[dead + a] / lay.units[i]  # from maxima: NaN-safe
+            if i in signals:
+                grad_out = _none_if_nan(signal_std(i))
+        out.append(LayerStats(
+            name=row.name, kind=type(row.layer).__name__, activation=kind, act_mean=mean,
+            act_std=std, act_min=lo, act_max=hi, saturated_frac=saturated,
+            dead_frac=dead_share, zero_frac=zeros, grad_out_std=grad_out, weight_norm=w_norm,
+            weight_std=w_std, grad_norm=g_norm, grad_std=g_std, grad_max=g_max,
+            update_ratio=ratio))
+    return tuple(out)
+
+
+_FLOAT32 = {r: float(torch.tensor(r, dtype=torch.float32)) for _, r in _SATURATION.values()}
+"""The saturation radii as the device compares them (float32), for the host's correction."""
+
+
+def _histogram_events(lay: _Layout, v: list[float], rows: list[Row], *,
+                      grads: bool) -> tuple[Histogram, ...]:
+    """The histograms at the end of the transferred values: all lo, all hi, then per
+    histogram its dropped bin and HIST_BINS counts."""
+    h, width = len(lay.hist_names), HIST_BINS + 1
+    o = len(v) - h * (2 + width)
+    counts = o + 2 * h + 1
+    return tuple(
+        Histogram(rows[i].name, quantity, lo=v[o + k], hi=v[o + h + k],
+                  counts=tuple(map(int, v[counts + k * width : counts + k * width + HIST_BINS])))
+        for k, (i, quantity) in enumerate(lay.hist_names)
+        if grads or quantity != "grad"
+    )
 
 
 def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
-
-
-def _layer_stats(row: Row, v: list[float], *, measured: bool) -> LayerStats:
-    """One row from its scalar columns; activation figures None when its activation
-    did not run this step (e.g. a layer skipped by stochastic depth)."""
-    c = _COL
-
-    def act(name: str) -> float | None:
-        return v[c[name]] if measured else None
-
-    return LayerStats(
-        name=row.name,
-        kind=type(row.layer).__name__,
-        activation=row.act_kind,
-        act_mean=act("act_mean"),
-        act_std=act("act_std"),
-        act_min=act("act_min"),
-        act_max=act("act_max"),
-        saturated_frac=act("saturated_frac") if row.act_kind in _SATURATION else None,
-        dead_frac=act("dead_frac") if row.act_kind in _DEAD_CAN_HAPPEN else None,
-        zero_frac=act("zero_frac"),
-        grad_out_std=_none_if_nan(v[c["grad_out_std"]]) if measured else None,
-        weight_norm=v[c["weight_norm"]],
-        weight_std=v[c["weight_std"]],
-        grad_norm=v[c["grad_norm"]],
-        grad_std=v[c["grad_std"]],
-        grad_max=v[c["grad_max"]],
-        update_ratio=_none_if_nan(v[c["update_ratio"]]),
-    )

@@ -944,3 +944,165 @@ def test_budget_picks_the_cadence_from_measured_costs() -> None:
     assert inst.overhead == pytest.approx(0.001 / 0.511, rel=1e-6)
     inst.cfg = StatsConfig(every=10, budget=0.0)
     assert inst.interval() == 10  # budget off: the fixed cadence again
+
+
+# --- the fused reduction: every row of one buffer against a per-layer reference ---------
+
+
+def mixed_model() -> nn.Sequential:
+    """Conv and linear layers, ReLU, tanh and sigmoid rows in one buffer; sizes that are
+    not multiples of stats.CHUNK (so segments end in padding), tanh pushed into
+    saturation (so the padding repeats a saturated first value)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, 5, 3, padding=1), nn.Tanh(),
+        nn.Flatten(), nn.Linear(125, 7), nn.Sigmoid(),
+        nn.Linear(7, 3),
+    )
+    with torch.no_grad():
+        model[0].bias[1] = -50.0  # ReLU channel 1: dead
+        model[2].weight.mul_(40.0)  # tanh: mostly saturated
+        model[5].bias[:2] = 9.0  # sigmoid units 0-1 near 1
+    return model
+
+
+MIXED_KINDS = ["ReLU", "Tanh", "Sigmoid", ""]
+
+
+def mixed_reference(model: nn.Sequential, x: torch.Tensor, target: torch.Tensor
+                    ) -> list[dict[str, Any]]:
+    """Every figure of every row from a manual forward pass, autograd and numpy."""
+    w = [model[i].weight for i in (0, 2, 5, 7)]
+    b = [model[i].bias for i in (0, 2, 5, 7)]
+    a0 = torch.clamp_min(F.conv2d(x, w[0], b[0], padding=1), 0.0)
+    a1 = torch.tanh(F.conv2d(a0, w[1], b[1], padding=1))
+    a2 = torch.sigmoid(a1.reshape(len(x), -1) @ w[2].T + b[2])
+    out = a2 @ w[3].T + b[3]
+    acts = [a0, a1, a2, out]
+    loss = F.mse_loss(out, target)
+    grad_outs = torch.autograd.grad(loss, acts, retain_graph=True)
+    grads = torch.autograd.grad(loss, w)
+    refs = []
+    for a, kind, g_out, wt, g in zip(acts, MIXED_KINDS, grad_outs, w, grads, strict=True):
+        ref: dict[str, Any] = act_reference(a, kind)
+        if kind == "ReLU":  # conv units are channels: dead over samples and pixels
+            whole = a.detach().double().numpy()
+            ref["dead_frac"] = float(np.mean(np.all(whole == 0.0, axis=(0, 2, 3))))
+        wn, gn = wt.detach().double().numpy(), g.double().numpy()
+        ref.update(grad_out_std=pop_std(g_out[:ACT_SAMPLE_ROWS]),
+                   weight_norm=float(np.linalg.norm(wn)), weight_std=float(wn.std()),
+                   grad_norm=float(np.linalg.norm(gn)), grad_std=float(gn.std()),
+                   grad_max=float(np.abs(gn).max()))
+        refs.append(ref)
+    return refs
+
+
+def assert_rows_match(snap: LayerStatsSnapshot, refs: list[dict[str, Any]]) -> None:
+    assert [r.activation for r in snap.layers] == MIXED_KINDS
+    for row, ref in zip(snap.layers, refs, strict=True):
+        for key, expected in ref.items():
+            got = getattr(row, key)
+            if expected is None:
+                assert got is None, f"{row.name}.{key}"
+            else:
+                assert got == pytest.approx(expected, rel=1e-4, abs=1e-7), f"{row.name}.{key}"
+
+
+@pytest.mark.parametrize("batch", [ACT_SAMPLE_ROWS + 6, 9])
+def test_fused_rows_match_a_per_layer_reference(batch: int) -> None:
+    model = mixed_model()
+    torch.manual_seed(4)
+    x, target = torch.randn(batch, 1, 5, 5), torch.randn(batch, 3)
+    sizes = [ACT_SAMPLE_ROWS * 3 * 25, ACT_SAMPLE_ROWS * 5 * 25, ACT_SAMPLE_ROWS * 7]
+    assert all(n % stats.CHUNK for n in sizes)  # every activation segment is padded
+    snap = measure(model, x, lambda out: F.mse_loss(out, target))
+    refs = mixed_reference(model, x, target)
+    assert refs[1]["saturated_frac"] > 0.5 and refs[0]["dead_frac"] >= 1 / 3
+    assert_rows_match(snap, refs)
+
+
+def test_fused_rows_follow_changing_batch_sizes(exact_schedule: None) -> None:
+    """A smaller batch needs another buffer layout (and the weights before the update
+    move there); the next full batch goes back. Every snapshot matches the reference,
+    and the histograms of short tensors count only their real values."""
+    model = mixed_model()
+    layers = [model[i] for i in (0, 2, 5, 7)]
+    inst = Instruments(model, torch.zeros(2, 1, 5, 5), EVERY_STEP)
+    torch.manual_seed(5)
+    for step, batch in enumerate([70, 11, 70, 11, 3], start=1):
+        x, target = torch.randn(batch, 1, 5, 5), torch.randn(batch, 3)
+        refs = mixed_reference(model, x, target)
+        before = [m.weight.detach().clone() for m in layers]
+        with inst.track(step) as tracker:
+            model.zero_grad()
+            F.mse_loss(model(x), target).backward()
+            tracker.after_backward()
+            sgd_step(model, 0.01)
+        snap = inst.take()
+        assert_rows_match(snap, refs)
+        for row, m, w0 in zip(snap.layers, layers, before, strict=True):
+            expected = float((m.weight.detach() - w0).norm() / w0.norm())
+            assert row.update_ratio == pytest.approx(expected, rel=1e-4)
+        assert len(snap.histograms) == 12
+        sample = min(batch, ACT_SAMPLE_ROWS)
+        act_sizes = [sample * 3 * 25, sample * 5 * 25, sample * 7, sample * 3]
+        for h in snap.histograms:
+            k = [r.name for r in snap.layers].index(h.layer)
+            if h.quantity == "weight":
+                assert_histogram(h, before[k])  # conv 0 has 27 weights: the rest filler
+            size = act_sizes[k] if h.quantity == "act" else before[k].numel()
+            assert sum(h.counts) == min(size, HIST_SAMPLES)
+
+
+def test_a_nan_row_leaves_the_other_rows_of_the_buffer_intact() -> None:
+    model = mixed_model()
+    torch.manual_seed(6)
+    x, target = torch.randn(20, 1, 5, 5), torch.randn(20, 3)
+    refs = mixed_reference(model, x, target)
+    with torch.no_grad():
+        model[5].weight[0, 0] = math.nan  # the sigmoid row's activations turn NaN
+    snap = measure(model, x, lambda out: F.mse_loss(out, target))
+    relu, tanh, sigm, head = snap.layers
+    assert first_nonfinite(snap) == ("5", "weight")
+    for key in ("act_mean", "act_std", "act_min", "act_max", "zero_frac", "dead_frac"):
+        assert getattr(relu, key) == pytest.approx(refs[0][key], rel=1e-4, abs=1e-7), key
+    assert tanh.act_std == pytest.approx(refs[1]["act_std"], rel=1e-4)
+    assert tanh.saturated_frac == pytest.approx(refs[1]["saturated_frac"], rel=1e-4)
+    assert relu.weight_norm == pytest.approx(refs[0]["weight_norm"], rel=1e-5)
+    # The NaN row: moments NaN, and its shares not measurable (NaN), not 0.
+    assert math.isnan(sigm.act_mean) and math.isnan(sigm.zero_frac)
+    assert math.isnan(sigm.saturated_frac)
+    assert math.isnan(head.act_mean) and math.isnan(sigm.weight_norm)
+
+
+def test_exploding_activations_show_their_size() -> None:
+    """Values whose float32 squares overflow are summed again in float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Identity(), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(1e21)
+    x = torch.randn(8, 4)
+    snap = measure(model, x, lambda out: out.sum())
+    a = model[0](x).detach()
+    assert math.isfinite(snap.layers[0].act_std)
+    assert snap.layers[0].act_std == pytest.approx(pop_std(a), rel=1e-4)
+    assert snap.layers[0].weight_norm == pytest.approx(
+        float(np.linalg.norm(model[0].weight.detach().double().numpy())), rel=1e-5)
+
+
+def test_a_constant_backward_signal_has_std_zero() -> None:
+    """out.mean(): every output gets the gradient 1/N, a mean that dwarfs its spread."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    snap = measure(model, torch.randn(50, 4), lambda out: out.mean())
+    assert snap.layers[1].grad_out_std == 0.0
+    assert snap.layers[0].grad_out_std > 0.0
+
+
+def test_float64_models_are_measured_in_float64() -> None:
+    model = mixed_model().double()
+    torch.manual_seed(4)
+    x, target = torch.randn(30, 1, 5, 5).double(), torch.randn(30, 3).double()
+    snap = measure(model, x, lambda out: F.mse_loss(out, target))
+    assert_rows_match(snap, mixed_reference(model, x, target))
