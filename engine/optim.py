@@ -79,9 +79,13 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
         ("beta1", "beta2", "eps", "weight_decay"),
     ),
     "rprop": OptimizerEntry(torch.optim.Rprop, lambda c: {}, (), full_batch=True),
+    # With a strong-Wolfe line search, as L-BFGS is meant to run: without one a step of
+    # lr 1 can overshoot and diverge, and whether it did depended on the BLAS kernels
+    # (the optimizers lab's L-BFGS run reached 1.5e12 on one machine, 0.013 on another;
+    # with the line search 0.013 on both).
     "lbfgs": OptimizerEntry(
         torch.optim.LBFGS,
-        lambda c: {"max_iter": c.lbfgs_iters},
+        lambda c: {"max_iter": c.lbfgs_iters, "line_search_fn": "strong_wolfe"},
         ("lbfgs_iters",),
         full_batch=True,
     ),
