@@ -129,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_runs_dir_arg(p: argparse.ArgumentParser) -> None:
+    """--dir: where the commands that read run directories look for them."""
+    p.add_argument("--dir", default=Config().run.dir, metavar="DIR",
+                   help=f"directory that holds the runs (default: run.dir, "
+                   f"{Config().run.dir!r})")
+
+
+def add_run_args(p: argparse.ArgumentParser, *, newest_by_default: bool) -> None:
+    """RUN and --dir: how every command that reads one run directory is told which."""
+    default = " (default: the newest run)" if newest_by_default else ""
+    p.add_argument("run", nargs="?" if newest_by_default else None, metavar="RUN",
+                   help=f"run id, a unique prefix of one, or a run directory{default}")
+    add_runs_dir_arg(p)
+
+
 def add_start_args(p: argparse.ArgumentParser) -> None:
     """--detach: how run, resume and fork start an engine without the app."""
     p.add_argument("--detach", action="store_true",
@@ -139,7 +154,6 @@ def add_start_args(p: argparse.ArgumentParser) -> None:
 
 def add_continue_args(sub: Any) -> None:
     """``resume`` and ``fork``: a run goes on from one of its checkpoints."""
-    where = f"directory that holds the runs (default: run.dir, {Config().run.dir!r})"
     how = ("Without --headless, --json or --detach the app opens on it. --headless trains "
            "in this terminal; --detach in the background.")
     resume = sub.add_parser(
@@ -148,23 +162,20 @@ def add_continue_args(sub: Any) -> None:
         "finite values (truncated or corrupt ones are skipped and named), with the config "
         "saved in it (live changes included): on the CPU the result is bit-identical to a "
         f"run that never stopped. {how}")
-    resume.add_argument("run", metavar="RUN",
-                        help="run id, a unique prefix of one, or a run directory")
+    add_run_args(resume, newest_by_default=False)
     fork = sub.add_parser(
         "fork", help="a new run from a checkpoint of a run, with an edited config",
         description="Start a new run from one of RUN's checkpoints (the newest good one, "
         "or --from STEP) with --set edits: the weights and the step count go on, so the two "
         "curves overlay at the fork; the new run records its parent. A cold edit that "
         f"changes a weight's shape cannot fork (that is a new run). {how}")
-    fork.add_argument("run", metavar="RUN",
-                      help="run id, a unique prefix of one, or a run directory")
+    add_run_args(fork, newest_by_default=False)
     fork.add_argument("--from", dest="from_step", type=int, metavar="STEP",
                       help="the checkpoint of this step (default: the newest good one)")
     fork.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="SECTION.FIELD=VALUE",
                       help="edit one config field, e.g. --set optim.lr=3e-3 (repeatable)")
     for p in (resume, fork):
-        p.add_argument("--dir", default=Config().run.dir, metavar="DIR", help=where)
         p.add_argument("--headless", action="store_true",
                        help="train in this terminal without the app, printing progress")
         p.add_argument("--json", action="store_true",
@@ -176,7 +187,6 @@ def add_run_store_args(sub: Any) -> None:
     """The subcommands that read run directories: ``runs`` and ``export``."""
     from engine.export import EXPORT_DIR, FORMATS
 
-    where = f"directory that holds the runs (default: run.dir, {Config().run.dir!r})"
     runs = sub.add_parser(
         "runs", help="list the runs and their status",
         description="List the runs under --dir, newest first: status (running, paused, "
@@ -185,7 +195,7 @@ def add_run_store_args(sub: Any) -> None:
         "with a checkpoint says how to resume it.")
     runs.add_argument("--json", action="store_true",
                       help="print one JSON array: one object per run, newest first")
-    runs.add_argument("--dir", default=Config().run.dir, metavar="DIR", help=where)
+    add_runs_dir_arg(runs)
 
     export = sub.add_parser(
         "export", help="write a run as CSV, JSON lines or TensorBoard event files",
@@ -195,14 +205,11 @@ def add_run_store_args(sub: Any) -> None:
         "needs the optional extra trainlab[tensorboard]). Exit codes: 0 written, "
         f"{EXIT_BAD_INPUT} no such run or the format cannot be written, {EXIT_FAILED} a "
         "file could not be written.")
-    export.add_argument("run", nargs="?", metavar="RUN",
-                        help="run id, a unique prefix of one, or a run directory "
-                        "(default: the newest run)")
+    add_run_args(export, newest_by_default=True)
     export.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
                         help="what to write")
     export.add_argument("--out", metavar="DIR",
                         help=f"directory to write into (default: RUN/{EXPORT_DIR}/FORMAT)")
-    export.add_argument("--dir", default=Config().run.dir, metavar="DIR", help=where)
 
 
 def load_config(path: str | None, overrides: list[str], preset: str | None = None) -> Config:

@@ -119,14 +119,9 @@ def build_attach_parser() -> argparse.ArgumentParser:
         "run, from its store): its history from the run's store, live events from its "
         "engine. One app controls a run at a time; another one views it until it takes "
         "control (t). q leaves the run training.")
-    parser.add_argument("run", nargs="?", metavar="RUN",
-                        help="run id, a unique prefix of one, or a run directory (default: "
-                        "the newest run)")
+    engine_cli.add_run_args(parser, newest_by_default=True)
     parser.add_argument("--view", action="store_true",
                         help="only watch: never steer the run (t still takes control)")
-    parser.add_argument("--dir", default=Config().run.dir, metavar="DIR",
-                        help=f"directory that holds the runs (default: run.dir, "
-                        f"{Config().run.dir!r})")
     return parser
 
 
