@@ -191,9 +191,10 @@ RMSPROP_DECAY = 0.9
 
 # Every variant trains on the full batch, so L-BFGS (which needs it) and the first-order
 # methods see the same exact gradient and a step is an epoch for all of them. The task is
-# a smooth one (a sine, 400 points, a small tanh net, MSE): L-BFGS, which torch runs
-# without a line search here, is stable on it; on a separable classification task its
-# steps grew until the loss was NaN (measured).
+# a smooth one (a sine, 400 points, a small tanh net, MSE), where every method's curve
+# is easy to read. (Without a line search L-BFGS's steps grew until the loss was NaN on
+# a separable classification task, and diverged on this one on some BLAS kernels;
+# engine.optim now gives it a strong-Wolfe line search.)
 _OPTIMIZER_TASK = {
     "data.dataset": "sine",
     "data.samples": 500,
