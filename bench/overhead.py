@@ -315,8 +315,11 @@ def bench_model(name: str, rounds: int, seconds: float, verbose: bool) -> Result
     # Warm-up (untimed): every mode once; then N from the plain loop's step time.
     for mode in MODES:
         measure(cfg, data, mode, 20)
+    # The fastest of 5 probes: on a busy machine a slow probe would make N small, and a
+    # short measurement weighs each run's fixed costs (the first tracked step builds
+    # the instruments' buffers) and the noise more.
     probe_steps = 30
-    probe_s = min(plain_loop(cfg, data, probe_steps)[0][0] for _ in range(2))
+    probe_s = min(plain_loop(cfg, data, probe_steps)[0][0] for _ in range(5))
     n_steps = max(50, round(seconds / (probe_s / probe_steps)))
 
     result = Result(n_steps)

@@ -9,13 +9,19 @@ gradients and the size of the step's update.
 Costs (DESIGN.md section 6):
 - untracked steps: nothing; no hook is attached between tracked steps;
 - tracked steps: forward hooks on the rows' activation modules and one tensor hook per
-  activation output, attached for the step and removed after it; every reduction stays
-  on the device (moments from ``sum`` and ``dot``, ``_foreach_norm`` for all weights at
-  once); the results are stacked into one matrix that crosses to the host in one
-  transfer (one host-device sync per snapshot);
+  activation output, attached for the step and removed after it. A hook copies its
+  sample into one flat device buffer (one op; a ReLU-family row also takes one batch
+  maximum for its dead units), a backward hook takes a sum and a norm of its signal
+  while it is in cache; the weights before the update and the raw gradients go to the
+  same buffer with one _foreach op each. One fixed set of ~40 ops then reduces every
+  row at once (see ``_Layout`` and ``_reduce``: on a CPU each op costs microseconds of
+  dispatch whatever its size, and per-row reductions made a small CNN's tracked step
+  cost as much as the step itself), and the results cross to the host in one transfer
+  (one host-device sync per snapshot), where the means, stds and fractions are a few
+  float64 operations per row;
 - activation statistics use the first ``ACT_SAMPLE_ROWS`` samples of the batch;
   histograms ``HIST_SAMPLES`` strided values in ``HIST_BINS`` bins over that tensor's
-  own min..max, computed on the device (no data-dependent range sync).
+  own min..max, computed on the device (no data-dependent range sync on a GPU).
 """
 
 from __future__ import annotations
@@ -146,10 +152,9 @@ class _Layout:
     samples. (The backward signals are reduced in their hooks, while in cache: they need
     only a sum and a norm.)
     Each segment is padded to whole chunks; before reducing, the padding is set to the
-    segment's first value (its *reference*), which leaves min/max unchanged and adds
-    nothing to sums of ``x - reference``; the host subtracts what the padding adds where
-    sums are not centred. The dead-unit maxima of ReLU-family rows go to a second, small
-    buffer.
+    segment's first value (its *reference*), which leaves min/max unchanged; the host
+    subtracts what the padding adds to the sums and counts. The dead-unit maxima of
+    ReLU-family rows go to a second, small buffer.
 
     One layout serves one set of activation shapes (``key``); built rarely (first step,
     a smaller last batch), so its index tensors are made once here.
