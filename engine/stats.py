@@ -59,8 +59,10 @@ MIN_SCALAR_INTERVAL_S = 0.25
 most 4 times a second (DESIGN.md section 3), so faster snapshots would never be seen."""
 MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
-MAX_LAYOUTS = 8
-"""Buffer layouts kept (one per set of activation shapes seen; usually one or two)."""
+MAX_LAYOUTS = 3
+"""Buffer layouts kept (one per set of activation shapes seen: usually the full batch's
+and a smaller last batch's). Each holds the weights twice and the gradients once, so
+the instruments' memory is about 3 * MAX_LAYOUTS copies of the weights at most."""
 
 # The activation kinds whose statistics have a meaning beyond mean and std.
 _SATURATION = {
@@ -497,8 +499,9 @@ class Instruments:
         self._dtype = functools.reduce(
             torch.promote_types, [w.dtype for w in self.weights], torch.float32)
         self._layouts: dict[tuple[torch.Size | None, ...], _Layout] = {}
-        self._layout = self._layout_for((None,) * len(self.rows)) if self.rows else None
-        """The layout the next tracked step copies into: the last step's."""
+        self._layout: _Layout | None = None
+        """The layout the next tracked step copies into: the last step's (made at the
+        first tracked step: stats off allocates nothing)."""
         self.requested: bool | None = None
         """An on-demand snapshot is due: None, or whether it includes histograms."""
         self._last_scalar = -math.inf
@@ -580,6 +583,8 @@ class Instruments:
         """
         histograms = self._histograms_due(step)
         self.requested = None
+        if self._layout is None and self.rows:  # the first tracked step: no shapes yet
+            self._layout = self._layout_for((None,) * len(self.rows))
         rec = _Recording(self.rows, self._layout)
         handles = self._attach(rec)
         tracker = _Tracker(self, rec, histograms)
@@ -667,6 +672,8 @@ class _Tracker:
         with torch.no_grad():
             if lay is not rec.layout:
                 _move(rec, lay)
+                if not rec.layout.act_rows:  # the first step's shapeless guess: done
+                    owner._layouts.pop(rec.layout.key, None)
             owner._layout = lay  # the next step expects these shapes again
             # Weight figures describe the weights this step computed with (before its
             # update): a NaN that the update spreads upstream is then not blamed on them.

@@ -1106,3 +1106,17 @@ def test_float64_models_are_measured_in_float64() -> None:
     x, target = torch.randn(30, 1, 5, 5).double(), torch.randn(30, 3).double()
     snap = measure(model, x, lambda out: F.mse_loss(out, target))
     assert_rows_match(snap, mixed_reference(model, x, target))
+
+
+def test_buffers_are_made_at_the_first_tracked_step_and_kept_per_batch_shape() -> None:
+    model = mixed_model()
+    inst = Instruments(model, torch.zeros(2, 1, 5, 5), StatsConfig(every=0))
+    assert inst._layouts == {}  # stats off: nothing allocated
+    for step, batch in enumerate([70, 11, 70, 11], start=1):
+        x = torch.randn(batch, 1, 5, 5)
+        with inst.track(step, update=False) as tracker:
+            model(x).sum().backward()
+            tracker.after_backward()
+        assert inst.take() is not None
+    # One layout per sample shape; the first step's shapeless guess was dropped.
+    assert len(inst._layouts) == 2 <= stats.MAX_LAYOUTS
