@@ -671,9 +671,10 @@ class _Tracker:
         lay = owner._layout_for(rec.key())
         with torch.no_grad():
             if lay is not rec.layout:
+                guess = rec.layout
                 _move(rec, lay)
-                if not rec.layout.act_rows:  # the first step's shapeless guess: done
-                    owner._layouts.pop(rec.layout.key, None)
+                if not guess.act_rows:  # the first step's shapeless guess: done with
+                    owner._layouts.pop(guess.key, None)
             owner._layout = lay  # the next step expects these shapes again
             # Weight figures describe the weights this step computed with (before its
             # update): a NaN that the update spreads upstream is then not blamed on them.
