@@ -93,6 +93,8 @@ class Row:
     act_call: int = 0
     """Which call of ``act_module`` in a forward pass is this row's (one activation
     module may follow several layers)."""
+    sample_shape: tuple[int, ...] | None = None
+    """Shape of one sample of the activation in the traced pass (None: not a tensor)."""
 
     @property
     def weight(self) -> torch.Tensor:
@@ -106,21 +108,22 @@ def find_rows(model: nn.Module, example: torch.Tensor) -> list[Row]:
     """
     names = {module: name for name, module in model.named_modules()}
     tracked_types = WEIGHT_LAYERS + ACTIVATION_TYPES
-    order = [m for m, _ in trace_forward(model, example, lambda m: isinstance(m, tracked_types))]
+    order = trace_forward(model, example, lambda m: isinstance(m, tracked_types))
     rows: list[Row] = []
     calls: dict[nn.Module, int] = {}
-    for module in order:
+    for module, out in order:
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) and out.dim() else None
         call = calls[module] = calls.get(module, -1) + 1
         if isinstance(module, WEIGHT_LAYERS):
             if any(r.layer is module for r in rows):
                 continue  # a layer applied twice keeps its first position
             name = names[module] or type(module).__name__
-            rows.append(Row(name, module, name, module, "", call))
+            rows.append(Row(name, module, name, module, "", call, shape))
         elif rows and rows[-1].act_kind == "" and rows[-1].act_module is rows[-1].layer:
             # The first activation after a weight layer is that layer's activation.
             row = rows[-1]
             row.act_module, row.act_name, row.act_call = module, names[module], call
-            row.act_kind = type(module).__name__
+            row.act_kind, row.sample_shape = type(module).__name__, shape
     return rows
 
 
@@ -166,6 +169,8 @@ class _Layout:
                  key: tuple[torch.Size | None, ...], device: torch.device,
                  dtype: torch.dtype) -> None:
         self.key = key
+        self.used = False
+        """Has a step had exactly these shapes?"""
         starts: list[int] = []
         sizes: list[int] = []
         chunks = [0]  # chunks so far
@@ -583,8 +588,11 @@ class Instruments:
         """
         histograms = self._histograms_due(step)
         self.requested = None
-        if self._layout is None and self.rows:  # the first tracked step: no shapes yet
-            self._layout = self._layout_for((None,) * len(self.rows))
+        if self._layout is None and self.rows:  # the first tracked step: the traced
+            # shapes with a full sample (the first layout of most runs)
+            self._layout = self._layout_for(tuple(
+                None if row.sample_shape is None else torch.Size(
+                    (ACT_SAMPLE_ROWS, *row.sample_shape)) for row in self.rows))
         rec = _Recording(self.rows, self._layout)
         handles = self._attach(rec)
         tracker = _Tracker(self, rec, histograms)
@@ -673,9 +681,10 @@ class _Tracker:
             if lay is not rec.layout:
                 guess = rec.layout
                 _move(rec, lay)
-                if not guess.act_rows:  # the first step's shapeless guess: done with
+                if not guess.used:  # the first step's guess was wrong: drop it
                     owner._layouts.pop(guess.key, None)
             owner._layout = lay  # the next step expects these shapes again
+            lay.used = True
             # Weight figures describe the weights this step computed with (before its
             # update): a NaN that the update spreads upstream is then not blamed on them.
             after = owner.weights  # read under no_grad: no detach needed
