@@ -503,14 +503,11 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
     how to reach it: exit 0 once it trains; a run that failed to start exits as it would
     in the foreground, its error on stderr."""
     from engine import store
-    from engine.serve import socket_path, spawn_detached
+    from engine.serve import spawn_detached, wait_until_served
 
     process = spawn_detached(run_dir, *serve_args)
-    deadline = time.monotonic() + DETACH_WAIT_S
-    while process.poll() is None and not socket_path(run_dir).exists() \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if process.poll() is not None:  # it ended before serving: say why, from its store
+    if not wait_until_served(run_dir, process, DETACH_WAIT_S) and process.poll() is not None:
+        # It ended before serving: say why, from its store.
         failure = next((e for e in _stored_events(run_dir)
                         if isinstance(e, protocol.EngineFailed)), None)
         why = failure.message if failure else f"exit status {process.returncode}; see " \
@@ -556,7 +553,7 @@ def cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     from engine import store
     from engine.checkpoint import CheckpointError
-    from engine.resume import resume_plan
+    from engine.resume import resume_notes, resume_plan
 
     if store.engine_alive(run_dir):
         print(f"trainlab: error: run {run_dir.name} is running: trainlab attach "
@@ -569,12 +566,10 @@ def cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     if args.detach:
         return start_detached(run_dir, ("--resume",), args.json, out, err)
-    loaded = plan.checkpoint
-    notes = (f"resumed from {loaded.path.name} (step {loaded.payload['step']})",
-             *(f"skipped {skip.path.name}: {skip.reason}" for skip in loaded.skipped))
     show = json_printer(out) if args.json else ProgressPrinter(out, err)
-    return train_headless(plan.config, show, err, run_dir=run_dir, start_from=loaded.payload,
-                          notes=notes).exit_code
+    return train_headless(plan.config, show, err, run_dir=run_dir,
+                          start_from=plan.checkpoint.payload,
+                          notes=resume_notes(plan.checkpoint)).exit_code
 
 
 def cmd_fork(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -582,23 +577,30 @@ def cmd_fork(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not _without_app(args, "fork", err) or (run_dir := _continued_run(args, err)) is None:
         return EXIT_BAD_INPUT
     from engine import store
-    from engine.checkpoint import CheckpointError
-    from engine.resume import fork_plan
+    from engine.checkpoint import CheckpointError, save_atomic
+    from engine.resume import fork_note, fork_plan
 
     try:
         plan = fork_plan(run_dir, args.from_step, args.overrides)
-        child = store.new_run(run_dir.parent, plan.config, parent=plan.parent,
-                              parent_step=plan.parent_step)
     except (CheckpointError, ConfigError) as exc:
         print(f"trainlab: error: cannot fork {run_dir.name}: {exc}", file=err)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # building the new model or its data raised (user code)
+        return _report_build_failure(exc, err)
+    try:
+        child = store.new_run(run_dir.parent, plan.config, parent=plan.parent,
+                              parent_step=plan.parent_step)
+        # The fork's own copy: the parent's checkpoints rotate, its engine may start late.
+        save_atomic(plan.payload, child / store.FORK_START_FILE)
+    except OSError as exc:
+        print(f"trainlab: error: cannot write the fork of {run_dir.name} into "
+              f"{run_dir.parent}: {exc}", file=err)
+        return EXIT_BAD_INPUT
     if args.detach:
-        return start_detached(child, ("--checkpoint", os.fspath(plan.source)), args.json,
-                              out, err)
-    note = f"forked from run {plan.parent} at step {plan.parent_step} ({plan.source.name})"
+        return start_detached(child, ("--fork",), args.json, out, err)
     show = json_printer(out) if args.json else ProgressPrinter(out, err)
     return train_headless(plan.config, show, err, run_dir=child, start_from=plan.payload,
-                          notes=(note,)).exit_code
+                          notes=(fork_note(plan.parent, plan.parent_step),)).exit_code
 
 
 def cmd_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -80,6 +80,18 @@ def _already_over(config: Config, payload: dict[str, Any]) -> str | None:
     return None
 
 
+def resume_notes(loaded: Loaded) -> tuple[str, ...]:
+    """What a resumed run's log says first: the checkpoint it continues from, and the
+    newer ones it passed over, with why."""
+    return (f"resumed from {loaded.path.name} (step {loaded.payload['step']})",
+            *(f"skipped {skip.path.name}: {skip.reason}" for skip in loaded.skipped))
+
+
+def fork_note(parent: str, parent_step: int) -> str:
+    """What a fork's log says first: where it branched off."""
+    return f"forked from run {parent} at step {parent_step}"
+
+
 def resume_plan(run_dir: str | Path) -> ResumePlan:
     """The config and checkpoint to continue the run in ``run_dir`` from.
 

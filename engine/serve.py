@@ -36,11 +36,13 @@ import os
 import queue
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,10 +76,23 @@ def socket_path(run_dir: str | Path) -> Path:
     path = run_dir / store.SOCKET_FILE
     if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
         return path
-    folder = Path(tempfile.gettempdir()) / f"trainlab-{os.getuid()}"
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    folder = Path(base) / f"trainlab-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    _check_private(folder)
     digest = hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
     return folder / f"{digest}.sock"
+
+
+def _check_private(folder: Path) -> None:
+    """Refuse a socket directory another user could have made or could write into (in a
+    shared /tmp they could put a socket of theirs where our clients look)."""
+    info = folder.lstat()
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or info.st_mode & 0o077):
+        raise OSError(f"{folder} must be a directory of this user with mode 0700 (it is "
+                      f"owned by uid {info.st_uid}, mode {stat.filemode(info.st_mode)}): "
+                      "remove it, or give the run a shorter path")
 
 
 def _peer_uid(conn: socket.socket) -> int | None:
@@ -162,6 +177,9 @@ class RunServer:
         self.lock = threading.Lock()
         """Orders publish against attach: an event is in the history or on the socket."""
         self.clients: dict[int, _Client] = {}
+        """Attached clients, by id."""
+        self._connections: set[_Client] = set()
+        """Every open connection, attached or not (closed with the server)."""
         self.controller = 0
         self._ids = itertools.count(1)
         self._uid = os.getuid()
@@ -201,6 +219,8 @@ class RunServer:
                     conn.close()
                 continue
             client = _Client(next(self._ids), conn)
+            with self.lock:
+                self._connections.add(client)
             threading.Thread(target=self._read, args=(client,), daemon=True,
                              name=f"trainlab-reader-{client.id}").start()
 
@@ -230,7 +250,7 @@ class RunServer:
         """One line from a client: a session command, a run command, or a rejection."""
         try:
             message = protocol.from_json(line.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # and bad UTF-8
             text = line.decode("utf-8", errors="replace").strip()
             client.push(protocol.CommandRejected(
                 "unknown", f"unreadable command {text[:200]!r}: {exc}", -1))
@@ -281,42 +301,57 @@ class RunServer:
         new = self.clients.get(client_id)
         if new is not None:
             new.role = "control"
-        self._broadcast(protocol.ControlChanged(client_id, reason))
+        self.publish(protocol.ControlChanged(client_id, reason))
 
     def _leave(self, client: _Client) -> None:
         client.close()
         with self.lock:
+            self._connections.discard(client)
             self.clients.pop(client.id, None)
             if self.controller == client.id:
                 self._set_controller(0, f"client {client.id} (the controller) left")
 
     # --- the engine's side ------------------------------------------------------------
 
-    def _broadcast(self, event: Any) -> None:
+    def publish(self, event: Any) -> None:
+        """Send an event to every attached client (the caller holds ``lock``). A client
+        too far behind is dropped; if it controlled the run, the others hear so."""
+        dropped_controller = False
         for client in list(self.clients.values()):
             if not client.push(event):
                 self.clients.pop(client.id, None)
-                if self.controller == client.id:
-                    self.controller = 0
-
-    def publish(self, event: Any) -> None:
-        """Send an event to every attached client (the caller holds ``lock``)."""
-        self._broadcast(event)
+                dropped_controller |= self.controller == client.id
+        if dropped_controller:
+            self._set_controller(0, f"client {self.controller} (the controller) fell "
+                                 f"{OUTBOX_LIMIT} events behind and was disconnected")
 
     def close(self) -> None:
         """Stop accepting, send the clients what is queued, remove the socket file."""
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept(); close alone does not
+        with contextlib.suppress(OSError):
             self._listener.close()
+        if self._acceptor.is_alive():
+            self._acceptor.join(CLOSE_GRACE_S)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with self.lock:
-            clients = list(self.clients.values())
+            clients = list(self._connections)
+            self._connections.clear()
             self.clients.clear()
         for client in clients:
             client.finish()
         for client in clients:
             client.writer.join(CLOSE_GRACE_S)
             client.close()
+
+
+class AbortedBySignal(KeyboardInterrupt):
+    """A second stopping signal: the run was given up at once, not at a step boundary."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class _Signals:
@@ -340,7 +375,7 @@ class _Signals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
-            raise KeyboardInterrupt  # the second: give up now (checkpoints are atomic)
+            raise AbortedBySignal(signum)  # the second: give up now (checkpoints are atomic)
         self.received = signum
         name = signal.Signals(signum).name
         self.on_signal(name)
@@ -375,11 +410,7 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
             runs.set_meta(pid=os.getpid())
             run_id = runs.meta().get("id", run_dir.name)
 
-            def history_end() -> int:
-                runs.commit()
-                return runs.last_seq()
-
-            server = RunServer(socket_path(run_dir), str(run_id), commands, history_end)
+            server = RunServer(socket_path(run_dir), str(run_id), commands, runs.history_end)
 
             def pass_on(event: Any) -> None:
                 server.publish(event)
@@ -408,15 +439,16 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
                     finished = run(config, commands, emit, checkpoints=checkpoints,
                                    start_from=start_from)
             finally:
-                with server.lock:
-                    runs.commit()
+                with server.lock, contextlib.suppress(store.StoreError):
+                    runs.history_end()  # the last events reach the store if they can
                 server.close()
         finally:
-            runs.close()
+            with contextlib.suppress(store.StoreError):  # already said by a Notice
+                runs.close()
     return finished, signals.received
 
 
-def exit_status(finished: protocol.RunFinished, signum: int | None) -> int:
+def exit_status(signum: int | None) -> int:
     """The detached engine's exit status: 128 + the signal that stopped it, else 0 (how
     the run ended is in its store; a failed run is not a failed engine)."""
     return 128 + signum if signum is not None else 0
@@ -428,8 +460,15 @@ def exit_status(finished: protocol.RunFinished, signum: int | None) -> int:
 def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
     """Start ``python -m engine.serve RUN_DIR ARGS`` in a session of its own, its output
     appended to the run's engine.log and its input /dev/null: it outlives the terminal
-    and the app, and never writes to either."""
+    and the app, and never writes to either.
+
+    A socket file left by an engine that was killed is removed first, so that whoever
+    waits for the new engine does not take the stale file for it (``wait_until_served``).
+    """
     run_dir = Path(run_dir)
+    if not store.engine_alive(run_dir):
+        with contextlib.suppress(FileNotFoundError):
+            socket_path(run_dir).unlink()
     with (run_dir / store.LOG_FILE).open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "engine.serve", os.fspath(run_dir), *args],
@@ -438,67 +477,92 @@ def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
         )
 
 
+def wait_until_served(run_dir: Path, process: subprocess.Popen[bytes],
+                      timeout: float) -> bool:
+    """Wait until the engine ``process`` holds the run's lock and accepts on its socket;
+    False when it ended first (or ``timeout`` passed). A connection made to check is
+    closed at once (the engine sees a client leave without attaching)."""
+    path = socket_path(run_dir)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if store.engine_alive(run_dir):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(os.fspath(path))
+                except (FileNotFoundError, ConnectionRefusedError):
+                    pass
+                else:
+                    return True
+        time.sleep(0.05)
+    return False
+
+
 def _load_start(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict[str, Any] | None,
-                                                                  list[str]]:
+                                                                  tuple[str, ...]]:
     """The config and the checkpoint a detached engine starts from, with what to note."""
     from engine import config as config_mod
 
     if args.resume:
-        from engine.resume import resume_plan
+        from engine.resume import resume_notes, resume_plan
 
         config, loaded = resume_plan(run_dir)
-        notes = [f"resumed from {loaded.path.name} (step {loaded.payload['step']})"]
-        notes += [f"skipped {path.name}: {why}" for path, why in loaded.skipped]
-        return config, loaded.payload, notes
+        return config, loaded.payload, resume_notes(loaded)
     config = config_mod.load(run_dir / store.CONFIG_FILE)
-    if args.checkpoint:
+    if args.fork:
         from engine.checkpoint import load
+        from engine.resume import fork_note
 
-        payload = load(args.checkpoint)
-        return config, payload, [f"forked from {args.checkpoint} (step {payload['step']})"]
-    return config, None, []
+        payload = load(run_dir / store.FORK_START_FILE)
+        with store.RunStore.open(run_dir) as runs:
+            meta = runs.meta()
+        return config, payload, (fork_note(meta["parent"], meta["parent_step"]),)
+    return config, None, ()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.serve RUN_DIR [--resume | --checkpoint PATH]``: the detached
-    engine. Its exit status is 128 + a signal that stopped it, 2 when the run cannot be
-    served (busy, unreadable), else 0."""
+    """``python -m engine.serve RUN_DIR [--resume | --fork]``: the detached engine. Its
+    exit status is 128 + a signal that stopped it, 2 when the run cannot be served
+    (busy, unreadable), else 0."""
     parser = argparse.ArgumentParser(prog="python -m engine.serve",
                                      description="Serve one run from its run directory.")
     parser.add_argument("run_dir", type=Path)
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue from the run's newest loadable checkpoint")
-    start.add_argument("--checkpoint", type=Path,
-                       help="start from this checkpoint (a fork of another run)")
+    start.add_argument("--fork", action="store_true",
+                       help=f"a fork: start from its {store.FORK_START_FILE}")
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir
     try:
         config, start_from, notes = _load_start(args, run_dir)
-    except (ConfigError, OSError, ValueError) as exc:
-        print(f"engine: cannot serve {run_dir}: {exc}", file=sys.stderr, flush=True)
-        with contextlib.suppress(Exception), store.EngineLock(run_dir):
-            runs = store.RunStore.open(run_dir, write=True)
-            for event in protocol.failure_events("config", str(exc)):
+    except (ConfigError, OSError, ValueError, KeyError) as exc:
+        message = f"cannot serve {run_dir}: {exc}"
+        print(f"engine: {message}", file=sys.stderr, flush=True)
+        # A run that never started failed; one that could not resume is as it was (its
+        # checkpoints are still there), with the reason on its record.
+        events = (protocol.Notice(-1, "error", message),) if args.resume else \
+            protocol.failure_events("config", message)
+        with contextlib.suppress(Exception), store.EngineLock(run_dir), \
+                store.RunStore.open(run_dir, write=True) as runs:
+            for event in events:
                 runs.record(event)
-            runs.close()
         return 2
     for note in notes:
         print(f"engine: {note}", file=sys.stderr, flush=True)
     try:
-        finished, signum = serve(run_dir, config, start_from=start_from, notes=tuple(notes),
+        finished, signum = serve(run_dir, config, start_from=start_from, notes=notes,
                                  on_signal=lambda name: print(f"engine: {name}: stopping after "
                                                               "this step", file=sys.stderr,
                                                               flush=True))
     except store.RunBusy as exc:
         print(f"engine: {exc}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        print("engine: aborted by a second signal", file=sys.stderr, flush=True)
-        return 128 + signal.SIGTERM
+    except AbortedBySignal as exc:
+        print(f"engine: aborted by a second signal ({exc})", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     print(f"engine: run {finished.reason} at step {finished.final.step}", file=sys.stderr,
           flush=True)
-    return exit_status(finished, signum)
+    return exit_status(signum)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ LOCK_FILE = "engine.lock"
 """Locked (flock, exclusive) by the run's engine for its whole life."""
 CHECKPOINT_DIR = "checkpoints"
 """The run's checkpoint files (``engine.checkpoint``)."""
+FORK_START_FILE = "fork_start.pt"
+"""A fork's copy of the parent checkpoint it started from (the parent's own files
+rotate; the fork's engine loads this one, whenever it starts)."""
 
 STATUSES = ("running", "paused", "finished", "stopped", "failed", "crashed")
 """What ``summarize`` says a run is: running or paused (its engine is alive), finished
@@ -368,6 +371,22 @@ class RunStore:
                 raise self._failed(f"cannot record {name}", exc) from None
         return seq
 
+    def history_end(self) -> int:
+        """Commit what is recorded and return the newest committed seq: where a client
+        that attaches now is told the history in the store ends.
+
+        A failed commit is not raised here (an attach thread could only swallow it): it
+        is kept for the writer's next ``record``, which raises it with what was lost, as
+        a failed background commit is.
+        """
+        with self._lock:
+            if self.writable and self._flush_error is None:
+                try:
+                    self._commit()
+                except sqlite3.Error as exc:
+                    self._flush_error = self._failed("a commit failed", exc)
+            return self.last_seq()
+
     def commit(self) -> None:
         """Commit every recorded event now (before telling a client where history ends).
 
@@ -452,16 +471,26 @@ class RunStore:
         """Every evaluation, ordered by step (a resumed run's replace earlier ones)."""
         rows = self._query("SELECT step, epoch, val_loss, val_accuracy, train_loss, "
                            "best_val_loss FROM evals ORDER BY step")
-        return [protocol.EvalDone(step, epoch, _from_db(val_loss),  # type: ignore[arg-type]
-                                  _from_db(accuracy), _from_db(train),  # type: ignore[arg-type]
-                                  _from_db(best))  # type: ignore[arg-type]
-                for step, epoch, val_loss, accuracy, train, best in rows]
+        return [self._eval(row) for row in rows]
+
+    @staticmethod
+    def _eval(row: tuple[Any, ...]) -> protocol.EvalDone:
+        """An evals row (step, epoch, val_loss, val_accuracy, train_loss, best_val_loss)
+        as the EvalDone it came from."""
+        step, epoch, val_loss, accuracy, train, best = row
+        return protocol.EvalDone(step, epoch, _from_db(val_loss),  # type: ignore[arg-type]
+                                 _from_db(accuracy), _from_db(train),  # type: ignore[arg-type]
+                                 _from_db(best))  # type: ignore[arg-type]
 
     def best(self) -> protocol.EvalDone | None:
         """The evaluation with the lowest finite validation loss (the earliest of equals);
         None when no evaluation had a finite one."""
-        finite = [e for e in self.evals() if math.isfinite(e.val_loss)]
-        return min(finite, key=lambda e: e.val_loss) if finite else None
+        # One indexed row, not every evaluation (the runs list asks this of every run):
+        # non-finite losses are stored as text (_to_db), so a number is a finite one.
+        rows = self._query("SELECT step, epoch, val_loss, val_accuracy, train_loss, "
+                           "best_val_loss FROM evals WHERE typeof(val_loss) IN ('real', "
+                           "'integer') ORDER BY val_loss, step LIMIT 1")
+        return self._eval(rows[0]) if rows else None
 
     def final(self) -> protocol.FinalMetrics | None:
         """Where the run ended (its RunFinished's metrics); None while it has not, or
@@ -492,10 +521,6 @@ class RunStore:
             values = dict(zip(_LAYER_NUMBERS, map(_from_db, numbers), strict=True))
             out.append((step, protocol.LayerStats(name, kind, activation, **values)))
         return out
-
-    def checkpoints_saved(self) -> list[protocol.CheckpointSaved]:
-        """Every checkpoint the engine reported writing (the files may since be rotated)."""
-        return [event for _, event in self.events(types=("CheckpointSaved",))]
 
     def summary(self, alive: bool) -> RunSummary:
         """This run at a glance; ``alive``: its engine holds the lock (``engine_alive``)."""

@@ -4,6 +4,7 @@ must survive (a client hanging up, garbage, other users, kill -9)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -232,3 +233,77 @@ def test_sigint_and_sighup_stop_the_run_cleanly_too(signum: int) -> None:
     assert name in stored(run_dir, "StateChanged")[-1].reason
     saved = stored(run_dir, "CheckpointSaved")
     assert saved and saved[-1].step == finished.final.step
+
+
+def engine_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m engine ARGS``, as the app runs it for resume and fork."""
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True,
+                          text=True, timeout=180, check=False)
+
+
+def pid_of(run_dir: Path) -> int:
+    """The pid of the engine that serves ``run_dir`` (it records it in the store)."""
+    runs = store.RunStore.open(run_dir)
+    try:
+        return int(runs.meta()["pid"])
+    finally:
+        runs.close()
+
+
+def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> None:
+    run_dir, process = start_engine(**LONG)
+    wait_until(lambda: stored(run_dir, "CheckpointSaved"), what="a checkpoint")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    assert socket_path(run_dir).exists()  # what kill -9 leaves behind
+    started = engine_cli("resume", os.fspath(run_dir), "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    try:
+        assert store.engine_alive(run_dir)  # --detach returned once it really served
+        client = Client(socket_path(run_dir))
+        client.next("MetricsBatch")
+        (resumed,) = [e for e in stored(run_dir, "RunStarted") if e.resumed_from_step]
+        assert resumed.resumed_from_step == stored(run_dir, "CheckpointSaved")[0].step
+        client.close()
+    finally:
+        os.kill(pid_of(run_dir), signal.SIGTERM)
+        wait_until(lambda: not store.engine_alive(run_dir), what="the engine to stop")
+
+
+async def test_the_app_stops_a_resumed_run_whose_earlier_segment_had_finished() -> None:
+    from tui.bridge import ServedEngine
+
+    with engine(**LONG) as (run_dir, process):
+        wait_until(lambda: stored(run_dir, "MetricsBatch"), what="training")
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    started = engine_cli("resume", os.fspath(run_dir), "--detach")
+    assert started.returncode == 0, started.stderr
+    served = ServedEngine(run_dir)
+    await served.start(tiny_config(**LONG))
+    await served.stop()  # the history's RunFinished is the first segment's: Stop is sent
+    wait_until(lambda: not store.engine_alive(run_dir), what="the resumed engine to stop")
+    assert [e.reason for e in stored(run_dir, "RunFinished")] == ["stopped", "stopped"]
+    assert stored(run_dir, "StateChanged")[-1].reason == "stopped from the app"
+
+
+def test_a_fork_of_a_live_run_starts_from_the_checkpoint_it_records() -> None:
+    with engine(**LONG) as (run_dir, _):
+        wait_until(lambda: stored(run_dir, "CheckpointSaved"), what="a checkpoint")
+        forked = engine_cli("fork", os.fspath(run_dir), "--set", "optim.lr=0.05", "--detach",
+                            "--json")
+        assert forked.returncode == 0, forked.stderr
+        child = Path(json.loads(forked.stdout)["run_dir"])
+        try:
+            wait_until(lambda: stored(child, "RunStarted"), what="the fork to start")
+            time.sleep(2)  # the parent writes newer checkpoints meanwhile
+            summary = store.summarize(child)
+            (started,) = stored(child, "RunStarted")
+            assert summary.parent == run_dir.name
+            assert started.resumed_from_step == summary.parent_step  # the same checkpoint
+            assert started.config["optim"]["lr"] == 0.05
+            notes = [n.message for n in stored(child, "Notice")]
+            assert f"forked from run {run_dir.name} at step {summary.parent_step}" in notes
+        finally:
+            os.kill(pid_of(child), signal.SIGTERM)
+            wait_until(lambda: not store.engine_alive(child), what="the fork to stop")

@@ -665,3 +665,45 @@ def test_runs_without_any(tmp_path, capsys):
                                                (7200, "2h ago"), (86400 * 3 + 5, "3d ago")])
 def test_format_age(seconds, text):
     assert format_age(seconds) == text
+
+
+def test_best_is_the_lowest_finite_validation_loss_the_earliest_of_equals(tmp_path):
+    losses = [0.9, math.nan, 0.4, math.inf, -math.inf, 0.4, 0.7]
+    evals = [protocol.EvalDone(10 * (i + 1), i, loss, None, 1.0, 0.0)
+             for i, loss in enumerate(losses)]
+    run_dir = make_run(tmp_path, [started_event(), *evals])
+    with store.RunStore.open(run_dir) as runs:
+        best = runs.best()
+    finite = [e for e in evals if math.isfinite(e.val_loss)]  # the reference: by hand
+    expected = min(finite, key=lambda e: (e.val_loss, e.step))
+    assert best is not None and as_json([best]) == as_json([expected])
+    assert best.step == 30  # not the later equal one at step 60
+    with store.RunStore.open(make_run(tmp_path, [started_event(), *evals[1:2]])) as runs:
+        assert runs.best() is None  # only a NaN evaluation: no best
+
+
+def test_history_end_commits_and_keeps_a_failed_commit_for_the_writer(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path, [started_event()])
+    runs = store.RunStore.open(run_dir, write=True)
+    try:
+        runs.record(protocol.MetricsBatch((1,), (0.5,), (0.1,), 0, 10.0, 100.0))
+        with store.RunStore.open(run_dir) as reader:
+            assert reader.last_seq() == 1  # batched: not committed yet
+        assert runs.history_end() == 2
+        with store.RunStore.open(run_dir) as reader:
+            assert reader.last_seq() == 2  # committed: a client may read up to it
+
+        runs.record(protocol.MetricsBatch((2,), (0.4,), (0.1,), 0, 10.0, 100.0))
+        real_commit = runs._commit
+
+        def failing_commit() -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(runs, "_commit", failing_commit)
+        assert runs.history_end() == 2  # the failed batch is not history
+        monkeypatch.setattr(runs, "_commit", real_commit)
+        with pytest.raises(store.StoreError) as failure:  # the writer hears of it next
+            runs.record(protocol.MetricsBatch((3,), (0.3,), (0.1,), 0, 10.0, 100.0))
+        assert failure.value.lost == 1 and failure.value.lost_from_step == 2
+    finally:
+        runs.close()

@@ -111,23 +111,25 @@ class ServedEngine:
             self.run_dir = store.new_run(config.run.dir, config)
             self._process = spawn_detached(self.run_dir)
         connection = await self._connect()
-        if connection is None:  # nobody serves it: what the store holds is all there is
+        attached = None
+        if connection is not None:
+            reader, self._writer = connection
+            self._write(protocol.Attach(self.role))
+            try:
+                attached = protocol.from_json((await reader.readline()).decode())
+            except (ValueError, ConnectionError):
+                attached = None
+        if not isinstance(attached, protocol.Attached):
+            # Nobody serves it (or the engine ended as we came): the store is all there is.
+            await self._close_connection()
             await self._replay(upto=None)
             if not self._finished:
                 self._crashed("the run's engine is not running and the run never finished "
                               f"(it crashed): trainlab resume {self.run_dir.name} goes on "
                               "from its last checkpoint")
             return
-        reader, self._writer = connection
-        self._write(protocol.Attach(self.role))
-        try:
-            attached = protocol.from_json((await reader.readline()).decode())
-        except ValueError:
-            attached = None
-        if not isinstance(attached, protocol.Attached):
-            self._crashed(f"the engine did not answer Attach: {attached!r}")
-            return
         await self._replay(upto=attached.last_seq)
+        self._finished = False  # an engine serves it: its newest segment is still going
         self.events.put_nowait(attached)  # after the history: what follows is live
         self._reader = asyncio.create_task(self._read_events(reader))
 
@@ -169,9 +171,15 @@ class ServedEngine:
                 -1, "error", f"the run's history could not be read: {exc}"))
             return
         for event in history:
-            if isinstance(event, protocol.RunFinished):
-                self._finished = True
+            self._note_ending(event)
             self.events.put_nowait(event)
+
+    def _note_ending(self, event: Any) -> None:
+        """Has the run (its newest segment: a resumed run starts again) finished?"""
+        if isinstance(event, protocol.RunStarted):
+            self._finished = False
+        elif isinstance(event, protocol.RunFinished):
+            self._finished = True
 
     def _crashed(self, message: str) -> None:
         self._finished = True
@@ -208,8 +216,7 @@ class ServedEngine:
                 self.events.put_nowait(protocol.Notice(
                     -1, "error", f"unreadable line from the engine ({exc}): {line[:200]!r}"))
                 continue
-            if isinstance(event, protocol.RunFinished):
-                self._finished = True
+            self._note_ending(event)
             self.events.put_nowait(event)
         if self._detached or self._finished:
             return
@@ -233,14 +240,17 @@ class ServedEngine:
                 and loop.time() < deadline:
             await asyncio.sleep(CONNECT_POLL_S)
 
-    async def detach(self) -> None:
-        """Close the connection; the run trains on and ``trainlab attach`` finds it."""
-        self._detached = True
+    async def _close_connection(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def detach(self) -> None:
+        """Close the connection; the run trains on and ``trainlab attach`` finds it."""
+        self._detached = True
+        await self._close_connection()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.wait({self._reader})
