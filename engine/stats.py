@@ -152,10 +152,10 @@ def _chunks(n: int) -> int:
 class _Layout:
     """Where each measured tensor of a tracked step lives in one flat buffer.
 
-    Segments, in buffer order: the step's updates (the weights after it, minus those
-    before), the weights the step computed with, the raw gradients, the activation
-    samples. (The backward signals are reduced in their hooks, while in cache: they need
-    only a sum and a norm.)
+    Segments, in buffer order: the weights the step computed with (before its update),
+    the raw gradients, the activation samples. (The backward signals are reduced in
+    their hooks, while in cache: they need only a sum and a norm; the updates, only a
+    norm.)
     Each segment is padded to whole chunks; before reducing, the padding is set to the
     segment's first value (its *reference*), which leaves min/max unchanged; the host
     subtracts what the padding adds to the sums and counts. The dead-unit maxima of
@@ -182,18 +182,18 @@ class _Layout:
             return len(sizes) - 1
 
         n_rows = len(rows)
-        for _group in range(3):  # updates, weights, gradients: the same shapes each
+        for _group in range(2):  # weights, gradients: the same shapes each
             for w in weights:
                 add(w.numel())
             if _group == 0:
-                self.k_d = chunks[0]
-        self.k_p = chunks[0]  # chunks of the update, weight and gradient segments
+                self.k_w = chunks[0]
+        self.k_p = chunks[0]  # chunks of the weight and gradient segments
         self.act_rows = [i for i in range(n_rows) if key[i] is not None]
         self.act_seg = {i: add(math.prod(key[i])) for i in self.act_rows}
         self.k_pa = k = chunks[0]
         self.n_seg = n_seg = len(sizes)
         self.n_rows = n_rows
-        self.n_p = 3 * n_rows
+        self.n_p = 2 * n_rows
         self.n_a = n_a = len(self.act_rows)
         self.sizes = sizes
         self.starts = starts
@@ -204,13 +204,11 @@ class _Layout:
         def view(seg: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
             return flat[starts[seg] : starts[seg] + sizes[seg]].view(shape)
 
-        self.delta_views = [view(j, w.shape) for j, w in enumerate(weights)]
-        self.prev_views = [view(n_rows + j, w.shape) for j, w in enumerate(weights)]
-        self.grad_views = [view(2 * n_rows + j, w.shape) for j, w in enumerate(weights)]
+        self.prev_views = [view(j, w.shape) for j, w in enumerate(weights)]
+        self.grad_views = [view(n_rows + j, w.shape) for j, w in enumerate(weights)]
         self.act_slot = {i: view(self.act_seg[i], key[i]) for i in self.act_rows}
         body = flat[: k * CHUNK].view(k, CHUNK)
-        self.d2d, self.w2d = body[: self.k_d], body[self.k_d : 2 * self.k_d]
-        self.ga2d = body[2 * self.k_d : self.k_pa]  # gradients and activations
+        self.ga2d = body[self.k_w : self.k_pa]  # gradients and activations
         self.body, self.a2d = body, body[self.k_p : self.k_pa]
         self.scratch = torch.empty_like(self.a2d)
 
@@ -283,7 +281,7 @@ class _Layout:
             sat + a_pos[sat_slots], dead + a_pos[cat(unit_seg)]]))
         # Maxima and negated minima of the gradient and activation segments.
         self.n_ext = n_ext = n_rows + n_a
-        ga = chunk_seg[2 * self.k_d : self.k_pa] - 2 * n_rows
+        ga = chunk_seg[self.k_w : self.k_pa] - n_rows
         self.ext_idx = index(cat([ga, n_ext + ga]))
 
         # Histograms: HIST_SAMPLES strided values of each tensor (at most; stride
@@ -293,7 +291,7 @@ class _Layout:
         weight: list[torch.Tensor] = []
         self.hist_names: list[tuple[int, str]] = []
         for i in range(n_rows):
-            segs = [(n_rows + i, "weight"), (2 * n_rows + i, "grad")]
+            segs = [(i, "weight"), (n_rows + i, "grad")]
             if i in self.act_seg:
                 segs.append((self.act_seg[i], "act"))
             for seg, quantity in segs:
@@ -359,18 +357,20 @@ def _reduce(lay: _Layout, after: list[torch.Tensor] | None, signals: list[torch.
     ``after``: the weights after the update (None: no update); ``signals``: the
     backward signals' sums and norms (0-dim). Returns, concatenated: the segment
     references, the index_add_ slots, the maxima and negated minima of the gradient and
-    activation segments, ``signals``, then per histogram lo, hi and HIST_BINS counts
-    (all lo first, then all hi). About 40 ops for any number of rows, each over
-    the whole buffer or a part of it, or over a vector of one value per chunk.
+    activation segments, the updates' norms (with ``after``), ``signals``, then per
+    histogram lo, hi and HIST_BINS counts (all lo first, then all hi). About 40 ops
+    for any number of rows, each over the whole buffer or a part of it, or over a
+    vector of one value per chunk.
 
     Sums are not centred here (a centring pass over the signals measured ~15% of this
     function); the host recomputes, centred and in float64, the rare segment whose mean
     dwarfs its spread (see ``_rows``).
     """
     flat, select = lay.flat, torch.index_select  # ~3x faster than tensor[index] here
-    if after is not None:  # the updates: after - before, in place (two ops)
-        torch._foreach_copy_(lay.delta_views, after)
-        lay.d2d.sub_(lay.w2d)
+    # The updates' norms: two _foreach ops (not in the buffer: only a norm is needed).
+    updates = None
+    if after is not None:
+        updates = torch.stack(torch._foreach_norm(_deltas(after, lay.prev_views)))
     ref = select(flat, 0, lay.start_idx)  # each segment's first value
     if lay.pad_pos.numel():
         flat.index_put_((lay.pad_pos,), select(ref, 0, lay.pad_seg))  # padding := ref
@@ -392,6 +392,8 @@ def _reduce(lay: _Layout, after: list[torch.Tensor] | None, signals: list[torch.
     ext = lay.ext.fill_(-math.inf)
     ext.scatter_reduce_(0, lay.ext_idx, torch.cat([hi, lo.neg_()]), "amax")
     out = [ref, slots, ext]
+    if updates is not None:
+        out.append(updates)
     if signals:
         out.append(torch.stack(signals))
     if histograms:
@@ -414,6 +416,13 @@ def _exact_sums(segment: torch.Tensor, ref: float) -> tuple[float, float, float]
     c = x - ref
     total, squares, norm = torch.stack([c.sum(), torch.dot(c, c), torch.linalg.vector_norm(x)])
     return total.item(), squares.item(), norm.item()
+
+
+def _deltas(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
+    """after - before per tensor: one _foreach op when the dtypes agree."""
+    if all(a.dtype == b.dtype for a, b in zip(after, before, strict=True)):
+        return list(torch._foreach_sub(after, before))
+    return [a.to(b.dtype) - b for a, b in zip(after, before, strict=True)]
 
 
 class _Recording:
@@ -733,6 +742,8 @@ def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
     o = ns + lay.n_slots
     ext = v[o : o + 2 * n_ext]
     o += 2 * n_ext
+    updates = v[o : o + n] if update else []
+    o += len(updates)
     signals = {i: (v[o + 2 * k], v[o + 2 * k + 1]) for k, i in enumerate(sorted(rec.grad_out))}
     s2, nz, sat, dead = (lay.slot[k] for k in ("s2", "nz", "sat", "dead"))
 
@@ -776,20 +787,19 @@ def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
     out = []
     for i, row in enumerate(rows):
         kind = row.act_kind
-        w_norm, w_std = tensor_figures(n + i)
+        w_norm, w_std = tensor_figures(i)
         g_norm = g_std = g_max = nan
         if grads:
-            g_norm, g_std = tensor_figures(2 * n + i)
+            g_norm, g_std = tensor_figures(n + i)
             g_max = _max_abs(-ext[n_ext + i], ext[i])
         ratio = None
-        if update:  # the update's norm: its sum of squares, less the padding's
-            delta = _sqrt(slots[s2 + i] - lay.pads[i] * ref[i] * ref[i])
-            ratio = _none_if_nan(delta / (w_norm if w_norm > 1e-30 or
-                                          math.isnan(w_norm) else 1e-30))
+        if update:
+            ratio = _none_if_nan(updates[i] / (w_norm if w_norm > 1e-30 or
+                                               math.isnan(w_norm) else 1e-30))
         mean = std = lo = hi = zeros = saturated = dead_share = grad_out = None
         if i in rec.act:
             j = lay.act_seg[i]
-            a, e = j - lay.n_p, j - 2 * n
+            a, e = j - lay.n_p, j - n
             size, r, pad = lay.sizes[j], ref[j], lay.pads[j]
             mean, var, _ = moments(j)
             std = _sqrt(var)
