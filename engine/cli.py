@@ -136,11 +136,12 @@ def add_runs_dir_arg(p: argparse.ArgumentParser) -> None:
                    f"{Config().run.dir!r})")
 
 
-def add_run_args(p: argparse.ArgumentParser, *, newest_by_default: bool) -> None:
-    """RUN and --dir: how every command that reads one run directory is told which."""
-    default = " (default: the newest run)" if newest_by_default else ""
-    p.add_argument("run", nargs="?" if newest_by_default else None, metavar="RUN",
-                   help=f"run id, a unique prefix of one, or a run directory{default}")
+def add_run_args(p: argparse.ArgumentParser, *, default: str = "") -> None:
+    """RUN and --dir: how every command that reads one run directory is told which.
+    ``default`` says which run it takes without one (empty: RUN is required)."""
+    p.add_argument("run", nargs="?" if default else None, metavar="RUN",
+                   help="run id, a unique prefix of one, or a run directory"
+                   + (f" (default: {default})" if default else ""))
     add_runs_dir_arg(p)
 
 
@@ -162,14 +163,14 @@ def add_continue_args(sub: Any) -> None:
         "finite values (truncated or corrupt ones are skipped and named), with the config "
         "saved in it (live changes included): on the CPU the result is bit-identical to a "
         f"run that never stopped. {how}")
-    add_run_args(resume, newest_by_default=False)
+    add_run_args(resume)
     fork = sub.add_parser(
         "fork", help="a new run from a checkpoint of a run, with an edited config",
         description="Start a new run from one of RUN's checkpoints (the newest good one, "
         "or --from STEP) with --set edits: the weights and the step count go on, so the two "
         "curves overlay at the fork; the new run records its parent. A cold edit that "
         f"changes a weight's shape cannot fork (that is a new run). {how}")
-    add_run_args(fork, newest_by_default=False)
+    add_run_args(fork)
     fork.add_argument("--from", dest="from_step", type=int, metavar="STEP",
                       help="the checkpoint of this step (default: the newest good one)")
     fork.add_argument("--set", dest="overrides", action="append", default=[],
@@ -205,7 +206,7 @@ def add_run_store_args(sub: Any) -> None:
         "needs the optional extra trainlab[tensorboard]). Exit codes: 0 written, "
         f"{EXIT_BAD_INPUT} no such run or the format cannot be written, {EXIT_FAILED} a "
         "file could not be written.")
-    add_run_args(export, newest_by_default=True)
+    add_run_args(export, default="the newest run")
     export.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
                         help="what to write")
     export.add_argument("--out", metavar="DIR",
@@ -519,9 +520,10 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
         print(json.dumps({"run_id": run_dir.name, "run_dir": os.fspath(run_dir),
                           "pid": process.pid}), file=out)
     else:
+        attach = f"trainlab attach {run_dir.name}"
         print(f"run {run_dir.name} trains in the background (pid {process.pid}, its output "
-              f"in {run_dir / store.LOG_FILE})\n  trainlab attach {run_dir.name}    watch "
-              f"and steer it\n  trainlab runs                  list the runs", file=out)
+              f"in {run_dir / store.LOG_FILE})\n  {attach}  watch and steer it\n  "
+              f"{'trainlab runs':<{len(attach)}}  list the runs", file=out)
     return EXIT_OK
 
 

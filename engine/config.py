@@ -448,9 +448,10 @@ class RunConfig:
         "the run ends or is stopped.", low=0, hot=True,
     )
     checkpoint_min_seconds: float = param(
-        60.0, "At least this many seconds between two periodic checkpoints (0: none): on "
-        "a small data set an epoch takes milliseconds, and a checkpoint per epoch would "
-        "cost more than a tenth of the training (the default digits run: 11-14%).",
+        60.0, "At least this many seconds between two periodic checkpoints (0: none; the "
+        "first one due is always written): on a small data set an epoch takes "
+        "milliseconds, and a checkpoint per epoch would cost more than a tenth of the "
+        "training (the default digits run: 11-14%).",
         low=0.0, hot=True,
     )
     keep_checkpoints: int = param(

@@ -964,8 +964,9 @@ class _Saver:
         self._saved_at: int | None = None
         """The step of the newest checkpoint in ``checkpoints`` while the state is still
         the one it holds (None once it moved on)."""
-        self._periodic_at = time.monotonic()
-        """When the last periodic checkpoint was written (the run's start before one)."""
+        self._periodic_at = -math.inf
+        """When the last periodic checkpoint was written: the first one due is always
+        written (a run killed in its first minute can still resume), then the floor."""
 
     def state_changed(self) -> None:
         """The state moved on without a step (an evaluation, a live change)."""

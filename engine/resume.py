@@ -130,7 +130,7 @@ def fork_plan(run_dir: str | Path, step: int | None,
 
     Raises:
         CheckpointError: no loadable checkpoint of that step (the steps that exist are
-            named), or none at all.
+            named), or none at all; or the edited run would already be over at that step.
         ConfigError: a bad override, or a cold change that makes the weights not fit:
             the message names the changed parameter, the weight and both shapes.
     """
@@ -150,5 +150,9 @@ def fork_plan(run_dir: str | Path, step: int | None,
         model = build_model(config.model, data.input_shape, objective.num_outputs)
         fit_weights(model.state_dict(), loaded.payload["model"],
                     describe_changes(parent_config, config, cold))
+    over = _already_over(config, loaded.payload)
+    if over:
+        raise CheckpointError(f"the fork would end before its first step: {over}. Give it a "
+                              "longer run (--set run.max_steps=... or run.max_epochs=...)")
     return ForkPlan(config, loaded.payload, Path(run_dir).name, int(loaded.payload["step"]),
                     loaded.path)

@@ -332,7 +332,7 @@ def test_periodic_checkpoints_keep_run_checkpoint_min_seconds_apart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # A clock that moves 1 s per step (the loop reads it a few times a step, so the
     # clock is driven by the steps' own count): epoch ends every 5 steps, and a floor
-    # of 12 s lets only every third epoch end write.
+    # of 12 s lets only every third epoch end write after the first.
     import engine.loop as loop_module
 
     trainer_steps: list[int] = []
@@ -355,9 +355,9 @@ def test_periodic_checkpoints_keep_run_checkpoint_min_seconds_apart(
                          run__checkpoint_min_seconds=12.0)
     events = _run_with_checkpoints(config, tmp_path)
     steps = [c.step for c in of_type(events, "CheckpointSaved")]
-    # Epoch ends at 5, 10, ..., 35 and the end at 40: 15 is the first 12 s after the
-    # start, 30 the first 12 s after 15; the end always writes.
-    assert steps == [15, 30, 40]
+    # Epoch ends at 5, 10, ..., 35 and the end at 40: the first (5) always writes, 20 is
+    # the first 12 s after it, 35 the first 12 s after 20; the end always writes.
+    assert steps == [5, 20, 35, 40]
 
 
 def test_save_checkpoint_without_a_path_goes_to_the_runs_checkpoints(tmp_path: Path):

@@ -222,6 +222,15 @@ def test_a_fork_with_another_seed_draws_fresh_streams(parent: Path):
     assert trainer.batches.epoch == plan.payload["epoch"] == 2
 
 
+def test_a_fork_that_would_end_at_once_is_refused_and_a_longer_one_is_not(parent: Path):
+    # The parent ran its 15 steps: a fork of its last checkpoint has nothing left to do.
+    with pytest.raises(CheckpointError, match=r"the fork would end before its first step: "
+                                              r"it reached run.max_steps = 15 \(step 15\)"):
+        fork_plan(parent, None)
+    plan = fork_plan(parent, None, ["run.max_steps=30"])
+    assert plan.parent_step == 15 and plan.config.run.max_steps == 30
+
+
 def test_a_missing_fork_step_names_the_steps_there_are(parent: Path):
     with pytest.raises(CheckpointError, match=r"no loadable checkpoint of step 7 .*steps: 5, "
                                               r"10, 15"):

@@ -135,3 +135,13 @@ def test_a_resumed_run_goes_back_to_its_checkpoint_step() -> None:
     assert state.val_loss.x.tolist() == []  # the evaluation at step 200 is undone
     assert state.markers == []  # so is the change at step 150
     assert state.step == 130
+
+
+def test_a_stopped_run_shows_as_stopped_a_completed_one_as_finished() -> None:
+    for reason, shown in (("stopped", "stopped"), ("completed", "finished"),
+                          ("early_stopped", "finished")):
+        final = protocol.FinalMetrics(200, 1, 0.3, 0.4, 0.9, 0.4, 200, 1.0)
+        state = folded([*opening(Config()), protocol.StateChanged("finished", 200, reason),
+                        protocol.RunFinished(reason, final)])
+        assert state.state == "finished" and state.shown_state == shown
+        assert status_text(state).startswith(f"[b cyan]{shown}[/]")

@@ -348,7 +348,7 @@ class TrainlabApp(App[int]):
             self._show_alerts()
         if parts.STATUS in changed:
             self.query_one(StatusBar).show(s)
-            title = " · ".join(filter(None, (s.run_id, s.state,
+            title = " · ".join(filter(None, (s.run_id, s.shown_state,
                                              "view only (t)" if s.role == "view" else "")))
             if self.sub_title != title:  # a new state or role: other keys make sense now
                 self._show_banner()

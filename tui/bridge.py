@@ -125,8 +125,7 @@ class ServedEngine:
             await self._replay(upto=None)
             if not self._finished:
                 self._crashed("the run's engine is not running and the run never finished "
-                              f"(it crashed): trainlab resume {self.run_dir.name} goes on "
-                              "from its last checkpoint")
+                              f"(it crashed); {self._resume_hint()}")
             return
         await self._replay(upto=attached.last_seq)
         self._finished = False  # an engine serves it: its newest segment is still going
@@ -230,7 +229,19 @@ class ServedEngine:
         await self._wait_for_exit()
         code = self._process.returncode if self._process is not None else None
         why = f" (exit code {code})" if code is not None else ""
-        self._crashed(f"the engine process ended unexpectedly{why}")
+        self._crashed(f"the engine process ended unexpectedly{why}; {self._resume_hint()}")
+
+    def _resume_hint(self) -> str:
+        """What a crashed run offers: resume from its checkpoint, or nothing to resume."""
+        assert self.run_dir is not None
+        try:
+            summary = store.summarize(self.run_dir)
+        except (store.StoreError, OSError):
+            summary = None
+        if summary is not None and summary.resumable:
+            return (f"trainlab resume {self.run_dir.name} goes on from its last checkpoint "
+                    f"(the steps after it train again)")
+        return "it wrote no checkpoint to resume from"
 
     async def _wait_for_exit(self) -> None:
         """Until the engine we spawned has exited (a viewer cannot wait on it)."""

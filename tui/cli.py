@@ -119,7 +119,7 @@ def build_attach_parser() -> argparse.ArgumentParser:
         "run, from its store): its history from the run's store, live events from its "
         "engine. One app controls a run at a time; another one views it until it takes "
         "control (t). q leaves the run training.")
-    engine_cli.add_run_args(parser, newest_by_default=True)
+    engine_cli.add_run_args(parser, default="the newest run that trains, else the newest")
     parser.add_argument("--view", action="store_true",
                         help="only watch: never steer the run (t still takes control)")
     return parser
@@ -144,13 +144,21 @@ def attach_app(run_dir: Path, role: str = "control") -> int:
     return _finish(TrainlabApp(config, engine_factory=engine_factory))
 
 
+def _newest_live(root: str) -> Path:
+    """Without a RUN: the newest run that trains (or is paused), else the newest run."""
+    from engine import store
+
+    live = [s for s in store.list_runs(root) if s.status in ("running", "paused")]
+    return live[0].path if live else store.find_run(root, None)
+
+
 def run_attach(argv: list[str]) -> int:
     """``trainlab attach``: find the run, open the app on it."""
     from engine import store
 
     args = build_attach_parser().parse_args(argv)
     try:
-        run_dir = store.find_run(args.dir, args.run)
+        run_dir = store.find_run(args.dir, args.run) if args.run else _newest_live(args.dir)
     except store.RunNotFound as exc:
         print(f"trainlab: error: {exc}", file=sys.stderr)
         return engine_cli.EXIT_BAD_INPUT

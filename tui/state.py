@@ -139,6 +139,15 @@ class RunState:
         return self.state in ("running", "paused")
 
     @property
+    def shown_state(self) -> str:
+        """The state in one word as the screen shows it: a run that finished because it
+        was stopped says stopped (as ``trainlab runs`` does)."""
+        if self.state == "finished" and self.finished is not None \
+                and self.finished.reason == "stopped":
+            return "stopped"
+        return self.state
+
+    @property
     def ended(self) -> bool:
         """Has the run finished or failed?"""
         return self.state in ("finished", "failed")

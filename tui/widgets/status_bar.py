@@ -8,14 +8,15 @@ from tui.state import RunState
 
 STATE_STYLE = {
     "starting": "yellow", "running": "green", "paused": "yellow",
-    "finished": "cyan", "failed": "red",
+    "finished": "cyan", "stopped": "cyan", "failed": "red",
 }
 
 
 def status_text(state: RunState) -> str:
     """The status line's markup: state, step, epoch, steps/s, lr, optimizer, device."""
-    style = STATE_STYLE.get(state.state, "white")
-    parts = [f"[b {style}]{state.state}[/]", f"step {state.step:,}"]
+    shown = state.shown_state
+    style = STATE_STYLE.get(shown, "white")
+    parts = [f"[b {style}]{shown}[/]", f"step {state.step:,}"]
     started = state.started
     if started is not None:
         total = started.total_steps
