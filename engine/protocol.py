@@ -549,6 +549,9 @@ def to_dict(message: Any) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> Any:
     """The command or event that ``to_dict`` produced; ValueError on anything else."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a message is a JSON object with an 'event' or 'command' field, "
+                         f"not a {type(data).__name__}")
     data = dict(data)
     if "event" in data:
         registry, name = EVENTS, data.pop("event")

@@ -120,10 +120,15 @@ class _Client:
     def push(self, message: Any) -> bool:
         """Queue a message for the writer; False (and the client closes) when it fell
         OUTBOX_LIMIT behind. Never blocks."""
+        return self.push_line(protocol.to_json(message) + "\n")
+
+    def push_line(self, line: str) -> bool:
+        """``push`` of a message already encoded (an event goes to every client: it is
+        encoded once)."""
         if self.closed.is_set():
             return False
         try:
-            self._outbox.put_nowait(protocol.to_json(message) + "\n")
+            self._outbox.put_nowait(line)
         except queue.Full:
             self.close()
             return False
@@ -317,8 +322,9 @@ class RunServer:
         """Send an event to every attached client (the caller holds ``lock``). A client
         too far behind is dropped; if it controlled the run, the others hear so."""
         dropped_controller = False
+        line = protocol.to_json(event) + "\n"
         for client in list(self.clients.values()):
-            if not client.push(event):
+            if not client.push_line(line):
                 self.clients.pop(client.id, None)
                 dropped_controller |= self.controller == client.id
         if dropped_controller:

@@ -433,3 +433,10 @@ def test_is_command_tells_commands_from_events_and_other_objects() -> None:
                                                     and not session)
     assert not protocol.is_command("Pause") and not protocol.is_command(None)
     assert not protocol.is_session_command("Attach")
+
+
+@pytest.mark.parametrize("line", ["[1, 2, 3]", "42", '"Pause"', "null"])
+def test_a_line_that_is_not_an_object_is_refused_in_words(line: str) -> None:
+    with pytest.raises(ValueError, match="a message is a JSON object with an 'event' or "
+                                         "'command' field"):
+        protocol.from_json(line)
