@@ -416,7 +416,10 @@ class TrainlabApp(App[int]):
     def _show_histogram(self) -> None:
         layer = self.selected_layer
         entry = self.run_state.histograms.get((layer or "", self.histogram_quantity))
-        view = self.query_one(HistogramView)
+        views = self.query(HistogramView)
+        if not views:  # the app is closing: a late row highlight finds no view
+            return
+        view = views.first()
         if entry is None:
             view.show_histogram(None, step=self.run_state.step)
         else:
