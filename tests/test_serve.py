@@ -256,6 +256,10 @@ def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> No
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(30)
     assert socket_path(run_dir).exists()  # what kill -9 leaves behind
+    from engine.checkpoint import Checkpoints
+
+    good = Checkpoints(run_dir / store.CHECKPOINT_DIR).latest_good()
+    assert good is not None
     started = engine_cli("resume", os.fspath(run_dir), "--detach", "--json")
     assert started.returncode == 0, started.stderr
     try:
@@ -263,7 +267,7 @@ def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> No
         client = Client(socket_path(run_dir))
         client.next("MetricsBatch")
         (resumed,) = [e for e in stored(run_dir, "RunStarted") if e.resumed_from_step]
-        assert resumed.resumed_from_step == stored(run_dir, "CheckpointSaved")[0].step
+        assert resumed.resumed_from_step == good[0]  # the newest good checkpoint of then
         client.close()
     finally:
         os.kill(pid_of(run_dir), signal.SIGTERM)
