@@ -71,10 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train a run", description="Train a run.")
     add_config_args(run)
-    run.add_argument("--headless", action="store_true",
-                     help="train in this terminal without the app, printing progress")
-    run.add_argument("--json", action="store_true",
-                     help="print every event as one JSON line (the scripting interface)")
     add_start_args(run)
 
     probe = sub.add_parser(
@@ -146,7 +142,11 @@ def add_run_args(p: argparse.ArgumentParser, *, default: str = "") -> None:
 
 
 def add_start_args(p: argparse.ArgumentParser) -> None:
-    """--detach: how run, resume and fork start an engine without the app."""
+    """--headless, --json, --detach: how run, resume and fork train without the app."""
+    p.add_argument("--headless", action="store_true",
+                   help="train in this terminal without the app, printing progress")
+    p.add_argument("--json", action="store_true",
+                   help="print every event as one JSON line (the scripting interface)")
     p.add_argument("--detach", action="store_true",
                    help="start the engine in the background (its own session; it outlives "
                    "this terminal), print the run's id and return; with --json, one JSON "
@@ -177,10 +177,6 @@ def add_continue_args(sub: Any) -> None:
                       metavar="SECTION.FIELD=VALUE",
                       help="edit one config field, e.g. --set optim.lr=3e-3 (repeatable)")
     for p in (resume, fork):
-        p.add_argument("--headless", action="store_true",
-                       help="train in this terminal without the app, printing progress")
-        p.add_argument("--json", action="store_true",
-                       help="print every event as one JSON line")
         add_start_args(p)
 
 
@@ -351,6 +347,11 @@ def set_flags(changes: dict[str, Any]) -> str:
                     for key, value in changes.items())
 
 
+def event_printer(as_json: bool, out: TextIO, err: TextIO) -> Callable[[Any], None]:
+    """How a command that trains shows its events: JSON lines, or progress for people."""
+    return json_printer(out) if as_json else ProgressPrinter(out, err)
+
+
 def json_printer(out: TextIO) -> Callable[[Any], None]:
     """Every event as one line of strict JSON."""
 
@@ -468,7 +469,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from engine.lab_runner import run_lab  # it imports this module: import it late
 
         return run_lab(lab, args.config, args.overrides, as_json=args.json, out=out, err=err)
-    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    show = event_printer(args.json, out, err)
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -509,8 +510,7 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
     process = spawn_detached(run_dir, *serve_args)
     if not wait_until_served(run_dir, process, DETACH_WAIT_S) and process.poll() is not None:
         # It ended before serving: say why, from its store.
-        failure = next((e for e in _stored_events(run_dir)
-                        if isinstance(e, protocol.EngineFailed)), None)
+        failure = _stored_failure(run_dir)
         why = failure.message if failure else f"exit status {process.returncode}; see " \
             f"{run_dir / store.LOG_FILE}"
         print(f"trainlab: error: run {run_dir.name} did not start: {why}", file=err)
@@ -527,15 +527,15 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
     return EXIT_OK
 
 
-def _stored_events(run_dir: Path) -> list[Any]:
-    """Every event in a run's store (empty when it cannot be read)."""
+def _stored_failure(run_dir: Path) -> protocol.EngineFailed | None:
+    """The first EngineFailed in a run's store (None: none, or the store is unreadable)."""
     from engine import store
 
     try:
         with store.RunStore.open(run_dir, write=False) as runs:
-            return [event for _, event in runs.events()]
+            return next((event for _, event in runs.events(types=("EngineFailed",))), None)
     except (store.StoreError, OSError):
-        return []
+        return None
 
 
 def _continued_run(args: argparse.Namespace, err: TextIO) -> Path | None:
@@ -568,7 +568,7 @@ def cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     if args.detach:
         return start_detached(run_dir, ("--resume",), args.json, out, err)
-    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    show = event_printer(args.json, out, err)
     return train_headless(plan.config, show, err, run_dir=run_dir,
                           start_from=plan.checkpoint.payload,
                           notes=resume_notes(plan.checkpoint)).exit_code
@@ -600,7 +600,7 @@ def cmd_fork(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     if args.detach:
         return start_detached(child, ("--fork",), args.json, out, err)
-    show = json_printer(out) if args.json else ProgressPrinter(out, err)
+    show = event_printer(args.json, out, err)
     return train_headless(plan.config, show, err, run_dir=child, start_from=plan.payload,
                           notes=(fork_note(plan.parent, plan.parent_step),)).exit_code
 

@@ -35,8 +35,7 @@ from engine.cli import (
     EXIT_INTERRUPTED,
     EXIT_NON_FINITE,
     EXIT_OK,
-    ProgressPrinter,
-    json_printer,
+    event_printer,
     report_config_error,
     train_headless,
 )
@@ -105,7 +104,7 @@ def run_lab(lab: Lab, config_path: str | None, overrides: Sequence[str], *, as_j
         base = config_mod.load(config_path) if config_path else Config()
         runs = lab.configs(base, overrides)
     except ConfigError as exc:
-        show = json_printer(out) if as_json else ProgressPrinter(out, err)
+        show = event_printer(as_json, out, err)
         return report_config_error(exc, show, err, as_json)
 
     outcomes: list[RunOutcome] = []
@@ -117,7 +116,7 @@ def run_lab(lab: Lab, config_path: str | None, overrides: Sequence[str], *, as_j
             gap = "\n" if index > 1 else ""
             print(f"{gap}== {lab.name} {index}/{len(runs)}: {name} ({variant.summary}) ==",
                   file=out, flush=True)
-        show = json_printer(out) if as_json else ProgressPrinter(out, err)
+        show = event_printer(as_json, out, err)
         try:
             result = train_headless(config, show, err)
         except KeyboardInterrupt:  # Ctrl-C in the moment before the run's own handler
