@@ -303,7 +303,7 @@ class TrainlabApp(App[int]):
     def _live(self, engine: Engine) -> bool:
         """Are the engine's events live now, not its run's recorded history (which an
         attached engine replays first, up to its ``Attached``)?"""
-        return not getattr(engine, "replays_history", False) or bool(self.run_state.client)
+        return not engine.replays_history or bool(self.run_state.client)
 
     def _settle_pending(self, event: Any) -> None:
         """Forget a sent live change once the engine has answered it."""

@@ -49,6 +49,9 @@ class Engine(Protocol):
     events: asyncio.Queue[Any]
     detachable: bool
     """Does the run go on after ``detach`` (its own process), or end with the app?"""
+    replays_history: bool
+    """Does the queue start with the run's recorded history, ended by ``Attached`` (after
+    which every event is live)?"""
     run_dir: Path | None
     """The run's directory (store, checkpoints, log) once started; None for none."""
 
@@ -287,6 +290,7 @@ class ThreadEngine:
     with the app."""
 
     detachable = False
+    replays_history = False
 
     def __init__(self) -> None:
         self.events: asyncio.Queue[Any] = asyncio.Queue()
