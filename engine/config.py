@@ -375,8 +375,9 @@ class StatsConfig:
 
     every: int = param(
         10,
-        "Steps between per-layer scalar snapshots (also at least 0.25 s apart); 0 turns the "
-        "instruments off, and untracked steps cost nothing.",
+        "Steps between per-layer scalar snapshots (also at least 0.25 s apart, and more "
+        "where stats.budget needs it); 0 turns the instruments off, and untracked steps "
+        "cost nothing.",
         low=0,
         hot=True,
     )
@@ -388,10 +389,10 @@ class StatsConfig:
         hot=True,
     )
     budget: float = param(
-        0.0,
-        "When > 0, choose the snapshot cadence to keep the measured cost of the "
-        "instruments under this fraction of training time (e.g. 0.02), instead of "
-        "stats.every.",
+        0.01,
+        "The most the instruments may cost, as a share of training time (0.01 = 1%, "
+        "measured while training): where snapshots every stats.every steps would cost "
+        "more, they come at a multiple of it instead; 0 for no limit.",
         low=0.0,
         high=0.5,
         hot=True,

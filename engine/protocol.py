@@ -315,6 +315,10 @@ class LayerStatsSnapshot:
     """Activation statistics use at most this many samples of the batch."""
     overhead: float | None = None
     """Measured share of training time spent on the instruments so far."""
+    interval: int = 0
+    """Steps between scheduled snapshots when this one was taken: stats.every, or a
+    multiple of it that stats.budget chose; 0 when the schedule is off (an on-demand
+    snapshot with stats.every = 0)."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,11 @@ Costs (DESIGN.md section 6):
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +62,8 @@ MIN_SCALAR_INTERVAL_S = 0.25
 most 4 times a second (DESIGN.md section 3), so faster snapshots would never be seen."""
 MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
+BUDGET_WINDOW = 5
+"""stats.budget prices a snapshot at the median extra time of the last this many."""
 MAX_LAYOUTS = 3
 """Buffer layouts kept (one per set of activation shapes seen: usually the full batch's
 and a smaller last batch's). Each holds the weights twice and the gradients once, so
@@ -525,21 +530,24 @@ class Instruments:
         for index, row in enumerate(self.rows):
             by_module.setdefault(row.act_module, {})[row.act_call] = index
         self._rows_by_module = by_module
-        # For stats.budget: the mean untracked step time and the extra a tracked one costs.
+        # For stats.budget: the mean untracked step time and what tracked ones cost more.
         self._plain_s: float | None = None
-        self._extra_s: float | None = None
+        self._extras: collections.deque[float] = collections.deque(maxlen=BUDGET_WINDOW)
         self._train_s = 0.0
         self._spent_s = 0.0
 
     # --- schedule ------------------------------------------------------------------
 
     def interval(self) -> int:
-        """Steps between scalar snapshots now: stats.every, or what stats.budget allows."""
-        if not self.cfg.budget:
-            return self.cfg.every
-        if self._plain_s is None or self._extra_s is None:
-            return max(1, self.cfg.every)  # nothing measured yet
-        return max(1, math.ceil(self._extra_s / (self.cfg.budget * self._plain_s)))
+        """Steps between scalar snapshots now: stats.every, or a multiple of it where
+        stats.budget needs more steps between snapshots to pay for one (0: off)."""
+        every, budget = self.cfg.every, self.cfg.budget
+        if not every or not budget or self._plain_s is None or not self._extras:
+            return every  # nothing measured yet: the first snapshots come on time
+        # A snapshot that costs `extra` more than a step is paid for by
+        # extra / (budget * step) steps; the median ignores a one-off slow step.
+        steps = statistics.median(self._extras) / (budget * self._plain_s)
+        return every * max(1, math.ceil(steps / every))
 
     def due(self, step: int) -> bool:
         """Is the step about to be taken (1-based ``step``) a tracked one?"""
@@ -580,7 +588,7 @@ class Instruments:
         elif self._plain_s is not None:
             extra = max(0.0, seconds - self._plain_s)
             self._spent_s += extra
-            self._extra_s = extra if self._extra_s is None else 0.8 * self._extra_s + 0.2 * extra
+            self._extras.append(extra)
 
     @property
     def overhead(self) -> float | None:
@@ -630,9 +638,12 @@ class Instruments:
         return layout
 
     def take(self) -> LayerStatsSnapshot | None:
-        """The snapshot of the last tracked step (once)."""
+        """The snapshot of the last tracked step (once), with the cost and the cadence
+        measured so far: taken after ``record``, they include this snapshot's own cost."""
         snapshot, self._snapshot = self._snapshot, None
-        return snapshot
+        if snapshot is None:
+            return None
+        return dataclasses.replace(snapshot, overhead=self.overhead, interval=self.interval())
 
 
 def first_nonfinite(snapshot: LayerStatsSnapshot) -> tuple[str, str] | None:
@@ -684,7 +695,7 @@ class _Tracker:
         owner, rows, rec = self.owner, self.owner.rows, self.rec
         if not rows or rec.layout is None:
             return LayerStatsSnapshot(step=step, layers=(), histograms=(),
-                                      sample_rows=ACT_SAMPLE_ROWS, overhead=owner.overhead)
+                                      sample_rows=ACT_SAMPLE_ROWS)
         lay = owner._layout_for(rec.key())
         with torch.no_grad():
             if lay is not rec.layout:
@@ -707,7 +718,6 @@ class _Tracker:
             histograms=_histogram_events(lay, values, rows, grads=self.has_grads)
             if self.histograms else (),
             sample_rows=ACT_SAMPLE_ROWS,
-            overhead=owner.overhead,
         )
 
 

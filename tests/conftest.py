@@ -34,6 +34,9 @@ def tiny_config(**changes: Any) -> Config:
         "run.threads": 1,
         "run.dir": str(RUNS_ROOT),
         "run.checkpoint_min_seconds": 0.0,  # a periodic checkpoint whenever one is due
+        # Snapshots exactly as stats.every says: next to a tiny step a snapshot is dear,
+        # and the default budget (1% of training time) would leave one or two.
+        "stats.budget": 0.0,
     }
     base.update({key.replace("__", "."): value for key, value in changes.items()})
     return Config().with_values(base)
