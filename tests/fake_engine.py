@@ -57,7 +57,7 @@ def snapshot(step: int, *, scales: tuple[float, ...] = (1.0, 0.8, 0.6),
                            tuple(int(100 * math.exp(-((i - 16) / 6) ** 2)) for i in range(32)))
         for name in LAYERS for quantity in ("weight", "grad")
     ) if histograms else ()
-    return protocol.LayerStatsSnapshot(step, rows, hists, 64, 0.01)
+    return protocol.LayerStatsSnapshot(step, rows, hists, 64, overhead=0.01, interval=10)
 
 
 def opening(config: Config, steps: int = 200) -> list[Any]:

@@ -120,6 +120,26 @@ def test_signal_bars_fit_the_snapshot_and_keep_depth_trends_visible() -> None:
     assert bar(math.nan, 20, scale).plain.startswith("!")
 
 
+def test_the_signal_view_says_which_step_how_often_and_what_watching_costs() -> None:
+    import dataclasses
+
+    from rich.console import Console
+
+    from tui.widgets.signal_view import signal_table
+
+    snap = dataclasses.replace(snapshot(1230), overhead=0.0087, interval=40)
+    console = Console(width=100, record=True)
+    console.print(signal_table(snap, 100))
+    text = console.export_text()
+    assert "step 1,230, every 40 steps · watching costs 0.9% of training time" in text
+    assert "activations of the first 64 samples" in text
+    # Before anything was measured, and with the schedule off: no cost, no cadence.
+    console = Console(width=100, record=True)
+    console.print(signal_table(dataclasses.replace(snap, overhead=None, interval=0), 100))
+    text = console.export_text()
+    assert "step 1,230" in text and "costs" not in text and "every" not in text
+
+
 def test_a_resumed_run_goes_back_to_its_checkpoint_step() -> None:
     # A crash after step 200 of history, a resume from the checkpoint of step 120: the
     # steps after 120 are trained again, so what the store held past them is dropped.

@@ -51,6 +51,20 @@ def bar(value: float | None, width: int, scale: tuple[float, float]) -> Text:
     return Text("█" * cells + " " * (width - cells))  # padded: the value labels line up
 
 
+def snapshot_caption(snapshot: protocol.LayerStatsSnapshot, scale: tuple[float, float]) -> str:
+    """What the bars are, in two lines of at most ~70 columns: the scale and the sample
+    the activation figures come from; which step, how often, and what watching costs
+    (as the engine measured it)."""
+    first = (f"log scale, 1e{scale[0]:.0f} to 1e{scale[1]:.0f} · activations of the first "
+             f"{snapshot.sample_rows} samples")
+    second = f"step {snapshot.step:,}"
+    if snapshot.interval:
+        second += f", every {snapshot.interval:,} steps"
+    if snapshot.overhead is not None:
+        second += f" · watching costs {snapshot.overhead:.1%} of training time"
+    return f"{first}\n{second}"
+
+
 def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Table | Text:
     """Two log-scale bars per layer (activation std, gradient std), in forward order."""
     if snapshot is None:
@@ -60,7 +74,7 @@ def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Ta
     rows = snapshot.layers
     scale = log_range([r.act_std for r in rows] + [r.grad_out_std for r in rows])
     table = Table(box=None, padding=(0, 1), expand=False, show_edge=False,
-                  caption=f"log scale, 1e{scale[0]:.0f} to 1e{scale[1]:.0f}",
+                  caption=snapshot_caption(snapshot, scale),
                   caption_justify="left", caption_style="dim")
     table.add_column("layer", no_wrap=True, max_width=16, overflow="ellipsis")
     table.add_column("activation std", no_wrap=True)
