@@ -166,6 +166,8 @@ class LRSchedule:
         c = self.cfg
         if step < c.warmup_steps:
             return (step + 1) / c.warmup_steps
+        if c.name == "constant":  # the default, asked every step: no arithmetic
+            return 1.0
         # The schedule starts where warmup ends and spans the rest of the run.
         step -= c.warmup_steps
         progress = step / max(1, self.total_steps - c.warmup_steps - 1)
