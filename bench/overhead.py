@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/overhead.py            # full run: 5 rounds, ~2 s per measurement
-    python bench/overhead.py --quick    # smoke run: 2 rounds, ~0.3 s per measurement
+    python bench/overhead.py            # full run: 3 processes x 3 rounds, ~2 s a measurement
+    python bench/overhead.py --quick    # smoke run: 1 process x 2 rounds, ~0.3 s
 
 What is compared (issue 3, "Overhead benchmark"), for each model, on the CPU, one thread:
 
@@ -22,8 +22,10 @@ Modes:
   ``zero_grad(set_to_none=True)``, forward, ``cross_entropy``, ``backward``,
   ``optimizer.step()``; no logging, no ``.item()`` per step;
 - ``off``: ``engine.loop.run`` with ``stats.every = 0, stats.hist_every = 0``;
-- ``default``: ``engine.loop.run`` with the Config defaults for ``stats.*``;
-- ``every_step``: ``stats.every = 1, stats.hist_every = 1``, with
+- ``default``: ``engine.loop.run`` with the Config defaults for ``stats.*`` (scalars every
+  10 steps, histograms every 50, both at least ``MIN_*_INTERVAL_S`` apart, and no more
+  than ``stats.budget`` = 1% of training time);
+- ``every_step``: ``stats.every = 1, stats.hist_every = 1, stats.budget = 0``, with
   ``engine.stats.MIN_SCALAR_INTERVAL_S`` and ``MIN_HIST_INTERVAL_S`` patched to 0 for that
   mode only (restored after), so every quantity, histograms included, is measured on
   every step.
@@ -48,11 +50,17 @@ Timing method (only the N training steps, for both sides):
 
 Throughput is N / interval in steps/s. N is fixed per model (calibrated once from the plain
 loop to take ``--seconds``). Each round runs plain, off, default and every_step in an order
-rotated by one per round (so no mode always runs first or after the same neighbour), after
-one untimed warm-up of every mode. The reported ratio is median(mode) / median(plain) over
-the rounds; the table also shows the median of the per-round ratios ("paired"), which is
-less sensitive to slow drift of a noisy machine. Every run also checks that the engine's
-loss at step N equals the plain loop's (same work), and counts the snapshots.
+rotated by one per round (so no mode always runs first or after the same neighbour). The
+rounds are spread over ``--processes`` fresh worker processes, run one after another, each
+after one untimed warm-up of every mode: a process's memory layout (where the allocator
+happens to put weights, activations and optimizer state) moves one side's speed by a few
+percent for that process's whole life. Measured before this was done: the engine with
+instruments off, which does the plain loop's work, at 0.946, 0.955, 0.970, 0.994, 0.993
+and 1.002 of it in six processes of one commit, each of 3-5 rounds. The reported ratio is
+median(mode) / median(plain) over all rounds; the table also shows the median of the
+per-round ratios ("paired"), which is less sensitive to slow drift of a noisy machine.
+Every run also checks that the engine's loss at step N equals the plain loop's (same
+work), and counts the snapshots.
 
 Noise: both clocks are recorded. ``--clock wall`` (the default) is the throughput a user
 sees; ``--clock cpu`` uses the process's CPU time over the same interval (the loop is
@@ -63,8 +71,8 @@ bandwidth. glibc's malloc thresholds are fixed at start (``steady_malloc``;
 faults per step varied from 0 to 130 between runs of either side, worth +-4% per run.
 Neither choice changes the work measured. On a busy shared machine the same loop's speed
 still varies by 10-40% between rounds; the table then says so, and a 1-3% target is only
-resolved with more ``--rounds`` (the ``self`` column, the instruments' own running estimate
-of their cost, is a steadier cross-check for the default schedule).
+resolved with more ``--processes`` and ``--rounds`` (the ``self`` column, the instruments'
+own running estimate of their cost, is a steadier cross-check for the default schedule).
 """
 
 from __future__ import annotations
@@ -72,9 +80,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import json
 import math
 import queue
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -118,7 +128,7 @@ MODELS: dict[str, dict[str, Any]] = {
 STATS: dict[str, dict[str, Any]] = {
     "off": {"stats.every": 0, "stats.hist_every": 0},
     "default": {},  # the Config defaults
-    "every_step": {"stats.every": 1, "stats.hist_every": 1},
+    "every_step": {"stats.every": 1, "stats.hist_every": 1, "stats.budget": 0.0},
 }
 LOSS_TOLERANCE = 1e-4
 """Relative difference allowed between the engine's and the plain loop's loss at step N."""
@@ -308,47 +318,79 @@ def check_same_work(name: str, mode: str, loss: float, reference: float) -> None
               f"plain loop's {reference:.6g}: not the same work", file=sys.stderr)
 
 
-def bench_model(name: str, rounds: int, seconds: float, verbose: bool) -> Result:
+def calibrate(name: str, seconds: float) -> int:
+    """Steps per measurement: what the plain loop does in ``seconds`` (after a warm-up)."""
     cfg = base_config(name)
     data = load_dataset(cfg.data, SEED)
-
-    # Warm-up (untimed): every mode once; then N from the plain loop's step time.
-    for mode in MODES:
-        measure(cfg, data, mode, 20)
+    plain_loop(cfg, data, 20)
     # The fastest of 5 probes: on a busy machine a slow probe would make N small, and a
     # short measurement weighs each run's fixed costs (the first tracked step builds
     # the instruments' buffers) and the noise more.
     probe_steps = 30
     probe_s = min(plain_loop(cfg, data, probe_steps)[0][0] for _ in range(5))
-    n_steps = max(50, round(seconds / (probe_s / probe_steps)))
+    return max(50, round(seconds / (probe_s / probe_steps)))
 
-    result = Result(n_steps)
+
+def worker(name: str, n_steps: int, rounds: int, first_round: int) -> None:
+    """Rounds ``first_round``.. of one model in this process: one JSON line on stdout
+    per measurement (read by ``bench_model``)."""
+    cfg = base_config(name)
+    data = load_dataset(cfg.data, SEED)
+    for mode in MODES:  # warm-up (untimed): every mode once
+        measure(cfg, data, mode, 20)
     reference: float | None = None
-    for r in range(rounds):
+    for r in range(first_round, first_round + rounds):
         shift = r % len(MODES)
         for mode in MODES[shift:] + MODES[:shift]:
             times, loss, recorder = measure(cfg, data, mode, n_steps)
-            for clock, seconds_taken in zip(CLOCKS, times, strict=True):
-                result.rate[clock][mode].append(n_steps / seconds_taken)
-            if recorder is not None:
-                result.snapshots[mode] = recorder.snapshots
-                result.with_histograms[mode] = recorder.with_histograms
-                result.self_overhead[mode] = recorder.overhead
             if reference is None and mode == "plain":
                 reference = loss
             if reference is not None:
                 check_same_work(name, mode, loss, reference)
-            if verbose:
-                print(f"  round {r + 1}/{rounds} {name:<10} {mode:<11} "
-                      f"{n_steps / times[0]:8.1f} steps/s wall ({times[0]:.2f} s), "
-                      f"{n_steps / times[1]:8.1f} steps/s cpu", flush=True)
+            line = {"round": r, "mode": mode, "wall": times[0], "cpu": times[1]}
+            if recorder is not None:
+                line |= {"snapshots": recorder.snapshots,
+                         "with_histograms": recorder.with_histograms,
+                         "overhead": recorder.overhead}
+            print(json.dumps(line), flush=True)
+
+
+def bench_model(name: str, processes: int, rounds: int, seconds: float, verbose: bool,
+                worker_flags: list[str]) -> Result:
+    """``processes`` fresh processes of ``rounds`` rounds each, pooled into one Result."""
+    result = Result(calibrate(name, seconds))
+    total = processes * rounds
+    for p in range(processes):
+        command = [sys.executable, __file__, "--worker", "--model", name, "--steps",
+                   str(result.n_steps), "--rounds", str(rounds), "--first-round",
+                   str(p * rounds), *worker_flags]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdout is not None
+            for text in child.stdout:
+                line = json.loads(text)
+                mode = line["mode"]
+                for clock in CLOCKS:
+                    result.rate[clock][mode].append(result.n_steps / line[clock])
+                if "snapshots" in line:
+                    result.snapshots[mode] = line["snapshots"]
+                    result.with_histograms[mode] = line["with_histograms"]
+                    result.self_overhead[mode] = line["overhead"]
+                if verbose:
+                    print(f"  process {p + 1}/{processes} round {line['round'] + 1}/{total} "
+                          f"{name:<10} {mode:<11} {result.n_steps / line['wall']:8.1f} steps/s "
+                          f"wall ({line['wall']:.2f} s), "
+                          f"{result.n_steps / line['cpu']:8.1f} steps/s cpu", flush=True)
+        if child.returncode:
+            raise SystemExit(f"worker process for {name} failed (exit {child.returncode})")
     return result
 
 
-def print_table(name: str, result: Result, clock: str, rounds: int) -> None:
+def print_table(name: str, result: Result, clock: str, processes: int, rounds: int) -> None:
     other = "cpu" if clock == "wall" else "wall"
     print(f"\n{name}: batch {MODELS[name]['data.batch_size']}, {result.n_steps} steps per "
-          f"measurement, {rounds} rounds, {THREADS} thread; steps/s by the {clock} clock")
+          f"measurement, {processes} process{'es' if processes > 1 else ''} x {rounds} rounds, "
+          f"{THREADS} thread; steps/s "
+          f"by the {clock} clock")
     header = (f"{'mode':<11} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7} {'target':>7} "
               f"{'ok':<3} {'paired':>7} {other + ' ratio':>9} {'snapshots':>14} {'self':>6}")
     print(header)
@@ -369,7 +411,8 @@ def print_table(name: str, result: Result, clock: str, rounds: int) -> None:
               f"{'-' if own is None else f'{own:.1%}':>6}")
     noisy = max(result.spread(mode, clock) for mode in MODES)
     if noisy > 1.1:
-        advice = "more --rounds" + (", or --clock cpu" if clock == "wall" else "")
+        advice = "more --processes and --rounds" + (
+            ", or --clock cpu" if clock == "wall" else "")
         print(f"note: throughput of one mode varied up to x{noisy:.2f} between rounds: the "
               f"machine was busy;\nratios are uncertain by about that much ({advice})")
 
@@ -383,7 +426,10 @@ histograms; self = the instruments' own estimate of their overhead (LayerStatsSn
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; quick 2)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="fresh processes per model (default 3; quick 1)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds per process (default 3; quick 2)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="target seconds per measurement (default 2; quick 0.3)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
@@ -395,21 +441,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's adaptive malloc thresholds (noisier; see steady_malloc)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every measurement")
+    # A worker process (started by the benchmark itself): its rounds as JSON lines.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--first-round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
+    processes = args.processes if args.processes is not None else (1 if args.quick else 3)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 3)
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 2.0)
-    if rounds < 1 or seconds <= 0:
-        parser.error("--rounds must be >= 1 and --seconds > 0")
+    if processes < 1 or rounds < 1 or seconds <= 0:
+        parser.error("--processes and --rounds must be >= 1 and --seconds > 0")
 
     torch.set_num_threads(THREADS)
-    malloc = "default" if args.default_malloc or not steady_malloc() else "fixed thresholds"
-    print(f"torch {torch.__version__}, {THREADS} thread, {rounds} rounds, ~{seconds:g} s per "
-          f"measurement, clock {args.clock}, malloc {malloc}")
+    fixed = not args.default_malloc and steady_malloc()
+    if args.worker:
+        worker(args.model[0], args.steps, rounds, args.first_round)
+        return 0
+    print(f"torch {torch.__version__}, {THREADS} thread, {processes} processes x {rounds} "
+          f"rounds, ~{seconds:g} s per measurement, clock {args.clock}, malloc "
+          f"{'fixed thresholds' if fixed else 'default'}")
     print(LEGEND)
+    worker_flags = ["--default-malloc"] if args.default_malloc else []
     results = {}
     for name in args.model or list(MODELS):
-        results[name] = bench_model(name, rounds, seconds, args.verbose)
-        print_table(name, results[name], args.clock, rounds)
+        results[name] = bench_model(name, processes, rounds, seconds, args.verbose,
+                                    worker_flags)
+        print_table(name, results[name], args.clock, processes, rounds)
     print()
     for name, result in results.items():
         for mode in ENGINE_MODES:
