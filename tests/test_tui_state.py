@@ -127,17 +127,22 @@ def test_the_signal_view_says_which_step_how_often_and_what_watching_costs() -> 
 
     from tui.widgets.signal_view import signal_table
 
+    def shown(snap: protocol.LayerStatsSnapshot, width: int) -> list[str]:
+        console = Console(width=width, record=True)
+        console.print(signal_table(snap, width))
+        return [line.strip() for line in console.export_text().splitlines()]
+
     snap = dataclasses.replace(snapshot(1230), overhead=0.0087, interval=40)
-    console = Console(width=100, record=True)
-    console.print(signal_table(snap, 100))
-    text = console.export_text()
-    assert "step 1,230, every 40 steps · watching costs 0.9% of training time" in text
-    assert "activations of the first 64 samples" in text
+    wide = shown(snap, 140)
+    # grad std 6e-4 .. act std 1: whole decades around them, 1e-4 to 1e0
+    assert wide[-1] == ("step 1,230, every 40 steps · watching: 0.9% of training · "
+                        "log scale 1e-4 to 1e0 · activations: first 64 samples")
+    narrow = shown(snap, 60)  # the side column: two lines, none wrapped
+    assert narrow[-2:] == ["log scale 1e-4 to 1e0 · activations: first 64 samples",
+                           "step 1,230, every 40 steps · watching: 0.9% of training"]
     # Before anything was measured, and with the schedule off: no cost, no cadence.
-    console = Console(width=100, record=True)
-    console.print(signal_table(dataclasses.replace(snap, overhead=None, interval=0), 100))
-    text = console.export_text()
-    assert "step 1,230" in text and "costs" not in text and "every" not in text
+    bare = shown(dataclasses.replace(snap, overhead=None, interval=0), 140)
+    assert bare[-1].startswith("step 1,230 · log scale")
 
 
 def test_a_resumed_run_goes_back_to_its_checkpoint_step() -> None:

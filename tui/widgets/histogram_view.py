@@ -54,7 +54,9 @@ class HistogramView(PlotextPlot):
                 lo=hist.lo,
                 hi=hist.hi,
                 counts=hist.counts,
-                title=f"{hist.layer} {hist.quantity} @ step {self._step}",
+                # The range in the title too: a short view has no room for the x ticks.
+                title=f"{hist.layer} {hist.quantity} @ step {self._step}, "
+                f"{hist.lo:.3g} to {hist.hi:.3g}",
                 width=width,
                 height=height,
             )

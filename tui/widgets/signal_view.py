@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
@@ -51,21 +52,23 @@ def bar(value: float | None, width: int, scale: tuple[float, float]) -> Text:
     return Text("█" * cells + " " * (width - cells))  # padded: the value labels line up
 
 
-def snapshot_caption(snapshot: protocol.LayerStatsSnapshot, scale: tuple[float, float]) -> str:
-    """What the bars are, in two lines of at most ~70 columns: the scale and the sample
-    the activation figures come from; which step, how often, and what watching costs
-    (as the engine measured it)."""
-    first = (f"log scale, 1e{scale[0]:.0f} to 1e{scale[1]:.0f} · activations of the first "
+def snapshot_caption(snapshot: protocol.LayerStatsSnapshot, scale: tuple[float, float],
+                     width: int) -> str:
+    """What the bars are: the scale and the sample the activation figures come from;
+    which step, how often, and what watching costs (as the engine measured it). One
+    line where ``width`` holds it, else two of under 60 columns (the side column)."""
+    first = (f"log scale 1e{scale[0]:.0f} to 1e{scale[1]:.0f} · activations: first "
              f"{snapshot.sample_rows} samples")
     second = f"step {snapshot.step:,}"
     if snapshot.interval:
         second += f", every {snapshot.interval:,} steps"
     if snapshot.overhead is not None:
-        second += f" · watching costs {snapshot.overhead:.1%} of training time"
-    return f"{first}\n{second}"
+        second += f" · watching: {snapshot.overhead:.1%} of training"
+    one_line = f"{second} · {first}"
+    return one_line if len(one_line) <= width else f"{first}\n{second}"
 
 
-def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Table | Text:
+def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> RenderableType:
     """Two log-scale bars per layer (activation std, gradient std), in forward order."""
     if snapshot is None:
         return Text("No layer statistics yet: they come every stats.every steps.", style="dim")
@@ -73,9 +76,7 @@ def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Ta
     bar_width = max(4, (width - 16 - 2 * 8 - 6) // 2)
     rows = snapshot.layers
     scale = log_range([r.act_std for r in rows] + [r.grad_out_std for r in rows])
-    table = Table(box=None, padding=(0, 1), expand=False, show_edge=False,
-                  caption=snapshot_caption(snapshot, scale),
-                  caption_justify="left", caption_style="dim")
+    table = Table(box=None, padding=(0, 1), expand=False, show_edge=False)
     table.add_column("layer", no_wrap=True, max_width=16, overflow="ellipsis")
     table.add_column("activation std", no_wrap=True)
     table.add_column("gradient std", no_wrap=True)
@@ -87,7 +88,8 @@ def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Ta
         grad.stylize("magenta")
         grad.append(f" {row.grad_out_std:.2g}" if row.grad_out_std is not None else "")
         table.add_row(row.name, act, grad)
-    return table
+    # Under the table, not its caption: a caption wraps at the table's own width.
+    return Group(table, Text(snapshot_caption(snapshot, scale, width), style="dim"))
 
 
 class SignalView(Static):
