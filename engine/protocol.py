@@ -314,7 +314,8 @@ class LayerStatsSnapshot:
     sample_rows: int
     """Activation statistics use at most this many samples of the batch."""
     overhead: float | None = None
-    """Measured share of training time spent on the instruments so far."""
+    """Measured share of training time spent on the instruments so far (over the steps
+    taken while they were on)."""
     interval: int = 0
     """Steps between scheduled snapshots when this one was taken: stats.every, or a
     multiple of it that stats.budget chose; 0 when the schedule is off (an on-demand

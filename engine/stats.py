@@ -63,7 +63,10 @@ most 4 times a second (DESIGN.md section 3), so faster snapshots would never be 
 MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
 BUDGET_WINDOW = 5
-"""stats.budget prices a snapshot at the median extra time of the last this many."""
+"""stats.budget prices a snapshot at the median extra time of the last this many..."""
+BUDGET_MIN_SAMPLES = 3
+"""...once it has this many: until then (one or two, which may be a one-off slow
+step) snapshots come every stats.every steps, and the next measurements decide."""
 MAX_LAYOUTS = 3
 """Buffer layouts kept (one per set of activation shapes seen: usually the full batch's
 and a smaller last batch's). Each holds the weights twice and the gradients once, so
@@ -533,6 +536,10 @@ class Instruments:
         # For stats.budget: the mean untracked step time and what tracked ones cost more.
         self._plain_s: float | None = None
         self._extras: collections.deque[float] = collections.deque(maxlen=BUDGET_WINDOW)
+        self._extra_s: float | None = None
+        """Their median once there are BUDGET_MIN_SAMPLES (kept: due() asks every step)."""
+        self._built_layout = False
+        """The tracked step being recorded built a buffer layout: a one-off cost."""
         self._train_s = 0.0
         self._spent_s = 0.0
 
@@ -542,11 +549,11 @@ class Instruments:
         """Steps between scalar snapshots now: stats.every, or a multiple of it where
         stats.budget needs more steps between snapshots to pay for one (0: off)."""
         every, budget = self.cfg.every, self.cfg.budget
-        if not every or not budget or self._plain_s is None or not self._extras:
-            return every  # nothing measured yet: the first snapshots come on time
+        if not every or not budget or not self._plain_s or self._extra_s is None:
+            return every  # not measured enough yet: the first snapshots come on time
         # A snapshot that costs `extra` more than a step is paid for by
-        # extra / (budget * step) steps; the median ignores a one-off slow step.
-        steps = statistics.median(self._extras) / (budget * self._plain_s)
+        # extra / (budget * step) steps.
+        steps = self._extra_s / (budget * self._plain_s)
         return every * max(1, math.ceil(steps / every))
 
     def due(self, step: int) -> bool:
@@ -580,19 +587,30 @@ class Instruments:
         )
 
     def record(self, seconds: float, tracked: bool) -> None:
-        """Feed one step's wall time, so the budget and the overhead are measured."""
+        """Feed one step's wall time while the instruments are on, so the budget and the
+        overhead are measured. (With stats.every = 0 the loop does not time its steps.)
+
+        On a GPU an untracked step is timed as launched, while a tracked one waits for
+        the device at its transfer: the extra then includes queued work, and the budget
+        errs towards fewer snapshots.
+        """
         self._train_s += seconds
+        built, self._built_layout = self._built_layout, False
         if not tracked:
             self._plain_s = seconds if self._plain_s is None else (
                 0.95 * self._plain_s + 0.05 * seconds)
         elif self._plain_s is not None:
             extra = max(0.0, seconds - self._plain_s)
             self._spent_s += extra
-            self._extras.append(extra)
+            if not built:  # building a layout is paid once, not by every snapshot
+                self._extras.append(extra)
+                if len(self._extras) >= BUDGET_MIN_SAMPLES:
+                    self._extra_s = statistics.median(self._extras)
 
     @property
     def overhead(self) -> float | None:
-        """Measured share of training time the instruments took so far."""
+        """Measured share of training time the instruments took, over the steps taken
+        while they were on."""
         return self._spent_s / self._train_s if self._train_s and self._plain_s else None
 
     # --- measuring -------------------------------------------------------------------
@@ -635,6 +653,7 @@ class Instruments:
                 self._layouts.pop(next(iter(self._layouts)))
             layout = self._layouts[key] = _Layout(
                 self.rows, self.weights, key, self._device, self._dtype)
+            self._built_layout = True
         return layout
 
     def take(self) -> LayerStatsSnapshot | None:

@@ -590,8 +590,9 @@ def test_snapshots_with_the_real_time_limit_stay_on_the_step_grid() -> None:
 def test_the_budget_spaces_out_snapshots_that_cost_too_much(
         exact_schedule: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot made 50 ms dearer than a step of well under 5 ms: at a 1% budget one
-    is paid for by more than 1,000 steps, so after the first scheduled one (step 5, the
-    first measured) none comes in 60 steps; with no budget, every 5 steps."""
+    is paid for by more than 1,000 steps, so once three are measured (steps 5, 10, 15;
+    step 1 has no plain step to compare with) none comes in 60 steps; with no budget,
+    every 5 steps."""
     finish = stats._Tracker.finish
 
     def dear_finish(self: Any, step: int, *, update: bool) -> LayerStatsSnapshot:
@@ -601,10 +602,10 @@ def test_the_budget_spaces_out_snapshots_that_cost_too_much(
     monkeypatch.setattr(stats._Tracker, "finish", dear_finish)
     capped = snapshots(run_loop(tiny_config(
         stats__every=5, stats__hist_every=0, stats__budget=0.01, run__max_steps=60)))
-    assert [s.step for s in capped] == [1, 5]
+    assert [s.step for s in capped] == [1, 5, 10, 15]
     assert capped[-1].interval > 5 and capped[-1].interval % 5 == 0
-    # Its own cost is in the overhead it reports: 50 ms of ~105 (step 1 paid 50 ms too,
-    # before any step was measured to compare it with).
+    # Its own cost is in the overhead it reports: 3 x 50 ms of ~205 (step 1 paid 50 ms
+    # too, before any step was measured to compare it with).
     assert capped[-1].overhead is not None and capped[-1].overhead > 0.3
     free = snapshots(run_loop(tiny_config(
         stats__every=5, stats__hist_every=0, stats__budget=0.0, run__max_steps=60)))
@@ -960,21 +961,28 @@ def test_a_skipped_layer_is_not_a_nonfinite_activation() -> None:
 
 def test_budget_spaces_snapshots_to_a_multiple_of_every() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    inst = Instruments(model, torch.zeros(2, 3), StatsConfig(every=10, budget=0.02))
+    x = torch.randn(8, 3)
+    inst = Instruments(model, x[:2], StatsConfig(every=10, budget=0.02))
     assert inst.interval() == 10  # nothing measured yet: stats.every
     for _ in range(50):
         inst.record(0.010, tracked=False)  # an untracked step: 10 ms
-    inst.record(0.011, tracked=True)  # a snapshot costs 1 ms more
-    # 1 ms every k steps of 10 ms stays under 2% when k >= 1 / (0.02 * 10) = 5: the
-    # budget asks for nothing faster than stats.every.
-    assert inst.interval() == 10
+    with inst.track(60) as tracker:  # the first tracked step builds the buffer layout
+        model(x).pow(2).mean().backward()
+        tracker.after_backward()
+    inst.record(0.510, tracked=True)  # 500 ms more, paid once: not a snapshot's price
     inst.record(0.015, tracked=True)
-    inst.record(0.015, tracked=True)  # now a snapshot costs 5 ms (the median of 1, 5, 5)
-    assert inst.interval() == 30  # 25 steps pay for one: the next multiple of 10
+    inst.record(0.015, tracked=True)  # snapshots cost 5 ms more
+    # Two prices are not enough to widen on (with the layout's step they would be
+    # three, median 5 ms, and the interval 30 already).
+    assert inst.interval() == 10
+    inst.record(0.011, tracked=True)  # 5, 5 and 1 ms: the median is 5
+    # 5 ms every k steps of 10 ms stays under 2% when k >= 5 / (0.02 * 10) = 25.
+    assert inst.interval() == 30  # the next multiple of 10
     inst.record(0.510, tracked=True)  # one step slowed by something else
-    assert inst.interval() == 30  # the median of 1, 5, 5, 500 ms is still 5
-    spent = 0.001 + 0.005 + 0.005 + 0.5
-    assert inst.overhead == pytest.approx(spent / (0.5 + 0.011 + 0.030 + 0.510), rel=1e-6)
+    assert inst.interval() == 30  # the median of 5, 5, 1, 500 ms is still 5
+    spent = 0.5 + 0.005 + 0.005 + 0.001 + 0.5
+    assert inst.overhead == pytest.approx(
+        spent / (0.5 + 0.510 + 0.015 + 0.015 + 0.011 + 0.510), rel=1e-6)
     inst.cfg = StatsConfig(every=10, budget=0.0)
     assert inst.interval() == 10  # no limit: the fixed cadence again
     inst.cfg = StatsConfig(every=0, budget=0.02)
