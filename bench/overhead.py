@@ -338,21 +338,20 @@ def worker(name: str, n_steps: int, rounds: int, first_round: int) -> None:
     data = load_dataset(cfg.data, SEED)
     for mode in MODES:  # warm-up (untimed): every mode once
         measure(cfg, data, mode, 20)
-    reference: float | None = None
+    losses: dict[str, float] = {}  # each mode's first: checked once plain has run
     for r in range(first_round, first_round + rounds):
         shift = r % len(MODES)
         for mode in MODES[shift:] + MODES[:shift]:
             times, loss, recorder = measure(cfg, data, mode, n_steps)
-            if reference is None and mode == "plain":
-                reference = loss
-            if reference is not None:
-                check_same_work(name, mode, loss, reference)
+            losses.setdefault(mode, loss)
             line = {"round": r, "mode": mode, "wall": times[0], "cpu": times[1]}
             if recorder is not None:
                 line |= {"snapshots": recorder.snapshots,
                          "with_histograms": recorder.with_histograms,
                          "overhead": recorder.overhead}
             print(json.dumps(line), flush=True)
+    for mode, loss in losses.items():
+        check_same_work(name, mode, loss, losses["plain"])
 
 
 def bench_model(name: str, processes: int, rounds: int, seconds: float, verbose: bool,
@@ -457,8 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.model[0], args.steps, rounds, args.first_round)
         return 0
-    print(f"torch {torch.__version__}, {THREADS} thread, {processes} processes x {rounds} "
-          f"rounds, ~{seconds:g} s per measurement, clock {args.clock}, malloc "
+    print(f"torch {torch.__version__}, {THREADS} thread, {processes} "
+          f"process{'es' if processes > 1 else ''} x {rounds} rounds, ~{seconds:g} s per "
+          f"measurement, clock {args.clock}, malloc "
           f"{'fixed thresholds' if fixed else 'default'}")
     print(LEGEND)
     worker_flags = ["--default-malloc"] if args.default_malloc else []

@@ -56,7 +56,7 @@ def snapshot_caption(snapshot: protocol.LayerStatsSnapshot, scale: tuple[float, 
                      width: int) -> str:
     """What the bars are: the scale and the sample the activation figures come from;
     which step, how often, and what watching costs (as the engine measured it). One
-    line where ``width`` holds it, else two of under 60 columns (the side column)."""
+    line where ``width`` holds it, else two of about 55-65 columns (the side column)."""
     first = (f"log scale 1e{scale[0]:.0f} to 1e{scale[1]:.0f} · activations: first "
              f"{snapshot.sample_rows} samples")
     second = f"step {snapshot.step:,}"
