@@ -198,13 +198,14 @@ def act_reference(a: torch.Tensor, kind: str) -> dict[str, float | None]:
     }
 
 
-def assert_matches(row: LayerStats, ref: dict[str, float | None], what: str) -> None:
+def assert_matches(row: LayerStats, ref: dict[str, Any], what: str, *,
+                   abs_tol: float = 1e-5) -> None:
     for key, expected in ref.items():
         got = getattr(row, key)
         if expected is None:
             assert got is None, f"{what}.{key}: expected None, got {got}"
         else:
-            assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), f"{what}.{key}"
+            assert got == pytest.approx(expected, rel=1e-4, abs=abs_tol), f"{what}.{key}"
 
 
 @pytest.mark.parametrize("batch", [10, ACT_SAMPLE_ROWS + 44])
@@ -1044,12 +1045,7 @@ def mixed_reference(model: nn.Sequential, x: torch.Tensor, target: torch.Tensor
 def assert_rows_match(snap: LayerStatsSnapshot, refs: list[dict[str, Any]]) -> None:
     assert [r.activation for r in snap.layers] == MIXED_KINDS
     for row, ref in zip(snap.layers, refs, strict=True):
-        for key, expected in ref.items():
-            got = getattr(row, key)
-            if expected is None:
-                assert got is None, f"{row.name}.{key}"
-            else:
-                assert got == pytest.approx(expected, rel=1e-4, abs=1e-7), f"{row.name}.{key}"
+        assert_matches(row, ref, row.name, abs_tol=1e-7)
 
 
 @pytest.mark.parametrize("batch", [ACT_SAMPLE_ROWS + 6, 9])

@@ -175,6 +175,14 @@ async def settle(pilot: Any) -> None:
     await pilot.pause()
 
 
+async def settled_screen(pilot: Any) -> CompareScreen:
+    """The compare screen, once settled (it is the app's current screen)."""
+    await settle(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, CompareScreen)
+    return screen
+
+
 # --- the screen ---------------------------------------------------------------------
 
 
@@ -184,9 +192,7 @@ async def test_lists_every_run_newest_first_with_parents(tmp_path: Path) -> None
     latest = max(s.updated_at for s in store.list_runs(tmp_path))
     async with Host(tmp_path, runs.parent, now=lambda: latest + 90).run_test(
             size=(120, 30)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         table = screen.query_one(RunPicker)
         assert column(table, "age") == ["1m ago"] * 3
         # the highlighted (newest) run in full: crashed, with a checkpoint to resume from
@@ -211,9 +217,7 @@ async def test_the_current_run_its_parent_and_forks_are_picked(tmp_path: Path) -
     runs = three_runs(tmp_path)
     for current in (runs.parent, runs.fork):
         async with Host(tmp_path, current).run_test(size=(120, 30)) as pilot:
-            await settle(pilot)
-            screen = pilot.app.screen
-            assert isinstance(screen, CompareScreen)
+            screen = await settled_screen(pilot)
             assert sorted(screen.picked) == sorted([runs.parent, runs.fork])
             # the current run first: the others' differences are shown against it
             assert [run.id for run in screen.compared] == \
@@ -226,9 +230,7 @@ async def test_picked_runs_are_preselected_too(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, None, picked=[runs.other, "20991231-000000-none"]).run_test(
             size=(120, 30)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         assert screen.picked == [runs.other]  # a run that is not under the root is dropped
         assert [run.id for run in screen.compared] == [runs.other]
 
@@ -264,9 +266,7 @@ def test_the_screen_imports_no_torch() -> None:
 async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         table = screen.query_one("#configs-table", DataTable)
         parent, fork = flat(runs.configs[runs.parent]), flat(runs.configs[runs.fork])
         expected = {key for key in parent if parent[key] != fork[key]}
@@ -292,9 +292,7 @@ async def test_config_rows_are_exactly_the_keys_that_differ(tmp_path: Path) -> N
 async def test_adding_a_third_run_widens_the_differences(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         await pilot.press("space", "enter")  # the cursor starts on the newest: other
         await settle(pilot)
         assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other}
@@ -310,9 +308,7 @@ async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
         await pilot.press("space", "enter")  # pick the crashed run too
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         table = screen.query_one("#metrics-table", DataTable)
         for run_id in (runs.parent, runs.fork):
             ended = next(e for e in runs.events[run_id] if isinstance(e, protocol.RunFinished))
@@ -344,9 +340,7 @@ async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
 async def test_the_chart_has_one_overlay_per_picked_run(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         chart = screen.query_one(CompareChart)
         names = screen.names
         assert [name for name, _ in chart.curves] == [names[runs.parent], names[runs.fork]]
@@ -386,9 +380,7 @@ async def test_a_live_change_shows_in_the_config_and_makes_a_difference(tmp_path
     changed = make_run(tmp_path, config, changed_events)
     async with Host(tmp_path, same).run_test(size=(120, 30)) as pilot:
         await pilot.press("space", "enter")  # the cursor is on the newest: changed
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         table = screen.query_one("#configs-table", DataTable)
         assert [row.value for row in table.rows] == ["optim.lr"]
         assert str(table.get_cell("optim.lr", run_column(screen, changed))) == \
@@ -436,9 +428,7 @@ async def test_a_diverged_run_is_drawn_and_its_nan_shown(tmp_path: Path) -> None
         protocol.RunFinished("non_finite", protocol.FinalMetrics(
             100, 4, math.nan, math.nan, 0.1, 0.9, 50, 3.0))])
     async with Host(tmp_path, healthy, picked=[diverged]).run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         await pilot.press("2")
         chart = screen.query_one(CompareChart)
         for keys in ((), ("l",), ("v",), ("e",), ("l",)):  # log, validation, epochs, linear
@@ -462,9 +452,7 @@ async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> Non
     (broken / store.DB_FILE).write_bytes(b"this is not a database" * 100)
     (tmp_path / runs.other / store.CONFIG_FILE).unlink()
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         table = screen.query_one(RunPicker)
         assert broken.name in [row.value for row in table.rows]
         row = table.get_row_index(broken.name)
@@ -520,9 +508,7 @@ async def test_no_runs_yet(tmp_path: Path) -> None:
 async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         assert not screen.wide
 
         def shown() -> list[str]:
@@ -545,9 +531,7 @@ async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> No
         assert not isinstance(pilot.app.screen, CompareScreen)
 
     async with Host(tmp_path, runs.parent).run_test(size=(200, 60)) as pilot:
-        await settle(pilot)
-        screen = pilot.app.screen
-        assert isinstance(screen, CompareScreen)
+        screen = await settled_screen(pilot)
         assert screen.wide
         assert all(screen.query_one(f"#pane-{pane}").display
                    for pane in ("runs", "chart", "configs", "metrics"))
@@ -565,9 +549,7 @@ async def test_reload_sees_a_run_that_moved_on(tmp_path: Path) -> None:
         runs.record(metrics(1, 50))
         runs.commit()
         async with Host(tmp_path, path.name).run_test(size=(120, 30)) as pilot:
-            await settle(pilot)
-            screen = pilot.app.screen
-            assert isinstance(screen, CompareScreen)
+            screen = await settled_screen(pilot)
             table = screen.query_one(RunPicker)
             assert column(table, "status") == ["running"]
             assert len(screen.query_one(CompareChart).curves[0][1]) == 50
