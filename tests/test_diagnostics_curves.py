@@ -8,15 +8,23 @@ show the problem, and on healthy runs that must raise none of these kinds.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from engine.config import Config
+from engine.diagnostics import LOSS_HISTORY, Diagnostics, History, curves
 from engine.diagnostics import Context as DiagnosisContext
-from engine.diagnostics import History, curves
-from engine.protocol import EvalDone, LayerStats, LayerStatsSnapshot, NonFiniteDetected
+from engine.protocol import (
+    EvalDone,
+    HyperChanged,
+    LayerStats,
+    LayerStatsSnapshot,
+    MetricsBatch,
+    NonFiniteDetected,
+)
 from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
 
 CURVE_KINDS = {"divergence", "plateau", "overfitting", "non_finite"}
@@ -133,6 +141,49 @@ def test_divergence_judges_only_what_came_after_the_last_change():
     # After the change the loss comes back down: judged from the level at the change.
     recovered = losses + falling(5.0, 0.6, 60, seed=4)
     assert curves.divergence(loss_history(recovered, change_at=120), context()) is None
+
+
+
+def test_chunk_levels_fed_batch_by_batch_match_a_fresh_count_past_the_history_bound():
+    """The chunk levels kept across metrics batches (each batch scans only its own
+    steps) equal the medians of the grid-aligned whole chunks since the last change that
+    are still in the bounded history, computed here from scratch with numpy."""
+    cfg = Config()
+    diagnostics = Diagnostics(cfg)
+    h, window = diagnostics.history, curves.LEVEL_WINDOW
+    rng = np.random.default_rng(3)
+    losses = list(np.exp(rng.standard_normal(LOSS_HISTORY + 1500)))
+    losses[700:711] = [math.nan] * 11  # a mostly non-finite chunk: level None, slot kept
+    step, change_at = 0, 1013  # mid-chunk and mid-batch: the grid stays fixed
+    for size in itertools.cycle((24, 7, 131, 1)):
+        if step >= len(losses):
+            break
+        steps = tuple(range(step + 1, min(step + size, len(losses)) + 1))
+        if steps[0] <= change_at < steps[-1]:  # a live change inside this batch's steps
+            before = tuple(s for s in steps if s <= change_at)
+            diagnostics.observe(batch_of(before, losses))
+            diagnostics.observe(HyperChanged(change_at, "optim.lr", 1e-3, 5e-4))
+            steps = steps[len(before):]
+        diagnostics.observe(batch_of(steps, losses))
+        step = steps[-1]
+        kept_steps = [s for s in range(max(1, step - LOSS_HISTORY + 1), step + 1)]
+        assert h.steps == kept_steps  # exactly the last LOSS_HISTORY steps
+        # Whole chunks of the grid (step 1 + k * window ...) after the change, in the history.
+        first_kept = max(kept_steps[0], change_at + 1 if step > change_at else 1)
+        starts = [s for s in range(1, step + 2 - window, window)
+                  if s >= first_kept and s + window - 1 <= step]
+        expected = []
+        for s in starts:
+            chunk = np.array(losses[s - 1 : s - 1 + window])
+            finite = chunk[np.isfinite(chunk)]
+            expected.append(float(np.median(finite)) if 2 * len(finite) >= window else None)
+        assert curves._chunk_levels(h, window) == pytest.approx(expected, nan_ok=False)
+    assert step > LOSS_HISTORY + change_at  # the change itself has left the history
+
+
+def batch_of(steps: tuple[int, ...], losses: list[float]) -> MetricsBatch:
+    return MetricsBatch(steps, tuple(losses[s - 1] for s in steps), (1e-3,) * len(steps),
+                        0, 100.0, 100.0)
 
 
 # --- plateau -------------------------------------------------------------------------

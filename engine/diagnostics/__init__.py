@@ -18,11 +18,12 @@ with the reason for its value (KNOWLEDGE.md).
 
 Cost, in the training thread, measured on full histories (4096 losses; 64 snapshots of
 a 31-row net, all within the last 50 steps: the worst case for the update-ratio span)
-on this project's shared 2-core CPU: about 0.5 ms per metrics batch (divergence 0.44,
-plateau 0.09) and 2.3 ms per snapshot (update_ratio's per-row medians 1.6, shared with
-slow_lower_layers; the rest under 0.3 each). Metrics batches come at most 10 times a
-second and snapshots 4, so at worst ~1.5% of the training thread; a net of a few layers
-or a history not yet full costs a fraction of that.
+on this project's shared 2-core CPU: about 0.05 ms per metrics batch with warm caches,
+0.2 ms inside a run whose steps evict them (``diagnostics.curves`` says how), and 2.3 ms
+per snapshot (update_ratio's per-row medians 1.6, shared with slow_lower_layers; the
+rest under 0.3 each). Metrics batches come at most 10 times a second and snapshots 4,
+so at worst ~1.1% of the training thread; a net of a few layers or a history not yet
+full costs a fraction of that.
 """
 
 from __future__ import annotations
@@ -63,12 +64,12 @@ class History:
     """The run's first snapshot: the network as initialized when statistics are taken
     from step 1 (the loop measures step 1 whenever stats.every > 0); None while there is
     none, as in a run with stats.every = 0."""
-    steps: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
-    losses: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
-    lrs: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=LOSS_HISTORY))
+    steps: list[int] = field(default_factory=list)
+    """The steps of the last LOSS_HISTORY losses, oldest first. Lists trimmed as batches
+    arrive, not deques: the detectors slice them on every batch, and a deque would have
+    to be copied whole first (~30 us for 4096 steps and losses)."""
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
     first_loss: float | None = None
     """The first finite training loss: the loss at init."""
     evals: list[EvalDone] = field(default_factory=list)
@@ -78,9 +79,24 @@ class History:
     """Step of the last live change: curve detectors judge only what came after it."""
     memo: dict[Any, Any] = field(default_factory=dict)
     """Figures several detectors read from the same event (cleared on every event)."""
-    levels: dict[tuple[int, int, int], float | None] = field(default_factory=dict)
-    """Loss levels of whole step chunks, kept across events: (window, last change step,
-    chunk index) -> median. A chunk's losses never change once it is complete."""
+    chunks: dict[int, ChunkLevels] = field(default_factory=dict)
+    """Window size -> the loss levels of the whole chunks of that many steps since the
+    last live change, kept across events: a chunk's losses never change once it is
+    complete (``diagnostics.curves`` fills it)."""
+
+
+@dataclass
+class ChunkLevels:
+    """The levels of whole chunks of one window size since one live change."""
+
+    change_step: int
+    """``History.last_change_step`` they were computed after (another one starts afresh)."""
+    starts: collections.deque[int] = field(default_factory=collections.deque)
+    """Each chunk's first step, oldest first."""
+    levels: collections.deque[float | None] = field(default_factory=collections.deque)
+    """Each chunk's level (None: mostly non-finite), in the order of ``starts``."""
+    next_step: int = 0
+    """The first step not yet looked at: where the next batch's scan starts."""
 
 
 @dataclass
@@ -155,9 +171,10 @@ class Diagnostics:
         if isinstance(event, MetricsBatch):
             if not event.steps:
                 return None
-            h.steps.extend(event.steps)
-            h.losses.extend(event.losses)
-            h.lrs.extend(event.lrs)
+            for kept, new in ((h.steps, event.steps), (h.losses, event.losses),
+                              (h.lrs, event.lrs)):
+                kept.extend(new)
+                del kept[:-LOSS_HISTORY]  # a memmove of at most 4096 pointers
             h.step = event.steps[-1]
             if h.first_loss is None:
                 h.first_loss = next((x for x in event.losses if math.isfinite(x)), None)

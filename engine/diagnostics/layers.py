@@ -226,7 +226,7 @@ def _loss_still_high(history: History) -> bool:
     """The recent training loss is above STILL_HIGH_LOSS_SHARE of the loss at init
     (True when that cannot be told: no loss yet, or a loss that is not positive)."""
     first = history.first_loss
-    recent = [x for x in list(history.losses)[-LOSS_RECENT_STEPS:] if math.isfinite(x)]
+    recent = [x for x in history.losses[-LOSS_RECENT_STEPS:] if math.isfinite(x)]
     if first is None or first <= 0 or not recent:
         return True
     return statistics.median(recent) >= STILL_HIGH_LOSS_SHARE * first
