@@ -214,6 +214,9 @@ def _chunk_levels(h: History, window: int) -> list[float | None]:
     steps, losses = h.steps, h.losses
     kept = h.chunks.get(window)
     if kept is None or kept.change_step != h.last_change_step:
+        # Levels from before the last change say nothing now (nor those of a window
+        # size a change of the batch size left behind).
+        h.chunks = {w: c for w, c in h.chunks.items() if c.change_step == h.last_change_step}
         kept = h.chunks[window] = ChunkLevels(h.last_change_step)
     first = _first_since_change(h)
     if first < len(steps):  # chunks that began before the history's oldest step are gone
