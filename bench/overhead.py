@@ -38,8 +38,8 @@ Timing method (only the N training steps, for both sides):
 
 - engine: ``emit`` stamps ``time.perf_counter()`` at two events. Start: the
   ``StateChanged('running', 0, 'started')`` event, emitted after everything is built (data,
-  model, optimizer, the instruments' tracing pass, ``RunStarted``) and immediately before
-  the step loop. End: the ``MetricsBatch`` whose last step is N; the loop flushes it right
+  model, optimizer, the instruments' tracing pass and, where they are on, their buffers,
+  ``RunStarted``) and immediately before the step loop. End: the ``MetricsBatch`` whose last step is N; the loop flushes it right
   after step N, before the final evaluation. The interval therefore contains the N steps
   and everything the loop does between them (command polling, the periodic loss flushes,
   tracked steps, snapshot assembly and their emission), and excludes building the run and

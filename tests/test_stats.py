@@ -1147,7 +1147,7 @@ def test_float64_models_are_measured_in_float64() -> None:
     assert_rows_match(snap, mixed_reference(model, x, target))
 
 
-def test_buffers_are_made_at_the_first_tracked_step_and_kept_per_batch_shape() -> None:
+def test_buffers_of_stats_off_at_start_come_at_the_first_tracked_step_per_batch_shape() -> None:
     model = mixed_model()
     inst = Instruments(model, torch.zeros(2, 1, 5, 5), StatsConfig(every=0))
     assert inst._layouts == {}  # stats off: nothing allocated
@@ -1159,3 +1159,18 @@ def test_buffers_are_made_at_the_first_tracked_step_and_kept_per_batch_shape() -
         assert inst.take() is not None
     # One layout per sample shape; the first step's shapeless guess was dropped.
     assert len(inst._layouts) == 2 <= stats.MAX_LAYOUTS
+
+
+def test_instruments_on_from_the_start_make_their_buffers_with_the_model() -> None:
+    """Step 1 (the network as initialized) then builds nothing, so its extra time is a
+    snapshot's price like any other's."""
+    model = mixed_model()
+    inst = Instruments(model, torch.zeros(2, 1, 5, 5), StatsConfig(every=10))
+    assert len(inst._layouts) == 1 and not inst._built_layout
+    layout = next(iter(inst._layouts.values()))
+    with inst.track(1) as tracker:
+        model(torch.randn(stats.ACT_SAMPLE_ROWS + 6, 1, 5, 5)).sum().backward()
+        tracker.after_backward()
+        assert not inst._built_layout
+    assert inst.take() is not None
+    assert list(inst._layouts.values()) == [layout]  # the one made up front was used
