@@ -990,13 +990,14 @@ class _Saver:
         """Is a periodic checkpoint due after the step just taken (run.checkpoint_every,
         0: an epoch end, and run.checkpoint_min_seconds since the last one)? Not when the
         run ends here: its end writes one anyway."""
-        if self.checkpoints is None or self.trainer.finished():
+        if self.checkpoints is None:
             return False
         run, step = self.trainer.config.run, self.trainer.step
         if not (step % run.checkpoint_every == 0 if run.checkpoint_every
                 else self.trainer.epoch_ended):
-            return False
-        return time.monotonic() - self._periodic_at >= run.checkpoint_min_seconds
+            return False  # most steps end here, before the dearer checks
+        return (time.monotonic() - self._periodic_at >= run.checkpoint_min_seconds
+                and not self.trainer.finished())
 
     def _write(self, finite: bool) -> Path:
         assert self.checkpoints is not None
