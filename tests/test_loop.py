@@ -15,7 +15,7 @@ import torch
 from engine import protocol
 from engine.checkpoint import Checkpoints, load
 from engine.data import load_dataset
-from engine.loop import Batches, steps_per_epoch
+from engine.loop import Batches, Trainer, steps_per_epoch
 from engine.models import build_model
 from engine.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
 from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
@@ -111,6 +111,37 @@ def test_switching_optimizer_keeps_weights_and_resets_state(tmp_path: Path):
                             "why": ""}]
     assert finished(events).final.step == 6
 
+
+
+def test_the_gradient_accumulators_live_across_steps_as_in_a_hand_written_loop():
+    """Autograd caches a parameter's AccumulateGrad node only while a graph holds it. A
+    plain loop's last graph lives until the next one is built; the engine's step drops
+    its graph, so the Trainer keeps the nodes (and with them a C++ reference to each
+    parameter), through a restore and an optimizer switch too."""
+    first = Trainer(tiny_config(optim__name="adam"))
+    plain = build_model(first.config.model, first.data.input_shape, 3)
+    assert all(p._use_count() == 1 for p in plain.parameters())  # only Python holds these
+    for _ in range(3):
+        first.train_step()
+    first.flush_metrics(1.0, 0)
+    trainer = Trainer(tiny_config(optim__name="adam"))
+    params = list(trainer.model.parameters())  # Python references: no use count
+    trainer.restore(first.checkpoint_payload())
+    trainer.train_step()
+    trainer.set_hyper("optim.name", "sgd")
+    trainer.train_step()
+    assert all(a is b for a, b in zip(trainer.model.parameters(), params, strict=True))
+    assert all(p._use_count() >= 2 for p in params)  # a node holds each one
+    # A new graph reaches the parameters through the nodes the Trainer keeps.
+    loss = trainer.model(trainer.x_train[:4]).sum()
+    reached, todo = [], [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if type(node).__name__ == "AccumulateGrad":
+            reached.append(node)
+        todo += [n for n, _ in node.next_functions if n is not None]
+    assert len(reached) == len(params)
+    assert all(any(n is kept for kept in trainer.grad_accumulators) for n in reached)
 
 def test_batch_size_change_applies_to_the_epoch_length():
     # 160 training samples: at 32 an epoch is 5 steps, at 10 it is 16.
