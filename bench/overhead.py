@@ -37,13 +37,13 @@ commands.
 Timing method (only the N training steps, for both sides):
 
 - engine: ``emit`` stamps ``time.perf_counter()`` at two events. Start: the
-  ``StateChanged('running', 0, 'started')`` event, emitted after everything is built (data,
-  model, optimizer, the instruments' tracing pass and, where they are on, their buffers,
-  ``RunStarted``) and immediately before the step loop. End: the ``MetricsBatch`` whose last step is N; the loop flushes it right
-  after step N, before the final evaluation. The interval therefore contains the N steps
-  and everything the loop does between them (command polling, the periodic loss flushes,
-  tracked steps, snapshot assembly and their emission), and excludes building the run and
-  the final evaluation;
+  ``StateChanged('running', 0, 'started')`` event, emitted after everything is built
+  (data, model, optimizer, the instruments' tracing pass and, where they are on, their
+  buffers, ``RunStarted``) and immediately before the step loop. End: the ``MetricsBatch``
+  whose last step is N; the loop flushes it right after step N, before the final
+  evaluation. The interval therefore contains the N steps and everything the loop does
+  between them (command polling, the periodic loss flushes, tracked steps, snapshot
+  assembly and their emission), and excludes building the run and the final evaluation;
 - plain: a fresh model and optimizer per measurement too (so the first step's lazy Adam
   state creation is paid on both sides), timed from before step 1 to after step N plus one
   ``loss.item()`` (the engine's last flush also brings its losses to the host).
