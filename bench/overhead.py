@@ -384,12 +384,15 @@ def bench_model(name: str, processes: int, rounds: int, seconds: float, verbose:
     return result
 
 
+def count_processes(n: int) -> str:
+    return f"{n} process{'es' if n > 1 else ''}"
+
+
 def print_table(name: str, result: Result, clock: str, processes: int, rounds: int) -> None:
     other = "cpu" if clock == "wall" else "wall"
     print(f"\n{name}: batch {MODELS[name]['data.batch_size']}, {result.n_steps} steps per "
-          f"measurement, {processes} process{'es' if processes > 1 else ''} x {rounds} rounds, "
-          f"{THREADS} thread; steps/s "
-          f"by the {clock} clock")
+          f"measurement, {count_processes(processes)} x {rounds} rounds, {THREADS} thread; "
+          f"steps/s by the {clock} clock")
     header = (f"{'mode':<11} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7} {'target':>7} "
               f"{'ok':<3} {'paired':>7} {other + ' ratio':>9} {'snapshots':>14} {'self':>6}")
     print(header)
@@ -456,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.model[0], args.steps, rounds, args.first_round)
         return 0
-    print(f"torch {torch.__version__}, {THREADS} thread, {processes} "
-          f"process{'es' if processes > 1 else ''} x {rounds} rounds, ~{seconds:g} s per "
+    print(f"torch {torch.__version__}, {THREADS} thread, {count_processes(processes)} x "
+          f"{rounds} rounds, ~{seconds:g} s per "
           f"measurement, clock {args.clock}, malloc "
           f"{'fixed thresholds' if fixed else 'default'}")
     print(LEGEND)
