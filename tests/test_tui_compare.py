@@ -28,6 +28,7 @@ from tests.fake_engine import metrics, snapshot, started
 from tui import compare
 from tui.screens.compare import (
     DIFFERS_STYLE,
+    LIST_GROUP,
     PICKED,
     REFERENCE_STYLE,
     CompareChart,
@@ -169,10 +170,20 @@ def metric(table: DataTable[Any], row: str, column_key: str) -> str:
 
 
 async def settle(pilot: Any) -> None:
-    """Let the screen finish: its reading of the compared runs (a worker), then paint."""
+    """Let the screen finish: its listing of the runs, then its reading of the compared
+    ones (workers, the second started by the first), then paint."""
     await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
+    while len(pilot.app.workers):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def listed(pilot: Any) -> None:
+    """Let the screen list the runs (its reading of the compared ones may go on)."""
     await pilot.pause()
+    while listing := [w for w in pilot.app.workers if w.group == LIST_GROUP]:
+        await pilot.app.workers.wait_for_complete(listing)
+        await pilot.pause()
 
 
 async def settled_screen(pilot: Any) -> CompareScreen:
@@ -307,6 +318,7 @@ async def test_adding_a_third_run_widens_the_differences(tmp_path: Path) -> None
 async def test_metrics_are_the_recorded_final_and_best(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
+        await listed(pilot)
         await pilot.press("space", "enter")  # pick the crashed run too
         screen = await settled_screen(pilot)
         table = screen.query_one("#metrics-table", DataTable)
@@ -379,6 +391,7 @@ async def test_a_live_change_shows_in_the_config_and_makes_a_difference(tmp_path
     changed_events.insert(3, protocol.HyperChanged(150, "optim.lr", PARENT_LR, 5e-4))
     changed = make_run(tmp_path, config, changed_events)
     async with Host(tmp_path, same).run_test(size=(120, 30)) as pilot:
+        await listed(pilot)
         await pilot.press("space", "enter")  # the cursor is on the newest: changed
         screen = await settled_screen(pilot)
         table = screen.query_one("#configs-table", DataTable)
@@ -400,7 +413,7 @@ async def test_the_screen_answers_keys_while_it_reads(tmp_path: Path,
 
     monkeypatch.setattr(compare, "load_run", slow_load)
     async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await listed(pilot)
         screen = pilot.app.screen
         assert isinstance(screen, CompareScreen)
         assert "reading 2 runs" in str(screen.query_one("#compare-tabs", Static).render())
@@ -412,6 +425,40 @@ async def test_the_screen_answers_keys_while_it_reads(tmp_path: Path,
         await settle(pilot)
         assert {run.id for run in screen.compared} == {runs.parent, runs.fork, runs.other}
         assert "3 compared" in str(screen.query_one("#compare-tabs", Static).render())
+
+
+async def test_the_screen_answers_keys_while_it_lists(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = three_runs(tmp_path)
+    release = threading.Event()
+    real_list = store.list_runs
+    listings: list[Path] = []
+
+    def slow_list(root: str | Path) -> list[store.RunSummary]:
+        listings.append(Path(root))
+        release.wait(timeout=30)  # hundreds of runs, or a slow disk, in the worker's thread
+        return real_list(root)
+
+    monkeypatch.setattr(store, "list_runs", slow_list)
+    async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = pilot.app.screen
+        assert isinstance(screen, CompareScreen)
+        note = str(screen.query_one("#runs-note", Static).render())
+        assert f"listing the runs in {tmp_path}" in note
+        await pilot.press("4")  # the keys work while it lists
+        assert screen.query_one("#pane-metrics").display
+        await pilot.press("r")  # a reload replaces the first listing: still picks the family
+        await pilot.pause()
+        assert len(listings) == 2
+        release.set()
+        await settle(pilot)
+        assert [str(k.value) for k in screen.query_one(RunPicker).rows] == \
+            [runs.other, runs.fork, runs.parent]
+        assert set(screen.picked) == {runs.parent, runs.fork}
+        assert {run.id for run in screen.compared} == {runs.parent, runs.fork}
+        assert screen.query_one("#pane-metrics").display  # the pane the user chose stays
+        assert "listing" not in str(screen.query_one("#runs-note", Static).render())
 
 
 async def test_a_diverged_run_is_drawn_and_its_nan_shown(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ RUN_COLUMNS = (("pick", ""), ("run", "run"), ("status", "status"), ("step", "ste
 """The runs table's (column key, header)."""
 READ_GROUP = "compare-read"
 """The worker group of the reading of the compared runs (one at a time)."""
+LIST_GROUP = "compare-list"
+"""The worker group of the listing of the runs (one at a time)."""
 _EMPTY = Series()
 """No current run: the compare chart draws overlays only."""
 
@@ -247,6 +249,10 @@ class CompareScreen(ModalScreen[None]):
         """The config table shows every key (else only those that differ)."""
         self.list_error = ""
         """Why the runs could not be listed ('' when they were)."""
+        self.listing = True
+        """The runs are being listed: the runs table is not current yet."""
+        self._pick_at_start = True
+        """The first listing still has to pick ``current``'s family and ``picked``."""
         self.reading = 0
         """How many runs are being read for the panes (0: none; the panes are current)."""
 
@@ -272,14 +278,9 @@ class CompareScreen(ModalScreen[None]):
         table = self.query_one(RunPicker)
         for key, header in RUN_COLUMNS:
             table.add_column(header, key=key)
-        self._list_runs()
-        picks = [*self.preselected, *compare.family(self.summaries, self.current or "")]
-        listed = {summary.id for summary in self.summaries}
-        self.picked = [run_id for run_id in dict.fromkeys(picks) if run_id in listed]
-        self._fill_runs()
-        self._compare()
         self._apply_size(self.app.size.width, self.app.size.height)
         self.action_pane("runs")
+        self._list()
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_size(event.size.width, event.size.height)
@@ -296,16 +297,25 @@ class CompareScreen(ModalScreen[None]):
 
     # --- the runs ----------------------------------------------------------------
 
-    def _list_runs(self) -> None:
-        try:
-            self.summaries = store.list_runs(self.root)
-            self.list_error = ""
-        except (OSError, ValueError) as exc:  # the root unreadable: say so, list nothing
-            self.summaries = []
-            self.list_error = f"cannot list the runs in {self.root}: {exc.strerror or exc}"
+    @work(exclusive=True, group=LIST_GROUP)
+    async def _list(self) -> None:
+        """List the runs under ``root`` in a thread, then show them and compare the
+        picked ones. Each run's summary opens its store (~2 ms here, more on a network
+        disk): hundreds of runs would freeze the screen for a second or more."""
+        self.listing = True
+        self._show_runs_note()
+        self.summaries, self.list_error = await asyncio.to_thread(_list_runs, self.root)
+        self.listing = False
+        if self._pick_at_start:  # kept until a listing lands (a reload may cancel one)
+            self._pick_at_start = False
+            family = compare.family(self.summaries, self.current or "")
+            self.picked = list(dict.fromkeys([*self.preselected, *family]))
         listed = {s.id for s in self.summaries}
         self.picked = [run_id for run_id in self.picked if run_id in listed]
         self.names = compare.short_names([s.id for s in self.summaries])
+        self._fill_runs()
+        self._compare()
+        self.action_pane(self.pane)
 
     def _fill_runs(self) -> None:
         """The runs table from ``summaries``, keeping the cursor on the same run."""
@@ -349,6 +359,9 @@ class CompareScreen(ModalScreen[None]):
     def _show_runs_note(self) -> None:
         """Under the runs: what went wrong, or the highlighted run in full, and the keys."""
         note = self.query_one("#runs-note", Static)
+        if self.listing:
+            note.update(Text(f"listing the runs in {self.root}…", "italic"))
+            return
         if self.list_error:
             note.update(Text(self.list_error, ERROR_STYLE))
             return
@@ -555,14 +568,19 @@ class CompareScreen(ModalScreen[None]):
 
     def action_reload(self) -> None:
         """List the runs again and re-read the compared ones (running runs move on)."""
-        self._list_runs()
-        self._fill_runs()
-        self._compare()
-        self.action_pane(self.pane)
+        self._list()
 
     def action_close(self) -> None:
         """Back to the app."""
         self.dismiss(None)
+
+
+def _list_runs(root: Path) -> tuple[list[store.RunSummary], str]:
+    """(The runs under ``root``, newest first, ''), or ([], why they cannot be listed)."""
+    try:
+        return store.list_runs(root), ""
+    except (OSError, ValueError) as exc:  # the root unreadable: say so, list nothing
+        return [], f"cannot list the runs in {root}: {getattr(exc, 'strerror', None) or exc}"
 
 
 def _cut(text: str) -> str:
