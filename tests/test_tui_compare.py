@@ -169,21 +169,19 @@ def metric(table: DataTable[Any], row: str, column_key: str) -> str:
     return str(table.get_cell(row, column_key))
 
 
-async def settle(pilot: Any) -> None:
-    """Let the screen finish: its listing of the runs, then its reading of the compared
-    ones (workers, the second started by the first), then paint."""
+async def settle(pilot: Any, group: str | None = None) -> None:
+    """Let the screen finish its workers (only those of ``group``, if given), then paint:
+    its listing of the runs, then the reading of the compared ones that the listing
+    starts."""
     await pilot.pause()
-    while len(pilot.app.workers):
-        await pilot.app.workers.wait_for_complete()
+    while pending := [w for w in pilot.app.workers if group in (None, w.group)]:
+        await pilot.app.workers.wait_for_complete(pending)
         await pilot.pause()
 
 
 async def listed(pilot: Any) -> None:
     """Let the screen list the runs (its reading of the compared ones may go on)."""
-    await pilot.pause()
-    while listing := [w for w in pilot.app.workers if w.group == LIST_GROUP]:
-        await pilot.app.workers.wait_for_complete(listing)
-        await pilot.pause()
+    await settle(pilot, LIST_GROUP)
 
 
 async def settled_screen(pilot: Any) -> CompareScreen:
