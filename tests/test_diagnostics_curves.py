@@ -143,7 +143,6 @@ def test_divergence_judges_only_what_came_after_the_last_change():
     assert curves.divergence(loss_history(recovered, change_at=120), context()) is None
 
 
-
 def test_chunk_levels_fed_batch_by_batch_match_a_fresh_count_past_the_history_bound():
     """The chunk levels kept across metrics batches (each batch scans only its own
     steps) equal the medians of the grid-aligned whole chunks since the last change that
@@ -166,7 +165,7 @@ def test_chunk_levels_fed_batch_by_batch_match_a_fresh_count_past_the_history_bo
             steps = steps[len(before):]
         diagnostics.observe(batch_of(steps, losses))
         step = steps[-1]
-        kept_steps = [s for s in range(max(1, step - LOSS_HISTORY + 1), step + 1)]
+        kept_steps = list(range(max(1, step - LOSS_HISTORY + 1), step + 1))
         assert h.steps == kept_steps  # exactly the last LOSS_HISTORY steps
         # Whole chunks of the grid (step 1 + k * window ...) after the change, in the history.
         first_kept = max(kept_steps[0], change_at + 1 if step > change_at else 1)

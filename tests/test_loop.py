@@ -112,7 +112,6 @@ def test_switching_optimizer_keeps_weights_and_resets_state(tmp_path: Path):
     assert finished(events).final.step == 6
 
 
-
 def test_the_gradient_accumulators_live_across_steps_as_in_a_hand_written_loop():
     """Autograd caches a parameter's AccumulateGrad node only while a graph holds it. A
     plain loop's last graph lives until the next one is built; the engine's step drops
@@ -142,6 +141,7 @@ def test_the_gradient_accumulators_live_across_steps_as_in_a_hand_written_loop()
         todo += [n for n, _ in node.next_functions if n is not None]
     assert len(reached) == len(params)
     assert all(any(n is kept for kept in trainer.grad_accumulators) for n in reached)
+
 
 def test_batch_size_change_applies_to_the_epoch_length():
     # 160 training samples: at 32 an epoch is 5 steps, at 10 it is 16.
