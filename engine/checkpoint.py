@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -148,8 +149,10 @@ def verify(path: str | Path) -> None:
         size = path.stat().st_size
         raise CheckpointError(f"{path.name} is truncated or not a checkpoint ({size} bytes, "
                               "no complete zip archive)") from None
-    except (zipfile.LargeZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path.name} is unreadable ({exc})") from None
+    except OSError:
+        raise  # the file cannot be read: not a verdict on its contents
+    except Exception as exc:  # a foreign zip: bad deflate data (zlib.error), encrypted...
+        raise CheckpointError(f"{path.name} is unreadable ({_first_line(exc)})") from None
     if bad is not None:
         raise CheckpointError(f"{path.name} is corrupt: the checksum of {bad!r} does not "
                               "match its data")
@@ -159,14 +162,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     """Read a checkpoint written by ``save_atomic`` (tensors and plain data only).
 
     Raises CheckpointError for a truncated, corrupt or foreign file (its checksums are
-    verified first), OSError when it cannot be read at all.
+    verified first) and for one that holds more than tensors and plain data (a pickled
+    module: weights_only refuses it), OSError when it cannot be read at all.
     """
     verify(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, TypeError) as exc:  # includes UnpicklingError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{Path(path).name} does not load: {first}") from None
+    except OSError:
+        raise  # the file cannot be read: not a verdict on its contents
+    except pickle.UnpicklingError as exc:  # weights_only refused an object (a module...)
+        raise CheckpointError(f"{Path(path).name} is refused: it holds more than tensors "
+                              f"and plain data ({_refusal(exc)}), and loading that could "
+                              "run code") from None
+    except Exception as exc:  # whatever a foreign or damaged pickle makes torch raise
+        raise CheckpointError(f"{Path(path).name} does not load: {_first_line(exc)}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{Path(path).name} holds a {type(payload).__name__}, not a "
                               "checkpoint payload (a dict)")
@@ -369,6 +378,28 @@ class Checkpoints:
                 if os.path.samestat(self.path_for(step).stat(), stat):
                     return step, good
         return None, good
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""Terminal styling torch puts into some of its messages."""
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line of text, without terminal styling (its type if none)."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, from its long message (which also
+    advises loading the file unchecked: not advice to pass on for a file of unknown
+    origin)."""
+    text = _ANSI.sub("", str(exc))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().splitlines()[0]
+        return detail.split(". ", 1)[0].rstrip(".")  # the refusal, not the how-to-allow
+    return _first_line(exc)
 
 
 def _step_of(path: Path) -> int | None:

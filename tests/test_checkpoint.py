@@ -176,6 +176,44 @@ def test_foreign_and_missing_files_are_reported(tmp_path: Path):
     assert "step_00000004.pt is truncated" in message
 
 
+def test_a_file_whose_pickle_is_refused_is_skipped_with_its_reason(tmp_path: Path):
+    # weights_only refuses a pickled module (it would run code): a reason, not a crash.
+    checkpoints = Checkpoints(tmp_path, keep=3)
+    checkpoints.save(payload(1), 1, finite=True)
+    torch.save(torch.nn.Linear(2, 2), checkpoints.path_for(2))  # newer than last.pt
+    with pytest.raises(CheckpointError, match=r"step_00000002\.pt is refused: .*Linear"):
+        checkpoint.load(checkpoints.path_for(2))
+    for good in (False, True):
+        loaded = checkpoints.load_latest(good=good)
+        assert loaded.payload["step"] == 1
+        assert [(s.path.name, "refused" in s.reason) for s in loaded.skipped] == [
+            ("step_00000002.pt", True)]
+    with pytest.raises(CheckpointError, match=r"step 2 .*refused"):
+        checkpoints.load_at(2)
+    (tmp_path / LAST).unlink()  # a new file under the name: the numbered one is untouched
+    torch.save(torch.nn.Linear(2, 2), tmp_path / LAST)
+    assert checkpoints.load_at(1).payload["step"] == 1
+
+
+def test_a_foreign_zip_that_does_not_decompress_is_skipped(tmp_path: Path):
+    import zipfile
+
+    checkpoints = Checkpoints(tmp_path, keep=3)
+    checkpoints.save(payload(1), 1, finite=True)
+    foreign = checkpoints.path_for(2)
+    with zipfile.ZipFile(foreign, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data", random.Random(0).randbytes(100) + b"x" * 5000)
+    data = bytearray(foreign.read_bytes())
+    for at in range(40, 140):  # inside the deflate stream: zlib, not zipfile, objects
+        data[at] ^= 0x55
+    foreign.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"step_00000002\.pt is unreadable"):
+        checkpoint.load(foreign)
+    loaded = checkpoints.load_latest()
+    assert loaded.payload["step"] == 1
+    assert [s.path.name for s in loaded.skipped] == ["step_00000002.pt"]
+
+
 def _full_disk_after(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     """Every file checkpoint opens for writing fails with ENOSPC after ``limit`` bytes."""
     real_fdopen = os.fdopen

@@ -211,3 +211,39 @@ def test_headless_alerts_print_fixes_as_set_flags_that_apply():
         for key, value in fix.changes.items():
             section, name = key.split(".")
             assert getattr(getattr(applied, section), name) == value
+
+
+def test_resume_and_fork_skip_a_checkpoint_whose_pickle_is_refused(capsys):
+    import torch
+
+    from engine.checkpoint import LAST, LAST_GOOD, Checkpoints
+
+    argv = ["run", "--headless", "--json", *TINY, "--set", "run.checkpoint_every=10",
+            "--set", "run.checkpoint_min_seconds=0"]
+    assert main(argv) == 0
+    started = protocol.from_json(capsys.readouterr().out.splitlines()[0])
+    run_dir = Path(started.run_dir)
+    checkpoints = Checkpoints(run_dir / "checkpoints")
+    assert checkpoints.steps() == [10, 20, 30]
+    # Step 30 replaced by a pickled module (weights_only refuses it); last.pt and
+    # last_good.pt are the whole step 20.
+    for name in (LAST, LAST_GOOD):
+        (checkpoints.directory / name).unlink()
+        os.link(checkpoints.path_for(20), checkpoints.directory / name)
+    checkpoints.path_for(30).unlink()
+    torch.save(torch.nn.Linear(2, 2), checkpoints.path_for(30))
+
+    assert main(["fork", run_dir.name, "--from", "30", "--headless"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot fork" in err and "step_00000030.pt is refused" in err
+    assert "Traceback" not in err
+
+    assert main(["fork", run_dir.name, "--headless"]) == 0
+    out = capsys.readouterr().out
+    assert f"forked from run {run_dir.name} at step 20" in out and "completed: step 30" in out
+
+    assert main(["resume", run_dir.name, "--headless"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from last_good.pt (step 20)" in out
+    assert "skipped step_00000030.pt: step_00000030.pt is refused" in out
+    assert "completed: step 30" in out
