@@ -337,19 +337,23 @@ def _histograms(lay: _Layout, batch: torch.Tensor) -> list[torch.Tensor]:
     """
     inf = math.inf
     lo, hi = batch.amin(1), batch.amax(1)
-    span = hi - lo
-    if batch.device.type != "cpu" or not math.isfinite(span.sum().item()):
+    if batch.device.type != "cpu" or not math.isfinite((hi - lo).sum().item()):
         lo = torch.nan_to_num(batch, nan=inf, posinf=inf, neginf=inf).amin(1)
         batch = torch.nan_to_num(batch, nan=-inf, posinf=-inf, neginf=-inf)  # -> dropped
         lo = lo.nan_to_num_(posinf=0.0)  # no finite value: 0..0
         hi = torch.maximum(batch.amax(1), lo)
-        span = hi - lo
-    scale = (HIST_BINS / span.clamp_min(1e-12))[:, None]
+    # Halves throughout: hi - lo of finite values overflows float32 once they span more
+    # than its largest value (an exploding run's weights near +-3e38), where halves
+    # cannot. Halving is exact, so the bins are those of (x - lo) * HIST_BINS / (hi - lo)
+    # to the last bit; it costs one more pass over the sample.
+    half_lo = lo * 0.5
+    scale = (HIST_BINS / (hi * 0.5 - half_lo).clamp_min(0.5e-12))[:, None]
     # Bin b of row k is counted at k * (HIST_BINS + 1) + 1 + b. x - lo >= 0 for finite
     # x (the minimum is exactly bin 0), the maximum is clamped into the last bin, and
     # -inf to -1: the row's dropped bin. Scalar bounds and an int32 offset: a clamp to
     # per-row tensor bounds measured 8x slower.
-    shifted = torch.sub(batch, lo[:, None]).mul_(scale).clamp_(-1.0, HIST_BINS - 0.001)
+    shifted = torch.mul(batch, 0.5).sub_(half_lo[:, None]).mul_(scale)
+    shifted = shifted.clamp_(-1.0, HIST_BINS - 0.001)
     bins = shifted.int().add_(lay.hist_offset).view(-1)
     if bins.is_cuda:  # bincount would sync to size its output; scatter_add_ does not
         counts = lay.hist_counts.zero_().scatter_add_(0, bins.long(), lay.hist_weight)
@@ -742,7 +746,8 @@ class _Tracker:
             values = _reduce(lay, after if update else None, signals, self.histograms)
         return LayerStatsSnapshot(
             step=step,
-            layers=_rows(lay, values, rows, rec, grads=self.has_grads, update=update),
+            layers=_rows(lay, values, rows, rec, grads=self.has_grads,
+                         after=after if update else None),
             histograms=_histogram_events(lay, values, rows, grads=self.has_grads)
             if self.histograms else (),
             sample_rows=ACT_SAMPLE_ROWS,
@@ -771,32 +776,43 @@ def _max_abs(lo: float, hi: float) -> float:
 
 
 def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
-          grads: bool, update: bool) -> tuple[LayerStats, ...]:
+          grads: bool, after: list[torch.Tensor] | None) -> tuple[LayerStats, ...]:
     """Per-row figures from the transferred sums, in float64 on the host (a few dozen
-    float operations per row)."""
+    float operations per row). ``after``: the weights after the step's update (None:
+    no update)."""
     n, ns, n_ext = len(rows), lay.n_seg, lay.n_ext
     ref = v[:ns]
     slots = v[ns : ns + lay.n_slots]
     o = ns + lay.n_slots
     ext = v[o : o + 2 * n_ext]
     o += 2 * n_ext
+    update = after is not None
     updates = v[o : o + n] if update else []
     o += len(updates)
     signals = {i: (v[o + 2 * k], v[o + 2 * k + 1]) for k, i in enumerate(sorted(rec.grad_out))}
     s2, nz, sat, dead = (lay.slot[k] for k in ("s2", "nz", "sat", "dead"))
 
+    def has_finite_values(j: int) -> bool:
+        """False when segment ``j`` surely holds a NaN or inf: its extremes say so (kept
+        for gradient and activation segments, j >= n). A weight segment may."""
+        return j < n or (math.isfinite(ext[j - n]) and math.isfinite(ext[n_ext + j - n]))
+
     def moments(j: int) -> tuple[float, float, float]:
         """(mean, variance, sum of squares) of segment ``j``, from sums of x and x^2.
 
         Where the mean dwarfs the spread (float32 squares cancel: constant weights, a
-        regression head's offset) or the squares overflowed float32, they are summed
-        again on the device, centred on the first value and in float64.
+        regression head's offset), or the float32 sums overflowed (squares past ~1e19,
+        or chunk sums past 3.4e38 of finite values, which may even meet as inf - inf =
+        NaN), they are summed again on the device, centred on the first value and in
+        float64. Not for a segment that surely holds a NaN or inf: its figures are not
+        finite anyway (so a broken run does not pay a second transfer for them).
         """
         size, r, pad = lay.sizes[j], ref[j], lay.pads[j]
         squares = slots[s2 + j] - pad * r * r  # the padding repeats the first value
         mean = (slots[j] - pad * r) / size
         var = squares / size - mean * mean
-        if math.isfinite(mean) and not (math.isfinite(var) and mean * mean <= CANCELLATION * var):
+        if (not (math.isfinite(mean) and math.isfinite(var)
+                 and mean * mean <= CANCELLATION * var) and has_finite_values(j)):
             start = lay.starts[j]
             total, centred, norm = _exact_sums(lay.flat[start : start + size], r)
             offset = total / size
@@ -810,8 +826,8 @@ def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
         size = sample.numel()
         mean = total / size
         var = norm * norm / size - mean * mean
-        if math.isfinite(mean) and not (math.isfinite(var) and mean * mean <= CANCELLATION * var):
-            flat = sample.reshape(-1)
+        if not (math.isfinite(mean) and math.isfinite(var) and mean * mean <= CANCELLATION * var):
+            flat = sample.reshape(-1)  # again in float64 (see ``moments``)
             total, centred, _ = _exact_sums(flat, float(flat[0]))
             var = centred / size - (total / size) ** 2
         return _sqrt(var)
@@ -831,9 +847,14 @@ def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
             g_norm, g_std = tensor_figures(n + i)
             g_max = _max_abs(-ext[n_ext + i], ext[i])
         ratio = None
-        if update:
-            ratio = _none_if_nan(updates[i] / (w_norm if w_norm > 1e-30 or
-                                               math.isnan(w_norm) else 1e-30))
+        if after is not None:
+            u_norm = updates[i]
+            if math.isinf(u_norm) and math.isfinite(w_norm):
+                # float32's after - before overflows where weights near +-3e38 change
+                # sign: again in float64, one more transfer, on that rare step only.
+                u_norm = (after[i].double() - lay.prev_views[i].double()).norm().item()
+            ratio = _none_if_nan(u_norm / (w_norm if w_norm > 1e-30 or
+                                           math.isnan(w_norm) else 1e-30))
         mean = std = lo = hi = zeros = saturated = dead_share = grad_out = None
         if i in rec.act:
             j = lay.act_seg[i]

@@ -7,6 +7,7 @@ happens next is the policy's doing alone.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -258,3 +259,28 @@ def test_the_field_documents_the_policies_and_their_limits():
     assert f"after {ROLLBACK_MAX} rollbacks" in spec.doc
     assert "host-device sync" in spec.doc
     assert Config().run.on_nonfinite == "stop"
+
+
+# --- a real explosion, instruments on and off ----------------------------------------
+
+
+@pytest.mark.parametrize("every", [10, 0])
+@pytest.mark.parametrize(("policy", "exit_code"), [("stop", 3), ("skip", 3), ("rollback", 0)])
+def test_an_exploding_run_ends_as_its_policy_says(every: int, policy: str, exit_code: int,
+                                                  tmp_path, capsys) -> None:
+    """SGD at lr 50 on spirals: the weights grow past float32's range before the loss
+    turns NaN (a histogram of them once crashed the engine); whatever the instruments
+    do, the policy decides the end, the exit code says it and a checkpoint is left."""
+    from engine.cli import main
+
+    code = main(["run", "--headless", "--json", "--set", "data.dataset=spirals",
+                 "--set", "optim.name=sgd", "--set", "optim.lr=50",
+                 "--set", f"run.on_nonfinite={policy}", "--set", f"stats.every={every}",
+                 "--set", "run.max_steps=150", "--set", "run.max_epochs=0",
+                 "--set", f"run.dir={tmp_path}"])
+    assert code == exit_code
+    (run_dir,) = tmp_path.iterdir()
+    assert list((run_dir / "checkpoints").glob("step_*.pt"))
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+    assert "EngineFailed" not in events
+    assert events[-1] == "RunFinished"

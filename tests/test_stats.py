@@ -1174,3 +1174,110 @@ def test_instruments_on_from_the_start_make_their_buffers_with_the_model() -> No
         assert not inst._built_layout
     assert inst.take() is not None
     assert list(inst._layouts.values()) == [layout]  # the one made up front was used
+
+
+# --- finite values past float32's range ---------------------------------------------
+# An exploding run's weights reach +-3e38 before they overflow: differences and sums of
+# such finite values overflow float32 (3e38 - -3e38), and the figures must still be the
+# float64 truth, the histograms included (their range once made a negative bin index).
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def huge_weight_model() -> nn.Sequential:
+    """Linear -> Identity -> Linear whose first weights alternate between huge values
+    (+3.4e38 or -1.7e38) and values in [-1, 1]: finite, but their span is past float32's
+    largest value. (The small ones fall inside a bin: float32 cannot place values within
+    ~1e31 of a bin edge this wide, and the test is not about that.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 40), nn.Identity(), nn.Linear(40, 2))
+    with torch.no_grad():
+        flat = model[0].weight.view(-1)
+        flat.uniform_(-1.0, 1.0)
+        flat[::2] = torch.where(flat[::2] > 0, 0.99, -0.5) * FLOAT32_MAX
+    return model
+
+
+def assert_histogram_float64(h: Any, values: torch.Tensor) -> None:
+    sample = strided_sample(values).astype(np.float64)
+    finite = sample[np.isfinite(sample)]
+    assert h.lo == float(finite.min()) and h.hi == float(finite.max())
+    expected, _ = np.histogram(finite, bins=HIST_BINS, range=(h.lo, h.hi))
+    assert sum(h.counts) == len(finite)
+    assert np.abs(np.asarray(h.counts) - expected).sum() <= 2  # a value on a bin edge
+
+
+def test_weights_spanning_more_than_float32_are_measured_in_float64() -> None:
+    model = huge_weight_model()
+    w = model[0].weight.detach().double().numpy()
+    assert w.max() - w.min() > FLOAT32_MAX  # the span overflows float32
+    x = torch.randn(8, 300) * 1e-30  # activations stay finite
+    snap = measure(model, x, lambda out: out.sum())
+    row = snap.layers[0]
+    assert row.weight_norm == pytest.approx(float(np.linalg.norm(w)), rel=1e-6)
+    assert row.weight_std == pytest.approx(float(w.std()), rel=1e-6)
+    (h,) = [h for h in snap.histograms if (h.layer, h.quantity) == ("0", "weight")]
+    assert_histogram_float64(h, model[0].weight)
+    assert first_nonfinite(snap) is None  # finite values are not called non-finite
+
+
+def test_huge_values_mixed_with_nan_and_inf_keep_the_histogram_of_the_finite_ones() -> None:
+    model = huge_weight_model()
+    with torch.no_grad():
+        flat = model[0].weight.view(-1)
+        flat[1], flat[3], flat[5] = math.nan, math.inf, -math.inf  # in the strided sample
+    snap = measure(model, torch.randn(8, 300) * 1e-30, lambda out: out.sum())
+    (h,) = [h for h in snap.histograms if (h.layer, h.quantity) == ("0", "weight")]
+    assert_histogram_float64(h, model[0].weight)
+    assert math.isnan(snap.layers[0].weight_norm)  # a NaN among them: not measurable
+    assert first_nonfinite(snap) == ("0", "weight")
+
+
+def test_huge_gradients_and_activations_are_measured_in_float64() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 300), nn.Identity(), nn.Linear(300, 1))
+    with torch.no_grad():
+        model[2].weight.fill_(1.0)
+        model[2].weight[0, ::2] = -1.0
+    x = torch.randn(6, 4)
+    x[:, 0] = 1.0
+
+    def loss_fn(out: torch.Tensor) -> torch.Tensor:
+        return out.sum() * 1e37  # backward signals ~+-1e37, the weight gradients ~+-1e38
+
+    with torch.no_grad():
+        model[0].weight[::2] *= 1e36  # activations of alternating sign near 1e36
+    snap = measure(model, x, loss_fn)
+    a = model[0](x).detach().double().numpy()
+    assert np.isfinite(a).all()
+    loss = loss_fn(model(x))
+    grad = torch.autograd.grad(loss, model[0].weight)[0].double().numpy()
+    assert np.isfinite(grad).all()
+    row = snap.layers[0]
+    assert row.act_mean == pytest.approx(float(a[:ACT_SAMPLE_ROWS].mean()), rel=1e-5, abs=1e30)
+    assert row.act_std == pytest.approx(float(a[:ACT_SAMPLE_ROWS].std()), rel=1e-5)
+    assert row.grad_norm == pytest.approx(float(np.linalg.norm(grad)), rel=1e-5)
+    assert row.grad_std == pytest.approx(float(grad.std()), rel=1e-5)
+    for h in snap.histograms:
+        assert h.lo <= h.hi
+        assert math.isfinite(h.lo) and math.isfinite(h.hi)
+    (gh,) = [h for h in snap.histograms if (h.layer, h.quantity) == ("0", "grad")]
+    assert_histogram_float64(gh, torch.from_numpy(grad).float())
+
+
+def test_an_update_that_overflows_float32_has_its_float64_ratio() -> None:
+    """Weights near +-3e38 that change sign: after - before overflows float32."""
+    model = huge_weight_model()
+    x = torch.randn(8, 300) * 1e-30
+    inst = Instruments(model, x[:2], EVERY_STEP)
+    before = model[0].weight.detach().double().clone()
+    with inst.track(1) as tracker:
+        model(x).sum().backward()
+        tracker.after_backward()
+        with torch.no_grad():
+            model[0].weight.neg_()  # the "update": every weight flips sign
+    snap = inst.take()
+    after = model[0].weight.detach().double()
+    expected = float((after - before).norm() / before.norm())
+    assert snap.layers[0].update_ratio == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(2.0, rel=1e-6)  # the reference is what it seems
