@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import math
 import os
 import queue
@@ -267,6 +268,8 @@ class Trainer:
         self.last_train_loss: float | None = None
         self.pending_losses: list[torch.Tensor] = []
         self.pending_lrs: list[float] = []
+        self.pending_epochs: list[int] = []
+        """Per pending step, the epoch its batch came from (a batch may cross one)."""
         self.interval_loss_sum = 0.0
         self.interval_loss_count = 0
         self.losses_since_good_state: dict[int, float] = {}
@@ -403,6 +406,7 @@ class Trainer:
         No host-device sync unless the step is tracked by the instruments (then one).
         """
         cfg = self.config
+        epoch = self.batches.epoch  # the batch's epoch, before next() may end it
         idx, self.epoch_ended = self.batches.next(self.batch_size)
         x, target = self.x_train[idx], self.t_train[idx]
         if cfg.data.augment:
@@ -418,6 +422,7 @@ class Trainer:
         # The loss of the batch before this step's update (L-BFGS: its first evaluation).
         self.pending_losses.append(loss)
         self.pending_lrs.append(lr)
+        self.pending_epochs.append(epoch)
         self.step += 1
         return idx.shape[0]  # not len(idx): Tensor.__len__ is Python, ~9 us a step cold
 
@@ -700,8 +705,9 @@ class Trainer:
             epoch=self.batches.epoch,
             steps_per_sec=len(losses) / elapsed if elapsed > 0 else 0.0,
             samples_per_sec=samples / elapsed if elapsed > 0 else 0.0,
+            epochs=tuple(self.pending_epochs),
         )
-        self.pending_losses, self.pending_lrs = [], []
+        self.pending_losses, self.pending_lrs, self.pending_epochs = [], [], []
         return batch
 
     # --- checkpoints ------------------------------------------------------------------
@@ -1156,6 +1162,19 @@ def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
     )
 
 
+def _emit_unflushed(trainer: Trainer, emit: Emit) -> None:
+    """After a failure mid-run: the losses and snapshots of the steps completed since the
+    last flush, which the failure would otherwise lose. Best effort: a device that broke
+    may not give them back, and the failure is what must be reported."""
+    try:
+        batch = trainer.flush_metrics(0.0, 0)  # no throughput: the run is not training
+        snapshots, trainer.pending_snapshots = trainer.pending_snapshots, []
+    except Exception:
+        return
+    for event in ([batch] if batch is not None else []) + snapshots:
+        emit(event)
+
+
 def describe_failure(exc: BaseException, step: int) -> EngineFailed:
     """Sort an exception into the three kinds the user acts on differently."""
     if isinstance(exc, ConfigError):
@@ -1213,7 +1232,12 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
         reason = _train(trainer, control, _Saver(trainer, checkpoints, emit), commands, emit)
     except Exception as exc:  # bad input, user code, or our own bug: report, never raise
         step = trainer.step if trainer else 0
-        emit(describe_failure(exc, step))
+        failure = describe_failure(exc, step)
+        if trainer is not None and trainer.step:
+            _emit_unflushed(trainer, emit)  # the steps it trained are recorded first
+            failure = dataclasses.replace(
+                failure, message=f"{failure.message} (after step {step}, the last completed)")
+        emit(failure)
         emit(StateChanged("failed", step, str(exc)))
         finished = RunFinished("failed", _final(trainer, started))
         emit(finished)

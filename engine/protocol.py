@@ -185,8 +185,16 @@ class MetricsBatch:
     losses: tuple[float, ...]
     lrs: tuple[float, ...]
     epoch: int
+    """Epochs completed after the batch's last step (what EvalDone.epoch counts too)."""
     steps_per_sec: float
     samples_per_sec: float
+    epochs: tuple[int, ...] = ()
+    """Per step, the epoch (from 0) its training batch was drawn from: a batch may cross
+    an epoch's end. Empty in events recorded before it existed: see ``step_epochs``."""
+
+    def step_epochs(self) -> tuple[int, ...]:
+        """The epoch of each step (an older event without ``epochs``: ``epoch`` each)."""
+        return self.epochs or (self.epoch,) * len(self.steps)
 
 
 @dataclass(frozen=True)

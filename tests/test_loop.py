@@ -657,3 +657,37 @@ def test_without_a_validation_set_the_final_train_loss_is_the_run_mean():
     losses = losses_by_step(events)
     assert not of_type(events, "EvalDone")
     assert finished(events).final.train_loss == pytest.approx(sum(losses.values()) / 12)
+
+
+def test_a_user_code_failure_mid_run_records_every_completed_step_first() -> None:
+    """The losses of the steps since the last metrics batch reach the stream before the
+    failure (the store once ended 9 steps short of RunFinished), and the failure names
+    the last completed step."""
+    config = tiny_config(model__arch="custom",
+                         model__factory="tests.loop_user_code:fails_later",
+                         run__max_steps=500, stats__every=0)
+    events = run_loop(config)
+    (failed,) = of_type(events, "EngineFailed")
+    finished = of_type(events, "RunFinished")[-1]
+    assert failed.kind == "user_code" and "boom in training forward" in failed.message
+    last = finished.final.step
+    assert 0 < last < 500
+    assert f"after step {last}," in failed.message
+    losses = losses_by_step(events)
+    assert sorted(losses) == list(range(1, last + 1))
+    assert events.index(failed) > max(events.index(b) for b in of_type(events, "MetricsBatch"))
+
+
+def test_each_step_carries_the_epoch_its_batch_came_from() -> None:
+    """200 samples at batch 32 (less the validation share): a batch of metrics crosses
+    epoch ends, and each step keeps its own epoch, counted by an independent tally."""
+    config = tiny_config(run__max_steps=60, run__eval_every=1000)  # no eval flush
+    per_epoch = Trainer(config).steps_per_epoch()
+    events = run_loop(config)
+    epochs = {}
+    for batch in of_type(events, "MetricsBatch"):
+        assert len(batch.epochs) == len(batch.steps)
+        epochs.update(zip(batch.steps, batch.epochs, strict=True))
+    assert epochs == {step: (step - 1) // per_epoch for step in range(1, 61)}
+    # The batches really crossed epoch ends (else the old single epoch would pass too).
+    assert any(len(set(b.epochs)) > 1 for b in of_type(events, "MetricsBatch"))
