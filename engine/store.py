@@ -105,6 +105,18 @@ RUN_ID_RANDOM_BYTES = 2
 """Then 4 random hex digits: runs started in the same second differ."""
 KNOWN_RUNS_LISTED = 5
 """``RunNotFound`` lists at most this many of the runs that exist."""
+RETRY_MIN_S = 1.0
+"""After the store failed to record (a full disk), how long recording pauses before it
+tries again. Events meanwhile are not even tried, only counted as missed: a full disk
+costs no write per event, and is said once."""
+PROBATION_S = 10.0
+"""After a retry worked, recording must hold this long (or as long as the last pause, if
+that is longer) before it is said to record again: a full disk often takes a small write
+(into space a failed batch left), and would otherwise flap between the two notices."""
+RETRY_MAX_S = 60.0
+"""Each failed try doubles the pause, up to this. A store that recovered less than this
+long ago and fails again goes on from the pause it had (a disk that keeps filling up
+again is not announced every few seconds)."""
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _LAYER_NUMBERS = tuple(f.name for f in dataclasses.fields(protocol.LayerStats)
@@ -960,39 +972,104 @@ def engine_alive(run_dir: str | Path) -> bool:
 # --- recording from the engine -----------------------------------------------------------
 
 
-def recording(runs: RunStore, emit: Callable[[Any], None]) -> Callable[[Any], None]:
+def recording(runs: RunStore, emit: Callable[[Any], None], *,
+              clock: Callable[[], float] = time.monotonic) -> Callable[[Any], None]:
     """An emit that records every event in ``runs``, then passes it on to ``emit``.
 
-    A store that cannot be written (disk full) does not stop training: the first failure
-    passes on a Notice (error) saying what the store misses from which step, and when
-    recording works again a Notice (info) says how many events were missed.
+    A store that cannot be written (disk full) does not stop training. The first failure
+    passes on one Notice (error) saying what the store misses from which step; recording
+    then pauses (``RETRY_MIN_S``, doubling up to ``RETRY_MAX_S``), retrying quietly.
+    Once a retry works, recording must hold (every record and commit) for
+    ``PROBATION_S`` or the last pause before a Notice (info), recorded and committed,
+    says how many events were missed: a store that only looks writable (a few pages
+    free, a commit that then fails) is not announced as recording again. ``clock``:
+    seconds, monotonic (tests).
     """
-    missed = 0
-    since = 0
+    return _Recording(runs, emit, clock)
 
-    def emit_recorded(event: Any) -> None:
-        nonlocal missed, since
-        if missed:  # say so first, on the record, once the store takes it
-            notice = protocol.Notice(_step_of(event) or since, "info",
-                                     f"the run store records again; it missed {missed} "
-                                     f"event(s) from step {since}")
-            try:
-                runs.record(notice)
-            except StoreError:
-                pass  # still failing: the event below counts as missed too
-            else:
-                missed = 0
-                emit(notice)
+
+class _Recording:
+    """``recording``'s state: recording, paused after a failure (``retry_at``), or on
+    probation after a retry worked (``trusted_at``)."""
+
+    def __init__(self, runs: RunStore, emit: Callable[[Any], None],
+                 clock: Callable[[], float]) -> None:
+        self.runs = runs
+        self.emit = emit
+        self.clock = clock
+        self.missed = 0
+        """Events not in the store since the outage began (0: no outage)."""
+        self.since = 0
+        """The step the outage began at."""
+        self.pause = RETRY_MIN_S
+        self.retry_at: float | None = None
+        """Paused until then (None: recording, maybe on probation)."""
+        self.trusted_at: float | None = None
+        """On probation until then: the recovery is said at the first event after it."""
+        self.recovered_at = -math.inf
+
+    def __call__(self, event: Any) -> None:
+        now = self.clock()
+        paused = self.retry_at is not None and now < self.retry_at
+        if paused and type(event).__name__ not in COMMIT_NOW:
+            self.missed += 1  # not tried: costs nothing while the disk is full
+        else:
+            # A state change, a checkpoint or the end is tried even while paused (rare,
+            # and what a reader of the run must not miss).
+            self._record(event, now, scheduled=not paused)
+        self.emit(event)
+
+    def _record(self, event: Any, now: float, *, scheduled: bool) -> None:
+        due = self.trusted_at is not None and (now >= self.trusted_at
+                                               or isinstance(event, protocol.RunFinished))
+        if due and not self._say_recovered(event, now):
+            self.missed += 1  # the notice failed: so would the event
+            return
         try:
-            runs.record(event)
+            self.runs.record(event)
         except StoreError as exc:
-            if missed == 0:
-                step = _step_of(event) or 0
-                since = exc.lost_from_step if exc.lost_from_step is not None else step
-                emit(protocol.Notice(step, "error", f"the run store cannot record: {exc}; "
-                                     "training goes on, the store misses events from "
-                                     f"step {since}"))
-            missed += 1 + exc.lost
-        emit(event)
+            self._failed(event, exc, now, scheduled=scheduled)
+            return
+        if self.retry_at is not None:  # a retry worked: on probation
+            self.retry_at = None
+            self.trusted_at = now + max(self.pause, PROBATION_S)
 
-    return emit_recorded
+    def _say_recovered(self, event: Any, now: float) -> bool:
+        """Record and commit the recovery notice, then pass it on; False (still failing,
+        paused again) when the store did not take it."""
+        notice = protocol.Notice(_step_of(event) or self.since, "info",
+                                 f"the run store records again; it missed {self.missed} "
+                                 f"event(s) from step {self.since}")
+        recorded = False
+        try:
+            self.runs.record(notice)
+            recorded = True
+            self.runs.commit()  # said once it is on disk, with all since the retry
+        except StoreError as exc:
+            self.missed += exc.lost - (1 if recorded else 0)  # a failed commit lost it too
+            self._pause_longer(now)
+            return False
+        self.missed, self.trusted_at, self.recovered_at = 0, None, now
+        self.emit(notice)
+        return True
+
+    def _failed(self, event: Any, exc: StoreError, now: float, *, scheduled: bool) -> None:
+        if self.missed == 0:  # a new outage: said once
+            step = _step_of(event) or 0
+            self.since = exc.lost_from_step if exc.lost_from_step is not None else step
+            recently = now - self.recovered_at < RETRY_MAX_S
+            self.pause = min(2 * self.pause, RETRY_MAX_S) if recently else RETRY_MIN_S
+            self.retry_at = now + self.pause
+            self.emit(protocol.Notice(
+                step, "error", f"the run store cannot record: {exc}; training goes on, the "
+                f"store misses events from step {self.since}; it tries again in "
+                f"{self.pause:g} s, then less often (at least every {RETRY_MAX_S:g} s) while "
+                "it fails"))
+        elif scheduled or self.trusted_at is not None:
+            self._pause_longer(now)  # a retry (or the probation) failed: quietly
+        self.missed += 1 + exc.lost
+
+    def _pause_longer(self, now: float) -> None:
+        self.trusted_at = None
+        self.pause = min(2 * self.pause, RETRY_MAX_S)
+        self.retry_at = now + self.pause

@@ -3,6 +3,7 @@ run status, the engine lock, finding runs, and ``trainlab runs``."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -585,39 +586,157 @@ def test_recording_records_then_passes_on(tmp_path):
     assert seen == events
 
 
-def test_a_full_disk_loses_batches_says_so_and_training_goes_on(tmp_path):
+class Clock:
+    """A monotonic clock that moves only when told (``recording``'s retries)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_full_disk_loses_batches_says_so_once_and_training_goes_on(tmp_path):
     run_dir = store.new_run(tmp_path, Config())
     seen: list[Any] = []
     big = "x" * 3000
     sent = [protocol.Notice(i, "info", big) for i in range(1, 60)]
-    after = [protocol.Notice(i, "info", "after") for i in range(60, 63)]
+    after = [protocol.Notice(i, "info", "after") for i in range(60, 400)]
+    clock = Clock()
     with store.RunStore.open(run_dir, write=True) as runs:
         # SQLite's page limit on the store's own connection stands in for a full disk:
         # writes fail with SQLITE_FULL ("database or disk is full") exactly as they would.
         db = runs._db
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         db.execute(f"PRAGMA max_page_count = {pages + 12}")
-        emit = store.recording(runs, seen.append)
+        emit = store.recording(runs, seen.append, clock=clock)
         for event in sent:
             emit(event)
+            clock.now += 0.1
         db.execute("PRAGMA max_page_count = 1000000")  # space again
         for event in after:
             emit(event)
+            clock.now += 0.1
     assert [e for e in seen if e.message in (big, "after")] == sent + after  # all passed on
     errors = [e for e in seen if e.level == "error"]
     recovered = [e for e in seen if e.level == "info" and "records again" in e.message]
-    assert errors and "database or disk is full" in errors[0].message
+    assert len(errors) == 1 and "database or disk is full" in errors[0].message
     assert "are lost" in errors[0].message and "training goes on" in errors[0].message
-    assert len(recovered) == len(errors)  # every gap closed, and said so
+    assert len(recovered) == 1  # the gap closed, and said so once
     with store.RunStore.open(run_dir) as runs:
         assert runs.integrity_check() == "ok"
         stored = [e for _, e in runs.events()]
-    assert stored[-3:] == after
-    # Nothing vanishes unaccounted: what is stored plus what the notices say was missed
-    # is everything that was recorded (the events and the recovery notices).
-    missed = sum(int(re.search(r"missed (\d+) event", n.message)[1]) for n in recovered)
+    assert recovered[0] in stored and stored[-3:] == after[-3:]
+    # Nothing vanishes unaccounted: what is stored plus what the notice says was missed
+    # is everything that was recorded (the events and the recovery notice).
+    missed = int(re.search(r"missed (\d+) event", recovered[0].message)[1])
     assert len(stored) + missed == len(sent) + len(after) + len(recovered)
-    assert missed > len(errors)  # whole batches went, not just the event that failed
+    assert missed > 1  # a whole batch went, not just the event that failed
+
+
+class FullDisk:
+    """Instead of ``runs``' writes: ENOSPC while ``full`` (every write, or with
+    ``every`` > 1 only every n-th one: a disk with a few pages free, which takes a small
+    write now and then), else the real store. ``tries`` counts the writes asked for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, runs: store.RunStore) -> None:
+        self.full = False
+        self.every = 1
+        self.tries = 0
+        record, commit = runs.record, runs.commit
+
+        def fails() -> bool:
+            self.tries += 1
+            return self.full and self.tries % self.every == 0
+
+        def full_record(event: Any) -> int:
+            if fails():
+                raise store.StoreError(f"{runs.run_dir / store.DB_FILE}: cannot record: "
+                                       f"{os.strerror(errno.ENOSPC)}")
+            return record(event)
+
+        def full_commit() -> None:
+            if fails():
+                raise store.StoreError(f"commit failed: {os.strerror(errno.ENOSPC)}")
+            commit()
+
+        monkeypatch.setattr(runs, "record", full_record)
+        monkeypatch.setattr(runs, "commit", full_commit)
+
+
+def notices(seen: list[Any]) -> list[tuple[str, str]]:
+    """The store's own notices passed on: (level, first words)."""
+    return [(e.level, e.message[:28]) for e in seen
+            if isinstance(e, protocol.Notice) and "run store" in e.message]
+
+
+def test_a_full_disk_is_retried_less_and_less_often_and_said_once(tmp_path, monkeypatch):
+    run_dir = store.new_run(tmp_path, Config())
+    seen: list[Any] = []
+    clock = Clock()
+    with store.RunStore.open(run_dir, write=True) as runs:
+        disk = FullDisk(monkeypatch, runs)
+        emit = store.recording(runs, seen.append, clock=clock)
+        disk.full = True
+        for i in range(6000):  # ten minutes at 10 events a second
+            emit(protocol.Notice(i, "info", "during"))
+            clock.now += 0.1
+        # 1 + 2 + 4 + ... + 32 s, then every 60 s: about 15 tries, not one per event.
+        assert disk.tries <= 20
+        assert notices(seen) == [("error", "the run store cannot record:")]
+        assert "tries again in 1 s" in seen[0].message
+        disk.full = False
+        for i in range(6000, 7800):  # three more minutes
+            emit(protocol.Notice(i, "info", "after"))
+            clock.now += 0.1
+    assert notices(seen) == [("error", "the run store cannot record:"),
+                             ("info", "the run store records again;")]
+    with store.RunStore.open(run_dir) as runs:
+        stored = [e for _, e in runs.events()]
+    assert stored[-1].step == 7799
+
+
+def test_a_disk_that_takes_a_small_write_now_and_then_does_not_flap(tmp_path, monkeypatch):
+    # Each retry's first write works, the next ones fail: no "records again" between
+    # "cannot record"s, one notice for the whole outage.
+    run_dir = store.new_run(tmp_path, Config())
+    seen: list[Any] = []
+    clock = Clock()
+    with store.RunStore.open(run_dir, write=True) as runs:
+        disk = FullDisk(monkeypatch, runs)
+        emit = store.recording(runs, seen.append, clock=clock)
+        disk.full, disk.every = True, 2
+        for i in range(3000):
+            emit(protocol.Notice(i, "info", "during"))
+            clock.now += 0.1
+        assert notices(seen) == [("error", "the run store cannot record:")]
+        disk.full = False
+        for i in range(3000, 5000):
+            emit(protocol.Notice(i, "info", "after"))
+            clock.now += 0.1
+    assert notices(seen) == [("error", "the run store cannot record:"),
+                             ("info", "the run store records again;")]
+
+
+def test_a_state_change_is_tried_even_while_recording_pauses(tmp_path, monkeypatch):
+    run_dir = store.new_run(tmp_path, Config())
+    seen: list[Any] = []
+    clock = Clock()
+    with store.RunStore.open(run_dir, write=True) as runs:
+        disk = FullDisk(monkeypatch, runs)
+        emit = store.recording(runs, seen.append, clock=clock)
+        disk.full = True
+        emit(protocol.Notice(1, "info", "lost"))
+        disk.full = False
+        clock.now += 0.1  # well inside the first pause
+        emit(protocol.Notice(2, "info", "not tried"))
+        emit(protocol.StateChanged("finished", 2, "stopped"))
+        emit(finished_event("stopped", 2))  # the end: the recovery is said before it
+    with store.RunStore.open(run_dir) as runs:
+        stored = [e for _, e in runs.events()]
+    assert [type(e).__name__ for e in stored] == ["StateChanged", "Notice", "RunFinished"]
+    assert "missed 2 event(s) from step 1" in stored[1].message
+    assert store.summarize(run_dir).status == "stopped"
 
 
 # --- trainlab runs ---------------------------------------------------------------------------
