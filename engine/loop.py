@@ -94,6 +94,12 @@ too high; roll back with a lower LR). A tenth, not a half: a half often blows up
 ROLLBACK_MAX = 3
 """Rollbacks before the run stops: after three the LR is 1/1000 of where it was, and a
 run that still turns non-finite has another cause (data, init, a loss that overflows)."""
+CHECKPOINT_RETRY_S = 1.0
+"""After an automatic checkpoint failed (a full disk), the next periodic one is tried no
+sooner than this; each further failure doubles the wait..."""
+CHECKPOINT_RETRY_MAX_S = 60.0
+"""...up to this: a disk someone frees is used again within a minute, and a disk that
+stays full costs one failed write a minute, not one per checkpoint_every steps."""
 CHECKPOINT_FORMAT = 1
 """Version of the payload ``Trainer.checkpoint_payload`` writes; ``restore`` reads only it."""
 STREAM_KEYS = ("run.seed",)
@@ -972,9 +978,12 @@ class _Saver:
     """The run's checkpoints: periodic ones, one at every end, and SaveCheckpoint's.
 
     Each written checkpoint is acknowledged by CheckpointSaved. One that cannot be
-    written (a full disk) leaves the previous ones as they were: an automatic one is
-    reported by an error Notice naming the reason and the previous good checkpoint, a
-    commanded one by CommandRejected; either way the run goes on.
+    written (a full disk) leaves the previous ones as they were and the run goes on. A
+    commanded one is answered by CommandRejected. Automatic ones fail quietly after the
+    first: one error Notice names the reason and the previous good checkpoint, periodic
+    attempts back off (CHECKPOINT_RETRY_S doubling to CHECKPOINT_RETRY_MAX_S), and one
+    info Notice says when a checkpoint is written again. The run's last checkpoint is
+    always attempted, and its failure always said: nothing later would mend it.
 
     Cost of one: a torch.save of the weights, the optimizer state and the data order
     (about half of it serialising, half writing), an fsync, two hard links and a
@@ -994,6 +1003,12 @@ class _Saver:
         self._periodic_at = -math.inf
         """When the last periodic checkpoint was written: the first one due is always
         written (a run killed in its first minute can still resume), then the floor."""
+        self._retry_at = -math.inf
+        """No periodic attempt before this, while automatic checkpoints fail."""
+        self._failing_since: int | None = None
+        """The step of the first failed automatic checkpoint since the last written one."""
+        self._failures = 0
+        """Automatic checkpoints failed since the last written one."""
 
     def state_changed(self) -> None:
         """The state moved on without a step (an evaluation, a live change)."""
@@ -1013,8 +1028,9 @@ class _Saver:
         if not (step % run.checkpoint_every == 0 if run.checkpoint_every
                 else self.trainer.epoch_ended):
             return False  # most steps end here, before the dearer checks
-        return (time.monotonic() - self._periodic_at >= run.checkpoint_min_seconds
-                and not self.trainer.finished())
+        now = time.monotonic()
+        return (now - self._periodic_at >= run.checkpoint_min_seconds
+                and now >= self._retry_at and not self.trainer.finished())
 
     def _write(self, finite: bool) -> Path:
         assert self.checkpoints is not None
@@ -1023,6 +1039,11 @@ class _Saver:
         finite = finite and trainer.values_finite()
         path = self.checkpoints.save(trainer.checkpoint_payload(), trainer.step, finite)
         self._saved_at = trainer.step
+        if self._failing_since is not None:
+            self.emit(Notice(trainer.step, "info",
+                             f"checkpoints are written again (step {trainer.step}) after "
+                             f"{self._failures} failed since step {self._failing_since}"))
+            self._failing_since, self._failures, self._retry_at = None, 0, -math.inf
         return path
 
     def _previous(self) -> str:
@@ -1034,19 +1055,30 @@ class _Saver:
         at = f"of step {step}" if step is not None else "before it"
         return f"the previous good checkpoint ({path}, {at}) is intact"
 
-    def automatic(self, *, finite: bool = True) -> None:
-        """A periodic or end-of-run checkpoint; ``finite=False`` keeps it out of
-        last_good.pt whatever its values (a run stopped for a non-finite loss)."""
+    def automatic(self, *, finite: bool = True, last: bool = False) -> None:
+        """A periodic or end-of-run (``last``) checkpoint; ``finite=False`` keeps it out
+        of last_good.pt whatever its values (a run stopped for a non-finite loss)."""
         if self.checkpoints is None:
             return
+        step = self.trainer.step
         try:
             path = self._write(finite)
         except OSError as exc:
-            self.emit(Notice(self.trainer.step, "error",
-                             f"checkpoint of step {self.trainer.step} not written "
-                             f"({_os_reason(exc)}); {self._previous()}; the run goes on"))
+            self._failures += 1
+            wait = min(CHECKPOINT_RETRY_MAX_S, CHECKPOINT_RETRY_S * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + wait
+            if last:
+                self.emit(Notice(step, "error", f"the run's last checkpoint (step {step}) "
+                                 f"not written ({_os_reason(exc)}); {self._previous()}"))
+            elif self._failing_since is None:
+                self._failing_since = step
+                self.emit(Notice(step, "error",
+                                 f"checkpoint of step {step} not written ({_os_reason(exc)}); "
+                                 f"{self._previous()}; the run goes on, retrying less often "
+                                 f"(at most every {CHECKPOINT_RETRY_MAX_S:g} s), and says so "
+                                 "when checkpoints are written again"))
             return
-        self.emit(CheckpointSaved(self.trainer.step, str(path)))
+        self.emit(CheckpointSaved(step, str(path)))
 
     def periodic(self) -> None:
         """The checkpoint ``due`` asked for; the next one waits run.checkpoint_min_seconds."""
@@ -1054,13 +1086,22 @@ class _Saver:
         self.automatic()
 
     def command(self, path: str) -> None:
-        """SaveCheckpoint: into ``path``, or (empty) into the run's checkpoints."""
+        """SaveCheckpoint: into the run's checkpoints, as ``path`` when given. A run with
+        no checkpoint directory (the loop called from Python) takes any path; a served
+        run only a file name inside its checkpoints/: commands come over its socket."""
         trainer, name = self.trainer, "SaveCheckpoint"
         if not path and self.checkpoints is None:
             self.emit(CommandRejected(name, "this run has no checkpoint directory (it is not "
                                       "served from a run directory): give a path",
                                       trainer.step))
             return
+        if path and self.checkpoints is not None:
+            refused = checkpoint_name_refused(path)
+            if refused:
+                self.emit(CommandRejected(name, f"SaveCheckpoint.path = {path!r}: {refused}",
+                                          trainer.step))
+                return
+            path = str(self.checkpoints.directory / path)
         try:
             if path:
                 written = checkpoint.save_atomic(trainer.checkpoint_payload(), path)
@@ -1072,6 +1113,20 @@ class _Saver:
                                       f"{previous}; the run goes on", trainer.step))
             return
         self.emit(CheckpointSaved(trainer.step, str(written)))
+
+
+def checkpoint_name_refused(name: str) -> str:
+    """Why ``name`` cannot be a commanded checkpoint's file name in a run's checkpoints/
+    ('' when it can): a plain name, no directory part, none of the run's own files."""
+    allowed = "expected a file name such as 'before-lr-change.pt' (no directory: it goes "
+    allowed += "into the run's checkpoints/)"
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name or not name.strip():
+        return allowed
+    if name in (checkpoint.LAST, checkpoint.LAST_GOOD) or checkpoint.STEP_FILE.fullmatch(name):
+        return f"{name} is one of the run's own checkpoints; {allowed}"
+    if name.endswith(checkpoint.TEMP_SUFFIX):
+        return f"{checkpoint.TEMP_SUFFIX} files are checkpoints being written; {allowed}"
+    return ""
 
 
 def _os_reason(exc: OSError) -> str:
@@ -1299,7 +1354,7 @@ def _train(trainer: Trainer, control: _Control, saver: _Saver, commands: queue.Q
         one after a non-finite loss is never "good"."""
         flush()
         if reason == "non_finite" or not saver.up_to_date():
-            saver.automatic(finite=reason != "non_finite")
+            saver.automatic(finite=reason != "non_finite", last=True)
         return reason
 
     def evaluate() -> None:

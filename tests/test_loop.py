@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import textwrap
 import time
@@ -467,11 +468,13 @@ def test_a_full_disk_is_reported_and_the_run_goes_on(tmp_path: Path, monkeypatch
     errors = [n for n in of_type(events, "Notice") if n.level == "error"]
     assert [n.step for n in errors] == [10, 12]  # the epoch end and the run's end
     good = tmp_path / "last_good.pt"
+    periodic, last = errors
+    assert "checkpoint of step 10 not written (No space left on device" in periodic.message
+    assert "the run goes on, retrying less often" in periodic.message
+    assert "the run's last checkpoint (step 12) not written (No space left on device" \
+        in last.message
     for notice in errors:
-        assert f"checkpoint of step {notice.step} not written (No space left on device" \
-            in notice.message
         assert f"the previous good checkpoint ({good}, of step 5) is intact" in notice.message
-        assert notice.message.endswith("the run goes on")
     rejected = of_type(events, "CommandRejected")[0]
     assert rejected.command_type == "SaveCheckpoint" and rejected.step == 7
     assert "No space left on device" in rejected.reason and "of step 5" in rejected.reason
@@ -691,3 +694,78 @@ def test_each_step_carries_the_epoch_its_batch_came_from() -> None:
     assert epochs == {step: (step - 1) // per_epoch for step in range(1, 61)}
     # The batches really crossed epoch ends (else the old single epoch would pass too).
     assert any(len(set(b.epochs)) > 1 for b in of_type(events, "MetricsBatch"))
+
+
+def test_a_disk_that_stays_full_is_said_once_retried_less_often_and_its_recovery_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint_every = 1 on a full disk: one error, attempts backing off to at most one
+    per CHECKPOINT_RETRY_MAX_S, then one notice when a checkpoint is written again."""
+    import errno
+    import os
+    import types
+
+    from engine import loop
+    from engine.checkpoint import Checkpoints
+
+    clock = [0.0]
+
+    def monotonic() -> float:  # 0.05 s a call: deterministic, whatever the machine
+        clock[0] += 0.05
+        return clock[0]
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(
+        monotonic=monotonic, perf_counter=time.perf_counter))
+    full_until_step, attempts = 700, []
+    real_save = Checkpoints.save
+
+    def save(self, payload, step, finite):
+        attempts.append((step, clock[0]))
+        if step < full_until_step:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(self, payload, step, finite)
+
+    monkeypatch.setattr(Checkpoints, "save", save)
+    config = tiny_config(run__max_steps=800, run__checkpoint_every=1,
+                         run__checkpoint_min_seconds=0.0, run__eval_every=100_000)
+    events = _run_with_checkpoints(config, tmp_path)
+    notices = of_type(events, "Notice")
+    errors = [n for n in notices if n.level == "error"]
+    assert len(errors) == 1 and "not written (No space left on device" in errors[0].message
+    failed = [t for step, t in attempts if step < full_until_step]
+    waits = [b - a for a, b in itertools.pairwise(failed)]
+    # Each wait at least the backoff's (doubling from CHECKPOINT_RETRY_S, capped).
+    for k, wait in enumerate(waits):
+        assert wait >= min(loop.CHECKPOINT_RETRY_MAX_S, loop.CHECKPOINT_RETRY_S * 2 ** k)
+    assert len(failed) < 20  # not one per step (699 due)
+    (again,) = [n for n in notices if n.message.startswith("checkpoints are written again")]
+    first_written = min(step for step, _ in attempts if step >= full_until_step)
+    assert again.step == first_written and again.level == "info"
+    assert f"after {len(failed)} failed since step 1" in again.message
+    saved = [c.step for c in of_type(events, "CheckpointSaved")]
+    assert saved == list(range(first_written, 801))  # every step again once recovered
+
+
+@pytest.mark.parametrize("path", ["../evil.pt", "../../../../tmp/evil.pt", "/tmp/evil.pt",
+                                  "sub/x.pt", "..", ".", " ", "last.pt", "last_good.pt",
+                                  "step_00000003.pt", "x.pt.tmp"])
+def test_a_served_runs_commanded_checkpoint_stays_in_its_checkpoints(tmp_path: Path,
+                                                                     path: str) -> None:
+    """SaveCheckpoint arrives over the run's socket: only a plain file name, never one of
+    the run's own files, and nothing is written anywhere else."""
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    events = _run_with_checkpoints(tiny_config(run__max_steps=3), checkpoints,
+                                   [Pause(), Step(3), SaveCheckpoint(path), Stop()])
+    (rejected,) = of_type(events, "CommandRejected")
+    assert rejected.reason.startswith(f"SaveCheckpoint.path = {path!r}: ")
+    assert "expected a file name" in rejected.reason
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "last.pt", "last_good.pt", "step_00000003.pt"]
+
+
+def test_a_served_runs_commanded_checkpoint_is_written_under_its_name(tmp_path: Path) -> None:
+    events = _run_with_checkpoints(tiny_config(run__max_steps=3), tmp_path,
+                                   [Pause(), Step(2), SaveCheckpoint("before-lr.pt"), Stop()])
+    saved = of_type(events, "CheckpointSaved")[0]
+    assert saved.path == str(tmp_path / "before-lr.pt") and saved.step == 2
+    assert load(tmp_path / "before-lr.pt")["step"] == 2
