@@ -794,11 +794,24 @@ def format_runs_table(summaries: list[Any], now: float) -> str:
     notes = []
     for s in summaries:
         if s.resumable:
-            notes.append(f"{s.id} {s.status} at step {s.step}: trainlab resume {s.id}")
+            notes.append(_resume_note(s))
         elif s.status == "crashed":  # the reason is in --json; the log says more
             notes.append(f"{s.id} crashed with no checkpoint to resume from; see its "
                          "engine.log")
     return "\n".join([*lines, *([""] if notes else []), *notes])
+
+
+def _resume_note(s: Any) -> str:
+    """Where ``trainlab resume`` goes on from: the step a checkpoint holds, which is
+    short of the recorded one when the last checkpoint could not be written (disk full)."""
+    resume = f"trainlab resume {s.id}"
+    if s.checkpoint_step == s.step:
+        return f"{s.id} {s.status} at step {s.step}: {resume}"
+    if s.checkpoint_step is not None:
+        return (f"{s.id} {s.status} at step {s.step}, no checkpoint of it; its newest good "
+                f"one is of step {s.checkpoint_step}: {resume} goes on from there")
+    return (f"{s.id} {s.status} at step {s.step}, no checkpoint known to be of it: {resume} "
+            "goes on from its newest good one")
 
 
 def cmd_runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

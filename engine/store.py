@@ -42,6 +42,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -118,6 +119,10 @@ RETRY_MAX_S = 60.0
 long ago and fails again goes on from the pause it had (a disk that keeps filling up
 again is not announced every few seconds)."""
 
+_NUMBERED = re.compile(r"step_(\d{8,})\.pt")
+_LAST_GOOD = "last_good.pt"
+"""``engine.checkpoint``'s STEP_FILE and LAST_GOOD (it imports torch; this module must
+not)."""
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _LAYER_NUMBERS = tuple(f.name for f in dataclasses.fields(protocol.LayerStats)
                        if f.name not in ("name", "kind", "activation"))
@@ -236,6 +241,11 @@ class RunSummary:
     """Why it is in this state, in words (the stop's why, the failure, the crash)."""
     resumable: bool = False
     """Crashed or stopped, and a checkpoint exists: ``trainlab resume`` can continue it."""
+    checkpoint_step: int | None = None
+    """Where ``trainlab resume`` goes on from, for a resumable run: the step of its
+    last_good.pt, told from the numbered file it links to (without reading it). It can
+    be short of ``step`` (a checkpoint that could not be written, a full disk); None when
+    it cannot be told (last_good.pt is a copy, or missing)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (``trainlab runs --json``): the path as text, non-finite
@@ -559,6 +569,7 @@ class RunStore:
         status, reason = _status(alive, finished, state[1] if state else None,
                                  failure[1] if failure else None, count, meta.get("pid"))
         checkpoint = _has_checkpoint(self.run_dir / CHECKPOINT_DIR)
+        resumable = status in ("crashed", "stopped") and checkpoint
         created = float(meta.get("created_at") or 0.0)
         return RunSummary(
             id=str(meta.get("id") or self.run_dir.name), path=self.run_dir, status=status,
@@ -566,8 +577,8 @@ class RunStore:
             val_accuracy=_from_db(last_eval[0][0]) if last_eval else None,
             created_at=created, updated_at=float(updated) if updated is not None else created,
             parent=str(meta.get("parent") or ""), parent_step=meta.get("parent_step"),
-            label=str(meta.get("label") or ""), reason=reason,
-            resumable=status in ("crashed", "stopped") and checkpoint)
+            label=str(meta.get("label") or ""), reason=reason, resumable=resumable,
+            checkpoint_step=_good_step(self.run_dir / CHECKPOINT_DIR) if resumable else None)
 
     def integrity_check(self) -> str:
         """SQLite's full integrity check: "ok", or what it found wrong, one per line."""
@@ -728,6 +739,22 @@ def _has_checkpoint(directory: Path) -> bool:
         return False
 
 
+def _good_step(directory: Path) -> int | None:
+    """The step of ``directory``'s last_good.pt, from the numbered checkpoint it is a
+    hard link to (``engine.checkpoint``'s names; read here without torch). None when it
+    is missing, a copy, or its numbered name was rotated away."""
+    try:
+        good = (directory / _LAST_GOOD).stat()
+        names = [p for p in directory.iterdir() if _NUMBERED.fullmatch(p.name)]
+    except OSError:
+        return None
+    for path in names:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(path.stat(), good):
+                return int(_NUMBERED.fullmatch(path.name)[1])  # type: ignore[index]
+    return None
+
+
 def _status(alive: bool, finished: protocol.RunFinished | None,
             state: protocol.StateChanged | None, failure: protocol.EngineFailed | None,
             events: int, pid: Any) -> tuple[str, str]:
@@ -813,12 +840,13 @@ def _unreadable(run_dir: Path, why: str) -> RunSummary:
     (its checkpoints may still resume it)."""
     created = run_dir.stat().st_mtime
     alive = engine_alive(run_dir)
+    resumable = not alive and _has_checkpoint(run_dir / CHECKPOINT_DIR)
     return RunSummary(
         id=run_dir.name, path=run_dir, status="running" if alive else "crashed", step=0,
         epoch=0, best_val_loss=None, val_accuracy=None, created_at=created,
         updated_at=created, parent="", parent_step=None, label="",
-        reason=f"{DB_FILE} unreadable: {why}",
-        resumable=not alive and _has_checkpoint(run_dir / CHECKPOINT_DIR))
+        reason=f"{DB_FILE} unreadable: {why}", resumable=resumable,
+        checkpoint_step=_good_step(run_dir / CHECKPOINT_DIR) if resumable else None)
 
 
 def _run_dirs(root: Path) -> list[Path]:

@@ -772,6 +772,53 @@ def test_runs_table_offers_resume_for_a_crashed_run(tmp_path, capsys):
     assert any(row.startswith(crashed.name) and "crashed" in row for row in rows)
 
 
+def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypatch, capsys):
+    # Stopped while the disk is full: the stop's own checkpoint is not written, so a
+    # resume goes on from the newest one that was, and `trainlab runs` says which.
+    import queue
+
+    from engine.checkpoint import Checkpoints
+    from engine.serve import serve
+
+    config = tiny_config(run__max_steps=10_000, run__checkpoint_every=10,
+                         run__dir=str(tmp_path))
+    run_dir = store.new_run(tmp_path, config)
+    commands: queue.Queue[Any] = queue.Queue()
+    real_save = Checkpoints.save
+    full = threading.Event()
+
+    def save(self: Checkpoints, payload: Any, step: int, finite: bool) -> Path:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path_for(step)))
+        return real_save(self, payload, step, finite)
+
+    def show(event: Any) -> None:
+        if isinstance(event, protocol.CheckpointSaved) and event.step >= 20:
+            full.set()  # the disk fills up; the run is stopped a few steps later
+        if isinstance(event, protocol.MetricsBatch) and full.is_set() \
+                and event.steps[-1] % 10 == 5:
+            commands.put(protocol.Stop("stopped by the test"))
+
+    monkeypatch.setattr(Checkpoints, "save", save)
+    finished, _ = serve(run_dir, config, show=show, commands=commands)
+    assert finished.reason == "stopped" and finished.final.step % 10 != 0
+    saved = [e.step for e in stored_events(run_dir, "CheckpointSaved")]
+    summary = store.summarize(run_dir)
+    assert summary.status == "stopped" and summary.resumable
+    assert summary.step == finished.final.step > saved[-1] == summary.checkpoint_step
+    assert main(["runs", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"stopped at step {summary.step}: trainlab resume" not in out
+    assert (f"{run_dir.name} stopped at step {summary.step}, no checkpoint of it; its newest "
+            f"good one is of step {saved[-1]}: trainlab resume {run_dir.name} goes on from "
+            "there") in out
+
+
+def stored_events(run_dir: Path, name: str) -> list[Any]:
+    with store.RunStore.open(run_dir) as runs:
+        return [e for _, e in runs.events(types=(name,))]
+
+
 def test_runs_without_any(tmp_path, capsys):
     assert main(["runs", "--dir", str(tmp_path / "none")]) == 0
     assert "no runs in" in capsys.readouterr().out
