@@ -46,19 +46,52 @@ INIT_SCHEMES = (
     "kaiming_uniform",
     "orthogonal",
 )
-OPTIMIZERS = (
-    "sgd",
-    "momentum",
-    "nesterov",
-    "adagrad",
-    "adadelta",
-    "rmsprop",
-    "adam",
-    "adamw",
-    "nadam",
-    "rprop",
-    "lbfgs",
-)
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """An optimizer's own values of the optim fields that follow ``optim.name``
+    (``FOLLOWS_OPTIMIZER``): what ``auto`` means for it."""
+
+    lr: float
+    """Its customary base learning rate. Each trains the default run (an MLP on digits)
+    to at least 85% validation accuracy in 300 steps (lbfgs and rprop on the full batch)."""
+    eps: float = 1e-8
+    """The term added to its denominator (adagrad, adadelta, rmsprop and the Adam family
+    use one; the others ignore it): torch's default for each, 1e-8 unless it differs."""
+
+
+OPTIMIZER_DEFAULTS: dict[str, OptimizerDefaults] = {
+    # The SGD family at 0.01 (Keras' default; with momentum 0.9 an effective step of 0.1).
+    # torch's plain-SGD default of 1e-3 needs thousands of steps on digits.
+    "sgd": OptimizerDefaults(lr=0.01),
+    "momentum": OptimizerDefaults(lr=0.01),
+    "nesterov": OptimizerDefaults(lr=0.01),
+    "adagrad": OptimizerDefaults(lr=0.01, eps=1e-10),  # torch's
+    # Zeiler's paper and torch: Adadelta sizes its own steps, and eps sets how large the
+    # first ones are (sqrt(eps) per step); lr 1 leaves them as they are. At Adam's lr 1e-3
+    # and eps 1e-8 it reached 8% validation accuracy on digits in 300 steps, here 97%.
+    "adadelta": OptimizerDefaults(lr=1.0, eps=1e-6),
+    "rmsprop": OptimizerDefaults(lr=1e-3),  # Hinton's lecture and Keras (torch: 0.01)
+    "adam": OptimizerDefaults(lr=1e-3),  # Kingma and Ba, torch
+    "adamw": OptimizerDefaults(lr=1e-3),  # torch
+    "nadam": OptimizerDefaults(lr=2e-3),  # Dozat, torch
+    "rprop": OptimizerDefaults(lr=0.01),  # torch's initial step size (it adapts its own)
+    "lbfgs": OptimizerDefaults(lr=1.0),  # a full quasi-Newton step, torch's
+}
+"""Every optimizer by name (in the order the app cycles through them) with its own
+defaults. ``engine.optim.OPTIMIZERS`` builds each; this table lives here because the
+config resolves ``auto`` and the app reads it without importing torch."""
+
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+DEFAULT_OPTIMIZER = "adam"
+"""optim.name of the default config."""
+FOLLOWS_OPTIMIZER = tuple(f.name for f in dataclasses.fields(OptimizerDefaults))
+"""The optim fields whose default depends on optim.name: ``lr`` and ``eps``."""
+AUTO = "auto"
+"""Accepted by the fields of ``FOLLOWS_OPTIMIZER`` in place of a number: optim.name's own
+value (``OPTIMIZER_DEFAULTS``). A config never holds it: it is resolved on the way in."""
+
 SCHEDULES = ("constant", "step", "exponential", "cosine", "one_cycle", "reduce_on_plateau")
 LOSSES = ("auto", "mse", "l1", "smooth_l1", "cross_entropy", "bce_with_logits")
 AUGMENTATIONS = ("noise", "shift", "flip", "erase")
@@ -79,6 +112,21 @@ class Spec:
     low_open: bool = False
     """True when ``low`` itself is not allowed (e.g. a learning rate must be > 0)."""
     hot: bool = False
+
+
+def own_values(field_name: str) -> str:
+    """The optimizers' own values of ``field_name`` in words, for its doc: 'sgd, momentum
+    0.01; adadelta 1'. Where one value is most optimizers', it comes last as 'the others'."""
+    groups: dict[float, list[str]] = {}
+    for name, own in OPTIMIZER_DEFAULTS.items():
+        groups.setdefault(getattr(own, field_name), []).append(name)
+    common = max(groups, key=lambda value: len(groups[value]))
+    others = len(groups[common]) > len(OPTIMIZER_DEFAULTS) / 2
+    parts = [f"{', '.join(names)} {value:g}" for value, names in groups.items()
+             if not (others and value == common)]
+    if others:
+        parts.append(f"the others {common:g}")
+    return "; ".join(parts)
 
 
 def param(
@@ -276,15 +324,19 @@ class OptimConfig:
     """The optimizer and its hyperparameters (all may change while training)."""
 
     name: str = param(
-        "adam",
-        "Optimizer. Switching live keeps the weights and resets the optimizer's state. "
+        DEFAULT_OPTIMIZER,
+        "Optimizer. Switching live keeps the weights and resets the optimizer's state; "
+        "optim.lr and optim.eps move to the new optimizer's own unless you set them. "
         "lbfgs and rprop are full-batch methods (data.batch_size = 0).",
         choices=OPTIMIZERS,
         hot=True,
     )
     lr: float = param(
-        1e-3, "Base learning rate (the schedule scales it).", low=0.0, low_open=True,
-        hot=True,
+        OPTIMIZER_DEFAULTS[DEFAULT_OPTIMIZER].lr,
+        "Base learning rate (the schedule scales it). auto: optim.name's own "
+        f"({own_values('lr')}). While it holds the optimizer's own value it follows a "
+        "change of optim.name; another value (one you set) is kept.",
+        low=0.0, low_open=True, hot=True,
     )
     momentum: float = param(
         0.9, "momentum and nesterov: momentum coefficient.", low=0.0, high=0.9999, hot=True
@@ -302,7 +354,10 @@ class OptimConfig:
         hot=True,
     )
     eps: float = param(
-        1e-8, "adam, adamw, nadam, rmsprop, adagrad, adadelta: term added to the denominator.",
+        OPTIMIZER_DEFAULTS[DEFAULT_OPTIMIZER].eps,
+        "adam, adamw, nadam, rmsprop, adagrad, adadelta: term added to the denominator. "
+        f"auto: optim.name's own ({own_values('eps')}); it follows optim.name as optim.lr "
+        "does.",
         low=0.0, low_open=True, hot=True,
     )
     weight_decay: float = param(
@@ -314,6 +369,27 @@ class OptimConfig:
     lbfgs_iters: int = param(
         20, "lbfgs: function evaluations per step (max_iter).", low=1, high=10_000, hot=True
     )
+
+    def own(self, field_name: str) -> float:
+        """This optimizer's own value of ``field_name`` (one of ``FOLLOWS_OPTIMIZER``)."""
+        return float(getattr(OPTIMIZER_DEFAULTS[self.name], field_name))
+
+    def describe_switch(self, before: OptimConfig) -> str:
+        """What a switch from ``before``'s optimizer did to the fields that follow it, for
+        the change's note: 'lr 1.0, eps 1e-06 (adadelta's defaults)', and a value kept
+        because it was set ('lr 0.003 kept (adadelta's default: 1.0)'). Empty when
+        neither happened."""
+        moved = [f for f in FOLLOWS_OPTIMIZER if getattr(self, f) != getattr(before, f)]
+        kept = [f for f in FOLLOWS_OPTIMIZER
+                if f not in moved and getattr(self, f) != self.own(f)]
+        parts = []
+        if moved:
+            values = ", ".join(f"{f} {format_setting(getattr(self, f))}" for f in moved)
+            plural = "s" if len(moved) > 1 else ""
+            parts.append(f"{values} ({self.name}'s default{plural})")
+        parts += [f"{f} {format_setting(getattr(self, f))} kept ({self.name}'s default: "
+                  f"{format_setting(self.own(f))})" for f in kept]
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -490,6 +566,8 @@ class Config:
         for key, value in changes.items():
             section, name = _split_key(key)
             sections.setdefault(section, {})[name] = check_value(key, value)
+        if "optim" in sections:
+            sections["optim"] = _follow_optimizer(self.optim, sections["optim"])
         new = dataclasses.replace(
             self,
             **{
@@ -576,8 +654,21 @@ def _bound(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+def follows_optimizer(key: str) -> bool:
+    """Does ``key`` take optim.name's own value by default (and accept ``auto``)?"""
+    section, _, name = key.partition(".")
+    return section == "optim" and name in FOLLOWS_OPTIMIZER
+
+
 def describe_allowed(info: FieldInfo) -> str:
     """What a field accepts, in words ('a number > 0', 'one of sgd, adam')."""
+    allowed = _describe_type(info)
+    return f"{allowed}, or auto (the optimizer's own)" if follows_optimizer(info.key) \
+        else allowed
+
+
+def _describe_type(info: FieldInfo) -> str:
+    """What the field's type and spec accept, in words."""
     spec = info.spec
     if typing.get_origin(info.type) is tuple:
         return "a list of names from " + ", ".join(spec.choices or ())
@@ -602,6 +693,8 @@ def check_value(key: str, value: Any) -> Any:
     """Return ``value`` as the field's type, or raise naming the key, value and range."""
     info = field_info(key)
     spec = info.spec
+    if isinstance(value, str) and value == AUTO and follows_optimizer(key):
+        return AUTO  # resolved by Config.with_values, which knows the optimizer
 
     def bad() -> ConfigError:
         return ConfigError(
@@ -682,6 +775,26 @@ def validate(config: Config) -> None:
         raise ConfigError("optim.name = 'nesterov' needs optim.momentum > 0 (it is 0)")
     if r.max_steps == 0 and r.max_epochs == 0:
         raise ConfigError("run.max_steps and run.max_epochs are both 0: set at least one")
+
+
+def _follow_optimizer(old: OptimConfig, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` to the optim section with the fields of ``FOLLOWS_OPTIMIZER`` resolved.
+
+    One set to ``auto`` takes the (new) optimizer's own value. One not among the changes
+    follows a change of optim.name while it holds the old optimizer's own value (it was
+    left at its default) and is kept otherwise (it was set). Stateless, so the engine and
+    an app that mirrors its config with the same changes agree, and a config file, a
+    checkpoint or a ``--set`` means the same everywhere.
+    """
+    new = dataclasses.replace(old, name=changes.get("name", old.name))
+    resolved = dict(changes)
+    for field_name in FOLLOWS_OPTIMIZER:
+        if field_name in changes:
+            if changes[field_name] == AUTO:
+                resolved[field_name] = new.own(field_name)
+        elif getattr(old, field_name) == old.own(field_name):
+            resolved[field_name] = new.own(field_name)
+    return resolved
 
 
 def _is_import_path(name: str) -> bool:
@@ -775,7 +888,10 @@ def to_toml(config: Config, *, comments: bool = True) -> str:
         if comments:
             lines.append(f"# {info.spec.doc}")
             lines.append(f"# {describe_allowed(info)}; {'hot' if info.spec.hot else 'cold'}")
-        lines.append(f"{name} = {_toml_value(config.get(info.key))}")
+        value = config.get(info.key)
+        if follows_optimizer(info.key) and value == config.optim.own(name):
+            value = AUTO  # so an edited optim.name in the file brings its own value
+        lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -791,6 +907,8 @@ def parse_value(key: str, text: str) -> Any:
     """Turn the text of ``--set key=text`` into the field's type (then checked)."""
     info = field_info(key)
     raw = text.strip()
+    if raw.lower() == AUTO and follows_optimizer(key):
+        return check_value(key, AUTO)
     if info.type is bool:
         lowered = raw.lower()
         if lowered in ("true", "1", "yes", "on"):

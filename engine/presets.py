@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config import Config, ConfigError, did_you_mean
+from engine.config import OPTIMIZER_DEFAULTS, Config, ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -171,20 +171,10 @@ _DEPTH = _lesson(
 
 # --- optimizers: KNOWLEDGE.md section 8 ---------------------------------------------------
 
-USUAL_LR: dict[str, float] = {
-    "sgd": 0.01,
-    "momentum": 0.01,
-    "nesterov": 0.01,
-    "adagrad": 0.01,
-    "rmsprop": 1e-3,
-    "adam": 1e-3,
-    "nadam": 2e-3,
-    "lbfgs": 1.0,
-}
-"""Each optimizer's customary learning rate: 0.01 for the SGD family (Keras' default;
-with momentum 0.9 an effective step of 0.1), AdaGrad 0.01, RMSProp 1e-3 and Adam 1e-3
-(KNOWLEDGE.md section 8), NAdam 2e-3 (its paper's and torch's default) and L-BFGS 1
-(a full quasi-Newton step, torch's default)."""
+def _own_lr(name: str) -> str:
+    """The optimizer's own learning rate (what optim.lr = auto gives it), for a summary."""
+    return f"{OPTIMIZER_DEFAULTS[name].lr:g}"
+
 
 RMSPROP_DECAY = 0.9
 """RMSProp's decay of the squared-gradient average (optim.alpha), KNOWLEDGE.md section 8."""
@@ -208,24 +198,28 @@ _OPTIMIZER_TASK = {
     "run.eval_every": 25,
 }
 
+# Each variant runs its optimizer at its own defaults (optim.lr = auto: 0.01 for the SGD
+# family, as Keras, with momentum 0.9 an effective step of 0.1; AdaGrad 0.01, RMSProp and
+# Adam 1e-3, KNOWLEDGE.md section 8; NAdam 2e-3, its paper's; L-BFGS a full step of 1),
+# whatever optim.lr the base config holds, so each curve shows the method as usually run.
 _OPTIMIZERS = _lesson(
-    _OPTIMIZER_TASK,
-    ("opt-sgd", "SGD, lr 0.01: the plain gradient step, slow on a long valley",
-     {"optim.name": "sgd", "optim.lr": USUAL_LR["sgd"]}),
-    ("opt-momentum", "SGD with momentum 0.9, lr 0.01: steps accumulate along the valley",
-     {"optim.name": "momentum", "optim.lr": USUAL_LR["momentum"], "optim.momentum": 0.9}),
-    ("opt-nesterov", "Nesterov momentum 0.9, lr 0.01: the gradient taken one step ahead",
-     {"optim.name": "nesterov", "optim.lr": USUAL_LR["nesterov"], "optim.momentum": 0.9}),
-    ("opt-adagrad", "AdaGrad, lr 0.01: per-weight steps that only ever shrink",
-     {"optim.name": "adagrad", "optim.lr": USUAL_LR["adagrad"]}),
-    ("opt-rmsprop", "RMSProp, decay 0.9, lr 1e-3: AdaGrad with a forgetting average",
-     {"optim.name": "rmsprop", "optim.lr": USUAL_LR["rmsprop"], "optim.alpha": RMSPROP_DECAY}),
-    ("opt-adam", "Adam, lr 1e-3: momentum plus RMSProp, with bias correction",
-     {"optim.name": "adam", "optim.lr": USUAL_LR["adam"]}),
-    ("opt-nadam", "NAdam, lr 2e-3: Adam with Nesterov momentum",
-     {"optim.name": "nadam", "optim.lr": USUAL_LR["nadam"]}),
-    ("opt-lbfgs", "L-BFGS, lr 1, up to 20 evaluations a step: quasi-Newton, full batch",
-     {"optim.name": "lbfgs", "optim.lr": USUAL_LR["lbfgs"], "optim.lbfgs_iters": 20}),
+    {**_OPTIMIZER_TASK, "optim.lr": "auto", "optim.eps": "auto"},
+    ("opt-sgd", f"SGD, lr {_own_lr('sgd')}: the plain gradient step, slow on a long valley",
+     {"optim.name": "sgd"}),
+    ("opt-momentum", f"SGD with momentum 0.9, lr {_own_lr('momentum')}: steps accumulate "
+     "along the valley", {"optim.name": "momentum", "optim.momentum": 0.9}),
+    ("opt-nesterov", f"Nesterov momentum 0.9, lr {_own_lr('nesterov')}: the gradient taken "
+     "one step ahead", {"optim.name": "nesterov", "optim.momentum": 0.9}),
+    ("opt-adagrad", f"AdaGrad, lr {_own_lr('adagrad')}: per-weight steps that only ever "
+     "shrink", {"optim.name": "adagrad"}),
+    ("opt-rmsprop", f"RMSProp, decay 0.9, lr {_own_lr('rmsprop')}: AdaGrad with a "
+     "forgetting average", {"optim.name": "rmsprop", "optim.alpha": RMSPROP_DECAY}),
+    ("opt-adam", f"Adam, lr {_own_lr('adam')}: momentum plus RMSProp, with bias correction",
+     {"optim.name": "adam"}),
+    ("opt-nadam", f"NAdam, lr {_own_lr('nadam')}: Adam with Nesterov momentum",
+     {"optim.name": "nadam"}),
+    ("opt-lbfgs", f"L-BFGS, lr {_own_lr('lbfgs')}, up to 20 evaluations a step: "
+     "quasi-Newton, full batch", {"optim.name": "lbfgs", "optim.lbfgs_iters": 20}),
 )
 
 
