@@ -146,6 +146,29 @@ def test_commands_viewers_control_and_sigterm() -> None:
     assert summary.status == "stopped" and summary.step == done.step
 
 
+def test_save_checkpoint_from_a_client_writes_only_into_the_runs_checkpoints(
+        tmp_path: Path) -> None:
+    outside = tmp_path / "evil.pt"
+    traversal = "../" * 30 + os.fspath(outside).lstrip("/")  # resolves to ``outside``
+    with engine(**LONG) as (run_dir, _):
+        checkpoints = run_dir / store.CHECKPOINT_DIR
+        boss = Client(socket_path(run_dir))
+        for path in (traversal, os.fspath(outside), "sub/evil.pt", "..", " ",
+                     ".last.pt.x.tmp", "last.pt", "last_good.pt", "step_00000001.pt"):
+            boss.send(protocol.SaveCheckpoint(path))
+            rejected = boss.next("CommandRejected")
+            assert rejected.command_type == "SaveCheckpoint"
+            assert f"SaveCheckpoint.path = {path!r}" in rejected.reason
+            assert "a file name such as" in rejected.reason and "checkpoints/" in rejected.reason
+        boss.send(protocol.SaveCheckpoint("before-change.pt"))
+        saved = boss.next("CheckpointSaved", lambda e: "before-change" in e.path)
+        boss.close()
+    assert Path(saved.path).resolve() == (checkpoints / "before-change.pt").resolve()
+    assert Path(saved.path).is_file()
+    assert not outside.exists()
+    assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".pt") == []
+
+
 def test_a_client_that_hangs_up_leaves_the_run_training() -> None:
     # An SSH drop: the client process dies without a word; training goes on and a new
     # client sees the history that was written meanwhile.
