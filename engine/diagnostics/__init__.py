@@ -14,7 +14,7 @@ in ``diagnostics.curves`` (losses and evaluations).
 
 No torch here: detectors read plain numbers from protocol events and are tested on
 hand-built histories. The thresholds are named constants in the detector modules, each
-with the reason for its value (KNOWLEDGE.md).
+with the reason for its value.
 
 Cost, in the training thread, measured on full histories (4096 losses; 64 snapshots of
 a 31-row net, all within the last 50 steps: the worst case for the update-ratio span)

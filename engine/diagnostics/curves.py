@@ -14,8 +14,8 @@ Losses are judged after ``History.last_change_step`` only: a live change (a fix,
 rollback) starts a new stretch, and what came before it no longer says anything about
 the run as it is now. A loss *level* is the median of a window of steps (at least
 LEVEL_WINDOW steps and LEVEL_SAMPLES samples), not a mean: one hard mini-batch (a
-spike) moves a mean far more than a median, and small batches (KNOWLEDGE.md section 7:
-noisy) would otherwise look like a diverging run.
+spike) moves a mean far more than a median, and the losses of small batches (noisy:
+each is the mean of a few samples) would otherwise look like a diverging run.
 
 Cost: the loss detectors run on every MetricsBatch (at most ~10 a second) and read
 only the tail of the history they judge, never all ``LOSS_HISTORY`` losses. The levels
@@ -51,7 +51,7 @@ from engine.protocol import AlertRaised, EvalDone, Fix, LayerStats, NonFiniteDet
 
 LEVEL_WINDOW = 20
 """Steps whose median is one reading of the loss level. Mini-batch losses scatter by
-tens of percent from step to step (KNOWLEDGE.md section 7); the median of 20 steps
+tens of percent from step to step (each is a different sample); the median of 20 steps
 moves by a few, and 20 steps is still short next to an epoch."""
 LEVEL_SAMPLES = 640
 """...and at least this many samples (20 batches of 32): with small batches a level
@@ -61,8 +61,8 @@ DIVERGENCE_FACTOR = 3.0
 """Diverged: the last DIVERGENCE_WINDOWS levels are all at least 3x the lower of the
 start and the best level. The best is the minimum of many noisy windows, so a healthy
 but noisy run reaches 2-3x of it for a window or two (measured on the activations lab,
-SGD with momentum: 2.2x over three windows at most); an LR too high (KNOWLEDGE.md
-section 8) stays there (Adam at 0.03 on digits: 6x over three windows)."""
+SGD with momentum: 2.2x over three windows at most); an LR too high overshoots the
+minimum on every step and stays there (Adam at 0.03 on digits: 6x over three windows)."""
 DIVERGENCE_WINDOWS = 3
 """...for this many levels in a row (60 steps at batch 32): a climb that lasts."""
 EXPLOSION_FACTOR = 10.0
@@ -82,8 +82,8 @@ OSCILLATION_WINDOW = 50
 """Steps over which the swings of the loss are measured (two to three levels' worth)."""
 OSCILLATION_REL_STD = 1.0
 """Oscillating: the standard deviation of the window's losses is at least their mean:
-the loss swings by its own size, as when an LR overshoots the minimum on every step
-(KNOWLEDGE.md section 8). Noisy but healthy runs stay under it (up to 0.97 measured on
+the loss swings by its own size, as when an LR overshoots the minimum on every step.
+Noisy but healthy runs stay under it (up to 0.97 measured on
 the activations lab, SGD with momentum, while far below the level guard below; 0.1-0.3
 on digits with Adam); an LR merely too high mostly makes the loss stall, not swing
 (0.1-0.4 measured at 5x the lab's LR)."""
@@ -91,7 +91,7 @@ OSCILLATION_BATCH_NOISE = 2.0
 """...and at least 2/sqrt(B) for batches of B samples: sampling alone scatters the mean
 of B per-sample losses by about 1/sqrt(B) of its size (per-sample losses scatter by about
 their own size: measured 0.8 with single-sample batches on digits), so swings under twice
-that are mini-batch noise whatever the LR (KNOWLEDGE.md section 7: batch 1 is noisy)."""
+that are mini-batch noise whatever the LR (batch 1 is the noisiest)."""
 OSCILLATION_MIN_LEVEL = 0.5
 """...while the window's mean loss is not even half below the run's loss scale: a
 converged run also has a large relative scatter (its losses are tiny), but it is far
@@ -114,14 +114,14 @@ sane LR the loss of a run that has not learned yet falls faster than that; a los
 rises is no plateau (the divergence detector's business)."""
 PLATEAU_NEAR = 0.1
 """Not learned yet: the loss is within 10% of its value at init, or of ln C for C-class
-cross-entropy (a network predicting the class prior; KNOWLEDGE.md section 10.1), on
+cross-entropy (the loss of a network that predicts uniform classes: the prior), on
 either side. A converged run sits far below both, so it is never called a plateau; a
 loss far above both has blown up (``--set optim.lr=50`` on digits: flat at 18.95 after
 starting at 2.9), which the divergence alert reports, and calling that level "near" its
 start would be false."""
 DEAD_LAYER_FRACTION = 0.99
 """A hidden ReLU layer with at least 99% of its units dead passes (almost) no signal
-forward and no gradient back (KNOWLEDGE.md section 2): the network is dead."""
+forward and no gradient back (a ReLU unit at 0 has slope 0): the network is dead."""
 
 # --- overfitting ----------------------------------------------------------------
 
@@ -131,8 +131,8 @@ patience of reduce_on_plateau (schedule.patience); one or two can be noise."""
 OVERFIT_RISE = 0.1
 """Each of the last OVERFIT_EVALS validation losses is at least 10% above the best and
 above the training loss of its interval, and the gap between them grew at each
-(KNOWLEDGE.md section 6: training loss falls while validation loss rises; a growing
-train/val gap). A noisy run's validation loss spikes for an evaluation or two and comes
+(the signature of memorizing: training loss falls while validation loss rises, a
+growing train/val gap). A noisy run's validation loss spikes for an evaluation or two and comes
 back, often below the training loss, its gap jumping up and down (measured on the
 activations lab: 0.34, then 0.42, 0.39, 0.63, then 0.09)."""
 OVERFIT_MAX_TRAIN_LEVEL = 1.0
@@ -149,19 +149,20 @@ validation set, measured: +30% on 40 samples) is not memorizing anything."""
 
 INIT_LOSS_FACTOR = 10.0
 """A cross-entropy loss at init 10x ln C or more means outputs far too large: the init
-is too large (KNOWLEDGE.md sections 1 and 4; ln C is the loss of a fresh, sane net)."""
+is too large (ln C is the loss of a fresh, sanely initialized net)."""
 
 # --- the fixes' values ------------------------------------------------------------
 
 LR_RAISES = (3.0, 10.0)
-"""Plateau: try the LR x3 or x10 now (KNOWLEDGE.md section 8: too small -> slow)."""
+"""Plateau: try the LR x3 or x10 now (an LR too small only makes training slow, so
+raising it in steps of 3-10x is safe to try and watch)."""
 RESTART_LR_CUT = 0.1
 """Non-finite, or a net knocked down to chance level: restart with a tenth of the LR
-(KNOWLEDGE.md section 4: start small)."""
+(an LR small enough not to blow up is the safe start)."""
 WEIGHT_DECAY = 1e-4
-"""Overfitting: a common L2 strength; larger ones underfit (KNOWLEDGE.md section 6)."""
+"""Overfitting: a common L2 strength; much larger ones make a small net underfit."""
 DROPOUT = 0.2
-"""Overfitting: a mild dropout that rarely hurts a small net (KNOWLEDGE.md section 6)."""
+"""Overfitting: a mild dropout that rarely hurts a small net."""
 
 
 # --- reading the history ------------------------------------------------------------

@@ -29,10 +29,10 @@ from engine.protocol import Fix, LayerStatsSnapshot
 CLIP_NORM = 1.0
 """The gradient-norm clip the fixes set: the usual default max norm (e.g. Hugging Face's
 max_grad_norm); it bounds every step while leaving healthy gradients of norm ~1 nearly
-untouched (KNOWLEDGE.md section 3: gradient clipping against explosions)."""
+untouched: it caps exploding gradients without changing ordinary steps."""
 LR_CUT = 0.5
 """Too high an lr (divergence, spikes, saturation during training, units dying):
-halve it now (KNOWLEDGE.md section 8: too large -> divergence; cut it and watch)."""
+halve it now (an lr too large diverges; cut it and watch the loss)."""
 
 # --- what optimizers and activations ignore or suit -------------------------------------
 
@@ -50,10 +50,11 @@ TANH_LIKE_KINDS = ("Tanh", "Sigmoid", "ScaledSigmoid", "Hardtanh", "Identity")
 """Activation module names (``LayerStats.activation``) that Xavier suits."""
 RELU_FAMILY_KINDS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "CELU", "SELU", "GELU",
                      "SiLU", "Mish", "Hardswish", "Softplus")
-"""Activation module names that Kaiming suits (KNOWLEDGE.md section 1)."""
+"""Activation module names that Kaiming suits (its gain of sqrt(2) makes up for the half of
+the inputs a ReLU-like unit zeroes)."""
 SATURATING_ACTIVATIONS = ("tanh", "sigmoid", "scaled_sigmoid")
 """model.activation values whose flat tails stop gradients; a ReLU-family activation is
-the remedy (KNOWLEDGE.md section 3)."""
+the remedy (its slope is 1 wherever it is active)."""
 SUITED_FAMILIES = {"xavier_normal": ("xavier", "orthogonal"), "kaiming_normal": ("kaiming",)}
 """Init schemes that count as already suited, by the scheme a fix would propose
 (orthogonal with gain 1 keeps variance like Xavier)."""
@@ -152,8 +153,9 @@ def add_augmentation(config: Config, name: str) -> Fix | None:
 
 def suited_scheme(config: Config, snapshot: LayerStatsSnapshot) -> str | None:
     """The init that suits the run's activation: Xavier for tanh-like, Kaiming for the
-    ReLU family (KNOWLEDGE.md section 1). A custom model is judged by the activation
-    modules it was seen to use; None when they are unknown or mixed."""
+    ReLU family (each keeps its family's activations at unit variance). A custom model
+    is judged by the activation modules it was seen to use; None when they are unknown
+    or mixed."""
     if builtin(config):
         tanh_like = config.model.activation in TANH_LIKE_ACTIVATIONS
         return "xavier_normal" if tanh_like else "kaiming_normal"
@@ -230,10 +232,10 @@ def residual(config: Config) -> Fix | None:
 
 
 def depth_fixes(config: Config, snapshot: LayerStatsSnapshot) -> tuple[Fix, ...]:
-    """The remedies for signals that shrink or grow through depth (KNOWLEDGE.md
-    section 3): a suited init; else, for a saturating activation, a ReLU-family one
-    (with a badly scaled init ReLU would not help, and ``activation`` brings Kaiming
-    along when the init is not suited); normalization; residuals."""
+    """The remedies for signals that shrink or grow through depth: a suited init; else,
+    for a saturating activation, a ReLU-family one (with a badly scaled init ReLU would
+    not help, and ``activation`` brings Kaiming along when the init is not suited);
+    normalization; residuals."""
     suited = init(config, snapshot)
     relu = (activation(config, "relu", "switch the activation to ReLU")
             if suited is None and config.model.activation in SATURATING_ACTIVATIONS else None)

@@ -1,7 +1,7 @@
 """Layer detectors: the classic per-layer training problems, read from the statistics.
 
-Each detector reads the recent ``LayerStatsSnapshot`` history (KNOWLEDGE.md sections
-1-3) and returns at most one ``AlertRaised``. Conventions shared by all of them:
+Each detector reads the recent ``LayerStatsSnapshot`` history (initialization,
+activations, gradients) and returns at most one ``AlertRaised``. Conventions shared by all of them:
 
 - *rows* are the weight layers in forward order (``engine.stats``); the last row is the
   head, every other row is a hidden layer. The head has no activation ('' in
@@ -42,18 +42,19 @@ from engine.protocol import AlertRaised, LayerStats, LayerStatsSnapshot
 # --- thresholds -------------------------------------------------------------------
 
 GRAD_HEALTHY_LOW = 1e-6
-"""Gradient values below this are under the healthy range (KNOWLEDGE.md section 3:
-roughly [1e-6, 1e3]); times a normal learning rate they change a weight by nothing.
+"""Gradient values below this are under the healthy range (roughly [1e-6, 1e3] for the
+nets this lab trains); times a normal learning rate they change a weight by nothing.
 Judged on hidden layers only: the head's gradient scales with the loss itself (MSE on
 unscaled regression targets gave head gradients of 2e3 in a run whose hidden layers
 stayed under 3e2), so it shows the loss's scale, not a gradient vanishing or exploding
 through depth."""
 GRAD_HEALTHY_HIGH = 1e3
-"""Gradient values above this are over the healthy range (KNOWLEDGE.md section 3);
+"""Gradient values above this are over the healthy range (see GRAD_HEALTHY_LOW);
 hidden layers only, as for GRAD_HEALTHY_LOW."""
 DEPTH_RATIO = 100.0
 """Two orders of magnitude between a layer's gradient norm and the last hidden layer's
-is "shrinking/growing with depth" (KNOWLEDGE.md section 3). Measured here: 10-layer
+is "shrinking/growing with depth": ordinary layer-to-layer variation is a few times,
+not a hundred. Measured here: 10-layer
 Xavier tanh and Kaiming ReLU nets stay within ~3x, while a 10-layer Xavier sigmoid net
 spans 5e5x and a tanh net with N(0, 1) weights 2500x."""
 MIN_TREND_ROWS = 3
@@ -74,8 +75,8 @@ SPIKE_MIN_BATCH = 16
 """Spikes are only judged on batches of at least 16 samples (0, the full batch, too).
 A small batch's gradient is a few samples' own: once most samples are fitted their
 gradients are ~0, so the recent median is tiny and the next misfit sample jumps any
-number of times above it with nothing wrong (KNOWLEDGE.md section 7: batch 1 is noisy;
-measured: 21x on the healthy batch-1 lab run at step 2440). In a batch of 16 or more a
+number of times above it with nothing wrong (batch 1 is the noisiest; measured: 21x on
+the healthy batch-1 lab run at step 2440). In a batch of 16 or more a
 single hard sample is at most a sixteenth of the mean, as for DEAD_UNITS_MIN_BATCH. The
 lasting rules (gradients above the healthy range, growing with depth) still judge small
 batches."""
@@ -85,15 +86,15 @@ SPIKE_MIN_BASELINE = 4
 """No spike is judged on fewer earlier snapshots: the median of 1-3 is itself noise."""
 COLLAPSE_RATIO = 100.0
 """Activation std falling two orders of magnitude below the first hidden layer's is a
-collapse (KNOWLEDGE.md section 1: N(0, 0.01^2) weights shrink it ~10x per layer in the
+collapse (N(0, 0.01^2) weights shrink it ~10x per layer in the
 classic 10-layer tanh net, while Xavier keeps all layers within ~3x of each other)."""
 SATURATED_FRAC = 0.5
 """A layer is saturated when half or more of its activations sit where tanh/sigmoid is flat
-(slope < 0.02, KNOWLEDGE.md section 2). The classic N(0, 1) init saturates ~80-96% of the
+(slope < 0.02, ``engine.stats``). The classic N(0, 1) init saturates ~80-96% of the
 units at widths 100-500; Xavier saturates under 1%."""
 DEAD_UNITS_FRAC = 0.5
 """A layer has lost its capacity when half or more of its ReLU units output 0 for every
-sample of a batch (KNOWLEDGE.md section 2: a dead unit gets a gradient of 0, so it stays
+sample of a batch (a dead unit gets a gradient of 0, so it stays
 dead unless its input shifts; a user trial with init.bias = -3 on digits saw 100% dead at
 init and 53-85% later, as the layers below moved). Healthy Kaiming ReLU nets measured
 here stay below 30%."""
@@ -102,7 +103,8 @@ DEAD_UNITS_MIN_BATCH = 16
 when it is 0 for every sample of the batch, and a live unit active for half the inputs
 looks dead by chance with probability 0.5^B (0.5 at B = 1, 1.5e-5 at B = 16)."""
 UPDATE_RATIO_TARGET = 1e-3
-"""The healthy update/weight ratio per step (KNOWLEDGE.md section 3)."""
+"""The healthy update/weight ratio per step: the usual rule of thumb for first-order
+optimizers (each step changes a weight by about a thousandth of its size)."""
 UPDATE_RATIO_HIGH = 1e-1
 """Two orders of magnitude above the 1e-3 target: each step moves the weights by 10% of
 their size, so they are replaced within tens of steps. Adam's first steps on small
@@ -132,12 +134,13 @@ LOSS_RECENT_STEPS = 20
 """Steps whose median training loss is "the loss now" for the guard above."""
 LR_RAISE_CAP = 10.0
 """A proposed lr is at most 10x the current one: raising it by more in one go risks
-divergence (KNOWLEDGE.md section 8: start small and raise)."""
+divergence (raise it in steps and watch the loss)."""
 SLOW_LAYERS_RATIO = 100.0
 """Lower layers learn "much slower" when their update/weight ratio is two orders of
-magnitude below the last hidden layer's (KNOWLEDGE.md section 3)."""
+magnitude below the last hidden layer's (as for DEPTH_RATIO)."""
 ADAM_LR = 1e-3
-"""Adam's usual learning rate (KNOWLEDGE.md section 8), proposed with a switch to Adam."""
+"""Adam's usual learning rate (its paper's and torch's default), proposed with a switch
+to Adam."""
 RATIO_EXEMPT_OPTIMIZERS = ("rprop", "lbfgs")
 """Optimizers the ~1e-3 rule of thumb (a first-order one) does not judge: Rprop adapts
 its own step sizes from gradient signs (optim.lr only seeds them, so no lr change moves
@@ -294,7 +297,7 @@ def vanishing_signs(history: History, config: Config) -> dict[str, Any]:
     nothing): the first layer's gradient norm DEPTH_RATIO below the last hidden
     layer's, or hidden layers whose every gradient value is below the healthy range.
     For other detectors (a plateau) that must not blame the lr for what depth causes:
-    a larger lr does not bring such gradients back (KNOWLEDGE.md section 3)."""
+    a larger lr does not bring such gradients back (it scales every layer's step alike)."""
     if not history.snapshots:
         return {}
     snapshot = history.snapshots[-1]
