@@ -669,8 +669,9 @@ class RunStore:
         if isinstance(event, protocol.MetricsBatch):
             db.executemany(
                 "INSERT OR REPLACE INTO train (step, seq, epoch, loss, lr) VALUES (?, ?, ?, ?, ?)",
-                [(step, seq, event.epoch, _to_db(loss), _to_db(lr))
-                 for step, loss, lr in zip(event.steps, event.losses, event.lrs, strict=True)])
+                [(step, seq, epoch, _to_db(loss), _to_db(lr))
+                 for step, epoch, loss, lr in zip(event.steps, event.step_epochs(),
+                                                  event.losses, event.lrs, strict=True)])
         elif isinstance(event, protocol.EvalDone):
             db.execute(
                 "INSERT OR REPLACE INTO evals (step, seq, epoch, val_loss, val_accuracy, "

@@ -63,12 +63,18 @@ def test_csv_train_eval_and_changes_hold_the_recorded_values(recorded, tmp_path)
 
     header, rows = read_csv(tmp_path / "train.csv")
     assert header == ["step", "epoch", "loss", "lr"]
-    expected = [(step, b.epoch, loss, lr) for b in of_type(events, "MetricsBatch")
-                for step, loss, lr in zip(b.steps, b.losses, b.lrs, strict=True)]
+    expected = [(step, epoch, loss, lr) for b in of_type(events, "MetricsBatch")
+                for step, epoch, loss, lr in zip(b.steps, b.step_epochs(), b.losses, b.lrs,
+                                                 strict=True)]
     assert len(rows) == len(expected) == 23
     for row, (step, epoch, loss, lr) in zip(rows, expected, strict=True):
         assert (int(row[0]), int(row[1])) == (step, epoch)
         assert same(number(row[2]), loss) and same(number(row[3]), lr)  # exact, NaN too
+    # Each trained step's epoch is the one its batch came from (from 0), also where a
+    # metrics batch crossed an epoch's end; the synthetic batch without epochs says 5.
+    per_epoch = of_type(events, "RunStarted")[0].steps_per_epoch
+    assert [int(r[1]) for r in rows[:20]] == [(step - 1) // per_epoch for step in range(1, 21)]
+    assert [int(r[1]) for r in rows[20:]] == [5, 5, 5]
     assert rows[-2][2] == "inf" and rows[-1][2] == "-inf" and rows[-3][2] == "nan"
 
     header, rows = read_csv(tmp_path / "eval.csv")
