@@ -18,9 +18,10 @@ closed terminal does not stop training). It
   finishes, a checkpoint is written, the reason is recorded) and exits with 128 + the
   signal's number. A second signal aborts at once.
 
-Costs: the engine thread never waits for a client. Each event is put on every client's
-bounded outbox (a deque append) and a writer thread per client sends it; a client that
-falls ``OUTBOX_LIMIT`` events behind is disconnected and re-attaches from the store.
+Costs: the engine thread never waits for a client. Each event is encoded once and put
+on every client's bounded outbox (a deque append) and a writer thread per client sends
+it; a client that falls ``OUTBOX_MAX_BYTES`` (or ``OUTBOX_LIMIT`` events) behind is
+disconnected, its backlog freed at once, and re-attaches from the store.
 Nothing here imports torch until ``serve`` runs the loop, so the app may import
 ``socket_path`` and ``spawn_detached``.
 """
@@ -28,6 +29,7 @@ Nothing here imports torch until ``serve`` runs the loop, so the app may import
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -52,9 +54,15 @@ from engine.config import Config, ConfigError
 
 Emit = Callable[[Any], None]
 
+OUTBOX_MAX_BYTES = 4 << 20
+"""Bytes of encoded events a client may fall behind before it is disconnected (4 MiB: a
+stalled viewer pins at most this much of the engine's memory; it re-attaches from the
+store). A snapshot with histograms is about 10 kB for an 8-layer net, so this is some
+400 of them, minutes of a run; one event larger than this still goes to a client that
+has nothing else waiting."""
 OUTBOX_LIMIT = 10_000
-"""Events a client may fall behind before it is disconnected (at ~10 events a second,
-over 15 minutes of a viewer that stopped reading; it re-attaches from the store)."""
+"""Events a client may fall behind (however small they are) before it is disconnected:
+at ~10 events a second, over 15 minutes of a viewer that stopped reading."""
 MAX_COMMAND_LINE = 1 << 20
 """The longest command line a client may send (1 MiB); a longer one closes it."""
 SOCKET_PATH_MAX = 100
@@ -104,14 +112,20 @@ def _peer_uid(conn: socket.socket) -> int | None:
 
 
 class _Client:
-    """One connection: a bounded outbox drained by its own writer thread."""
+    """One connection: an outbox bounded in bytes and events, drained by its own writer
+    thread."""
 
     def __init__(self, client_id: int, conn: socket.socket) -> None:
         self.id = client_id
         self.conn = conn
         self.role = ""
         """"" until it attached; then control or view."""
-        self._outbox: queue.Queue[str | None] = queue.Queue(OUTBOX_LIMIT)
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        """Bytes in the outbox."""
+        self._finishing = False
+        self._ready = threading.Condition()
+        """Guards the outbox; the writer waits on it."""
         self.closed = threading.Event()
         self.writer = threading.Thread(target=self._write, name=f"trainlab-client-{client_id}",
                                        daemon=True)
@@ -119,44 +133,63 @@ class _Client:
 
     def push(self, message: Any) -> bool:
         """Queue a message for the writer; False (and the client closes) when it fell
-        OUTBOX_LIMIT behind. Never blocks."""
-        return self.push_line(protocol.to_json(message) + "\n")
+        too far behind. Never blocks."""
+        return self.push_line((protocol.to_json(message) + "\n").encode())
 
-    def push_line(self, line: str) -> bool:
+    def push_line(self, line: bytes) -> bool:
         """``push`` of a message already encoded (an event goes to every client: it is
-        encoded once)."""
-        if self.closed.is_set():
-            return False
-        try:
-            self._outbox.put_nowait(line)
-        except queue.Full:
-            self.close()
-            return False
-        return True
+        encoded once). A client with ``OUTBOX_MAX_BYTES`` or ``OUTBOX_LIMIT`` events
+        unsent is closed instead; one with nothing unsent takes any line."""
+        with self._ready:
+            if self.closed.is_set():
+                return False
+            behind = bool(self._outbox) and (len(self._outbox) >= OUTBOX_LIMIT or
+                                             self._queued + len(line) > OUTBOX_MAX_BYTES)
+            if not behind:
+                self._outbox.append(line)
+                self._queued += len(line)
+                self._ready.notify()
+                return True
+        self.close()
+        return False
+
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be sent to this client."""
+        return self._queued
 
     def finish(self) -> None:
         """Send what is queued, then close (the end of the run)."""
-        with contextlib.suppress(queue.Full):
-            self._outbox.put_nowait(None)
+        with self._ready:
+            self._finishing = True
+            self._ready.notify()
 
     def _write(self) -> None:
-        while not self.closed.is_set():
-            line = self._outbox.get()
-            if line is None:
-                break
+        while True:
+            with self._ready:
+                while not (self._outbox or self._finishing or self.closed.is_set()):
+                    self._ready.wait()
+                if self.closed.is_set() or not self._outbox:
+                    break  # closed, or finishing with everything sent
+                line = self._outbox.popleft()
+                self._queued -= len(line)
             try:
-                self.conn.sendall(line.encode())
+                self.conn.sendall(line)
             except OSError:  # the client went away (an SSH drop, a closed app)
                 break
         self.close()
 
     def close(self) -> None:
-        """Drop the connection (idempotent); the reader then ends too."""
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        with contextlib.suppress(queue.Full):
-            self._outbox.put_nowait(None)  # wake the writer
+        """Drop the connection (idempotent) and free what was queued for it; the reader
+        then ends too."""
+        with self._ready:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            # A stalled client's backlog (up to OUTBOX_MAX_BYTES) goes now, not whenever
+            # its threads end and the object is collected.
+            self._outbox.clear()
+            self._queued = 0
+            self._ready.notify()  # wake the writer
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
@@ -322,14 +355,15 @@ class RunServer:
         """Send an event to every attached client (the caller holds ``lock``). A client
         too far behind is dropped; if it controlled the run, the others hear so."""
         dropped_controller = False
-        line = protocol.to_json(event) + "\n"
+        line = (protocol.to_json(event) + "\n").encode()
         for client in list(self.clients.values()):
             if not client.push_line(line):
                 self.clients.pop(client.id, None)
                 dropped_controller |= self.controller == client.id
         if dropped_controller:
-            self._set_controller(0, f"client {self.controller} (the controller) fell "
-                                 f"{OUTBOX_LIMIT} events behind and was disconnected")
+            self._set_controller(0, f"client {self.controller} (the controller) fell too "
+                                 f"far behind ({OUTBOX_MAX_BYTES >> 20} MiB or {OUTBOX_LIMIT} "
+                                 "events unsent) and was disconnected")
 
     def close(self) -> None:
         """Stop accepting, send the clients what is queued, remove the socket file."""

@@ -6,18 +6,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine import protocol, store
-from engine.serve import SOCKET_PATH_MAX, socket_path, spawn_detached
+from engine.serve import (
+    OUTBOX_LIMIT,
+    OUTBOX_MAX_BYTES,
+    SOCKET_PATH_MAX,
+    RunServer,
+    socket_path,
+    spawn_detached,
+)
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +41,8 @@ class Client:
         self.sock.settimeout(timeout)
         self.sock.connect(os.fspath(path))
         self.stream = self.sock.makefile("rb")
+        self.received = 0
+        """Bytes of events read so far."""
         self.send(protocol.Attach(role))
         self.attached: protocol.Attached = self.next("Attached")
 
@@ -47,6 +58,7 @@ class Client:
             line = self.stream.readline()
             if not line:
                 raise AssertionError(f"the engine closed the connection before a {name}")
+            self.received += len(line)
             event = protocol.from_json(line.decode())
             if type(event).__name__ == name and where(event):
                 return event
@@ -197,6 +209,82 @@ def test_a_client_that_hangs_up_leaves_the_run_training() -> None:
         assert process.poll() is None
         assert again.attached.last_seq > seen
         again.close()
+
+
+def read_to_the_end(client: Client, timeout: float = 30.0) -> int:
+    """Bytes left to read on ``client``'s connection until the engine closes it; fails
+    when it is still open after ``timeout``."""
+    client.sock.settimeout(timeout)
+    total = 0
+    try:
+        while chunk := client.sock.recv(1 << 16):
+            total += len(chunk)
+    except TimeoutError:
+        raise AssertionError(f"the connection is still open after {total} bytes") from None
+    return total
+
+
+def test_a_viewer_that_stops_reading_is_dropped_by_bytes_and_the_run_trains_on() -> None:
+    # Histogram snapshots (~10 kB each on 8 layers), one per step as the controller asks:
+    # the stalled viewer passes OUTBOX_MAX_BYTES long before OUTBOX_LIMIT events.
+    with engine(**LONG, model__depth=8, model__width=64) as (run_dir, process):
+        path = socket_path(run_dir)
+        boss = Client(path)
+        stalled = Client(path, role="view")  # attached; from now on it reads nothing
+        start, events = boss.received, 0
+        while boss.received - start < OUTBOX_MAX_BYTES + (2 << 20):
+            boss.send(protocol.RequestSnapshot(histograms=True))
+            boss.next("LayerStatsSnapshot")
+            events += 1
+        assert events < OUTBOX_LIMIT // 10
+        # What the kernel held and what was sent before it was dropped; then the end.
+        assert read_to_the_end(stalled) < OUTBOX_MAX_BYTES + (1 << 20)
+        stalled.close()
+        after = boss.next("MetricsBatch").steps[-1]
+        assert boss.next("MetricsBatch", lambda e: e.steps[0] > after)  # it trains on
+        assert process.poll() is None
+        boss.close()
+
+
+def test_one_event_larger_than_the_byte_limit_still_reaches_a_reading_client(
+        tmp_path: Path) -> None:
+    server = RunServer(tmp_path / "s.sock", "run", queue.Queue(), lambda: 0)
+    server.start()
+    try:
+        reader = Client(tmp_path / "s.sock", role="view")
+        huge = protocol.Notice(1, "info", "x" * (OUTBOX_MAX_BYTES + 1))
+        with server.lock:
+            server.publish(huge)
+        assert reader.next("Notice") == huge
+        reader.close()
+    finally:
+        server.close()
+
+
+def test_a_dropped_clients_backlog_is_freed_at_once(tmp_path: Path) -> None:
+    server = RunServer(tmp_path / "s.sock", "run", queue.Queue(), lambda: 0)
+    server.start()
+    try:
+        stalled = Client(tmp_path / "s.sock", role="view")
+        (client,) = server.clients.values()
+        big = protocol.Notice(1, "info", "x" * 100_000)
+        tracemalloc.start()
+        try:
+            published = 0
+            while client.id in server.clients and published < 1000:
+                with server.lock:
+                    server.publish(big)
+                published += 1
+            in_use = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert client.closed.is_set() and client.id not in server.clients
+        assert published * 100_000 < OUTBOX_MAX_BYTES + (1 << 20)  # bytes, not events
+        assert client.queued_bytes() == 0
+        assert in_use < 1 << 20  # though the client object is still referenced here
+        stalled.close()
+    finally:
+        server.close()
 
 
 def test_kill_minus_9_leaves_a_store_that_opens_and_a_resumable_run() -> None:
