@@ -176,7 +176,12 @@ def test_chunk_levels_fed_batch_by_batch_match_a_fresh_count_past_the_history_bo
             chunk = np.array(losses[s - 1 : s - 1 + window])
             finite = chunk[np.isfinite(chunk)]
             expected.append(float(np.median(finite)) if 2 * len(finite) >= window else None)
-        assert curves._chunk_levels(h, window) == pytest.approx(expected, nan_ok=False)
+        chunks = curves._chunk_levels(h, window)
+        assert list(chunks.levels) == pytest.approx(expected, nan_ok=False)
+        # The lowest and the newest levels, kept as chunks come and go, as counted here.
+        known = [x for x in expected if x is not None]
+        assert chunks.lowest() == (min(known) if known else None)
+        assert chunks.last_known(curves.TREND_WINDOWS) == known[-curves.TREND_WINDOWS:]
     assert step > LOSS_HISTORY + change_at  # the change itself has left the history
 
 
@@ -308,8 +313,8 @@ def test_a_plateau_with_vanishing_gradients_does_not_blame_the_lr():
 def eval_history(val: list[float], train: list[float], change_at: int = 0) -> History:
     h = History()
     h.first_loss = LN10  # the run's loss at init
-    h.evals = [EvalDone(10 * (i + 1), i + 1, v, None, t, min(val[: i + 1]))
-               for i, (v, t) in enumerate(zip(val, train, strict=True))]
+    for i, (v, t) in enumerate(zip(val, train, strict=True)):
+        h.add_eval(EvalDone(10 * (i + 1), i + 1, v, None, t, min(val[: i + 1])))
     h.step, h.last_change_step = 10 * len(val), change_at
     return h
 

@@ -24,6 +24,15 @@ per snapshot (update_ratio's per-row medians 1.6, shared with slow_lower_layers;
 rest under 0.3 each). Metrics batches come at most 10 times a second and snapshots 4,
 so at worst ~1.1% of the training thread; a net of a few layers or a history not yet
 full costs a fraction of that.
+
+Length of the run: every container here is bounded (the last LOSS_HISTORY losses,
+SNAPSHOT_HISTORY snapshots, EVAL_HISTORY evaluations, a few levels per chunk window, one
+entry per alert kind), and what a detector needs from further back is folded in as the
+events arrive (the best validation loss since the last change, the lowest chunk level),
+so an event costs the same after a million steps as after a thousand: with an
+evaluation every step, 4 us per evaluation at 100 past ones and at 100,000 (it was 1.3
+ms at 10,000 when the overfitting detector scanned every evaluation), measured by
+``bench/diagnostics.py``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,15 @@ SNAPSHOT_HISTORY = 64
 """Per-layer snapshots kept: enough to see a trend over the last stretch of a run."""
 LOSS_HISTORY = 4096
 """Training losses kept (one per step), for the curve detectors' windows."""
+EVAL_HISTORY = 64
+"""Evaluations kept, the newest: a run that evaluates every step (a small full-batch
+model, one step an epoch) makes millions of them, and a list of all of them grew by one
+per step while the overfitting detector scanned it whole (5 ms an evaluation at 4,000).
+What a detector needs from older ones is folded into ``EvalRecord`` as they arrive; the
+run store keeps every evaluation."""
+RECENT_USABLE_EVALS = 16
+"""Usable evaluations since the last live change that ``EvalRecord`` keeps in full: at
+least the overfitting detector's last OVERFIT_EVALS + 1 (a test keeps it so)."""
 
 SNAPSHOT, LOSS, EVAL, NONFINITE = "snapshot", "loss", "eval", "nonfinite"
 """What a detector reads: it runs when an event of that kind arrived."""
@@ -72,7 +90,12 @@ class History:
     lrs: list[float] = field(default_factory=list)
     first_loss: float | None = None
     """The first finite training loss: the loss at init."""
-    evals: list[EvalDone] = field(default_factory=list)
+    evals: collections.deque[EvalDone] = field(
+        default_factory=lambda: collections.deque(maxlen=EVAL_HISTORY))
+    """The last EVAL_HISTORY evaluations, oldest first (fill it with ``add_eval``)."""
+    eval_record: EvalRecord = field(default_factory=lambda: EvalRecord(0))
+    """The usable evaluations since the last live change, folded (read it through
+    ``usable_evals``)."""
     nonfinite: NonFiniteDetected | None = None
     step: int = 0
     last_change_step: int = 0
@@ -83,6 +106,55 @@ class History:
     """Window size -> the loss levels of the whole chunks of that many steps since the
     last live change, kept across events: a chunk's losses never change once it is
     complete (``diagnostics.curves`` fills it)."""
+
+
+    def add_eval(self, event: EvalDone) -> None:
+        """Fold one evaluation in: kept among the last EVAL_HISTORY, and counted in the
+        record of those since the last live change when it came after it."""
+        record = self.usable_evals()  # brought up to date before the new one joins
+        self.evals.append(event)
+        if event.step > self.last_change_step:
+            record.add(event)
+
+    def usable_evals(self) -> EvalRecord:
+        """The record of the usable evaluations after ``last_change_step``. A live change
+        starts a new record, filled from the kept evaluations that came after it: events
+        arrive in step order, so at the change there are none yet, and a history edited
+        by hand (a test) is recounted from what it holds."""
+        if self.eval_record.change_step != self.last_change_step:
+            self.eval_record = EvalRecord(self.last_change_step)
+            for event in self.evals:
+                if event.step > self.last_change_step:
+                    self.eval_record.add(event)
+        return self.eval_record
+
+
+@dataclass
+class EvalRecord:
+    """The usable evaluations (finite validation and training loss) since one live
+    change, folded one at a time: how many, the best, the last few. O(1) per evaluation
+    and bounded however long the run, where a list of them all was scanned on each."""
+
+    change_step: int
+    """``History.last_change_step`` it counts after."""
+    count: int = 0
+    """Usable evaluations since the change."""
+    best: EvalDone | None = None
+    """The first of them with the lowest validation loss."""
+    best_index: int = 0
+    """Its position among them (0: the first after the change)."""
+    recent: collections.deque[EvalDone] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_USABLE_EVALS))
+    """The last RECENT_USABLE_EVALS of them, oldest first."""
+
+    def add(self, event: EvalDone) -> None:
+        """Count ``event`` if its losses are finite (a NaN says nothing about a trend)."""
+        if not (math.isfinite(event.val_loss) and math.isfinite(event.train_loss)):
+            return
+        if self.best is None or event.val_loss < self.best.val_loss:
+            self.best, self.best_index = event, self.count
+        self.count += 1
+        self.recent.append(event)
 
 
 @dataclass
@@ -97,6 +169,42 @@ class ChunkLevels:
     """Each chunk's level (None: mostly non-finite), in the order of ``starts``."""
     next_step: int = 0
     """The first step not yet looked at: where the next batch's scan starts."""
+    minima: collections.deque[tuple[int, float]] = field(default_factory=collections.deque)
+    """(start, level) of each kept chunk lower than every later one, oldest first, so
+    levels rising: the first is the lowest level kept. A sliding-window minimum, O(1)
+    amortized per chunk, where taking the min of every kept level on every metrics batch
+    cost more the longer the run (up to LOSS_HISTORY / window levels)."""
+
+    def append(self, start: int, level: float | None) -> None:
+        """A new whole chunk, the newest."""
+        self.starts.append(start)
+        self.levels.append(level)
+        if level is not None:
+            while self.minima and self.minima[-1][1] >= level:
+                self.minima.pop()  # never the lowest again: this one is lower and newer
+            self.minima.append((start, level))
+
+    def drop_before(self, step: int) -> None:
+        """Forget the chunks that began before ``step`` (gone from the loss history)."""
+        while self.starts and self.starts[0] < step:
+            start = self.starts.popleft()
+            self.levels.popleft()
+            if self.minima and self.minima[0][0] == start:
+                self.minima.popleft()
+
+    def lowest(self) -> float | None:
+        """The lowest level kept (None: no chunk has one)."""
+        return self.minima[0][1] if self.minima else None
+
+    def last_known(self, count: int) -> list[float]:
+        """The newest ``count`` levels that are not None, oldest first."""
+        found: list[float] = []
+        for level in reversed(self.levels):
+            if level is not None:
+                found.append(level)
+                if len(found) == count:
+                    break
+        return found[::-1]
 
 
 @dataclass
@@ -185,7 +293,7 @@ class Diagnostics:
             h.snapshots.append(event)
             return SNAPSHOT
         if isinstance(event, EvalDone):
-            h.evals.append(event)
+            h.add_eval(event)
             return EVAL
         if isinstance(event, NonFiniteDetected):
             h.nonfinite = event

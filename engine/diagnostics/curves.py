@@ -45,7 +45,7 @@ from engine.diagnostics import (
 )
 from engine.diagnostics import fixes as F
 from engine.diagnostics.layers import symmetric_layers, vanishing_signs
-from engine.protocol import AlertRaised, EvalDone, Fix, LayerStats, NonFiniteDetected
+from engine.protocol import AlertRaised, Fix, LayerStats, NonFiniteDetected
 
 # --- divergence -----------------------------------------------------------------
 
@@ -206,9 +206,9 @@ def _window(ctx: Context, steps: int, samples: int) -> int:
     return max(steps, math.ceil(samples / batch)) if batch else steps
 
 
-def _chunk_levels(h: History, window: int) -> list[float | None]:
-    """The level of each whole chunk of ``window`` steps since the last live change
-    that is still in the history, oldest first. Chunks sit on a fixed grid of steps
+def _chunk_levels(h: History, window: int) -> ChunkLevels:
+    """The levels of the whole chunks of ``window`` steps since the last live change
+    that are still in the history, oldest first. Chunks sit on a fixed grid of steps
     (step 1 to ``window``, then the next ``window``, ...), so a complete chunk's level is
     computed once and kept in ``History.chunks``: a metrics batch scans its own steps
     and takes the medians of its new chunks only, not of the whole 4096-step history."""
@@ -221,9 +221,7 @@ def _chunk_levels(h: History, window: int) -> list[float | None]:
         kept = h.chunks[window] = ChunkLevels(h.last_change_step)
     first = _first_since_change(h)
     if first < len(steps):  # chunks that began before the history's oldest step are gone
-        while kept.starts and kept.starts[0] < steps[first]:
-            kept.starts.popleft()
-            kept.levels.popleft()
+        kept.drop_before(steps[first])
     i, end = max(first, bisect.bisect_left(steps, kept.next_step)), len(steps)
     while i + window <= end:
         offset = (steps[i] - 1) % window
@@ -233,14 +231,13 @@ def _chunk_levels(h: History, window: int) -> list[float | None]:
         if steps[i + window - 1] != steps[i] + window - 1:
             i += 1  # a gap in the steps: this chunk is not whole
             continue
-        kept.starts.append(steps[i])
-        kept.levels.append(_level(losses[i : i + window]))
+        kept.append(steps[i], _level(losses[i : i + window]))
         i += window
     if i < end:
         kept.next_step = steps[i]  # the next scan starts here: its chunk is not whole yet
     elif steps:
         kept.next_step = steps[-1] + 1
-    return list(kept.levels)
+    return kept
 
 
 def _start_level(h: History, window: int) -> float | None:
@@ -289,12 +286,13 @@ def divergence(h: History, ctx: Context) -> AlertRaised | None:
     # The last levels, newest first (windows counted back from the newest step).
     recents = [_level(losses[len(losses) - (k + 1) * window : len(losses) - k * window])
                for k in range(min(DIVERGENCE_WINDOWS, count // window))]
-    levels = [x for x in _chunk_levels(h, window) if x is not None]
+    chunks = _chunk_levels(h, window)
     if recents[0] is None:
         return None  # mostly non-finite: the non_finite detector speaks
     recent = recents[0]
     known = [x for x in recents if x is not None]
-    best = min([*levels, *known])
+    lowest = chunks.lowest()  # kept as chunks come and go: no scan of them all
+    best = min(known) if lowest is None else min(lowest, *known)
     low = min(start, best)
     rise = low + MIN_RISE_SHARE * scale  # a climb that matters next to the loss scale
     evidence: dict[str, float | tuple[float, ...]] = {
@@ -309,7 +307,7 @@ def divergence(h: History, ctx: Context) -> AlertRaised | None:
             f"from {low:.4g} to {recent:.4g}. The learning rate is too high: each step "
             "overshoots the minimum.",
             _lr_fixes(ctx))
-    trend = levels[-TREND_WINDOWS:]
+    trend = chunks.last_known(TREND_WINDOWS)
     if (len(trend) == TREND_WINDOWS and all(b > a for a, b in itertools.pairwise(trend))
             and trend[-1] >= TREND_FACTOR * trend[0]
             and trend[-1] - trend[0] >= MIN_RISE_SHARE * scale):
@@ -441,10 +439,6 @@ def plateau(h: History, ctx: Context) -> AlertRaised | None:
         (*raises, F.restart_with_lr(ctx.config, RESTART_LR_CUT)))
 
 
-def _usable(evals: Sequence[EvalDone]) -> list[EvalDone]:
-    return [e for e in evals if math.isfinite(e.val_loss) and math.isfinite(e.train_loss)]
-
-
 def _overfitting_fixes(ctx: Context, since_best: int) -> tuple[Fix, ...]:
     """Regularize, or stop: the ``since_best`` evaluations without a better validation
     loss already exceed the patience proposed, so early stopping ends the run at once."""
@@ -462,21 +456,24 @@ def _overfitting_fixes(ctx: Context, since_best: int) -> tuple[Fix, ...]:
 
 @detector("overfitting", EVAL)
 def overfitting(h: History, ctx: Context) -> AlertRaised | None:
-    """Validation loss rising over several evaluations while the training loss falls."""
-    evals = _usable([e for e in h.evals if e.step > h.last_change_step])
-    if len(evals) <= OVERFIT_EVALS:
+    """Validation loss rising over several evaluations while the training loss falls.
+    Reads the folded record of the evaluations since the last live change (the best and
+    the last few), never the whole run: O(1) per evaluation."""
+    record = h.usable_evals()
+    if record.count <= OVERFIT_EVALS or record.best is None:
         return None
-    best_at = min(range(len(evals)), key=lambda i: evals[i].val_loss)
-    best, last = evals[best_at], evals[-1]
-    since_best = len(evals) - 1 - best_at
+    # The last OVERFIT_EVALS + 1 usable evaluations: the one before the rise, then it.
+    evals = list(itertools.islice(reversed(record.recent), OVERFIT_EVALS + 1))[::-1]
+    best, last = record.best, evals[-1]
+    since_best = record.count - 1 - record.best_index
     scale = _loss_scale(h, ctx)
     if (since_best < OVERFIT_EVALS or scale is None
             or last.train_loss >= OVERFIT_MAX_TRAIN_LEVEL * scale
             or last.train_loss > (1 - OVERFIT_TRAIN_DROP) * best.train_loss):
         return None
     # The gap before the last OVERFIT_EVALS evaluations, then at each of them.
-    gaps = [e.val_loss - e.train_loss for e in evals[-OVERFIT_EVALS - 1 :]]
-    if (any(e.val_loss < (1 + OVERFIT_RISE) * best.val_loss for e in evals[-OVERFIT_EVALS:])
+    gaps = [e.val_loss - e.train_loss for e in evals]
+    if (any(e.val_loss < (1 + OVERFIT_RISE) * best.val_loss for e in evals[1:])
             or min(gaps[1:]) <= 0 or any(b <= a for a, b in itertools.pairwise(gaps))):
         return None
     gap_then, gap_now = best.val_loss - best.train_loss, last.val_loss - last.train_loss
