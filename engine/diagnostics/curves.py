@@ -356,20 +356,33 @@ def _dead_layers(h: History) -> tuple[tuple[str, ...], dict[str, tuple[float, ..
         "grad_norm": tuple(r.grad_norm for r in dead)}
 
 
+def _dead_by_symmetry(h: History, ctx: Context, dead: Sequence[str]) -> list[str]:
+    """The dead layers that symmetry explains: those at or above the first hidden layer
+    whose weights were all equal at init. Such a layer's units are identical (or fed by
+    identical ones), so they get the same gradient; with zeros that is 0 for every unit,
+    and their ReLUs read 100% dead because every output is 0, not because inputs fell
+    below 0: LeakyReLU gives them nothing (measured: init.scheme zeros on digits stays at
+    10% accuracy either way), a proper init does."""
+    symmetric = set(symmetric_layers(h, ctx.config))
+    order = [r.name for r in h.snapshots[-1].layers]
+    lowest = min((order.index(n) for n in symmetric if n in order), default=None)
+    return [] if lowest is None else [n for n in dead if order.index(n) >= lowest]
+
+
 def _dead_network_fixes(h: History, ctx: Context, dead: Sequence[str]) -> tuple[Fix, ...]:
-    """The remedy for each cause of a dead layer: LeakyReLU for ReLU units dead on every
-    sample (it gives them a gradient back); a suited init for layers symmetric at init
-    (their identical units get identical, here zero, gradients); otherwise the gradient
-    vanished on its way down (or underflowed to 0), and the depth remedies apply."""
+    """The remedy for each cause of a dead layer, symmetry first: a suited init (and a
+    restart) for layers symmetric at init or fed by them; LeakyReLU for other ReLU
+    layers dead on every sample (it gives their units a gradient back); otherwise the
+    gradient vanished on its way down (or underflowed to 0), and the depth remedies."""
     config = ctx.config
     rows = {r.name: r for r in h.snapshots[-1].layers}
-    symmetric = set(symmetric_layers(h, config))
-    by_dead_units = [n for n in dead if (rows[n].dead_frac or 0.0) >= DEAD_LAYER_FRACTION]
-    by_symmetry = [n for n in dead if n in symmetric and n not in by_dead_units]
+    by_symmetry = _dead_by_symmetry(h, ctx, dead)
+    by_dead_units = [n for n in dead if n not in by_symmetry
+                     and (rows[n].dead_frac or 0.0) >= DEAD_LAYER_FRACTION]
     rest = [n for n in dead if n not in by_dead_units and n not in by_symmetry]
     first = h.first_snapshot or h.snapshots[-1]
-    return F.combine(F.leaky_relu(config) if by_dead_units else None,
-                     F.init(config, first) if by_symmetry else None,
+    return F.combine(F.init(config, first) if by_symmetry else None,
+                     F.leaky_relu(config) if by_dead_units else None,
                      F.depth_fixes(config, h.snapshots[-1]) if rest else ())
 
 
@@ -406,10 +419,15 @@ def plateau(h: History, ctx: Context) -> AlertRaised | None:
             f"({-drop:+.1%}), {where}.")
     dead, dead_evidence = _dead_layers(h)
     if dead:
+        symmetric = _dead_by_symmetry(h, ctx, dead)
+        why = (f" {', '.join(symmetric)} {'is' if len(symmetric) == 1 else 'are'} "
+               "symmetric: the weights were all equal at init, so every unit of a layer "
+               "computes the same thing and gets the same gradient (here none); a new "
+               "init, not another activation, breaks the tie." if symmetric else "")
         return AlertRaised(
             h.step, "plateau", "critical", dead, {**evidence, **dead_evidence},
             f"{flat} The network is dead: {', '.join(dead)} pass no signal (every unit "
-            "outputs 0 or no gradient arrives), so no step can change the output.",
+            f"outputs 0 or no gradient arrives), so no step can change the output.{why}",
             _dead_network_fixes(h, ctx, dead))
     signs = vanishing_signs(h, ctx.config)
     if signs and h.snapshots:
