@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from engine.store import PRIVATE_FILE_MODE, private_dirs
+
 LAST = "last.pt"
 """The newest checkpoint of a run, whatever its values."""
 LAST_GOOD = "last_good.pt"
@@ -109,13 +111,17 @@ class _RecordingWriter:
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` with torch.save to ``path`` atomically; returns the path.
 
+    The file is private to its owner (``store.PRIVATE_FILE_MODE``), and so is each
+    directory this creates for it (``store.PRIVATE_DIR_MODE``), whatever the umask.
+
     Raises OSError when it cannot be written (the previous file at ``path``, if any,
     is intact and no temporary file is left).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # mkstemp's 0600 less the umask: exactly 0600
         with os.fdopen(fd, "wb") as tmp:
             recording = _RecordingWriter(tmp)
             try:
@@ -227,7 +233,7 @@ class Checkpoints:
         (to this one, whole). A temporary file left by a process killed mid-write is
         removed at the first save.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.directory)
         if not self._cleaned:
             self._remove_temporaries()
             self._cleaned = True
@@ -258,8 +264,12 @@ class Checkpoints:
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
                     raise
-                # A filesystem without hard links (FAT, some network mounts): a full copy.
-                with open(target, "rb") as src, open(tmp, "wb") as dst:
+                # A filesystem without hard links (FAT, some network mounts): a full copy,
+                # as private as the file it copies.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             PRIVATE_FILE_MODE)
+                os.fchmod(fd, PRIVATE_FILE_MODE)
+                with open(target, "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                     dst.flush()
                     os.fsync(dst.fileno())

@@ -86,7 +86,8 @@ def socket_path(run_dir: str | Path) -> Path:
         return path
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     folder = Path(base) / f"trainlab-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        store.private_dir(folder)
     _check_private(folder)
     digest = hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
     return folder / f"{digest}.sock"
@@ -445,6 +446,7 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
     run_dir = Path(run_dir)
     commands = commands if commands is not None else queue.Queue()
     with store.EngineLock(run_dir):
+        store.make_private(run_dir)  # a run written before runs were private: now it is
         runs = store.RunStore.open(run_dir, write=True)
         try:
             runs.set_meta(pid=os.getpid())
@@ -509,7 +511,10 @@ def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
     if not store.engine_alive(run_dir):
         with contextlib.suppress(FileNotFoundError):
             socket_path(run_dir).unlink()
-    with (run_dir / store.LOG_FILE).open("ab") as log:
+    log_fd = os.open(run_dir / store.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_CLOEXEC, store.PRIVATE_FILE_MODE)
+    with os.fdopen(log_fd, "ab") as log:
+        store.private_file(run_dir / store.LOG_FILE)  # one made wider before, or by the umask
         return subprocess.Popen(
             [sys.executable, "-m", "engine.serve", os.fspath(run_dir), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,

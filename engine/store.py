@@ -42,9 +42,11 @@ import fcntl
 import json
 import math
 import os
+import pwd
 import re
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,11 +74,19 @@ FORK_START_FILE = "fork_start.pt"
 """A fork's copy of the parent checkpoint it started from (the parent's own files
 rotate; the fork's engine loads this one, whenever it starts)."""
 
-STATUSES = ("running", "paused", "finished", "stopped", "failed", "crashed")
+STATUSES = ("running", "paused", "finished", "stopped", "failed", "crashed", "not yours")
 """What ``summarize`` says a run is: running or paused (its engine is alive), finished
 (completed or stopped early by rule), stopped (on request or by a signal), failed
 (refused, an error, or a non-finite loss), crashed (the engine is gone without a final
-event: offer ``trainlab resume``)."""
+event: offer ``trainlab resume``). ``list_runs`` adds "not yours": a run directory
+another user owns (private to them: not read, resumed or attached to)."""
+PRIVATE_DIR_MODE = 0o700
+"""Run directories, their checkpoints/ and the runs root when this module creates it:
+a run's history, config, log and weights are its owner's alone."""
+PRIVATE_FILE_MODE = 0o600
+"""Every file of a run (the store and SQLite's -wal/-shm, which SQLite creates with the
+store's mode; config, log, lock, checkpoints, exports), set explicitly, whatever the
+umask."""
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the tables below; a store with a newer one is refused."""
@@ -123,6 +133,8 @@ _NUMBERED = re.compile(r"step_(\d{8,})\.pt")
 _LAST_GOOD = "last_good.pt"
 """``engine.checkpoint``'s STEP_FILE and LAST_GOOD (it imports torch; this module must
 not)."""
+_RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
+"""What ``new_run`` names a run directory (``RUN_ID_TIME_FORMAT``, random digits)."""
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _LAYER_NUMBERS = tuple(f.name for f in dataclasses.fields(protocol.LayerStats)
                        if f.name not in ("name", "kind", "activation"))
@@ -160,6 +172,10 @@ class RunNotFound(ValueError):
 
 class RunBusy(ValueError):
     """Another process holds the run's engine lock: the run already has an engine."""
+
+
+class NotYours(RunNotFound):
+    """The run directory belongs to another user: private to them."""
 
 
 class StoreError(OSError):
@@ -306,6 +322,13 @@ class RunStore:
         path = run_dir / DB_FILE
         if not write and not path.is_file():
             raise RunNotFound(f"{run_dir} is not a run directory: it has no {DB_FILE}")
+        if write:
+            try:
+                # SQLite would create it 0644 and its -wal/-shm with the same mode.
+                for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
+                    private_file(run_dir / name, create=name == DB_FILE)
+            except OSError as exc:
+                raise StoreError(f"cannot create {path}: {exc.strerror or exc}") from None
         try:
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                  check_same_thread=False)
@@ -783,6 +806,69 @@ def _status(alive: bool, finished: protocol.RunFinished | None,
 # --- the run directory ----------------------------------------------------------------
 
 
+def private_dir(path: Path) -> None:
+    """Create the directory ``path`` with mode ``PRIVATE_DIR_MODE``, whatever the umask.
+
+    Raises:
+        FileExistsError: it exists.
+        OSError: it cannot be created.
+    """
+    os.mkdir(path, PRIVATE_DIR_MODE)
+    os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have taken bits off
+
+
+def private_dirs(path: Path) -> None:
+    """``path`` and its missing parents, each one created ``PRIVATE_DIR_MODE``; a
+    directory that exists is left as it is (the user's own, e.g. their home).
+
+    Raises:
+        OSError: one cannot be created.
+    """
+    missing = [p for p in (path, *path.parents) if not p.is_dir()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile (another run)
+            private_dir(directory)
+
+
+def private_file(path: Path, *, create: bool = False) -> None:
+    """Give the file ``path`` mode ``PRIVATE_FILE_MODE``: with ``create`` a missing one
+    is created so (empty, never wider for a moment); otherwise a missing one is skipped.
+    A file of another user (root writing) keeps its mode.
+
+    Raises:
+        OSError: it cannot be created, or its mode cannot be set.
+    """
+    if create:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        try:
+            if os.fstat(fd).st_uid == os.getuid():
+                os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask may have taken bits off
+        finally:
+            os.close(fd)
+        return
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.getuid() and info.st_mode & 0o777 != PRIVATE_FILE_MODE:
+        os.chmod(path, PRIVATE_FILE_MODE)
+
+
+def make_private(run_dir: str | Path) -> None:
+    """Tighten a run directory written before runs were private (an engine resuming
+    it): itself and every directory in it ``PRIVATE_DIR_MODE``, every file
+    ``PRIVATE_FILE_MODE``. What is not this user's, or vanished meanwhile, is skipped."""
+    uid = os.getuid()
+    for top, _, files in os.walk(run_dir):
+        for path, mode in ((top, PRIVATE_DIR_MODE),
+                           *((os.path.join(top, name), PRIVATE_FILE_MODE) for name in files)):
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if info.st_uid == uid and not stat.S_ISLNK(info.st_mode) \
+                        and info.st_mode & 0o777 != mode:
+                    os.chmod(path, mode)
+
+
 def new_run(root: str | Path, config: Config, *, parent: str = "",
             parent_step: int | None = None, label: str = "") -> Path:
     """Create a run directory under ``root``: config.toml, checkpoints/ and an initialised
@@ -796,18 +882,19 @@ def new_run(root: str | Path, config: Config, *, parent: str = "",
     """
     root = Path(root)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        private_dirs(root)
         while True:
             created = time.time()
             run_id = (f"{time.strftime(RUN_ID_TIME_FORMAT, time.localtime(created))}-"
                       f"{secrets.token_hex(RUN_ID_RANDOM_BYTES)}")
             run_dir = root / run_id
             try:
-                run_dir.mkdir()
+                private_dir(run_dir)
                 break
             except FileExistsError:
                 continue  # the same second and the same random digits: draw again
-        (run_dir / CHECKPOINT_DIR).mkdir()
+        private_dir(run_dir / CHECKPOINT_DIR)
+        private_file(run_dir / CONFIG_FILE, create=True)  # save then keeps its mode
         config_mod.save(config, run_dir / CONFIG_FILE)
     except OSError as exc:
         raise StoreError(f"cannot create a run in {root}: {exc.strerror or exc}") from None
@@ -850,19 +937,73 @@ def _unreadable(run_dir: Path, why: str) -> RunSummary:
         checkpoint_step=_good_step(run_dir / CHECKPOINT_DIR) if resumable else None)
 
 
+def not_yours(run_dir: str | Path) -> str:
+    """Why the run in ``run_dir`` is not this user's to read, resume or attach to (its
+    directory belongs to another user, naming them); '' when it is (or is missing:
+    other checks say so)."""
+    try:
+        uid = os.stat(run_dir).st_uid
+    except OSError:
+        return ""
+    if uid == os.getuid():
+        return ""
+    try:
+        who = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        who = f"uid {uid}"
+    return (f"run {Path(run_dir).name} is not yours: it is owned by another user, {who}; "
+            "only they can read, resume or attach to it")
+
+
+def _foreign(run_dir: Path, why: str) -> RunSummary:
+    """A listed run of another user: shown as theirs, its store not read (a private run
+    cannot be, and it is not this user's business)."""
+    created = run_dir.stat().st_mtime
+    return RunSummary(
+        id=run_dir.name, path=run_dir, status="not yours", step=0, epoch=0,
+        best_val_loss=None, val_accuracy=None, created_at=created, updated_at=created,
+        parent="", parent_step=None, label="", reason=why)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a directory we may not look into (another user's)
+        return False
+
+
+def _is_run_dir(path: Path) -> bool:
+    """A run directory: it has a store, or it is another user's and named as a run is
+    (a private one cannot be looked into)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if info.st_uid != os.getuid() and _RUN_ID.fullmatch(path.name):
+        return True
+    return _is_file(path / DB_FILE)
+
+
 def _run_dirs(root: Path) -> list[Path]:
     try:
-        return [p for p in root.iterdir() if p.is_dir() and (p / DB_FILE).is_file()]
+        return [p for p in root.iterdir() if _is_run_dir(p)]
     except FileNotFoundError:
         return []
 
 
 def list_runs(root: str | Path) -> list[RunSummary]:
     """Every run under ``root``, newest first ([] when ``root`` does not exist). A run
-    whose store cannot be read is listed with the reason."""
+    whose store cannot be read is listed with the reason; another user's run as "not
+    yours" (``not_yours``), its store not read."""
     summaries = []
     for run_dir in _run_dirs(Path(root)):
+        why = not_yours(run_dir)
         try:
+            if why:
+                summaries.append(_foreign(run_dir, why))
+                continue
             summaries.append(summarize(run_dir))
         except (OSError, ValueError) as exc:  # StoreError, RunNotFound, a corrupt event
             with contextlib.suppress(OSError):  # gone meanwhile (deleted): not listed
@@ -877,13 +1018,22 @@ def find_run(root: str | Path, ref: str | None) -> Path:
     Raises:
         RunNotFound: nothing matches, or a prefix matches several runs; the message names
             ``ref`` and the runs that exist.
+        NotYours: the run is another user's (``not_yours``); None names the newest of
+            this user's runs.
     """
-    root = Path(root)
+    run_dir = _find_run(Path(root), ref)
+    why = not_yours(run_dir)
+    if why:
+        raise NotYours(why)
+    return run_dir
+
+
+def _find_run(root: Path, ref: str | None) -> Path:
     if ref is not None:
         as_path = Path(ref)
-        if as_path.name == DB_FILE and as_path.is_file():
+        if as_path.name == DB_FILE and _is_file(as_path):
             return as_path.parent
-        if (as_path / DB_FILE).is_file():
+        if _is_file(as_path / DB_FILE) or (_is_run_dir(as_path) and not_yours(as_path)):
             return as_path
         if os.sep in ref or ref in (".", ".."):
             raise RunNotFound(f"{ref} is not a run directory: it has no {DB_FILE}")
@@ -893,7 +1043,11 @@ def find_run(root: str | Path, ref: str | None) -> Path:
         raise RunNotFound(f"no runs: {where} (trainlab run --headless writes one; "
                           "--dir or run.dir says where runs live)")
     if ref is None:
-        return list_runs(root)[0].path
+        own = [s for s in list_runs(root) if s.status != "not yours"]
+        if not own:
+            raise RunNotFound(f"no runs of yours in {root}: the {len(runs)} there belong to "
+                              "other users")
+        return own[0].path
     if ref in runs:
         return runs[ref]
     matches = sorted(name for name in runs if name.startswith(ref))
@@ -938,9 +1092,12 @@ class EngineLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path}: EngineLock acquired twice")
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         except OSError as exc:
             raise StoreError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        with contextlib.suppress(OSError):  # the umask may have taken the owner's bits
+            if os.fstat(fd).st_uid == os.getuid():
+                os.fchmod(fd, PRIVATE_FILE_MODE)
         deadline = time.monotonic() + LOCK_RETRY_S
         while True:
             try:

@@ -426,3 +426,20 @@ def test_a_fork_of_a_live_run_starts_from_the_checkpoint_it_records() -> None:
         finally:
             os.kill(pid_of(child), signal.SIGTERM)
             wait_until(lambda: not store.engine_alive(child), what="the fork to stop")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+async def test_the_app_does_not_attach_to_another_users_run() -> None:
+    from tui.bridge import ServedEngine
+
+    run_dir = store.new_run(tiny_config().run.dir, tiny_config())
+    os.chown(run_dir, 4242, 4242)
+    served = ServedEngine(run_dir)
+    await served.start(tiny_config())
+    events = []
+    while not served.events.empty():
+        events.append(served.events.get_nowait())
+    assert [type(e).__name__ for e in events] == ["EngineFailed", "StateChanged", "RunFinished"]
+    assert f"run {run_dir.name} is not yours" in events[0].message
+    assert "uid 4242" in events[0].message
+    await served.stop()

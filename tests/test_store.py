@@ -873,3 +873,108 @@ def test_history_end_commits_and_keeps_a_failed_commit_for_the_writer(tmp_path, 
         assert failure.value.lost == 1 and failure.value.lost_from_step == 2
     finally:
         runs.close()
+
+
+# --- privacy --------------------------------------------------------------------------------
+
+
+def loose_modes(top: Path) -> list[str]:
+    """Every path under ``top`` (itself included) whose mode is not the owner's alone:
+    directories must be 0700, files 0600."""
+    found = []
+    for path in [top, *top.rglob("*")]:
+        info = path.lstat()
+        want = store.PRIVATE_DIR_MODE if path.is_dir() else store.PRIVATE_FILE_MODE
+        if info.st_mode & 0o777 != want:
+            found.append(f"{path.relative_to(top.parent)} {info.st_mode & 0o777:o}")
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_a_run_is_private_to_its_owner_whatever_the_umask(tmp_path, umask, capsys):
+    root = tmp_path / "runs"  # created by the run: private too
+    old = os.umask(umask)
+    try:
+        args = ["--set", f"run.dir={root}", "--set", "data.dataset=blobs", "--set",
+                "data.samples=200", "--set", "model.depth=1", "--set", "model.width=8",
+                "--set", "run.max_epochs=0", "--set", "run.max_steps=30", "--set",
+                "run.threads=1", "--set", "run.checkpoint_every=10"]
+        assert main(["run", "--detach", "--json", *args]) == 0
+        run_dir = Path(json.loads(capsys.readouterr().out)["run_dir"])
+        wait_for(lambda: store.summarize(run_dir).status == "finished", "the run to finish")
+        wait_for(lambda: not store.engine_alive(run_dir), "the engine to end")
+        for fmt in ("csv", "jsonl", "tensorboard"):
+            assert main(["export", run_dir.name, "--format", fmt, "--dir", str(root)]) == 0
+        with store.RunStore.open(run_dir, write=True) as runs:  # -wal and -shm exist now
+            runs.record(protocol.Notice(30, "info", "hello"))
+            runs.commit()
+            assert loose_modes(root) == []
+    finally:
+        os.umask(old)
+    names = {p.name for p in run_dir.rglob("*")}
+    assert {store.DB_FILE, store.CONFIG_FILE, store.LOG_FILE, store.LOCK_FILE, "last.pt",
+            "step_00000030.pt", "train.csv", "events.jsonl"} <= names, names
+    assert any(name.startswith("events.out.tfevents") for name in names)
+    assert loose_modes(root) == []
+
+
+def test_an_older_runs_loose_files_are_made_private(tmp_path):
+    run_dir = make_run(tmp_path, RUNNING)
+    os.chmod(run_dir, 0o755)
+    for path in (run_dir / store.DB_FILE, run_dir / store.CONFIG_FILE):
+        os.chmod(path, 0o644)
+    (run_dir / "export").mkdir(mode=0o755)
+    (run_dir / "export" / "metrics.csv").write_text("step\n")
+    os.chmod(run_dir / "export" / "metrics.csv", 0o644)
+    store.make_private(run_dir)  # what an engine resuming it does first
+    assert loose_modes(run_dir) == []
+
+
+@pytest.fixture
+def foreign_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(this user's run, a newer run of uid 4242 that this user cannot look into)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    own = make_run(tmp_path, [*RUNNING, finished_event("stopped")])
+    (own / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
+    theirs = make_run(tmp_path, RUNNING)
+    os.utime(theirs, (time.time() + 60, time.time() + 60))
+    os.chown(theirs, 4242, 4242)
+    # As the other user's 0700 directory is to anyone but root: nothing in it can be read.
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: Any, **kwargs: Any) -> os.stat_result:
+        if theirs in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    return own, theirs
+
+
+def test_another_users_run_is_listed_as_not_yours(foreign_run, tmp_path, capsys):
+    own, theirs = foreign_run
+    summaries = {s.id: s for s in store.list_runs(tmp_path)}
+    assert summaries[theirs.name].status == "not yours"
+    assert "not yours" in summaries[theirs.name].reason
+    assert "owned by another user" in summaries[theirs.name].reason
+    assert "uid 4242" in summaries[theirs.name].reason
+    assert not summaries[theirs.name].resumable
+    assert summaries[own.name].status == "stopped"
+    assert main(["runs", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"run {theirs.name} is not yours" in out
+    assert not any(row.startswith(theirs.name) and "crashed" in row for row in out.splitlines())
+
+
+def test_resume_fork_and_attach_refuse_another_users_run(foreign_run, tmp_path, capsys):
+    own, theirs = foreign_run
+    with pytest.raises(store.NotYours, match="uid 4242"):
+        store.find_run(tmp_path, theirs.name[:-1])
+    with pytest.raises(store.NotYours):
+        store.find_run(tmp_path, str(theirs))
+    assert store.find_run(tmp_path, None) == own  # the newest of this user's runs
+    for command in ("resume", "fork"):
+        assert main([command, theirs.name, "--headless", "--dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"run {theirs.name} is not yours" in err and "Traceback" not in err

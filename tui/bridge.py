@@ -113,6 +113,12 @@ class ServedEngine:
         if self.run_dir is None:
             self.run_dir = store.new_run(config.run.dir, config)
             self._process = spawn_detached(self.run_dir)
+        elif why := store.not_yours(self.run_dir):
+            # Another user's run: its socket and store are theirs (and refuse us anyway).
+            self._finished = True
+            for event in protocol.failure_events("config", why, step=-1):
+                self.events.put_nowait(event)
+            return
         connection = await self._connect()
         attached = None
         if connection is not None:
@@ -147,6 +153,8 @@ class ServedEngine:
                 return await asyncio.open_unix_connection(os.fspath(path), limit=MAX_EVENT_LINE)
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
+            except PermissionError:  # a socket not ours to use: no engine of ours serves it
+                return None
             spawned_alive = self._process is not None and self._process.poll() is None
             if not spawned_alive and not store.engine_alive(self.run_dir):
                 return None
