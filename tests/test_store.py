@@ -978,3 +978,19 @@ def test_resume_fork_and_attach_refuse_another_users_run(foreign_run, tmp_path, 
         assert main([command, theirs.name, "--headless", "--dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert f"run {theirs.name} is not yours" in err and "Traceback" not in err
+
+
+def test_the_compare_screen_does_not_read_another_users_run(foreign_run, tmp_path,
+                                                            monkeypatch):
+    from tui import compare
+
+    _, theirs = foreign_run
+    (summary,) = [s for s in store.list_runs(tmp_path) if s.id == theirs.name]
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("another user's store was opened")
+
+    monkeypatch.setattr(store.RunStore, "open", refuse)
+    run = compare.load_run(summary)
+    assert run.metrics is None and run.config is None
+    assert "not yours" in run.error and compare.note(run) == summary.reason

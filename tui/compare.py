@@ -29,9 +29,9 @@ LOSS_DIGITS = 4
 NOTE_CHARS = 60
 """A reason (why a run crashed, why its store cannot be read) is cut to this many
 characters in a table cell; the runs pane shows the whole of the highlighted one's."""
-NOTED_STATUSES = frozenset({"stopped", "failed", "crashed"})
+NOTED_STATUSES = frozenset({"stopped", "failed", "crashed", "not yours"})
 """Statuses whose reason is worth showing beside the run (why it stopped, failed or
-crashed); a running or finished run's reason says nothing new."""
+crashed, whose it is); a running or finished run's reason says nothing new."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,13 @@ def load_run(summary: store.RunSummary) -> ComparedRun:
 
     Never raises for a bad run: a config or a store that cannot be read (missing,
     corrupt, from a newer trainlab, half-written) leaves those parts empty and says
-    why in ``error``; the parts that could be read are kept.
+    why in ``error``; the parts that could be read are kept. Another user's run is not
+    read at all (``error`` says whose it is).
     """
     run = ComparedRun(summary)
+    if summary.status == "not yours":
+        run.error = summary.reason  # another user's private run: not read
+        return run
     problems = []
     try:
         with store.RunStore.open(summary.path) as runs:
