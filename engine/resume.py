@@ -68,13 +68,19 @@ def _saved_config(loaded: Loaded) -> Config:
 
 def _already_over(config: Config, payload: dict[str, Any]) -> str | None:
     """Why a run with this checkpoint would end before its next step, or None."""
-    run, step, epoch = config.run, payload["step"], payload.get("epoch", 0)
+    run, step = config.run, payload["step"]
+    # A file of another shape must not crash this (restoring it says what is wrong).
+    epoch = payload.get("epoch", 0)
+    epoch = epoch if isinstance(epoch, int) else 0
+    counters = payload.get("counters")
+    stale = counters.get("evals_without_improvement", 0) if isinstance(counters, dict) else 0
+    stale = stale if isinstance(stale, int) else 0
     if run.max_steps and step >= run.max_steps:
         return f"it reached run.max_steps = {run.max_steps} (step {step})"
     if run.max_epochs and epoch >= run.max_epochs:
         return f"it reached run.max_epochs = {run.max_epochs} (step {step})"
     patience = config.reg.early_stop_patience
-    if patience and payload.get("counters", {}).get("evals_without_improvement", 0) >= patience:
+    if patience and stale >= patience:
         return (f"it stopped early at step {step} (no better validation loss in "
                 f"reg.early_stop_patience = {patience} evaluations)")
     return None

@@ -259,3 +259,17 @@ def test_rollback_state_survives_a_checkpoint(tmp_path: Path):
     assert trainer.good_state is not None and trainer.good_state.step == 0
     for name, tensor in trainer.good_state.model.items():
         assert torch.equal(tensor, payload["good_state"]["model"][name])
+
+
+def test_a_checkpoint_of_another_shape_does_not_crash_the_plan(parent: Path, tmp_path: Path):
+    # A payload whose counters and epoch are not what the loop writes: the plan is made,
+    # and restoring it is what reports the problem (an EngineFailed, not a traceback).
+    payload = {**load(parent / CHECKPOINT_DIR / "step_00000005.pt"), "counters": "odd",
+               "epoch": "1"}
+    config = payload["config"]
+    config["run"]["max_epochs"] = 100  # so that both are looked at
+    config["reg"]["early_stop_patience"] = 3
+    target = tmp_path / CHECKPOINT_DIR
+    Checkpoints(target).save(payload, 5, finite=True)
+    assert resume_plan(tmp_path).checkpoint.payload["counters"] == "odd"
+    assert fork_plan(tmp_path, 5).parent_step == 5
