@@ -809,9 +809,12 @@ def _resume_note(s: Any) -> str:
     resume = f"trainlab resume {s.id}"
     if s.checkpoint_step == s.step:
         return f"{s.id} {s.status} at step {s.step}: {resume}"
-    if s.checkpoint_step is not None:
+    if s.checkpoint_step is not None and s.checkpoint_step < s.step:
         return (f"{s.id} {s.status} at step {s.step}, no checkpoint of it; its newest good "
                 f"one is of step {s.checkpoint_step}: {resume} goes on from there")
+    if s.checkpoint_step is not None:  # the store missed the last steps (a full disk)
+        return (f"{s.id} {s.status}; its store has steps up to {s.step}, its newest good "
+                f"checkpoint is of step {s.checkpoint_step}: {resume} goes on from there")
     return (f"{s.id} {s.status} at step {s.step}, no checkpoint known to be of it: {resume} "
             "goes on from its newest good one")
 

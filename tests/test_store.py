@@ -814,6 +814,24 @@ def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypat
             "there") in out
 
 
+@pytest.mark.parametrize(("step", "checkpoint_step", "says"), [
+    (30, 30, "stopped at step 30: trainlab resume r"),
+    (30, 20, "stopped at step 30, no checkpoint of it; its newest good one is of step 20: "
+             "trainlab resume r goes on from there"),
+    (20, 30, "stopped; its store has steps up to 20, its newest good checkpoint is of step "
+             "30: trainlab resume r goes on from there"),
+    (30, None, "stopped at step 30, no checkpoint known to be of it: trainlab resume r goes "
+               "on from its newest good one"),
+])
+def test_runs_says_where_a_resume_goes_on_from(tmp_path, step, checkpoint_step, says):
+    from engine.cli import format_runs_table
+
+    summary = store.RunSummary("r", tmp_path, "stopped", step, 1, None, None, 0.0, 0.0, "",
+                               None, "", "stopped", resumable=True,
+                               checkpoint_step=checkpoint_step)
+    assert format_runs_table([summary], 0.0).splitlines()[-1] == f"r {says}"
+
+
 def stored_events(run_dir: Path, name: str) -> list[Any]:
     with store.RunStore.open(run_dir) as runs:
         return [e for _, e in runs.events(types=(name,))]
