@@ -71,6 +71,16 @@ gradients grow out of vanishing, ~200x in a few steps after N(0, 0.01^2) init, n
 spike). Measured here: healthy MLPs jump at most ~3x between snapshots, a 10-layer
 BatchNorm net ~11x (its gradients scale with 1/||W||); Adam at lr 0.3 jumped 57x on its
 way to diverging."""
+SPIKE_INIT_SHARE = 1.0
+"""...and at 20 times the gradient norm at init (times this share) too: the recent median
+counts as at least the norm at init. A fitted network's gradients fall by orders of
+magnitude below their size at init (1.5 -> 3e-8 over a full-batch moons run), so a
+ratio to its recent median measures nothing: one batch it no longer fits brings back an
+ordinary gradient, "59381515 times its recent median (1.46e-07)" in a converged run
+that was flagged critical, and an SGD run on digits jumped 26-103x above its median
+with gradients of at most 1.5x its norm at init. The norm at init is a size the run's
+lr has already taken; an explosion is far beyond it. A network whose gradients grow
+out of vanishing starts below its later median, so the median rules there."""
 SPIKE_MIN_BATCH = 16
 """Spikes are only judged on batches of at least 16 samples (0, the full batch, too).
 A small batch's gradient is a few samples' own: once most samples are fitted their
@@ -392,19 +402,34 @@ def vanishing_gradients(history: History, ctx: Context) -> AlertRaised | None:
         message=message, fixes=F.depth_fixes(ctx.config, snapshot))
 
 
+def _growth_reference(snapshot: LayerStatsSnapshot, skip: Rows) -> float | None:
+    """The last hidden layer's gradient norm as the reference gradients grow from, when
+    its gradient values are within the healthy range. One below it (a layer mostly dead,
+    or fitted) is starved, not a scale: a lower layer's ordinary gradient is then any
+    number of times its norm, as a ratio to a number near 0 is, with nothing exploding."""
+    reference = _last_hidden_grad_norm(snapshot, skip)
+    if reference is None or _below_range(snapshot.layers[-2]):
+        return None
+    return reference
+
+
 def _exploding_rows(snapshot: LayerStatsSnapshot, skip: Rows) -> list[int]:
     """Hidden rows whose gradients are above the healthy range, or two orders of
-    magnitude above the last hidden layer's (growing towards the input)."""
-    return _rows_by_gradient(snapshot, skip, lambda row, reference: (
+    magnitude above the last hidden layer's (growing towards the input; only against a
+    reference within the healthy range, ``_growth_reference``)."""
+    reference = _growth_reference(snapshot, skip)
+    return _rows_by_gradient(snapshot, skip, lambda row, last: (
         row.grad_max > GRAD_HEALTHY_HIGH
-        or (reference is not None and row.grad_norm > reference * DEPTH_RATIO)))
+        or (last is not None and reference is not None
+            and row.grad_norm > reference * DEPTH_RATIO)))
 
 
 def _spike(history: History, config: Config
-           ) -> tuple[LayerStatsSnapshot, float, float, list[int]] | None:
-    """(the spike's snapshot, its global norm, the recent median, the rows that jumped)
-    when the snapshot before the latest has a global gradient norm SPIKE_FACTOR times the
-    median of the SPIKE_BASELINE before it, above the norm at init (a jump from a fitted
+           ) -> tuple[LayerStatsSnapshot, float, float, float, list[int]] | None:
+    """(the spike's snapshot, its global norm, the recent median, the baseline, the rows
+    that jumped) when the snapshot before the latest has a global gradient norm
+    SPIKE_FACTOR times the baseline (the median of the SPIKE_BASELINE snapshots before it,
+    or SPIKE_INIT_SHARE of the norm at init where that is larger: a jump from a fitted
     network's tiny gradients back to a normal size is not an explosion), and the latest
     is back under that bar (a spike is one bad batch, not a new level). Not judged on
     batches under SPIKE_MIN_BATCH samples."""
@@ -420,19 +445,26 @@ def _spike(history: History, config: Config
     if len(before) < SPIKE_MIN_BASELINE:
         return None
     median = statistics.median(n for _, n in before)
-    at_init = _global_grad_norm(history.first_snapshot)
-    bar = SPIKE_FACTOR * median
-    if median <= 0 or norm < bar or after_norm >= bar or (at_init is not None and norm < at_init):
+    first = history.first_snapshot
+    at_init = _global_grad_norm(first)
+    baseline = max(median, SPIKE_INIT_SHARE * at_init) if at_init is not None else median
+    bar = SPIKE_FACTOR * baseline
+    if baseline <= 0 or norm < bar or after_norm >= bar:
         return None
+    # Each layer against its own baseline, floored the same way (its norm at init).
+    own_at_init = ([row.grad_norm for row in first.layers] if first is not None
+                   and len(first.layers) == len(spike.layers) else None)
     jumped = []
     for i, row in enumerate(spike.layers):
         own = statistics.median(s.layers[i].grad_norm for s, _ in before)
+        if own_at_init is not None and math.isfinite(own_at_init[i]):
+            own = max(own, SPIKE_INIT_SHARE * own_at_init[i])
         if own > 0 and row.grad_norm >= SPIKE_FACTOR * own:
             jumped.append(i)
     # The global norm jumped, so some layer did; when none jumped SPIKE_FACTOR-fold on its
     # own, the layer with the largest share of the norm is the one to look at.
-    return spike, norm, median, jumped or [max(range(len(spike.layers)),
-                                               key=lambda i: spike.layers[i].grad_norm)]
+    return spike, norm, median, baseline, jumped or [
+        max(range(len(spike.layers)), key=lambda i: spike.layers[i].grad_norm)]
 
 
 @detector("exploding_gradients", SNAPSHOT)
@@ -442,10 +474,12 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
     config = ctx.config
     spike = _spike(history, config)
     if spike is not None:
-        snapshot, norm, median, found = spike
+        snapshot, norm, median, baseline, found = spike
         names = _names(snapshot, found)
+        against = (f"its recent median ({median:.3g})" if baseline == median else
+                   f"its norm at init ({baseline:.3g}; the recent median is {median:.3g})")
         message = (f"Gradient spike: the global gradient norm jumped to {norm:.3g}, "
-                   f"{norm / median:.0f} times its recent median ({median:.3g}), mostly in "
+                   f"{norm / baseline:.0f} times {against}, mostly in "
                    f"{_listing(snapshot, names)}. One such step can throw the weights far off; "
                    "the learning rate is likely too high for this region of the loss.")
         return AlertRaised(
@@ -453,7 +487,7 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
             layers=names,
             evidence={"grad_norm": _figures(snapshot, found, lambda r: r.grad_norm),
                       "global_grad_norm": norm, "recent_median": median,
-                      "jump": norm / median},
+                      "baseline": baseline, "jump": norm / baseline},
             message=message, fixes=F.combine(F.clip(config), F.halve_lr(config)))
     snapshot = history.snapshots[-1]
     skip = frozenset(_symmetric_rows(history, config))
@@ -468,7 +502,7 @@ def exploding_gradients(history: History, ctx: Context) -> AlertRaised | None:
         "grad_max": _figures(snapshot, found, lambda r: r.grad_max),
     }
     reasons = []
-    reference = _last_hidden_grad_norm(snapshot, skip)
+    reference = _growth_reference(snapshot, skip)
     grown = [i for i in found if i < len(snapshot.layers) - 2]
     if reference is not None and grown:
         top = max(grown, key=lambda i: snapshot.layers[i].grad_norm)
