@@ -386,6 +386,26 @@ def test_near_misses_are_not_overfitting():
                               context()) is None
 
 
+def test_a_converged_run_whose_tiny_validation_loss_wobbles_up_is_not_overfitting():
+    # Full batch, fitted: both losses ~1e-7. The validation loss triples from its best
+    # and the gap grows at each evaluation while training still falls, the rule's shape,
+    # but by 2e-7 on a scale of ln 10.
+    val = [1e-6, 3e-7, 1e-7, 1.5e-7, 2e-7, 3e-7]
+    train = [1e-6, 3e-7, 1e-7, 6e-8, 4e-8, 2e-8]
+    assert curves.overfitting(eval_history(val, train), context()) is None
+    # The same shape a million times larger is memorizing.
+    alert = curves.overfitting(eval_history([v * 1e6 for v in val], [x * 1e6 for x in train]),
+                               context())
+    assert alert is not None and alert.evidence["best_val_loss"] == pytest.approx(0.1)
+    # A rise just under 1% of the scale (ln 10) above the best is not enough.
+    best = 0.01
+    under = [1.0, 0.5, best, *(best + (0.9 + k / 100) * curves.OVERFIT_MIN_RISE_SHARE * LN10
+                               for k in range(3))]
+    assert all(v > (1 + curves.OVERFIT_RISE) * best for v in under[3:])
+    assert curves.overfitting(eval_history(under, [1.0, 0.4, 0.008, 0.006, 0.004, 0.002]),
+                              context()) is None
+
+
 def test_overfitting_fixes_offer_only_what_would_change_something():
     config = Config().with_values({"reg.early_stop_patience": 5, "optim.weight_decay": 1e-3,
                                    "model.dropout": 0.5, "data.augment": ("noise",)})

@@ -4,7 +4,8 @@ A run that evaluates on every step (a small full-batch model: one step an epoch)
 an evaluation per step; over millions of steps the history the detectors read must not
 grow, and what they decide from a bounded window must equal what a scan of the whole run
 decides. The reference here is the overfitting rule computed from scratch over every
-evaluation since the last live change, as it was before the history was bounded.
+evaluation since the last live change, as it was before the history was bounded (with
+the floor on the rise, OVERFIT_MIN_RISE_SHARE, added since).
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def reference_overfitting(evals: list[EvalDone], change_step: int
             or last.train_loss > (1 - curves.OVERFIT_TRAIN_DROP) * best.train_loss):
         return None
     gaps = [e.val_loss - e.train_loss for e in usable[-k - 1:]]
-    if (any(e.val_loss < (1 + curves.OVERFIT_RISE) * best.val_loss for e in usable[-k:])
+    risen = max((1 + curves.OVERFIT_RISE) * best.val_loss,
+                best.val_loss + curves.OVERFIT_MIN_RISE_SHARE * LN10)
+    if (any(e.val_loss < risen for e in usable[-k:])
             or min(gaps[1:]) <= 0 or any(b <= a for a, b in itertools.pairwise(gaps))):
         return None
     return best, since_best, tuple(gaps)

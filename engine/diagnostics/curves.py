@@ -135,6 +135,12 @@ above the training loss of its interval, and the gap between them grew at each
 growing train/val gap). A noisy run's validation loss spikes for an evaluation or two and comes
 back, often below the training loss, its gap jumping up and down (measured on the
 activations lab: 0.34, then 0.42, 0.39, 0.63, then 0.09)."""
+OVERFIT_MIN_RISE_SHARE = 0.01
+"""...and at least 1% of the run's loss scale above the best, too: OVERFIT_RISE is relative
+to the best validation loss, which a run that fits its data drives towards 0 (2e-7 on a
+full-batch moons run), where +10% is a wobble of 1e-8, not memorizing. The overfits
+measured here rose by 5-16% of their scale (the regularization lab, full batch to noisy
+moons), far above it."""
 OVERFIT_MAX_TRAIN_LEVEL = 1.0
 """...with the training loss below 1x the run's loss scale (its loss at init, at most ln
 C): a net memorizes its training set only once it fits it better than a fresh net does.
@@ -491,7 +497,8 @@ def overfitting(h: History, ctx: Context) -> AlertRaised | None:
         return None
     # The gap before the last OVERFIT_EVALS evaluations, then at each of them.
     gaps = [e.val_loss - e.train_loss for e in evals]
-    if (any(e.val_loss < (1 + OVERFIT_RISE) * best.val_loss for e in evals[1:])
+    risen = max((1 + OVERFIT_RISE) * best.val_loss, best.val_loss + OVERFIT_MIN_RISE_SHARE * scale)
+    if (any(e.val_loss < risen for e in evals[1:])
             or min(gaps[1:]) <= 0 or any(b <= a for a, b in itertools.pairwise(gaps))):
         return None
     gap_then, gap_now = best.val_loss - best.train_loss, last.val_loss - last.train_loss
