@@ -861,7 +861,7 @@ def test_the_default_experiment_raises_no_layer_alert():
 
 CONTRADICTING_KINDS = {"vanishing_gradients", "exploding_gradients", "dead_units",
                        "activation_collapse", "saturation", "symmetry", "divergence",
-                       "plateau", "non_finite"}
+                       "plateau", "slow_learning", "non_finite"}
 """Alerts that would tell a healthy lab variant's user its lesson is wrong."""
 
 

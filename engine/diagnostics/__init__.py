@@ -222,15 +222,23 @@ class Context:
 Detector = Callable[[History, Context], AlertRaised | None]
 DETECTORS: dict[str, tuple[str, Detector]] = {}
 """kind -> (what it reads, the detector)."""
+QUIET_AFTER: dict[str, tuple[str, ...]] = {}
+"""kind -> the kinds whose standing alert already says what it would (the same cause,
+the same fix): it is not raised while one of them is, that is until a live change after
+it. Registration order decides within one event: a kind registered earlier is judged
+first."""
 
 
-def detector(kind: str, reads: str) -> Callable[[Detector], Detector]:
-    """Register a detector of alert ``kind`` that runs when a ``reads`` event arrives."""
+def detector(kind: str, reads: str, quiet_after: tuple[str, ...] = ()
+             ) -> Callable[[Detector], Detector]:
+    """Register a detector of alert ``kind`` that runs when a ``reads`` event arrives
+    (and not while an alert of a ``quiet_after`` kind stands: ``QUIET_AFTER``)."""
 
     def register(fn: Detector) -> Detector:
         if kind in DETECTORS:
             raise ValueError(f"two detectors for {kind}")
         DETECTORS[kind] = (reads, fn)
+        QUIET_AFTER[kind] = quiet_after
         return fn
 
     return register
@@ -255,16 +263,21 @@ class Diagnostics:
         h.memo.clear()
         alerts = []
         for kind, (kind_reads, detect) in DETECTORS.items():
-            raised_at = self.raised.get(kind)
-            if kind_reads != reads or (raised_at is not None
-                                       and h.last_change_step <= raised_at):
+            if kind_reads != reads or self._standing(kind) or any(
+                    self._standing(other) for other in QUIET_AFTER[kind]):
                 continue
+            raised_at = self.raised.get(kind)
             alert = detect(h, self.context)
             if alert is None or (raised_at is not None and alert.step <= h.last_change_step):
                 continue
             self.raised[kind] = max(h.step, alert.step)
             alerts.append(alert)
         return alerts
+
+    def _standing(self, kind: str) -> bool:
+        """An alert of ``kind`` was raised and no live change has come since."""
+        raised_at = self.raised.get(kind)
+        return raised_at is not None and self.history.last_change_step <= raised_at
 
     def _fold(self, event: Any) -> str | None:
         h, ctx = self.history, self.context

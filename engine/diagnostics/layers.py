@@ -29,6 +29,7 @@ are 1.6 ms of it); snapshots come at most 4 a second, so under 1% of a core.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -145,6 +146,13 @@ LOSS_RECENT_STEPS = 20
 LR_RAISE_CAP = 10.0
 """A proposed lr is at most 10x the current one: raising it by more in one go risks
 divergence (raise it in steps and watch the loss)."""
+TYPICAL_RATIO_SNAPSHOTS = 8
+"""Snapshots, the newest since the last live change, whose per-layer medians give the
+network's typical update/weight ratio: a few batches, so no one odd batch decides, and
+recent ones (a ratio drifts as the weights grow). Often there are fewer: with the
+instruments' budget a small fast model is measured at step 1 and then every few hundred
+steps, and step 1 alone already shows the lr's scale (its update is the lr times the
+gradient at init)."""
 SLOW_LAYERS_RATIO = 100.0
 """Lower layers learn "much slower" when their update/weight ratio is two orders of
 magnitude below the last hidden layer's (as for DEPTH_RATIO)."""
@@ -323,6 +331,15 @@ def vanishing_signs(history: History, config: Config) -> dict[str, Any]:
     if below:
         signs["below_healthy_range"] = below
     return signs
+
+
+def saturated_layers(history: History) -> tuple[str, ...]:
+    """The hidden layers of the latest snapshot with SATURATED_FRAC or more of their
+    activations at the flat ends (their slow steps are saturation's, not the lr's)."""
+    if not history.snapshots:
+        return ()
+    snapshot = history.snapshots[-1]
+    return _names(snapshot, _saturated_rows(snapshot, frozenset()))
 
 
 def symmetric_layers(history: History, config: Config) -> tuple[str, ...]:
@@ -728,11 +745,45 @@ def _measure_ratio_medians(history: History, skip: Rows
     return latest, medians
 
 
-def _lr_runs_at_base(history: History, config: Config) -> bool:
+def lr_runs_at_base(history: History, config: Config) -> bool:
     """The schedule runs at >= LOW_RATIO_MIN_LR_SHARE of optim.lr (the latest step's lr)."""
     if not history.lrs:
         return True
     return history.lrs[-1] >= LOW_RATIO_MIN_LR_SHARE * config.optim.lr
+
+
+def typical_update_ratio(history: History, config: Config) -> tuple[float, int] | None:
+    """(the median over layers of each layer's median update/weight ratio, the snapshots
+    it comes from): the last TYPICAL_RATIO_SNAPSHOTS after the last live change that
+    were taken while the schedule ran at >= LOW_RATIO_MIN_LR_SHARE of optim.lr (warmup
+    and decay make steps small on purpose; a snapshot older than the loss history, whose
+    lr is not known, is left out). Rows that say nothing about the lr are left out
+    (``_not_ratio_judged``), and so are rows with a missing figure or a zero gradient.
+    The median layer, not the fastest: the output layer's ratio reads high while it
+    grows from small weights (auto init scales it down), the first layer's low. None
+    when nothing is left to judge."""
+    skip = _not_ratio_judged(history, config)
+    steps, lrs = history.steps, history.lrs
+    floor = LOW_RATIO_MIN_LR_SHARE * config.optim.lr
+    picked: list[LayerStatsSnapshot] = []
+    for snapshot in reversed(history.snapshots):
+        if snapshot.step <= history.last_change_step or len(picked) == TYPICAL_RATIO_SNAPSHOTS:
+            break
+        at = bisect.bisect_left(steps, snapshot.step)
+        if at < len(steps) and steps[at] == snapshot.step and lrs[at] >= floor:
+            picked.append(snapshot)
+    if not picked:
+        return None
+    rows = len(picked[0].layers)
+    medians = []
+    for i in range(rows):
+        if i in skip:
+            continue
+        ratios = [s.layers[i].update_ratio for s in picked if len(s.layers) == rows
+                  and _ok(s.layers[i].update_ratio) and _gradient_ok(s.layers[i])]
+        if ratios:
+            medians.append(statistics.median(ratios))
+    return (statistics.median(medians), len(picked)) if medians else None
 
 
 @detector("update_ratio", SNAPSHOT)
@@ -762,7 +813,7 @@ def update_ratio(history: History, ctx: Context) -> AlertRaised | None:
                    "high.")
         verb = "lower"
     elif (medians and not vanishing and max(medians.values()) < UPDATE_RATIO_LOW
-          and _loss_still_high(history) and _lr_runs_at_base(history, config)):
+          and _loss_still_high(history) and lr_runs_at_base(history, config)):
         found, fastest = sorted(medians), max(medians.values())
         factor = LR_RAISE_CAP if fastest <= 0 else min(UPDATE_RATIO_TARGET / fastest,
                                                        LR_RAISE_CAP)
