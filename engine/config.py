@@ -213,7 +213,9 @@ class InitConfig:
     scheme: str = param(
         "auto",
         "Weight initializer. auto: a custom model keeps its own, a built-in net gets "
-        "kaiming_normal for the ReLU family and xavier_normal for tanh-like activations. "
+        "kaiming_normal for the ReLU family and xavier_normal for tanh-like activations, "
+        "its output layer scaled by 0.1 (the loss at init is then that of an uninformed "
+        "guess, ln C for C classes, not 20-30% above it). "
         "default keeps PyTorch's own; zeros and constant show the symmetry problem.",
         choices=INIT_SCHEMES,
     )

@@ -29,6 +29,9 @@ from engine.usercode import call_user, load_callable
 
 LEAKY_RELU_SLOPE = 0.01
 """Negative slope of ``leaky_relu``; Kaiming init (engine.init) uses the same value."""
+OUTPUT_LAYER = "head"
+"""The attribute (and layer name) of the built-in architectures' output layer: init's
+``auto`` scales it down (engine.init.OUTPUT_LAYER_GAIN)."""
 
 
 class ScaledSigmoid(nn.Module):

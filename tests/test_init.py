@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import pytest
@@ -206,3 +207,54 @@ def test_unknown_scheme_is_a_config_error() -> None:
     cfg = dataclasses.replace(InitConfig(), scheme="lecun")
     with pytest.raises(ConfigError, match=r"init\.scheme = 'lecun'"):
         init_weights(nn.Linear(2, 2), cfg, "relu")
+
+
+# --- auto: a small output layer -------------------------------------------------------------
+
+HEAD_GAIN = 0.1
+"""auto's factor on the output layer's weights, stated independently of engine.init."""
+
+
+@pytest.mark.parametrize(("arch", "activation", "hidden_variance"), [
+    ("mlp", "relu", lambda fan_in, fan_out: 2 / fan_in),
+    ("mlp", "tanh", lambda fan_in, fan_out: 2 / (fan_in + fan_out)),
+    ("cnn", "relu", lambda fan_in, fan_out: 2 / fan_in),
+])
+def test_auto_scales_the_output_layer_down_and_nothing_else(
+        arch: str, activation: str, hidden_variance: Callable[[int, int], float]) -> None:
+    cfg = ModelConfig(arch=arch, depth=2, width=400, channels=64, activation=activation)
+    model = build_model(cfg, (3, 8, 8) if arch == "cnn" else (600,), 300)
+    init_weights(model, InitConfig(scheme="auto"), activation, arch=arch)
+    head = model.head
+    assert_moments(head.weight, HEAD_GAIN**2 * hidden_variance(400, 300), rel=0.1)
+    hidden = model.blocks[0].linear if arch == "mlp" else model.fc.linear
+    fan_in, fan_out = hidden.in_features, hidden.out_features
+    assert_moments(hidden.weight, hidden_variance(fan_in, fan_out), rel=0.1)
+    assert torch.all(head.bias == 0)
+
+
+def test_an_explicit_scheme_leaves_the_output_layer_at_its_variance() -> None:
+    # The init labs compare schemes layer for layer: the head included, unscaled.
+    model = build_model(ModelConfig(depth=1, width=600), (50,), 400)
+    init_weights(model, InitConfig(scheme="kaiming_normal"), "relu")
+    assert_moments(model.head.weight, 2 / 600)
+
+
+def test_auto_starts_the_default_run_at_the_loss_of_an_uninformed_guess() -> None:
+    from engine.config import Config
+    from engine.loop import Trainer
+
+    trainer = Trainer(Config().with_value("run.threads", 1))  # digits, 10 classes, auto
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(trainer.model(trainer.x_train),
+                                           trainer.data.y_train).item()
+    # A Kaiming output layer started 23% above ln 10 (2.83); small outputs start at it.
+    assert loss == pytest.approx(math.log(10), rel=0.02)
+
+
+def test_the_schema_states_autos_output_layer_gain() -> None:
+    from engine.config import field_info
+    from engine.init import OUTPUT_LAYER_GAIN
+
+    assert OUTPUT_LAYER_GAIN == HEAD_GAIN
+    assert f"output layer scaled by {OUTPUT_LAYER_GAIN:g}" in field_info("init.scheme").spec.doc
