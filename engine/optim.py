@@ -5,6 +5,10 @@ takes from ``OptimConfig``. torch keeps those same arguments in every param grou
 so a live change of momentum, betas or weight decay is the same dictionary written
 into the groups again (no special case per optimizer).
 
+Each optimizer's own learning rate and eps (what ``optim.lr = auto`` gives it, and what
+optim.lr follows when the optimizer changes) are in ``engine.config.OPTIMIZER_DEFAULTS``:
+the config resolves them without importing torch.
+
 The learning rate is set through ``param_groups`` before every step as
 ``optim.lr * schedule.factor(step)`` (as nanoGPT does), so a live change of the base
 rate and any schedule compose without rebuilding anything.

@@ -198,10 +198,9 @@ _OPTIMIZER_TASK = {
     "run.eval_every": 25,
 }
 
-# Each variant runs its optimizer at its own defaults (optim.lr = auto: 0.01 for the SGD
-# family, as Keras, with momentum 0.9 an effective step of 0.1; AdaGrad 0.01, RMSProp and
-# Adam 1e-3, KNOWLEDGE.md section 8; NAdam 2e-3, its paper's; L-BFGS a full step of 1),
-# whatever optim.lr the base config holds, so each curve shows the method as usually run.
+# Each variant runs its optimizer at its own defaults (optim.lr and optim.eps = auto, see
+# engine.config.OPTIMIZER_DEFAULTS) whatever the base config holds, so each curve shows
+# the method as it is usually run.
 _OPTIMIZERS = _lesson(
     {**_OPTIMIZER_TASK, "optim.lr": "auto", "optim.eps": "auto"},
     ("opt-sgd", f"SGD, lr {_own_lr('sgd')}: the plain gradient step, slow on a long valley",
