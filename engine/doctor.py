@@ -77,7 +77,7 @@ OVERFIT_BATCH = 32
 network meant for the task can memorize 32 samples."""
 OVERFIT_MAX_STEPS = 300
 """overfit_batch: 'a few hundred steps' (section 10.2). A sound set-up memorizes the batch
-in well under that (the default digits MLP needs ~25)."""
+in well under that (the default digits MLP needs ~35)."""
 OVERFIT_TARGET_FRACTION = 0.02
 """overfit_batch: 'near zero' is below 2% of the starting loss (cross-entropy on 10
 classes: 2.3 -> 0.046, ~95% probability on the right class)..."""
