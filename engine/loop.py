@@ -872,7 +872,9 @@ class Trainer:
         elif key == "optim.name":
             # Keep the weights, start the new optimizer from empty state.
             self.optimizer = build_optimizer(self.model.parameters(), new_config.optim)
-            note = "optimizer state reset"
+            # with_value moved optim.lr/eps to the new optimizer's own unless they were set.
+            note = "; ".join(filter(None, (new_config.optim.describe_switch(self.config.optim),
+                                           "optimizer state reset")))
         elif key.startswith("optim."):
             update_hyperparameters(self.optimizer, new_config.optim)
             entry = OPTIMIZERS[new_config.optim.name]
