@@ -835,19 +835,13 @@ def cmd_runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab export``: a run as CSV, JSON lines or TensorBoard event files."""
-    from engine import store
     from engine.export import ExportError, default_out_dir, export_run
     from engine.store import RunNotFound, StoreError, find_run
 
     try:
         run_dir = find_run(args.dir, args.run)
         out_dir = args.out or default_out_dir(run_dir, args.fmt)
-        inside = Path(os.path.abspath(out_dir)).is_relative_to(os.path.abspath(run_dir))
-        if inside:  # as private as the run it is part of
-            store.private_dirs(Path(out_dir))
         files = export_run(run_dir, args.fmt, out_dir)
-        if inside:
-            store.make_private(out_dir)  # tensorboard's writer leaves its files 0644
     except (RunNotFound, ExportError) as exc:
         print(f"trainlab: error: {exc}", file=err)
         return EXIT_BAD_INPUT

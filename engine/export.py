@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import config as config_mod
-from engine import protocol
+from engine import protocol, store
 from engine.store import CONFIG_FILE, RunStore
 
 FORMATS = ("csv", "jsonl", "tensorboard")
@@ -80,14 +80,24 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path) -> list[Path]
         require_tensorboard()
     out_dir = Path(out_dir)
     with RunStore.open(run_dir) as runs:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        # Inside the run directory, as private as the run (mkstemp's files are 0600;
+        # TensorBoard's writer leaves its own 0644). Elsewhere, where the user said.
+        inside = out_dir.resolve().is_relative_to(Path(run_dir).resolve())
+        if inside:
+            store.private_dirs(out_dir)
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
         if fmt == "csv":
-            return _export_csv(runs, out_dir)
-        if fmt == "jsonl":
-            return [_write_text(out_dir / "events.jsonl",
-                                "".join(protocol.to_json(event) + "\n"
-                                        for _, event in runs.events()))]
-        return _export_tensorboard(runs, out_dir)
+            files = _export_csv(runs, out_dir)
+        elif fmt == "jsonl":
+            files = [_write_text(out_dir / "events.jsonl",
+                                 "".join(protocol.to_json(event) + "\n"
+                                         for _, event in runs.events()))]
+        else:
+            files = _export_tensorboard(runs, out_dir)
+    if inside:
+        store.make_private(out_dir)
+    return files
 
 
 def require_tensorboard() -> None:

@@ -235,3 +235,27 @@ def test_cli_export_of_a_missing_run_or_format_exits_2(recorded, tmp_path, capsy
     assert "invalid choice: 'xml'" in capsys.readouterr().err
     assert main(["export", "--format", "csv", "--dir", str(tmp_path / "none")]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="tensorboard is not installed")
+def test_an_export_into_the_run_is_private_and_one_elsewhere_is_the_users(recorded, tmp_path):
+    """export_run itself (not only the CLI): inside the run directory every directory is
+    0700 and every file 0600, TensorBoard's event files included (its writer leaves
+    0644); an --out elsewhere is left as the user's umask makes it."""
+    import os
+    import stat
+
+    run_dir, _ = recorded
+    old = os.umask(0o022)
+    try:
+        inside = run_dir / "export" / "tb-private"
+        export.export_run(run_dir, "tensorboard", inside)
+        elsewhere = tmp_path / "shared-tb"
+        export.export_run(run_dir, "tensorboard", elsewhere)
+    finally:
+        os.umask(old)
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [inside, *inside.rglob("*")]}
+    assert modes and all(m == (0o700 if p.is_dir() else 0o600) for p, m in modes.items())
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in elsewhere.iterdir()} == {0o644}
