@@ -394,8 +394,9 @@ class AlertRaised:
     step: int
     kind: str
     """vanishing_gradients, exploding_gradients, activation_collapse, saturation,
-    dead_units, symmetry, non_finite, divergence, plateau, overfitting, update_ratio or
-    slow_lower_layers. Raised once per run, again only after a later live change."""
+    dead_units, symmetry, non_finite, divergence, plateau, overfitting, update_ratio,
+    slow_lower_layers or slow_learning. Raised once per run, again only after a later live
+    change."""
     severity: str
     """info, warning or critical (the run cannot learn as it is)."""
     layers: tuple[str, ...]

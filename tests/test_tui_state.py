@@ -46,9 +46,18 @@ def test_hyper_change_updates_the_config_and_adds_a_marker() -> None:
                     protocol.HyperChanged(10, "optim.name", "adam", "sgd", "optimizer state reset"),
                     protocol.HyperChanged(10, "optim.lr", 1e-3, 0.5)])
     assert state.config.optim.name == "sgd" and state.config.optim.lr == 0.5
-    assert state.markers == [(10, "sgd"), (10, "lr=0.5")]
+    # adam at its own lr (1e-3) moves to sgd's own (0.01): the marker says so.
+    assert state.markers == [(10, "sgd lr=0.01"), (10, "lr=0.5")]
     assert state.lr == 0.5  # shown before the next metrics batch
     assert "optimizer state reset" in state.log[0].text
+
+
+def test_an_optimizer_switch_keeps_a_set_lr_and_its_marker_says_only_the_name() -> None:
+    state = folded([metrics(1, 10),
+                    protocol.HyperChanged(10, "optim.lr", 1e-3, 3e-3),
+                    protocol.HyperChanged(12, "optim.name", "adam", "sgd", "lr 0.003 kept")])
+    assert state.config.optim.lr == 3e-3
+    assert state.markers == [(10, "lr=0.003"), (12, "sgd")]
 
 
 def test_eval_adds_validation_points_and_accuracy_only_for_classification() -> None:

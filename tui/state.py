@@ -52,6 +52,7 @@ KIND_TITLES = {
     "overfitting": "overfitting",
     "update_ratio": "update/weight ratio far from 1e-3",
     "slow_lower_layers": "lower layers learning much slower",
+    "slow_learning": "loss falling too slowly (lr too low)",
 }
 """Each alert kind of ``engine.protocol.AlertRaised`` in plain words (KNOWLEDGE.md)."""
 
@@ -257,11 +258,19 @@ class RunState:
     def _on_HyperChanged(self, e: protocol.HyperChanged) -> set[str]:
         note = f" ({e.note})" if e.note else ""
         self.say("info", f"{e.key}: {e.old!r} -> {e.new!r}{note}", step=e.step)
+        lr_before = self.config.optim.lr
+        # The same with_value as the engine's: a new optimizer moves lr to its own default
+        # unless the user set one.
         self.config = self.config.with_value(e.key, e.new)
         if e.key == "optim.lr":  # shown now, not only from the next metrics batch
             self.lr = e.new
         short = e.key.split(".", 1)[1]
-        label = f"{e.new}" if e.key == "optim.name" else f"{short}={_short(e.new)}"
+        label = f"{short}={_short(e.new)}"
+        if e.key == "optim.name":
+            moved = self.config.optim.lr != lr_before
+            label = f"{e.new} lr={_short(self.config.optim.lr)}" if moved else f"{e.new}"
+            if moved:
+                self.lr = self.config.optim.lr
         self.markers.append((e.step, label))
         if e.note.startswith(ROLLBACK_NOTE):
             self.rollbacks.append(e)

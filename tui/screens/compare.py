@@ -51,7 +51,7 @@ KEYS_TEXT = ("1-4 focus a pane · space picks a run · enter compares · v valid
 KEYS_NARROW = "1-4 pane · space pick · enter compare · v val · e epoch · a keys · l log · esc"
 """The keys in 78 columns (80, less the padding)."""
 STATUS_STYLES = {"running": "green", "paused": "yellow", "finished": "", "stopped": "dim",
-                 "failed": "red", "crashed": "bold red"}
+                 "failed": "red", "crashed": "bold red", "not yours": "dim"}
 """How each status is written in the runs table."""
 DIFFERS_STYLE = "bold yellow"
 """A config value unlike the first run's."""
