@@ -10,7 +10,7 @@ import pytest
 from textual.widgets import Markdown, TabbedContent, TabPane
 
 from engine import protocol
-from engine.config import OPTIMIZERS, Config
+from engine.config import OPTIMIZER_DEFAULTS, OPTIMIZERS, Config
 from tests.fake_engine import (
     LAYERS,
     FakeEngines,
@@ -112,7 +112,9 @@ async def test_optimizer_key_cycles_in_registry_order_with_a_marker() -> None:
         await pilot.press("o")
         await settle(pilot)
         assert engines.current.commands == [protocol.SetHyper("optim.name", OPTIMIZERS[0])]
-        assert app.run_state.markers[-1] == (200, OPTIMIZERS[0])
+        # From lbfgs at its own lr to the first optimizer's own: the marker says so.
+        own_lr = OPTIMIZER_DEFAULTS[OPTIMIZERS[0]].lr
+        assert app.run_state.markers[-1] == (200, f"{OPTIMIZERS[0]} lr={own_lr:g}")
         assert OPTIMIZERS[0] in status(app)
 
 
