@@ -19,6 +19,7 @@ run.on_nonfinite = skip or rollback: they read each step's loss before its updat
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import dataclasses
 import math
@@ -1219,21 +1220,17 @@ def _final(trainer: Trainer | None, started: float) -> FinalMetrics:
     )
 
 
-def _emit_unflushed(trainer: Trainer, emit: Emit) -> None:
-    """After a failure mid-run: the losses and snapshots of the steps completed since the
-    last flush, which the failure would otherwise lose. Best effort: a device that broke
-    may not give them back, and the failure is what must be reported."""
-    try:
-        batch = trainer.flush_metrics(0.0, 0)  # no throughput: the run is not training
-        snapshots, trainer.pending_snapshots = trainer.pending_snapshots, []
-    except Exception:
-        return
-    for event in ([batch] if batch is not None else []) + snapshots:
-        emit(event)
-
-
 def describe_failure(exc: BaseException, step: int) -> EngineFailed:
-    """Sort an exception into the three kinds the user acts on differently."""
+    """Sort an exception into the three kinds the user acts on differently; past step 0
+    the message names the last step completed."""
+    failure = _failure(exc, step)
+    if step:
+        failure = dataclasses.replace(
+            failure, message=f"{failure.message} (after step {step}, the last completed)")
+    return failure
+
+
+def _failure(exc: BaseException, step: int) -> EngineFailed:
     if isinstance(exc, ConfigError):
         return EngineFailed(step, "config", str(exc))
     if isinstance(exc, UserCodeError):
@@ -1289,12 +1286,7 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
         reason = _train(trainer, control, _Saver(trainer, checkpoints, emit), commands, emit)
     except Exception as exc:  # bad input, user code, or our own bug: report, never raise
         step = trainer.step if trainer else 0
-        failure = describe_failure(exc, step)
-        if trainer is not None and trainer.step:
-            _emit_unflushed(trainer, emit)  # the steps it trained are recorded first
-            failure = dataclasses.replace(
-                failure, message=f"{failure.message} (after step {step}, the last completed)")
-        emit(failure)
+        emit(describe_failure(exc, step))
         emit(StateChanged("failed", step, str(exc)))
         finished = RunFinished("failed", _final(trainer, started))
         emit(finished)
@@ -1403,72 +1395,80 @@ def _train(trainer: Trainer, control: _Control, saver: _Saver, commands: queue.Q
             emit(event)
         return must_stop
 
-    while True:
-        # Step boundary. A Step(n) runs its n steps as a unit: other commands wait in
-        # `deferred` until they are done, except a Stop or Pause with nothing queued
-        # ahead of it, which cuts the steps short (commands still apply in order).
-        while not control.stop_requested:
-            if control.step_budget > 0:
-                try:
-                    command = commands.get_nowait()
-                except queue.Empty:
+    try:
+        while True:
+            # Step boundary. A Step(n) runs its n steps as a unit: other commands wait in
+            # `deferred` until they are done, except a Stop or Pause with nothing queued
+            # ahead of it, which cuts the steps short (commands still apply in order).
+            while not control.stop_requested:
+                if control.step_budget > 0:
+                    try:
+                        command = commands.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(command, protocol.Stop | protocol.Pause) and not deferred:
+                        control.step_budget = 0
+                        if isinstance(command, protocol.Pause):
+                            emit(StateChanged("paused", trainer.step, "steps interrupted"))
+                            continue
+                        handle(command)
+                    else:
+                        deferred.append(command)
+                    continue
+                if deferred:
+                    handle(deferred.popleft())
+                    continue
+                if not control.may_step:
+                    if trainer.finished():
+                        break  # nothing left to wait for: end the run, paused or not
+                    flush()  # everything up to the pause is shown before waiting
+                    command = commands.get()  # paused: block, no busy wait
+                    restart_clock()
+                elif not commands.queue:  # the loop is the only reader: not empty means one
+                    # waits. The deque itself, without the queue's lock: a command put during
+                    # this look is seen at the next step. (get_nowait's Empty exception cost
+                    # ~15 us a step on the CNN, empty()'s lock ~7.)
                     break
-                if isinstance(command, protocol.Stop | protocol.Pause) and not deferred:
-                    control.step_budget = 0
-                    if isinstance(command, protocol.Pause):
-                        emit(StateChanged("paused", trainer.step, "steps interrupted"))
-                        continue
-                    handle(command)
                 else:
-                    deferred.append(command)
-                continue
-            if deferred:
-                handle(deferred.popleft())
-                continue
-            if not control.may_step:
-                if trainer.finished():
-                    break  # nothing left to wait for: end the run, paused or not
-                flush()  # everything up to the pause is shown before waiting
-                command = commands.get()  # paused: block, no busy wait
-                restart_clock()
-            elif not commands.queue:  # the loop is the only reader: not empty means one
-                # waits. The deque itself, without the queue's lock: a command put during
-                # this look is seen at the next step. (get_nowait's Empty exception cost
-                # ~15 us a step on the CNN, empty()'s lock ~7.)
-                break
-            else:
-                command = commands.get_nowait()
-            handle(command)
-        if control.stop_requested or trainer.finished():
-            if trainer.last_eval_step != trainer.step:
+                    command = commands.get_nowait()
+                handle(command)
+            if control.stop_requested or trainer.finished():
+                if trainer.last_eval_step != trainer.step:
+                    evaluate()
+                flush()
+                if nonfinite_verdict():
+                    return end("non_finite")
+                return end("stopped" if control.stop_requested else "completed")
+
+            samples += trainer.train_step()
+            stepping = control.paused  # spending a Step command's budget
+            if stepping:
+                control.step_budget -= 1
+            steps_done = stepping and control.step_budget == 0
+            checkpoint_due = saver.due()
+
+            if (steps_done or trainer.update_skipped or checkpoint_due
+                    or time.monotonic() - last_flush >= METRICS_INTERVAL_S):
+                flush()
+            if trainer.eval_due():
                 evaluate()
-            flush()
+            # Only a flush brings losses to the host, so this check costs no sync of its own.
             if nonfinite_verdict():
                 return end("non_finite")
-            return end("stopped" if control.stop_requested else "completed")
-
-        samples += trainer.train_step()
-        stepping = control.paused  # spending a Step command's budget
-        if stepping:
-            control.step_budget -= 1
-        steps_done = stepping and control.step_budget == 0
-        checkpoint_due = saver.due()
-
-        if (steps_done or trainer.update_skipped or checkpoint_due
-                or time.monotonic() - last_flush >= METRICS_INTERVAL_S):
+            patience = trainer.config.reg.early_stop_patience
+            if patience and trainer.evals_without_improvement >= patience:
+                emit(Notice(trainer.step, "info",
+                            f"early stop: no better validation loss in {patience} evaluations "
+                            f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
+                return end("early_stopped")
+            if checkpoint_due:
+                saver.periodic()  # after the evaluation of this step: its counters included
+            if steps_done:
+                emit(StateChanged("paused", trainer.step, "single step done"))
+    except Exception:
+        # The losses and snapshots of the steps completed since the last flush go out
+        # before the failure is reported (the store would end steps short of it). Best
+        # effort: a device that broke may not give them back, and the failure must.
+        with contextlib.suppress(Exception):
             flush()
-        if trainer.eval_due():
-            evaluate()
-        # Only a flush brings losses to the host, so this check costs no sync of its own.
-        if nonfinite_verdict():
-            return end("non_finite")
-        patience = trainer.config.reg.early_stop_patience
-        if patience and trainer.evals_without_improvement >= patience:
-            emit(Notice(trainer.step, "info",
-                        f"early stop: no better validation loss in {patience} evaluations "
-                        f"(best {trainer.best_val_loss:.4g} at step {trainer.best_step})"))
-            return end("early_stopped")
-        if checkpoint_due:
-            saver.periodic()  # after the evaluation of this step: its counters included
-        if steps_done:
-            emit(StateChanged("paused", trainer.step, "single step done"))
+        raise
