@@ -337,22 +337,26 @@ def _histograms(lay: _Layout, batch: torch.Tensor) -> list[torch.Tensor]:
     """
     inf = math.inf
     lo, hi = batch.amin(1), batch.amax(1)
-    if batch.device.type != "cpu" or not math.isfinite((hi - lo).sum().item()):
+    span = hi - lo
+    if batch.device.type == "cpu" and math.isfinite(span.sum().item()):
+        scale = (HIST_BINS / span.clamp_min(1e-12))[:, None]
+        shifted = torch.sub(batch, lo[:, None]).mul_(scale)
+    else:
         lo = torch.nan_to_num(batch, nan=inf, posinf=inf, neginf=inf).amin(1)
         batch = torch.nan_to_num(batch, nan=-inf, posinf=-inf, neginf=-inf)  # -> dropped
         lo = lo.nan_to_num_(posinf=0.0)  # no finite value: 0..0
         hi = torch.maximum(batch.amax(1), lo)
-    # Halves throughout: hi - lo of finite values overflows float32 once they span more
-    # than its largest value (an exploding run's weights near +-3e38), where halves
-    # cannot. Halving is exact, so the bins are those of (x - lo) * HIST_BINS / (hi - lo)
-    # to the last bit; it costs one more pass over the sample.
-    half_lo = lo * 0.5
-    scale = (HIST_BINS / (hi * 0.5 - half_lo).clamp_min(0.5e-12))[:, None]
+        # Halves: hi - lo of finite values overflows float32 once they span more than its
+        # largest value (an exploding run's weights near +-3e38), where halves cannot.
+        # Halving is exact, so the bins are those of (x - lo) * HIST_BINS / (hi - lo) to
+        # the last bit; it costs one more pass, on this path only.
+        half_lo = lo * 0.5
+        scale = (HIST_BINS / (hi * 0.5 - half_lo).clamp_min(0.5e-12))[:, None]
+        shifted = torch.mul(batch, 0.5).sub_(half_lo[:, None]).mul_(scale)
     # Bin b of row k is counted at k * (HIST_BINS + 1) + 1 + b. x - lo >= 0 for finite
     # x (the minimum is exactly bin 0), the maximum is clamped into the last bin, and
     # -inf to -1: the row's dropped bin. Scalar bounds and an int32 offset: a clamp to
     # per-row tensor bounds measured 8x slower.
-    shifted = torch.mul(batch, 0.5).sub_(half_lo[:, None]).mul_(scale)
     shifted = shifted.clamp_(-1.0, HIST_BINS - 0.001)
     bins = shifted.int().add_(lay.hist_offset).view(-1)
     if bins.is_cuda:  # bincount would sync to size its output; scatter_add_ does not
