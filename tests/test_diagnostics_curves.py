@@ -674,6 +674,19 @@ def test_plain_sgd_at_a_tenth_of_its_lr_on_digits_is_told_its_lr_is_low():
     assert kinds(events) == ["plateau"]
 
 
+def test_plain_sgd_at_a_tenth_of_its_lr_with_the_default_init_is_told_its_lr_is_low():
+    """The same run as users start it (init.scheme = auto, output layer scaled down):
+    whichever curve alert speaks, it blames the lr and its first fix raises it live."""
+    config = Config().with_values({"optim.name": "sgd", "optim.lr": 1e-3,
+                                   "run.max_steps": 300, "run.max_epochs": 0,
+                                   "run.threads": 1})
+    events = run_loop(config)
+    (alert,) = [a for a in of_type(events, "AlertRaised") if a.kind in CURVE_KINDS]
+    assert alert.kind in ("plateau", "slow_learning")
+    assert "learning rate" in alert.message and "too low" in alert.message
+    assert alert.fixes[0].changes["optim.lr"] > 1e-3 and not alert.fixes[0].restart
+
+
 def test_a_big_model_on_a_small_noisy_set_overfits():
     # The regularization lab's set-up: 100 noisy points, 3x128, full-batch Adam.
     events = run_loop(tiny_config(data__dataset="moons", data__samples=200, data__noise=0.3,
