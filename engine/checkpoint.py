@@ -35,14 +35,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from engine.store import LAST_CHECKPOINT as LAST
+from engine.store import LAST_GOOD_CHECKPOINT as LAST_GOOD
 from engine.store import PRIVATE_FILE_MODE, private_dirs
+from engine.store import STEP_CHECKPOINT as STEP_FILE
 
-LAST = "last.pt"
-"""The newest checkpoint of a run, whatever its values."""
-LAST_GOOD = "last_good.pt"
-"""The newest checkpoint whose values (weights, optimizer state) are all finite."""
-STEP_FILE = re.compile(r"step_(\d{8,})\.pt")
-"""Numbered checkpoints: ``step_{step:08d}.pt`` (sorts by name as by step)."""
 TEMP_SUFFIX = ".tmp"
 """Temporary files are ``.<final name>.<random>.tmp``: hidden, and never a final name."""
 FINITE_KEY = "finite"

@@ -129,10 +129,13 @@ RETRY_MAX_S = 60.0
 long ago and fails again goes on from the pause it had (a disk that keeps filling up
 again is not announced every few seconds)."""
 
-_NUMBERED = re.compile(r"step_(\d{8,})\.pt")
-_LAST_GOOD = "last_good.pt"
-"""``engine.checkpoint``'s STEP_FILE and LAST_GOOD (it imports torch; this module must
-not)."""
+LAST_CHECKPOINT = "last.pt"
+"""The newest checkpoint of a run, whatever its values (written by ``engine.checkpoint``;
+named here, where the torch-free side reads the directory too)."""
+LAST_GOOD_CHECKPOINT = "last_good.pt"
+"""The newest checkpoint whose values (weights, optimizer state) are all finite."""
+STEP_CHECKPOINT = re.compile(r"step_(\d{8,})\.pt")
+"""Numbered checkpoints: ``step_{step:08d}.pt`` (sorts by name as by step)."""
 _RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
 """What ``new_run`` names a run directory (``RUN_ID_TIME_FORMAT``, random digits)."""
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -756,9 +759,11 @@ def _decode_json(text: str) -> Any:
 
 
 def _has_checkpoint(directory: Path) -> bool:
-    """Any checkpoint file (not a temporary one being written, whose name starts '.')."""
+    """Any checkpoint the run can resume from: last, last_good or a numbered one (not a
+    file a user saved under a name of their own, nor a temporary one being written)."""
     try:
-        return any(p.suffix == ".pt" and not p.name.startswith(".") for p in directory.iterdir())
+        return any(p.name in (LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT)
+                   or STEP_CHECKPOINT.fullmatch(p.name) for p in directory.iterdir())
     except OSError:
         return False
 
@@ -768,14 +773,14 @@ def _good_step(directory: Path) -> int | None:
     hard link to (``engine.checkpoint``'s names; read here without torch). None when it
     is missing, a copy, or its numbered name was rotated away."""
     try:
-        good = (directory / _LAST_GOOD).stat()
-        names = [p for p in directory.iterdir() if _NUMBERED.fullmatch(p.name)]
+        good = (directory / LAST_GOOD_CHECKPOINT).stat()
+        names = [p for p in directory.iterdir() if STEP_CHECKPOINT.fullmatch(p.name)]
     except OSError:
         return None
     for path in names:
         with contextlib.suppress(OSError):
             if os.path.samestat(path.stat(), good):
-                return int(_NUMBERED.fullmatch(path.name)[1])  # type: ignore[index]
+                return int(STEP_CHECKPOINT.fullmatch(path.name)[1])  # type: ignore[index]
     return None
 
 

@@ -354,8 +354,17 @@ def test_crashed_and_stopped_runs_with_a_checkpoint_are_resumable(tmp_path, even
     run_dir = make_run(tmp_path, events)
     (run_dir / store.CHECKPOINT_DIR / ".last.pt.x1.tmp").write_bytes(b"half")
     assert not store.summarize(run_dir).resumable  # a file being written is no checkpoint
+    (run_dir / store.CHECKPOINT_DIR / "before-lr-change.pt").write_bytes(b"saved by name")
+    assert not store.summarize(run_dir).resumable  # a user's named save is not resumed from
     (run_dir / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"checkpoint")
     assert store.summarize(run_dir).resumable is resumable
+
+
+@pytest.mark.parametrize("name", ["last_good.pt", "step_00000040.pt"])
+def test_a_run_with_only_a_good_or_a_numbered_checkpoint_is_resumable(tmp_path, name):
+    run_dir = make_run(tmp_path, RUNNING)
+    (run_dir / store.CHECKPOINT_DIR / name).write_bytes(b"checkpoint")
+    assert store.summarize(run_dir).resumable
 
 
 def test_summary_numbers_and_parent(tmp_path):
