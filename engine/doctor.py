@@ -43,6 +43,10 @@ auto makes it, scores within 2% of it (digits 2.296 against ln 10 = 2.303, spira
 against ln 3 = 1.099), and the mean over PROBE_SAMPLES is within a few percent of its
 expectation. A Kaiming-initialized output layer scored 2.83 on digits, 1.23x: logits of
 std ~1, confident before the network has seen anything, which its first steps unlearn."""
+INIT_LOSS_REGRESSION_WARN_FACTOR = 1.5
+"""init_loss for a regression loss: its reference, outputs of unit variance that ignore the
+input, is where a default-initialized net starts, give or take the spread of its outputs;
+a loss 1.5x above it means outputs far larger than the targets."""
 INIT_LOSS_LEAK_FACTOR = 1.5
 """init_loss: warn when the loss at init is more than 1.5x below the best constant guess
 (the class prior, the targets' mean): an untrained network cannot know that much, unless
@@ -198,27 +202,35 @@ def check_init_loss(trainer: Trainer) -> tuple[str, str]:
     high = loss / upper if upper > 0 else math.inf
     low = lower / loss if loss > 0 else math.inf
     against = f"{high:.3g}x the {upper:.4g} of {upper_what}"
-    if high > INIT_LOSS_WARN_FACTOR:
+    classification = trainer.data.task == "classification"
+    warn_factor = INIT_LOSS_WARN_FACTOR if classification else INIT_LOSS_REGRESSION_WARN_FACTOR
+    if high > warn_factor:
         status = FAIL if high > INIT_LOSS_FAIL_FACTOR else WARN
         out_std = out.float().std().item()
-        if trainer.data.task == "classification":
+        if classification:
             how = f"the network starts out confidently wrong (output std {out_std:.3g})"
         else:
             how = (f"the outputs (std {out_std:.3g}) start far from the targets (std "
                    f"{target.float().std().item():.3g})")
+        if trainer.config.model.arch == "custom":  # auto keeps a custom model's own init
+            fix = ("scale your model's last layer down at init (its weight times 0.1), or "
+                   "use init.scheme = kaiming_normal for the ReLU family, xavier_normal for "
+                   "tanh-like activations")
+        else:
+            fix = ("use init.scheme = auto (kaiming_normal for the ReLU family, xavier_normal "
+                   "for tanh-like activations, the output layer scaled down), or scale the "
+                   "last layer down")
         return status, (
-            f"{where} is {against} (warn above {INIT_LOSS_WARN_FACTOR:g}x, fail above "
+            f"{where} is {against} (warn above {warn_factor:g}x, fail above "
             f"{INIT_LOSS_FAIL_FACTOR:g}x): {how}. Usually the init is too large for the "
             "depth or the output layer starts too large (or the inputs are: see "
-            "input_scaling): use init.scheme = auto (kaiming_normal for the ReLU family, "
-            "xavier_normal for tanh-like activations, the output layer scaled down), or "
-            "scale the last layer down")
+            f"input_scaling): {fix}")
     if low > INIT_LOSS_LEAK_FACTOR:
         return WARN, (
             f"{where} is {low:.3g}x below the {lower:.4g} of {lower_what}, the best a "
             f"network that knows nothing can do (warn beyond {INIT_LOSS_LEAK_FACTOR:g}x): "
             "check that the targets do not leak into the inputs")
-    return PASS, (f"{where} is {against} (pass up to {INIT_LOSS_WARN_FACTOR:g}x); {guess}: "
+    return PASS, (f"{where} is {against} (pass up to {warn_factor:g}x); {guess}: "
                   "as expected of an untrained network")
 
 

@@ -17,6 +17,11 @@ def _mlp(input_shape: tuple[int, ...], num_outputs: int, *last: nn.Module) -> nn
                          nn.Linear(16, num_outputs), *last)
 
 
+def relu_net_no_activation(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    """A plain MLP whose last module is its output layer (nothing after the logits)."""
+    return _mlp(input_shape, num_outputs)
+
+
 def softmax_net(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     """Ends in Softmax: wrong before cross_entropy, which applies it again."""
     return _mlp(input_shape, num_outputs, nn.Softmax(dim=1))

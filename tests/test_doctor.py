@@ -20,6 +20,7 @@ from engine.doctor import (
     FAIL,
     IMBALANCE_WARN_RATIO,
     INIT_LOSS_FAIL_FACTOR,
+    INIT_LOSS_REGRESSION_WARN_FACTOR,
     INIT_LOSS_WARN_FACTOR,
     INPUT_MEAN_FAIL,
     INPUT_SCALE_FAIL,
@@ -156,6 +157,49 @@ def test_regression_init_loss_is_judged_against_unit_variance_outputs():
     status, detail = doctor.check_init_loss(trainer)
     assert expected / reference > INIT_LOSS_FAIL_FACTOR and status == FAIL
     assert f"{expected:.4g}" in detail and f"{reference:.4g}" in detail
+
+
+@pytest.mark.parametrize(("task", "changes"), [
+    ("classification", {}), ("regression", {"data__dataset": "sine"})])
+def test_init_loss_at_1_3x_its_reference_warns_for_classes_and_passes_for_regression(
+        task, changes):
+    # Outputs that ignore the input, tuned to score 1.3x the reference: a confident class
+    # guess is already wrong at 1.1x; a regression net of unit-scale outputs is not.
+    trainer = Trainer(tiny_config(**changes))
+    assert trainer.data.task == task
+    x, target = doctor._probe_batch(trainer)
+    with torch.no_grad():
+        trainer.model.head.weight.zero_()
+        _, _, upper, _ = doctor._uninformed(trainer, trainer.model(x), target)
+        if task == "classification":  # logits (b, 0, 0): find b for loss = 1.3 ln 3
+            bias = next(b / 100 for b in range(1000) if _bias_loss(b / 100, target) > 1.3 * upper)
+            trainer.model.head.bias.copy_(torch.tensor([bias, 0.0, 0.0]))
+        else:  # a constant c: mean((y - c)^2) = 1.3 * upper
+            y = target.double()
+            c = math.sqrt(1.3 * upper - (y**2).mean().item() + y.mean().item() ** 2)
+            trainer.model.head.bias.fill_(y.mean().item() + c)
+    status, detail = doctor.check_init_loss(trainer)
+    if task == "classification":
+        assert status == WARN and f"warn above {INIT_LOSS_WARN_FACTOR:g}x" in detail
+    else:
+        assert status == PASS and f"pass up to {INIT_LOSS_REGRESSION_WARN_FACTOR:g}x" in detail
+    assert "1.3x" in detail
+
+
+def _bias_loss(bias: float, target: torch.Tensor) -> float:
+    """Cross-entropy of logits (bias, 0, 0) on ``target``, in closed form."""
+    y = target.numpy()
+    return float(np.mean(np.log(math.exp(bias) + 2) - bias * (y == 0)))
+
+
+def test_init_loss_advice_for_a_custom_model_is_to_scale_its_last_layer():
+    trainer = Trainer(tiny_config(**{"model__arch": "custom",
+                                     "model__factory": USER + "relu_net_no_activation"}))
+    with torch.no_grad():
+        trainer.model[-1].weight.mul_(30.0)  # logits far too large: confidently wrong
+    status, detail = doctor.check_init_loss(trainer)
+    assert status in (WARN, FAIL)
+    assert "scale your model's last layer down" in detail and "init.scheme = auto" not in detail
 
 
 def test_gradients_fail_with_zero_init_naming_the_layers():
