@@ -1254,6 +1254,22 @@ def _diagnosed(emit: Emit, diagnostics: Diagnostics) -> Emit:
     return emit_and_diagnose
 
 
+PAUSED_WAKE_S = 0.5
+"""A paused loop wakes this often with nothing to do: a signal the kernel delivered to
+another thread runs its Python handler only when the main thread runs again, and one
+blocked in a lock wait without a timeout would never do so (SIGTERM ignored while
+paused). Two wake-ups a second cost nothing measurable."""
+
+
+def _wait_for_command(commands: queue.Queue[Any]) -> Any:
+    """The next command, waiting as long as it takes, without a busy loop."""
+    while True:
+        try:
+            return commands.get(timeout=PAUSED_WAKE_S)
+        except queue.Empty:
+            continue
+
+
 def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
         checkpoints: Checkpoints | None = None,
         start_from: dict[str, Any] | None = None) -> RunFinished:
@@ -1422,7 +1438,7 @@ def _train(trainer: Trainer, control: _Control, saver: _Saver, commands: queue.Q
                     if trainer.finished():
                         break  # nothing left to wait for: end the run, paused or not
                     flush()  # everything up to the pause is shown before waiting
-                    command = commands.get()  # paused: block, no busy wait
+                    command = _wait_for_command(commands)
                     restart_clock()
                 elif not commands.queue:  # the loop is the only reader: not empty means one
                     # waits. The deque itself, without the queue's lock: a command put during

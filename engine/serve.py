@@ -396,16 +396,27 @@ class AbortedBySignal(KeyboardInterrupt):
 
 
 class _Signals:
-    """SIGTERM, SIGINT and SIGHUP: the first asks the loop to stop, a second aborts."""
+    """SIGTERM, SIGINT and SIGHUP: the first asks the loop to stop, a second aborts.
+
+    The handler runs between two bytecodes of the main thread, which may hold a lock at
+    that moment (the queue's inside get(), stderr's inside a print): it only sets an
+    Event that the main thread touches nowhere else, and a thread started beforehand
+    says so and puts the Stop.
+    """
 
     def __init__(self, commands: queue.Queue[Any], on_signal: Callable[[str], None]) -> None:
         self.commands = commands
         self.on_signal = on_signal
         self.received: int | None = None
+        self._signalled = threading.Event()
+        self._done = False
         self._previous: dict[int, Any] = {}
+        self._relay = threading.Thread(target=self._relay_stop, name="trainlab-signals",
+                                       daemon=True)
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
+            self._relay.start()
             for signum in SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -413,17 +424,23 @@ class _Signals:
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+        if self._relay.is_alive():
+            self._done = True
+            self._signalled.set()  # the relay ends without a Stop
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
             raise AbortedBySignal(signum)  # the second: give up now (checkpoints are atomic)
         self.received = signum
-        name = signal.Signals(signum).name
+        self._signalled.set()
+
+    def _relay_stop(self) -> None:
+        self._signalled.wait()
+        if self._done or self.received is None:
+            return
+        name = signal.Signals(self.received).name
         self.on_signal(name)
-        # Not commands.put here: the handler runs between two bytecodes of the main
-        # thread, which may hold the queue's lock inside get(); a thread puts it.
-        threading.Thread(target=self.commands.put, args=(protocol.Stop(name),),
-                         daemon=True).start()
+        self.commands.put(protocol.Stop(name))
 
 
 def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from engine import protocol, store
+from engine import protocol, serve, store
 from engine.serve import (
     OUTBOX_LIMIT,
     OUTBOX_MAX_BYTES,
@@ -103,6 +104,28 @@ def stored(run_dir: Path, name: str) -> list[Any]:
         return [e for _, e in runs.events() if type(e).__name__ == name]
     finally:
         runs.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_a_paused_run_when_another_thread_receives_it(tmp_path) -> None:
+    # The kernel hands a process signal to any of its threads. Python runs the handler
+    # only in the main thread, when it next runs: a paused engine blocked on its command
+    # queue without a timeout never did, and ignored SIGTERM until killed.
+    config = tiny_config(run__max_steps=10_000_000, run__dir=str(tmp_path))
+    run_dir = store.new_run(config.run.dir, config)
+    commands: queue.Queue[Any] = queue.Queue()
+    commands.put(protocol.Pause())
+
+    def signal_from_another_thread() -> None:
+        time.sleep(0.5)  # the main thread is waiting for a command by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    def show(event: Any) -> None:
+        if isinstance(event, protocol.StateChanged) and event.state == "paused":
+            threading.Thread(target=signal_from_another_thread, daemon=True).start()
+
+    finished, signum = serve.serve(run_dir, config, show=show, commands=commands)
+    assert signum == signal.SIGTERM and finished.reason == "stopped"
 
 
 def test_commands_viewers_control_and_sigterm() -> None:
