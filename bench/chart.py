@@ -9,7 +9,7 @@ DESIGN.md section 6: long histories are decimated before plotext sees them, so a
 of a million steps should draw about as fast as one of a thousand (the target here is a
 ratio of at most 2.0; plotext alone takes seconds for a million raw points).
 
-What one draw is: :func:`tui.plotting.draw_loss_chart` into a standalone
+What one draw is: :func:`trainlab.tui.plotting.draw_loss_chart` into a standalone
 ``textual_plotext.plot.Plot`` of 120 x 30 cells, then ``.build()`` (the text a
 ``PlotextPlot`` would paint), with linear axes and three markers. Each history is a
 run of N steps: a train loss every step (noisy exponential decay with a spike),
@@ -34,8 +34,8 @@ if __package__ in (None, ""):
 
 from textual_plotext.plot import Plot
 
-from tui.plotting import draw_loss_chart
-from tui.series import Series
+from trainlab.tui.plotting import draw_loss_chart
+from trainlab.tui.series import Series
 
 WIDTH, HEIGHT = 120, 30
 SMALL_STEPS, LARGE_STEPS = 1_000, 1_000_000

@@ -39,9 +39,10 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable for ``engine``.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.config import Config
-from engine.diagnostics import SNAPSHOT_HISTORY, Diagnostics
-from engine.protocol import EvalDone, LayerStats, LayerStatsSnapshot, MetricsBatch
+from trainlab.core.config import Config
+from trainlab.core.protocol import EvalDone, LayerStats, LayerStatsSnapshot, MetricsBatch
+from trainlab.doctor.detectors import Diagnostics
+from trainlab.doctor.detectors.registry import SNAPSHOT_HISTORY
 
 WARM = SNAPSHOT_HISTORY
 """Rounds with a snapshot before the timing: fills both snapshot windows."""

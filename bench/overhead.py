@@ -21,12 +21,12 @@ Modes:
   batches as the engine, including its fold of a one-sample last batch),
   ``zero_grad(set_to_none=True)``, forward, ``cross_entropy``, ``backward``,
   ``optimizer.step()``; no logging, no ``.item()`` per step;
-- ``off``: ``engine.loop.run`` with ``stats.every = 0, stats.hist_every = 0``;
-- ``default``: ``engine.loop.run`` with the Config defaults for ``stats.*`` (scalars every
+- ``off``: ``trainlab.engine.loop.run`` with ``stats.every = 0, stats.hist_every = 0``;
+- ``default``: ``trainlab.engine.loop.run`` with the Config defaults for ``stats.*`` (scalars every
   10 steps, histograms every 50, both at least ``MIN_*_INTERVAL_S`` apart, and no more
   than ``stats.budget`` = 1% of training time);
 - ``every_step``: ``stats.every = 1, stats.hist_every = 1, stats.budget = 0``, with
-  ``engine.stats.MIN_SCALAR_INTERVAL_S`` and ``MIN_HIST_INTERVAL_S`` patched to 0 for that
+  ``trainlab.engine.stats.MIN_SCALAR_INTERVAL_S`` and ``MIN_HIST_INTERVAL_S`` patched to 0 for that
   mode only (restored after), so every quantity, histograms included, is measured on
   every step.
 
@@ -95,19 +95,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import engine.stats
-from engine.config import Config
-from engine.data import Dataset, load_dataset
-from engine.init import init_weights
-from engine.loop import run
-from engine.models import build_model
-from engine.protocol import (
+import trainlab.engine.stats
+from trainlab.core.config import Config
+from trainlab.core.protocol import (
     EngineFailed,
     LayerStatsSnapshot,
     MetricsBatch,
     RunFinished,
     StateChanged,
 )
+from trainlab.engine.data import Dataset, load_dataset
+from trainlab.engine.init import init_weights
+from trainlab.engine.loop import run
+from trainlab.engine.models import build_model
 
 Times = tuple[float, float]
 """(wall seconds, CPU seconds)."""
@@ -243,12 +243,13 @@ class Recorder:
 @contextmanager
 def no_min_intervals() -> Iterator[None]:
     """Let the instruments track every step: the time floors of the schedule set to 0."""
-    saved = engine.stats.MIN_SCALAR_INTERVAL_S, engine.stats.MIN_HIST_INTERVAL_S
-    engine.stats.MIN_SCALAR_INTERVAL_S = engine.stats.MIN_HIST_INTERVAL_S = 0.0
+    saved = trainlab.engine.stats.MIN_SCALAR_INTERVAL_S, trainlab.engine.stats.MIN_HIST_INTERVAL_S
+    trainlab.engine.stats.MIN_SCALAR_INTERVAL_S = trainlab.engine.stats.MIN_HIST_INTERVAL_S = 0.0
     try:
         yield
     finally:
-        engine.stats.MIN_SCALAR_INTERVAL_S, engine.stats.MIN_HIST_INTERVAL_S = saved
+        stats = trainlab.engine.stats
+        stats.MIN_SCALAR_INTERVAL_S, stats.MIN_HIST_INTERVAL_S = saved
 
 
 def engine_loop(cfg: Config, mode: str, n_steps: int) -> tuple[Times, float, Recorder]:

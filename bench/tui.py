@@ -28,8 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chart import chart_draw_ratio
-from engine import protocol
-from engine.config import Config
+from trainlab.core import protocol
+from trainlab.core.config import Config
 
 MODELS: dict[str, dict[str, Any]] = {
     # The default experiment: a 3x128 MLP on digits, Python-bound.
@@ -63,8 +63,8 @@ RUNS = Path(tempfile.mkdtemp(prefix="trainlab-bench-runs-"))
 
 def headless_rate(config: Config) -> float:
     """Training steps per second of the run in this process, as the headless CLI runs it."""
-    from engine import store
-    from engine.serve import serve
+    from trainlab.core import store
+    from trainlab.engine.serve import serve
 
     clock = TrainingClock()
     serve(store.new_run(RUNS, config), config, show=clock)
@@ -85,8 +85,8 @@ class _TappedQueue(asyncio.Queue):  # type: ignore[type-arg]
 
 def app_rate(config: Config, inline: bool) -> float:
     """Training steps per second of the same run under the app, until it finishes."""
-    from tui.app import TrainlabApp, default_engine_factory
-    from tui.bridge import ThreadEngine
+    from trainlab.engine.host import ThreadEngine
+    from trainlab.tui.app import TrainlabApp, default_engine_factory
 
     clock = TrainingClock()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine.config import Config
+from trainlab.core.config import Config
 
 RUNS_ROOT = Path(tempfile.mkdtemp(prefix="trainlab-test-runs-"))
 """run.dir of the tests' runs: never the checkout's ./runs."""
@@ -44,7 +44,7 @@ def tiny_config(**changes: Any) -> Config:
 
 def run_loop(config: Config, commands: list[Any] | None = None) -> list[Any]:
     """Run the loop in this thread with a pre-filled command queue; return every event."""
-    from engine.loop import run
+    from trainlab.engine.loop import run
 
     q: queue.Queue[Any] = queue.Queue()
     for command in commands or []:

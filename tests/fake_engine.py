@@ -1,6 +1,6 @@
 """A fake engine for the app's tests: canned events in, commands recorded, acknowledged.
 
-It has the interface of ``tui.bridge.Engine`` and feeds the app's real queue and pump.
+It has the interface of ``trainlab.tui.bridge.Engine`` and feeds the app's real queue and pump.
 Commands are answered the way the real loop answers them (an acknowledgement event,
 or ``CommandRejected``) so a test can follow key -> command -> acknowledgement ->
 screen. Nothing here trains: a test that needs real training uses the real engines.
@@ -12,8 +12,8 @@ import asyncio
 import math
 from typing import Any
 
-from engine import protocol
-from engine.config import Config, ConfigError, check_value, field_info
+from trainlab.core import protocol
+from trainlab.core.config import Config, ConfigError, check_value, field_info
 
 LAYERS = ("blocks.0.linear", "blocks.1.linear", "head")
 

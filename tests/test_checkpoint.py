@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import checkpoint
-from engine.checkpoint import LAST, LAST_GOOD, CheckpointError, Checkpoints
+from trainlab.engine import checkpoint
+from trainlab.engine.checkpoint import LAST, LAST_GOOD, CheckpointError, Checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_disk_full_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeyp
 KILL_WRITER = textwrap.dedent("""
     import sys
     import torch
-    from engine.checkpoint import Checkpoints
+    from trainlab.engine.checkpoint import Checkpoints
 
     checkpoints = Checkpoints(sys.argv[1], keep=2)
     weights = torch.arange(3_000_000, dtype=torch.float32)  # 12 MB: each save takes a while

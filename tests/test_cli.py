@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import protocol
-from engine.cli import ProgressPrinter, main
-from engine.config import Config, apply_overrides, format_setting, from_dict, parse_value
+from trainlab.cli.commands import main
+from trainlab.cli.headless import ProgressPrinter
+from trainlab.core import protocol
+from trainlab.core.config import Config, apply_overrides, format_setting, from_dict, parse_value
 
 TINY = ["--set", "data.dataset=blobs", "--set", "data.samples=200", "--set", "model.depth=1",
         "--set", "model.width=8", "--set", "run.max_epochs=0", "--set", "run.max_steps=30",
@@ -112,7 +113,7 @@ def test_non_finite_loss_exits_3(capsys):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "engine", *args]
+    return [sys.executable, "-m", "trainlab.cli", *args]
 
 
 def test_console_script_runs_the_default_experiment_to_90_percent():
@@ -162,13 +163,13 @@ def test_config_file_round_trip_through_the_cli(tmp_path: Path, capsys):
 
 
 def test_a_reader_that_leaves_early_stops_the_run_quietly(tmp_path):
-    proc = subprocess.run(f"{sys.executable} -m engine run --headless | head -1", shell=True,
+    proc = subprocess.run(f"{sys.executable} -m trainlab.cli run --headless | head -1", shell=True,
                           capture_output=True, text=True, timeout=120, check=False,
                           cwd=tmp_path)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert proc.stdout == f"run {run_dir.name} in runs/{run_dir.name}\n"  # the first line
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
-    from engine import store
+    from trainlab.core import store
 
     summary = store.summarize(run_dir)
     assert summary.status == "stopped"  # the reader left: stopped at a step boundary
@@ -216,7 +217,7 @@ def test_headless_alerts_print_fixes_as_set_flags_that_apply():
 def test_resume_and_fork_skip_a_checkpoint_whose_pickle_is_refused(capsys):
     import torch
 
-    from engine.checkpoint import LAST, LAST_GOOD, Checkpoints
+    from trainlab.engine.checkpoint import LAST, LAST_GOOD, Checkpoints
 
     argv = ["run", "--headless", "--json", *TINY, "--set", "run.checkpoint_every=10",
             "--set", "run.checkpoint_min_seconds=0"]

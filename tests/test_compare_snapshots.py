@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import store
 from tests.test_tui_compare import Host, three_runs
+from trainlab.core import store
 
 AGE_S = 300.0
 """The runs were last written five minutes before the screen's clock."""

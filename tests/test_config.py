@@ -1,4 +1,4 @@
-"""Tests for engine.config: schema, validation messages, TOML round trips, --set parsing."""
+"""Tests for trainlab.core.config: schema, validation messages, TOML round trips, --set parsing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from engine import config as cfgmod
-from engine.config import (
+from trainlab.core import config as cfgmod
+from trainlab.core.config import (
     Config,
     ConfigError,
     apply_overrides,

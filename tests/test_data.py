@@ -1,7 +1,7 @@
-"""Tests for engine.data: every source, label handling, split, preprocessing, augmentation.
+"""Tests for trainlab.engine.data: every source, label handling, split, preprocessing, augmentation.
 
 Expected values come from independent computations (numpy, scikit-learn's own loaders,
-hand-written files), never from engine.data itself.
+hand-written files), never from trainlab.engine.data itself.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import sklearn.datasets
 import torch
 
-from engine.config import AUGMENTATIONS, ConfigError, DataConfig
-from engine.data import Dataset, augment_batch, load_dataset, validate_augment
-from engine.usercode import UserCodeError
+from trainlab.core.config import AUGMENTATIONS, ConfigError, DataConfig
+from trainlab.engine.data import Dataset, augment_batch, load_dataset, validate_augment
+from trainlab.engine.usercode import UserCodeError
 
 RAW = {"preprocess": "none"}
 

@@ -14,10 +14,9 @@ import math
 import numpy as np
 import pytest
 
-from engine.config import Config
-from engine.diagnostics import LOSS_HISTORY, Diagnostics, History, curves
-from engine.diagnostics import Context as DiagnosisContext
-from engine.protocol import (
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.core.config import Config
+from trainlab.core.protocol import (
     EvalDone,
     HyperChanged,
     LayerStats,
@@ -25,7 +24,9 @@ from engine.protocol import (
     MetricsBatch,
     NonFiniteDetected,
 )
-from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.doctor.detectors import Diagnostics, curves
+from trainlab.doctor.detectors.registry import LOSS_HISTORY, History
+from trainlab.doctor.detectors.registry import Context as DiagnosisContext
 
 CURVE_KINDS = {"divergence", "plateau", "slow_learning", "overfitting", "non_finite"}
 LN10 = math.log(10)

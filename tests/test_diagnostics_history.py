@@ -19,24 +19,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.config import Config
-from engine.diagnostics import (
-    EVAL_HISTORY,
-    LOSS_HISTORY,
-    RECENT_USABLE_EVALS,
-    SNAPSHOT_HISTORY,
-    Diagnostics,
-    History,
-    curves,
-)
-from engine.diagnostics import Context as DiagnosisContext
-from engine.protocol import (
+from trainlab.core.config import Config
+from trainlab.core.protocol import (
     EvalDone,
     HyperChanged,
     LayerStats,
     LayerStatsSnapshot,
     MetricsBatch,
 )
+from trainlab.doctor.detectors import Diagnostics, curves
+from trainlab.doctor.detectors.registry import (
+    EVAL_HISTORY,
+    LOSS_HISTORY,
+    RECENT_USABLE_EVALS,
+    SNAPSHOT_HISTORY,
+    History,
+)
+from trainlab.doctor.detectors.registry import Context as DiagnosisContext
 
 LN10 = math.log(10)
 

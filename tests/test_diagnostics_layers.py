@@ -1,4 +1,4 @@
-"""The layer detectors (engine.diagnostics.layers): hand-built histories, then real runs.
+"""The layer detectors (trainlab.doctor.detectors.layers): hand-built histories, then real runs.
 
 Hand-built snapshots pin each rule: which layers it names, the evidence recomputed here
 from the inputs, the persistence it needs and the fixes it tailors to the run. Real
@@ -14,19 +14,20 @@ from typing import Any
 
 import pytest
 
-import engine.stats
-from engine.config import Config, field_info
-from engine.diagnostics import DETECTORS, SNAPSHOT, Context, Diagnostics, History
-from engine.diagnostics import layers as L
-from engine.diagnostics.curves import INIT_LOSS_FACTOR
-from engine.protocol import (
+import trainlab.engine.stats
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.core.config import Config, field_info
+from trainlab.core.protocol import (
     AlertRaised,
     HyperChanged,
     LayerStats,
     LayerStatsSnapshot,
     MetricsBatch,
 )
-from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.doctor.detectors import Diagnostics
+from trainlab.doctor.detectors import layers as L
+from trainlab.doctor.detectors.curves import INIT_LOSS_FACTOR
+from trainlab.doctor.detectors.registry import DETECTORS, SNAPSHOT, Context, History
 
 LAYER_KINDS = ("vanishing_gradients", "exploding_gradients", "activation_collapse",
                "saturation", "dead_units", "symmetry", "update_ratio", "slow_lower_layers")
@@ -609,7 +610,7 @@ def test_an_init_finding_is_not_raised_again_after_a_live_change():
 
 
 def test_tanh_like_list_matches_the_inits():
-    from engine.init import TANH_LIKE
+    from trainlab.engine.init import TANH_LIKE
 
     assert set(L.F.TANH_LIKE_ACTIVATIONS) == set(TANH_LIKE)
 
@@ -617,7 +618,7 @@ def test_tanh_like_list_matches_the_inits():
 def test_the_optimizer_tables_match_the_optimizers():
     import torch
 
-    from engine.optim import OPTIMIZERS
+    from trainlab.engine.optim import OPTIMIZERS
 
     assert set(L.F.WEIGHT_DECAY_IGNORED_BY) == {
         name for name, entry in OPTIMIZERS.items() if "weight_decay" not in entry.uses}
@@ -663,7 +664,7 @@ def test_computed_fixes_say_what_they_were_computed_from():
 def every_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot at every step: tiny runs take milliseconds a step, and the 0.25 s
     floor between snapshots would leave them one or two."""
-    monkeypatch.setattr(engine.stats, "MIN_SCALAR_INTERVAL_S", 0.0)
+    monkeypatch.setattr(trainlab.engine.stats, "MIN_SCALAR_INTERVAL_S", 0.0)
 
 
 DEEP = dict(data__dataset="unit_gaussian", data__features=100, data__classes=10,
@@ -873,7 +874,7 @@ CONTRADICTING_KINDS = {"vanishing_gradients", "exploding_gradients", "dead_units
     ("act-tanh", 150), ("batch-1", 400), ("opt-adam", 150)])
 def test_the_labs_healthy_variants_raise_no_alert_against_their_lesson(preset: str,
                                                                        steps: int):
-    from engine.presets import apply_preset
+    from trainlab.core.labs import apply_preset
 
     cfg = apply_preset(Config(), preset).with_values(
         {"run.max_steps": steps, "run.max_epochs": 0, "run.threads": 1})

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import doctor
-from engine.cli import EXIT_CHECK_FAILED, EXIT_FAILED, main
-from engine.config import Config
-from engine.doctor import (
+from tests.conftest import tiny_config
+from tests.doctor_user_code import IMBALANCED_COUNTS
+from trainlab.cli.commands import main
+from trainlab.core.config import Config
+from trainlab.core.exits import EXIT_CHECK_FAILED, EXIT_FAILED
+from trainlab.doctor import checks as doctor
+from trainlab.doctor.checks import (
     FAIL,
     IMBALANCE_WARN_RATIO,
     INIT_LOSS_FAIL_FACTOR,
@@ -32,9 +35,7 @@ from engine.doctor import (
     WARN,
     examine,
 )
-from engine.loop import Trainer
-from tests.conftest import tiny_config
-from tests.doctor_user_code import IMBALANCED_COUNTS
+from trainlab.engine.loop import Trainer
 
 USER = "tests.doctor_user_code:"
 CHECK_NAMES = ["init_loss", "gradients", "input_scaling", "labels", "output_activation",
@@ -385,7 +386,7 @@ class _Losses:
         return self.losses.pop(0) if len(self.losses) > 1 else self.losses[0]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> _Losses:
-        from engine.sandbox import Sandbox
+        from trainlab.engine.sandbox import Sandbox
 
         monkeypatch.setattr(Sandbox, "step", lambda sandbox, x, target, lr: self.step(
             x, target, lr))
@@ -406,7 +407,7 @@ def test_overfit_batch_needs_near_zero_not_only_a_drop_from_the_start(monkeypatc
 
 
 def test_overfit_batch_near_zero_for_regression_is_a_tenth_of_the_batch_variance(monkeypatch):
-    from engine.sandbox import Sandbox
+    from trainlab.engine.sandbox import Sandbox
 
     trainer = Trainer(tiny_config(data__dataset="sine"))
     _, target = next(Sandbox(trainer).batches(32, augment=False))  # the batch it will see

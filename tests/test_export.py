@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from conftest import of_type, run_loop, tiny_config
 
-from engine import export, protocol, store
-from engine.cli import main
-from engine.config import Config, format_setting
+from trainlab.cli.commands import main
+from trainlab.core import protocol, store
+from trainlab.core.config import Config, format_setting
+from trainlab.engine import export
 
 
 def number(cell: str) -> float | None:

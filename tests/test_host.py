@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from engine import protocol
-from engine.host import ThreadHost
 from tests.conftest import tiny_config
+from trainlab.core import protocol
+from trainlab.engine.host import ThreadHost
 
 
 async def _next(host: ThreadHost, name: str, timeout: float = 30.0) -> Any:

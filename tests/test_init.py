@@ -1,4 +1,4 @@
-"""Tests for engine.init: each scheme's statistics against its formula, biases, norms."""
+"""Tests for trainlab.engine.init: each scheme's statistics against its formula, biases, norms."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import INIT_SCHEMES, ConfigError, InitConfig, ModelConfig
-from engine.init import INITIALIZERS, init_weights, resolve_scheme
-from engine.models import build_model
+from trainlab.core.config import INIT_SCHEMES, ConfigError, InitConfig, ModelConfig
+from trainlab.engine.init import INITIALIZERS, init_weights, resolve_scheme
+from trainlab.engine.models import build_model
 
-SLOPE = 0.01  # leaky_relu's negative slope, stated independently of engine.models
+SLOPE = 0.01  # leaky_relu's negative slope, stated independently of trainlab.engine.models
 
 
 @pytest.fixture(autouse=True)
@@ -212,7 +212,7 @@ def test_unknown_scheme_is_a_config_error() -> None:
 # --- auto: a small output layer -------------------------------------------------------------
 
 HEAD_GAIN = 0.1
-"""auto's factor on the output layer's weights, stated independently of engine.init."""
+"""auto's factor on the output layer's weights, stated independently of trainlab.engine.init."""
 
 
 @pytest.mark.parametrize(("arch", "activation", "hidden_variance"), [
@@ -241,8 +241,8 @@ def test_an_explicit_scheme_leaves_the_output_layer_at_its_variance() -> None:
 
 
 def test_auto_starts_the_default_run_at_the_loss_of_an_uninformed_guess() -> None:
-    from engine.config import Config
-    from engine.loop import Trainer
+    from trainlab.core.config import Config
+    from trainlab.engine.loop import Trainer
 
     trainer = Trainer(Config().with_value("run.threads", 1))  # digits, 10 classes, auto
     with torch.no_grad():
@@ -253,8 +253,8 @@ def test_auto_starts_the_default_run_at_the_loss_of_an_uninformed_guess() -> Non
 
 
 def test_the_schema_states_autos_output_layer_gain() -> None:
-    from engine.config import field_info
-    from engine.init import OUTPUT_LAYER_GAIN
+    from trainlab.core.config import field_info
+    from trainlab.engine.init import OUTPUT_LAYER_GAIN
 
     assert OUTPUT_LAYER_GAIN == HEAD_GAIN
     assert f"output layer scaled by {OUTPUT_LAYER_GAIN:g}" in field_info("init.scheme").spec.doc

@@ -15,23 +15,16 @@ from typing import Any
 import pytest
 import torch
 
-from engine import protocol
-from engine.cli import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_NON_FINITE,
-    build_parser,
-    cmd_run,
-    main,
-)
-from engine.config import Config, ConfigError
-from engine.lab_runner import worst_exit_code
-from engine.labs import LABS, Lab, find_lab
-from engine.loop import Trainer
-from engine.presets import PRESETS, Preset, apply_preset
-from engine.probe import probe
 from tests.conftest import run_loop
+from trainlab.cli.commands import build_parser, cmd_run, main
+from trainlab.cli.lab_runner import worst_exit_code
+from trainlab.core import protocol
+from trainlab.core.config import Config, ConfigError
+from trainlab.core.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NON_FINITE
+from trainlab.core.labs import LABS, Lab, apply_preset, find_lab
+from trainlab.core.presets import PRESETS, Preset
+from trainlab.engine.loop import Trainer
+from trainlab.engine.probe import probe
 
 # The init lab in miniature: 200 samples, 50 units, 3 steps (the layers stay ten deep).
 SMALL_INIT = ["--set", "run.max_steps=3", "--set", "data.samples=200", "--set",

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import protocol
-from engine.checkpoint import Checkpoints, load
-from engine.data import load_dataset
-from engine.loop import Batches, Trainer, steps_per_epoch
-from engine.models import build_model
-from engine.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
 from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.core import protocol
+from trainlab.core.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
+from trainlab.engine.checkpoint import Checkpoints, load
+from trainlab.engine.data import load_dataset
+from trainlab.engine.loop import Batches, Trainer, steps_per_epoch
+from trainlab.engine.models import build_model
 
 
 def finished(events: list) -> protocol.RunFinished:
@@ -327,7 +327,7 @@ def _run_with_checkpoints(config, directory: Path, commands: list | None = None)
     """Like run_loop, with the run's checkpoints in ``directory``."""
     import queue
 
-    from engine.loop import run
+    from trainlab.engine.loop import run
 
     q: queue.Queue = queue.Queue()
     for command in commands or []:
@@ -365,7 +365,7 @@ def test_periodic_checkpoints_keep_run_checkpoint_min_seconds_apart(
     # A clock that moves 1 s per step (the loop reads it a few times a step, so the
     # clock is driven by the steps' own count): epoch ends every 5 steps, and a floor
     # of 12 s lets only every third epoch end write after the first.
-    import engine.loop as loop_module
+    import trainlab.engine.loop as loop_module
 
     trainer_steps: list[int] = []
     real_step = loop_module.Trainer.train_step
@@ -432,7 +432,7 @@ def _disk_full_from_write(monkeypatch: pytest.MonkeyPatch, first_failing: int) -
     import errno
     import os
 
-    from engine import checkpoint
+    from trainlab.engine import checkpoint
 
     real_fdopen, opened = os.fdopen, []
 
@@ -598,7 +598,7 @@ def test_validation_features_need_a_validation_set():
 
 
 def test_on_the_cpu_a_non_finite_loss_withholds_its_update():
-    from engine.loop import Trainer
+    from trainlab.engine.loop import Trainer
 
     trainer = Trainer(tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0))
     before = None
@@ -704,8 +704,8 @@ def test_a_disk_that_stays_full_is_said_once_retried_less_often_and_its_recovery
     import os
     import types
 
-    from engine import loop
-    from engine.checkpoint import Checkpoints
+    from trainlab.engine import loop
+    from trainlab.engine.checkpoint import Checkpoints
 
     clock = [0.0]
 

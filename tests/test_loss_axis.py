@@ -7,8 +7,8 @@ import re
 import pytest
 from textual_plotext.plot import Plot
 
-from tui.plotting import draw_loss_chart
-from tui.series import Series
+from trainlab.tui.plotting import draw_loss_chart
+from trainlab.tui.series import Series
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

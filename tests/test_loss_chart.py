@@ -10,10 +10,10 @@ import time
 import pytest
 from textual.app import App, ComposeResult
 
-from engine.protocol import Histogram
-from tui.series import Series
-from tui.widgets.histogram_view import NO_HISTOGRAM_HINT, HistogramView
-from tui.widgets.loss_chart import LossChart
+from trainlab.core.protocol import Histogram
+from trainlab.tui.series import Series
+from trainlab.tui.widgets.histogram_view import NO_HISTOGRAM_HINT, HistogramView
+from trainlab.tui.widgets.loss_chart import LossChart
 
 pytestmark = pytest.mark.asyncio
 

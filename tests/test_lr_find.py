@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine import loop, protocol
-from engine.cli import main
-from engine.loop import Trainer
-from engine.lr_chart import CHART_COLS, CHART_ROWS, draw_lr_curve
-from engine.lr_find import (
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.cli.commands import main
+from trainlab.core import protocol
+from trainlab.core.lr_chart import CHART_COLS, CHART_ROWS, draw_lr_curve
+from trainlab.doctor.lr_find import (
     DIVERGENCE_FACTOR,
     MAX_STEPS,
     MIN_STEPS,
@@ -26,7 +26,8 @@ from engine.lr_find import (
     find_lr,
     suggest,
 )
-from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.engine import loop
+from trainlab.engine.loop import Trainer
 
 TINY = ["--set", "data.dataset=blobs", "--set", "data.samples=200", "--set", "model.depth=1",
         "--set", "model.width=16", "--set", "run.threads=1"]
@@ -94,7 +95,7 @@ def test_stats_hooks_never_fire_during_the_test(monkeypatch):
     trainer.train_step()
     trainer.instruments.requested = True  # a snapshot is due for the *run's* next step
     calls = []
-    from engine import stats
+    from trainlab.engine import stats
 
     original = stats._Recording.on_activation
     monkeypatch.setattr(stats._Recording, "on_activation",

@@ -1,4 +1,4 @@
-"""Tests for engine.models: activations, mlp/cnn/custom builders, dropout, summary."""
+"""Tests for trainlab.engine.models: activations, mlp/cnn/custom builders, dropout, summary."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import ACTIVATIONS, ConfigError, ModelConfig
-from engine.models import (
+from trainlab.core.config import ACTIVATIONS, ConfigError, ModelConfig
+from trainlab.engine.models import (
     ACTIVATION_BUILDERS,
     CNN,
     LEAKY_RELU_SLOPE,
@@ -27,7 +27,7 @@ from engine.models import (
     model_summary,
     set_dropout,
 )
-from engine.usercode import UserCodeError
+from trainlab.engine.usercode import UserCodeError
 
 
 @pytest.fixture(autouse=True)

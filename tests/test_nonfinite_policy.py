@@ -16,16 +16,16 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from engine.config import Config, field_info
-from engine.loop import (
+from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
+from trainlab.core.config import Config, field_info
+from trainlab.core.protocol import SetHyper
+from trainlab.engine.loop import (
     ROLLBACK_KEEP_EVERY,
     ROLLBACK_LR_FACTOR,
     ROLLBACK_MAX,
     SKIP_MAX_IN_A_ROW,
     Trainer,
 )
-from engine.protocol import SetHyper
-from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
 
 
 @contextmanager
@@ -271,7 +271,7 @@ def test_an_exploding_run_ends_as_its_policy_says(every: int, policy: str, exit_
     """SGD at lr 50 on spirals: the weights grow past float32's range before the loss
     turns NaN (a histogram of them once crashed the engine); whatever the instruments
     do, the policy decides the end, the exit code says it and a checkpoint is left."""
-    from engine.cli import main
+    from trainlab.cli.commands import main
 
     code = main(["run", "--headless", "--json", "--set", "data.dataset=spirals",
                  "--set", "optim.name=sgd", "--set", "optim.lr=50",

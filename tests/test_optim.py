@@ -1,4 +1,5 @@
-"""Tests for engine.optim and engine.losses: every optimizer learns, live hyperparameter
+"""Tests for trainlab.engine.optim and trainlab.engine.losses: every optimizer learns, live
+hyperparameter
 updates keep state, schedules match their formulas, objectives shape targets right."""
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import OPTIMIZERS, Config, ConfigError, OptimConfig, ScheduleConfig
-from engine.losses import build_objective
-from engine.optim import LRSchedule, build_optimizer, set_lr, update_hyperparameters
+from trainlab.core.config import OPTIMIZERS, Config, ConfigError, OptimConfig, ScheduleConfig
+from trainlab.engine.losses import build_objective
+from trainlab.engine.optim import LRSchedule, build_optimizer, set_lr, update_hyperparameters
 
 
 @pytest.fixture(autouse=True)

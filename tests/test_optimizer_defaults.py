@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from engine import protocol
-from engine.config import (
+from tests.conftest import of_type, tiny_config
+from trainlab.core import protocol
+from trainlab.core.config import (
     OPTIMIZER_DEFAULTS,
     OPTIMIZERS,
     Config,
@@ -19,10 +20,9 @@ from engine.config import (
     from_dict,
     to_toml,
 )
-from engine.loop import Trainer, run
-from engine.optim import OPTIMIZERS as REGISTRY
-from engine.presets import PRESETS
-from tests.conftest import of_type, tiny_config
+from trainlab.core.presets import PRESETS
+from trainlab.engine.loop import Trainer, run
+from trainlab.engine.optim import OPTIMIZERS as REGISTRY
 
 ACCURACY_STEPS = 300
 """Steps each optimizer gets on digits: the issue's yardstick."""

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from textual_plotext.plot import Plot
 
-from tui.plotting import WAITING_TITLE, draw_histogram, draw_loss_chart
-from tui.series import Series
+from trainlab.tui.plotting import WAITING_TITLE, draw_histogram, draw_loss_chart
+from trainlab.tui.series import Series
 
 WIDTH, HEIGHT = 100, 30
 

@@ -8,10 +8,11 @@ import math
 
 import pytest
 
-from engine.cli import main
-from engine.config import Config, ConfigError
-from engine.presets import PRESETS, apply_preset
-from engine.probe import probe
+from trainlab.cli.commands import main
+from trainlab.core.config import Config, ConfigError
+from trainlab.core.labs import apply_preset
+from trainlab.core.presets import PRESETS
+from trainlab.engine.probe import probe
 
 
 def _hidden(preset: str) -> list:

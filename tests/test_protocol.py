@@ -1,4 +1,5 @@
-"""Tests for engine.protocol: every message through strict JSON and back, tags, rejections."""
+"""Tests for trainlab.core.protocol: every message through strict JSON and back, tags,
+rejections."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import protocol
-from engine.config import Config
-from engine.protocol import (
+from trainlab.core import protocol
+from trainlab.core.config import Config
+from trainlab.core.protocol import (
     COMMANDS,
     EVENTS,
     AlertRaised,

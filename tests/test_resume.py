@@ -14,26 +14,26 @@ from typing import Any
 import pytest
 import torch
 
-from engine import protocol
-from engine.checkpoint import CheckpointError, Checkpoints, load
-from engine.config import ConfigError
-from engine.data import load_dataset
-from engine.loop import Trainer, run
-from engine.models import build_model
-from engine.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
-from engine.resume import fork_plan, resume_plan
-from engine.store import CHECKPOINT_DIR
 from tests.conftest import losses_by_step, of_type, tiny_config
+from trainlab.core import protocol
+from trainlab.core.config import ConfigError
+from trainlab.core.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
+from trainlab.core.store import CHECKPOINT_DIR
+from trainlab.engine.checkpoint import CheckpointError, Checkpoints, load
+from trainlab.engine.data import load_dataset
+from trainlab.engine.loop import Trainer, run
+from trainlab.engine.models import build_model
+from trainlab.engine.resume import fork_plan, resume_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
 RESUME_CHILD = textwrap.dedent("""
     import json, queue, sys
     from pathlib import Path
-    from engine import protocol
-    from engine.checkpoint import Checkpoints
-    from engine.loop import run
-    from engine.resume import resume_plan
+    from trainlab.core import protocol
+    from trainlab.engine.checkpoint import Checkpoints
+    from trainlab.engine.loop import run
+    from trainlab.engine.resume import resume_plan
 
     run_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     config, loaded = resume_plan(run_dir)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tui.series import INITIAL_CAPACITY, Series, decimate
+from trainlab.tui.series import INITIAL_CAPACITY, Series, decimate
 
 
 def reference_buckets(

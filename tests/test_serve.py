@@ -19,16 +19,11 @@ from typing import Any
 
 import pytest
 
-from engine import protocol, serve, store
-from engine.serve import (
-    OUTBOX_LIMIT,
-    OUTBOX_MAX_BYTES,
-    SOCKET_PATH_MAX,
-    RunServer,
-    socket_path,
-    spawn_detached,
-)
 from tests.conftest import tiny_config
+from trainlab.core import protocol, store
+from trainlab.core.serving import SOCKET_PATH_MAX, socket_path, spawn_detached
+from trainlab.engine import serve
+from trainlab.engine.serve import OUTBOX_LIMIT, OUTBOX_MAX_BYTES, RunServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = {"run__max_steps": 10_000_000, "run__checkpoint_every": 50}
@@ -374,8 +369,8 @@ def test_sigint_and_sighup_stop_the_run_cleanly_too(signum: int) -> None:
 
 
 def engine_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m engine ARGS``, as the app runs it for resume and fork."""
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True,
+    """``python -m trainlab.cli ARGS``, as the app runs it for resume and fork."""
+    return subprocess.run([sys.executable, "-m", "trainlab.cli", *args], capture_output=True,
                           text=True, timeout=180, check=False)
 
 
@@ -394,7 +389,7 @@ def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> No
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(30)
     assert socket_path(run_dir).exists()  # what kill -9 leaves behind
-    from engine.checkpoint import Checkpoints
+    from trainlab.engine.checkpoint import Checkpoints
 
     good = Checkpoints(run_dir / store.CHECKPOINT_DIR).latest_good()
     assert good is not None
@@ -413,7 +408,7 @@ def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> No
 
 
 async def test_the_app_stops_a_resumed_run_whose_earlier_segment_had_finished() -> None:
-    from tui.bridge import ServedEngine
+    from trainlab.tui.bridge import ServedEngine
 
     with engine(**LONG) as (run_dir, process):
         wait_until(lambda: stored(run_dir, "MetricsBatch"), what="training")
@@ -453,7 +448,7 @@ def test_a_fork_of_a_live_run_starts_from_the_checkpoint_it_records() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
 async def test_the_app_does_not_attach_to_another_users_run() -> None:
-    from tui.bridge import ServedEngine
+    from trainlab.tui.bridge import ServedEngine
 
     run_dir = store.new_run(tiny_config().run.dir, tiny_config())
     os.chown(run_dir, 4242, 4242)

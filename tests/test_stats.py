@@ -1,4 +1,4 @@
-"""Per-layer statistics (engine.stats) against independent reference computations.
+"""Per-layer statistics (trainlab.engine.stats) against independent reference computations.
 
 Every figure is recomputed here from scratch: a manual forward pass with plain tensor
 ops, ``torch.autograd.grad`` for the backward signal and the weight gradients, numpy for
@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import engine.stats as stats
-from engine.config import ModelConfig, StatsConfig
-from engine.loop import Trainer
-from engine.models import ScaledSigmoid, build_model
-from engine.protocol import (
+import trainlab.engine.stats as stats
+from tests.conftest import of_type, run_loop, tiny_config
+from trainlab.core.config import ModelConfig, StatsConfig
+from trainlab.core.protocol import (
     LayerStats,
     LayerStatsSnapshot,
     Pause,
@@ -35,7 +34,9 @@ from engine.protocol import (
     Stop,
     to_json,
 )
-from engine.stats import (
+from trainlab.engine.loop import Trainer
+from trainlab.engine.models import ScaledSigmoid, build_model
+from trainlab.engine.stats import (
     ACT_SAMPLE_ROWS,
     HIST_BINS,
     HIST_SAMPLES,
@@ -43,7 +44,6 @@ from engine.stats import (
     find_rows,
     first_nonfinite,
 )
-from tests.conftest import of_type, run_loop, tiny_config
 
 EVERY_STEP = StatsConfig(every=1, hist_every=1)
 

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 from conftest import losses_by_step, of_type, run_loop, tiny_config
 
-from engine import protocol, store
-from engine.cli import format_age, main
-from engine.config import Config
+from trainlab.cli.commands import main
+from trainlab.core import protocol, store
+from trainlab.core.config import Config
+from trainlab.core.text import format_age
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_WAIT_S = 60.0
@@ -385,7 +386,7 @@ def test_summary_numbers_and_parent(tmp_path):
 
 WRITER = """
 import sys
-from engine import protocol, store
+from trainlab.core import protocol, store
 run_dir, journal, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with store.EngineLock(run_dir), store.RunStore.open(run_dir, write=True,
                                                      wal=journal == "wal") as runs:
@@ -491,7 +492,7 @@ def test_kill_9_mid_run_leaves_a_store_that_opens_ok_and_says_crashed(tmp_path, 
 
 HOLDER = """
 import sys, time
-from engine import store
+from trainlab.core import store
 with store.EngineLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -786,8 +787,8 @@ def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypat
     # resume goes on from the newest one that was, and `trainlab runs` says which.
     import queue
 
-    from engine.checkpoint import Checkpoints
-    from engine.serve import serve
+    from trainlab.engine.checkpoint import Checkpoints
+    from trainlab.engine.serve import serve
 
     config = tiny_config(run__max_steps=10_000, run__checkpoint_every=10,
                          run__dir=str(tmp_path))
@@ -833,7 +834,7 @@ def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypat
                "on from its newest good one"),
 ])
 def test_runs_says_where_a_resume_goes_on_from(tmp_path, step, checkpoint_step, says):
-    from engine.cli import format_runs_table
+    from trainlab.cli.commands import format_runs_table
 
     summary = store.RunSummary("r", tmp_path, "stopped", step, 1, None, None, 0.0, 0.0, "",
                                None, "", "stopped", resumable=True,
@@ -1009,7 +1010,7 @@ def test_resume_fork_and_attach_refuse_another_users_run(foreign_run, tmp_path, 
 
 def test_the_compare_screen_does_not_read_another_users_run(foreign_run, tmp_path,
                                                             monkeypatch):
-    from tui import compare
+    from trainlab.tui import compare
 
     _, theirs = foreign_run
     (summary,) = [s for s in store.list_runs(tmp_path) if s.id == theirs.name]

@@ -10,14 +10,14 @@ import pytest
 from rich.console import Console
 from rich.style import Style
 
-from engine import protocol
-from engine.config import Config
 from tests.fake_engine import LAYERS, FakeEngines, opening, snapshot
-from tui.app import ALERT_NOTIFY_SECONDS, TrainlabApp
-from tui.screens.confirm import ChoiceScreen, ConfirmScreen
-from tui.state import ALERTS, LOG, RunState, alert_title
-from tui.state import LAYERS as LAYERS_PART
-from tui.widgets.alerts_panel import (
+from trainlab.core import protocol
+from trainlab.core.config import Config
+from trainlab.tui.app import ALERT_NOTIFY_SECONDS, TrainlabApp
+from trainlab.tui.screens.confirm import ChoiceScreen, ConfirmScreen
+from trainlab.tui.state import ALERTS, LOG, RunState, alert_title
+from trainlab.tui.state import LAYERS as LAYERS_PART
+from trainlab.tui.widgets.alerts_panel import (
     SEVERITY_MARK,
     AlertsPanel,
     AlertStrip,
@@ -25,7 +25,7 @@ from tui.widgets.alerts_panel import (
     describe_changes,
     format_value,
 )
-from tui.widgets.layer_table import ALERT_ROW_BACKGROUND, LayerTable
+from trainlab.tui.widgets.layer_table import ALERT_ROW_BACKGROUND, LayerTable
 
 HALVE_LR = protocol.Fix("halve the learning rate now", {"optim.lr": 5e-4})
 CLIP = protocol.Fix("clip gradients at norm 1 now", {"reg.clip_norm": 1.0})

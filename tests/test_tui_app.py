@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 from textual.widgets import Markdown, TabbedContent, TabPane
 
-from engine import protocol
-from engine.config import OPTIMIZER_DEFAULTS, OPTIMIZERS, Config
 from tests.fake_engine import (
     LAYERS,
     FakeEngines,
@@ -19,15 +17,17 @@ from tests.fake_engine import (
     record_notifications,
     snapshot,
 )
-from tui.app import DEFAULT_CLIP_NORM, TrainlabApp
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.help import HelpScreen
-from tui.widgets.config_panel import ConfigPanel, widget_id
-from tui.widgets.histogram_view import HistogramView
-from tui.widgets.layer_table import LayerTable
-from tui.widgets.loss_chart import LossChart
-from tui.widgets.run_log import RunLog
-from tui.widgets.status_bar import StatusBar
+from trainlab.core import protocol
+from trainlab.core.config import OPTIMIZER_DEFAULTS, OPTIMIZERS, Config
+from trainlab.tui.app import DEFAULT_CLIP_NORM, TrainlabApp
+from trainlab.tui.screens.confirm import ConfirmScreen
+from trainlab.tui.screens.help import HelpScreen
+from trainlab.tui.widgets.config_panel import ConfigPanel, widget_id
+from trainlab.tui.widgets.histogram_view import HistogramView
+from trainlab.tui.widgets.layer_table import LayerTable
+from trainlab.tui.widgets.loss_chart import LossChart
+from trainlab.tui.widgets.run_log import RunLog
+from trainlab.tui.widgets.status_bar import StatusBar
 
 
 def make_app(config: Config | None = None, script: list[Any] | None = None, *,
@@ -207,7 +207,7 @@ async def test_config_panel_shows_an_inline_error_naming_field_value_and_range()
 
 
 async def test_config_panel_has_a_field_for_every_schema_entry() -> None:
-    from engine.config import fields
+    from trainlab.core.config import fields
 
     app, _ = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -564,7 +564,7 @@ async def test_fast_typing_in_a_field_keeps_every_key_and_escape_leaves_it() -> 
 
 
 async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() -> None:
-    from tui.screens.lr_find import LrFindScreen
+    from trainlab.tui.screens.lr_find import LrFindScreen
 
     app, engines = make_app()
     notified = record_notifications(app)

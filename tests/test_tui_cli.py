@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tui import cli
+from trainlab.cli import main as cli
 
 
 @pytest.mark.parametrize(("argv", "app"), [
@@ -49,7 +49,7 @@ def test_help_names_the_app_and_the_headless_commands(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "--inline" in out and "run --headless" in out and "--preset" in out
     headless = out[out.index("Headless commands"):]
-    from engine.cli import COMMANDS
+    from trainlab.cli.commands import COMMANDS
 
     for command in COMMANDS:  # every command the engine's CLI has, named
         assert f" {command}" in headless, command

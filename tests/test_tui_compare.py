@@ -1,8 +1,8 @@
 """The compare screen: runs under a root listed, picked, and compared from their stores.
 
-Run directories are built with ``engine.store`` from canned events (``tests.fake_engine``):
+Run directories are built with ``trainlab.core.store`` from canned events (``tests.fake_engine``):
 no training. Expected values are computed here from the events and configs written,
-not from ``tui.compare``.
+not from ``trainlab.tui.compare``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from engine import protocol, store
-from engine.config import Config
 from tests.fake_engine import metrics, snapshot, started
-from tui import compare
-from tui.screens.compare import (
+from trainlab.core import protocol, store
+from trainlab.core.config import Config
+from trainlab.tui import compare
+from trainlab.tui.screens.compare import (
     DIFFERS_STYLE,
     LIST_GROUP,
     PICKED,
@@ -145,7 +145,7 @@ class Host(App[None]):
 
 
 def flat(config: Config) -> dict[str, Any]:
-    """Dotted key -> value, from the config's TOML dict (not tui.compare.flat_config)."""
+    """Dotted key -> value, from the config's TOML dict (not trainlab.tui.compare.flat_config)."""
     return {f"{section}.{name}": value for section, values in config.to_dict().items()
             for name, value in values.items()}
 
@@ -265,7 +265,7 @@ async def test_the_apps_keys_do_nothing_under_the_screen(tmp_path: Path) -> None
 
 
 def test_the_screen_imports_no_torch() -> None:
-    code = ("import sys, tui.screens.compare, tui.compare; "
+    code = ("import sys, trainlab.tui.screens.compare, trainlab.tui.compare; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
@@ -608,7 +608,7 @@ async def test_reload_sees_a_run_that_moved_on(tmp_path: Path) -> None:
             assert metric(metrics_table, "status", "run0") == "running"
 
 
-# --- tui.compare without a screen -----------------------------------------------------
+# --- trainlab.tui.compare without a screen -----------------------------------------------------
 
 
 def test_short_names_drop_a_shared_date_only() -> None:

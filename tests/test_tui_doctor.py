@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 from textual_plotext.plot import Plot
 
-from engine import protocol
-from engine.cli import EXIT_CHECK_FAILED, EXIT_FAILED
-from engine.config import Config
-from engine.lr_chart import LR_CURVE_TOP_FACTOR
 from tests.conftest import tiny_config
 from tests.fake_engine import FakeEngines
-from tui.app import TrainlabApp
-from tui.headless import CommandOutput, HeadlessCommandError, run_engine_command
-from tui.plotting import draw_lr_curve
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.doctor import DoctorScreen, parse_doctor_output
-from tui.screens.help import HelpScreen
-from tui.screens.lr_find import LrFindScreen, parse_lr_find_output
-from tui.widgets.config_panel import ConfigPanel, widget_id
+from trainlab.core import protocol
+from trainlab.core.config import Config
+from trainlab.core.exits import EXIT_CHECK_FAILED, EXIT_FAILED
+from trainlab.core.lr_chart import LR_CURVE_TOP_FACTOR
+from trainlab.tui.app import TrainlabApp
+from trainlab.tui.headless import CommandOutput, HeadlessCommandError, run_engine_command
+from trainlab.tui.plotting import draw_lr_curve
+from trainlab.tui.screens.confirm import ConfirmScreen
+from trainlab.tui.screens.doctor import DoctorScreen, parse_doctor_output
+from trainlab.tui.screens.help import HelpScreen
+from trainlab.tui.screens.lr_find import LrFindScreen, parse_lr_find_output
+from trainlab.tui.widgets.config_panel import ConfigPanel, widget_id
 
 CHECKS = [
     {"name": "loss at init", "status": "pass", "detail": "2.31 vs ln 10 = 2.30"},
@@ -378,7 +378,7 @@ async def test_cancelling_a_headless_command_kills_its_child(
 
 async def test_the_real_engine_answers_the_lr_key_and_a_applies_it() -> None:
     from tests.test_tui_end_to_end import LONG, wait_for
-    from tui.bridge import ThreadEngine
+    from trainlab.engine.host import ThreadEngine
 
     app = TrainlabApp(tiny_config(**LONG), engine_factory=ThreadEngine)
     async with app.run_test(size=(100, 30)) as pilot:

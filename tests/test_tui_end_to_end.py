@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from engine import protocol, store
 from tests.conftest import tiny_config
-from tui.app import TrainlabApp
-from tui.bridge import ServedEngine, ThreadEngine, log_tail
+from trainlab.core import protocol, store
+from trainlab.engine.host import ThreadEngine
+from trainlab.tui.app import TrainlabApp
+from trainlab.tui.bridge import ServedEngine, log_tail
 
 LONG = {"run__max_steps": 1_000_000, "stats__every": 1}
 
@@ -209,7 +210,7 @@ async def test_garbage_on_the_socket_is_refused_and_training_goes_on() -> None:
 
 
 def test_a_crash_report_carries_the_end_of_the_engine_log(tmp_path: Path) -> None:
-    from tui.bridge import LOG_TAIL_BYTES
+    from trainlab.tui.bridge import LOG_TAIL_BYTES
 
     log = tmp_path / "engine.log"
     log.write_text("x" * 10_000 + "\nTraceback (most recent call last):\nMemoryError\n")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tests.conftest import tiny_config
 from tests.test_tui_end_to_end import wait_for
-from tui.app import TrainlabApp
-from tui.bridge import ThreadEngine
+from trainlab.engine.host import ThreadEngine
+from trainlab.tui.app import TrainlabApp
 
 # A deep-ish tanh net with N(0, 1) weights on 64 inputs: pre-activations of std ~8, so
 # most tanh units sit at +-1 from the first step (KNOWLEDGE.md section 1).

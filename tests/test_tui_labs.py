@@ -9,21 +9,21 @@ import pytest
 from textual.widgets import DataTable
 from textual_plotext.plot import Plot
 
-from engine import protocol
-from engine.config import Config, apply_overrides
-from engine.lab_runner import RunOutcome, format_comparison
-from engine.labs import LABS, RESULT_COLUMNS, Lab, find_lab, result_row
-from engine.presets import PRESETS, Preset, apply_preset
 from tests.fake_engine import FakeEngines, metrics, record_notifications, started
-from tui import cli
-from tui.app import TrainlabApp
-from tui.lab_session import LabSession
-from tui.plotting import OVERLAY_COLORS, TRAIN_COLOR, VAL_LOSS_COLOR, draw_loss_chart
-from tui.screens.confirm import ChoiceScreen, ConfirmScreen
-from tui.screens.lab import LabScreen, run_mark
-from tui.screens.lr_find import LrFindScreen
-from tui.series import Series
-from tui.widgets import loss_chart
+from trainlab.cli import main as cli
+from trainlab.cli.lab_runner import RunOutcome, format_comparison
+from trainlab.core import protocol
+from trainlab.core.config import Config, apply_overrides
+from trainlab.core.labs import LABS, RESULT_COLUMNS, Lab, apply_preset, find_lab, result_row
+from trainlab.core.presets import PRESETS, Preset
+from trainlab.tui.app import TrainlabApp
+from trainlab.tui.lab_session import LabSession
+from trainlab.tui.plotting import OVERLAY_COLORS, TRAIN_COLOR, VAL_LOSS_COLOR, draw_loss_chart
+from trainlab.tui.screens.confirm import ChoiceScreen, ConfirmScreen
+from trainlab.tui.screens.lab import LabScreen, run_mark
+from trainlab.tui.screens.lr_find import LrFindScreen
+from trainlab.tui.series import Series
+from trainlab.tui.widgets import loss_chart
 
 EXPLANATION = "Two learning rates on the same net.\nWatch the loss chart."
 LAB = Lab("two-lrs", "a small lr against a large one", EXPLANATION, (
@@ -381,7 +381,7 @@ async def test_a_lab_by_epoch_gives_the_chart_the_runs_steps_per_epoch(
 
 
 class AppSpy:
-    """Stands in for TrainlabApp in tui.cli: keeps what it was opened with."""
+    """Stands in for TrainlabApp in trainlab.cli.main: keeps what it was opened with."""
 
     opened: ClassVar[list[tuple[Config, LabSession | None]]] = []
     detached_run = ""
@@ -395,9 +395,9 @@ class AppSpy:
 
 def test_a_lab_name_opens_the_lab_and_a_preset_name_a_single_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import tui.app
+    import trainlab.tui.app
 
-    monkeypatch.setattr(tui.app, "TrainlabApp", AppSpy)
+    monkeypatch.setattr(trainlab.tui.app, "TrainlabApp", AppSpy)
     AppSpy.opened.clear()
     lab_name = next(iter(LABS))
     preset_name = next(name for name in PRESETS if find_lab(name) is None)
@@ -416,9 +416,9 @@ def test_set_overrides_apply_over_each_variant_only_as_the_headless_lab_does(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """max_epochs=0 on the defaults alone is refused (no limit left); over the
     optimizers lab's variants, which set max_steps, it is a valid config."""
-    import tui.app
+    import trainlab.tui.app
 
-    monkeypatch.setattr(tui.app, "TrainlabApp", AppSpy)
+    monkeypatch.setattr(trainlab.tui.app, "TrainlabApp", AppSpy)
     AppSpy.opened.clear()
     overrides = {"run.max_epochs": 0, "run.max_steps": 5}
     argv = ["--preset", "optimizers"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import protocol
-from engine.config import Config
 from tests.fake_engine import FakeEngines, metrics, opening, snapshot
-from tui.app import TrainlabApp
+from trainlab.core import protocol
+from trainlab.core.config import Config
+from trainlab.tui.app import TrainlabApp
 
 
 def app_with(script: list[Any]) -> TrainlabApp:

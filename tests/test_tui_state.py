@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 
-from engine import protocol
-from engine.config import Config
 from tests.fake_engine import LAYERS, metrics, opening, snapshot
-from tui import health
-from tui.state import CHART, CONFIG, LOG, STATUS, RunState
-from tui.state import LAYERS as LAYERS_PART
-from tui.widgets.layer_table import sparkline
-from tui.widgets.status_bar import status_text
+from trainlab.core import protocol
+from trainlab.core.config import Config
+from trainlab.tui import health
+from trainlab.tui.state import CHART, CONFIG, LOG, STATUS, RunState
+from trainlab.tui.state import LAYERS as LAYERS_PART
+from trainlab.tui.widgets.layer_table import sparkline
+from trainlab.tui.widgets.status_bar import status_text
 
 
 def folded(events: list) -> RunState:
@@ -117,7 +117,7 @@ def test_health_bands() -> None:
 
 
 def test_signal_bars_fit_the_snapshot_and_keep_depth_trends_visible() -> None:
-    from tui.widgets.signal_view import MIN_DECADES, bar, log_range
+    from trainlab.tui.widgets.signal_view import MIN_DECADES, bar, log_range
 
     low, high = log_range([0.9, 0.3, None, math.nan])
     assert high - low >= MIN_DECADES and low <= math.log10(0.3) and high >= 0
@@ -134,7 +134,7 @@ def test_the_signal_view_says_which_step_how_often_and_what_watching_costs() -> 
 
     from rich.console import Console
 
-    from tui.widgets.signal_view import signal_table
+    from trainlab.tui.widgets.signal_view import signal_table
 
     def shown(snap: protocol.LayerStatsSnapshot, width: int) -> list[str]:
         console = Console(width=width, record=True)
