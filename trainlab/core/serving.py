@@ -17,6 +17,9 @@ from pathlib import Path
 
 from trainlab.core import store
 
+STOP_GRACE_S = 10.0
+"""How long a stopped engine (a process, or a thread with --inline) may take to finish its
+step and say so before the app kills it, or says that the thread did not stop."""
 SERVE_MODULE = "trainlab.engine.serve"
 """``python -m SERVE_MODULE RUN_DIR`` is the detached engine."""
 SOCKET_PATH_MAX = 100

@@ -17,6 +17,7 @@ from typing import Any
 
 from trainlab.core import protocol, store
 from trainlab.core.config import Config
+from trainlab.core.serving import STOP_GRACE_S
 
 
 class ThreadHost:
@@ -85,11 +86,6 @@ class ThreadHost:
             self.commands.put(protocol.Stop())
         self._thread.join(timeout)
         return not self._thread.is_alive()
-
-
-STOP_GRACE_S = 10.0
-"""How long a stopped training thread may take to finish its step before the app is told
-it did not stop."""
 
 
 class ThreadEngine:

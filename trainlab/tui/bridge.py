@@ -30,10 +30,8 @@ from typing import Any, Protocol
 
 from trainlab.core import protocol, store
 from trainlab.core.config import Config
-from trainlab.core.serving import socket_path, spawn_detached
+from trainlab.core.serving import STOP_GRACE_S, socket_path, spawn_detached
 
-STOP_GRACE_S = 10.0
-"""How long a stopped engine may take to finish its step and say so before it is killed."""
 CONNECT_TIMEOUT_S = 120.0
 """How long a starting engine may take to serve its socket (a cold torch import and a
 big dataset take a while) while its process is alive."""
