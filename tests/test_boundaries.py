@@ -107,3 +107,63 @@ def test_the_app_and_the_command_line_load_no_torch():
     assert {"trainlab.tui.app", "textual", "plotext"} <= loaded  # the app really loaded
     assert "torch" not in loaded
     assert not any(within(name, ("trainlab.engine",)) for name in loaded)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (type-checking imports included). An
+    import of a package a module is inside is left out: Python runs that package's
+    __init__ before the module anyway, and a package that imports its own modules (to
+    register them) is not a circle between concepts."""
+    graph = {}
+    for module, path in MODULES.items():
+        graph[module] = {name for name in imported(path) if name in MODULES
+                         and name != module and not module.startswith(name + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_sees_a_circle_through_a_type_checking_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_itself_through_others():
+    # Type-checking imports count: a circle only types see still ties the concepts.
+    graph = import_graph()
+    assert "trainlab.engine.build" in graph["trainlab.engine.loop"]  # edges were read
+    assert cycles(graph) == []

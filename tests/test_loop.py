@@ -18,7 +18,8 @@ from trainlab.core import protocol
 from trainlab.core.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
 from trainlab.engine.checkpoint import Checkpoints, load
 from trainlab.engine.data import load_dataset
-from trainlab.engine.loop import Batches, Trainer, steps_per_epoch
+from trainlab.engine.batches import Batches, steps_per_epoch
+from trainlab.engine.loop import Trainer
 from trainlab.engine.models import build_model
 
 
@@ -123,7 +124,7 @@ def test_the_gradient_accumulators_live_across_steps_as_in_a_hand_written_loop()
     assert all(p._use_count() == 1 for p in plain.parameters())  # only Python holds these
     for _ in range(3):
         first.train_step()
-    first.flush_metrics(1.0, 0)
+    first.flush()
     trainer = Trainer(tiny_config(optim__name="adam"))
     params = list(trainer.model.parameters())  # Python references: no use count
     trainer.restore(first.checkpoint_payload())
@@ -366,6 +367,7 @@ def test_periodic_checkpoints_keep_run_checkpoint_min_seconds_apart(
     # clock is driven by the steps' own count): epoch ends every 5 steps, and a floor
     # of 12 s lets only every third epoch end write after the first.
     import trainlab.engine.loop as loop_module
+    import trainlab.engine.saver as saver_module
 
     trainer_steps: list[int] = []
     real_step = loop_module.Trainer.train_step
@@ -382,7 +384,7 @@ def test_periodic_checkpoints_keep_run_checkpoint_min_seconds_apart(
         perf_counter = staticmethod(time.perf_counter)
 
     monkeypatch.setattr(loop_module.Trainer, "train_step", counted_step)
-    monkeypatch.setattr(loop_module, "time", StepClock)
+    monkeypatch.setattr(saver_module, "time", StepClock)
     config = tiny_config(run__max_steps=0, run__max_epochs=8,
                          run__checkpoint_min_seconds=12.0)
     events = _run_with_checkpoints(config, tmp_path)
@@ -602,20 +604,20 @@ def test_on_the_cpu_a_non_finite_loss_withholds_its_update():
 
     trainer = Trainer(tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0))
     before = None
-    while not trainer.update_skipped:
+    while not trainer.nonfinite.update_skipped:
         assert trainer.step < 200, "the run never diverged"
         before = [p.detach().clone() for p in trainer.model.parameters()]
         trainer.train_step()
     after = list(trainer.model.parameters())
     assert all(torch.isfinite(p).all() for p in after)  # the last good weights are kept
     assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
-    assert trainer.first_nonfinite_step == trainer.step
+    assert trainer.nonfinite.first_nonfinite_step == trainer.step
     # With on_nonfinite = continue the update is applied as before.
     trainer = Trainer(tiny_config(data__dataset="sine", optim__name="sgd", optim__lr=100.0,
                                   run__on_nonfinite="continue"))
     for _ in range(20):
         trainer.train_step()
-    assert not trainer.update_skipped
+    assert not trainer.nonfinite.update_skipped
 
 
 def test_unlikely_settings_are_warned_about_at_the_start():
@@ -704,7 +706,7 @@ def test_a_disk_that_stays_full_is_said_once_retried_less_often_and_its_recovery
     import os
     import types
 
-    from trainlab.engine import loop
+    from trainlab.engine import saver
     from trainlab.engine.checkpoint import Checkpoints
 
     clock = [0.0]
@@ -713,7 +715,7 @@ def test_a_disk_that_stays_full_is_said_once_retried_less_often_and_its_recovery
         clock[0] += 0.05
         return clock[0]
 
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(
+    monkeypatch.setattr(saver, "time", types.SimpleNamespace(
         monotonic=monotonic, perf_counter=time.perf_counter))
     full_until_step, attempts = 700, []
     real_save = Checkpoints.save
@@ -735,7 +737,7 @@ def test_a_disk_that_stays_full_is_said_once_retried_less_often_and_its_recovery
     waits = [b - a for a, b in itertools.pairwise(failed)]
     # Each wait at least the backoff's (doubling from CHECKPOINT_RETRY_S, capped).
     for k, wait in enumerate(waits):
-        assert wait >= min(loop.CHECKPOINT_RETRY_MAX_S, loop.CHECKPOINT_RETRY_S * 2 ** k)
+        assert wait >= min(saver.CHECKPOINT_RETRY_MAX_S, saver.CHECKPOINT_RETRY_S * 2 ** k)
     assert len(failed) < 20  # not one per step (699 due)
     (again,) = [n for n in notices if n.message.startswith("checkpoints are written again")]
     first_written = min(step for step, _ in attempts if step >= full_until_step)

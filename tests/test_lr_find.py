@@ -110,8 +110,8 @@ def _capture_trainers(monkeypatch) -> list[Trainer]:
     made: list[Trainer] = []
     original = loop.Trainer.__init__
 
-    def init(self: Trainer, config: Any) -> None:
-        original(self, config)
+    def init(self: Trainer, config: Any, *args: Any) -> None:
+        original(self, config, *args)
         made.append(self)
 
     monkeypatch.setattr(loop.Trainer, "__init__", init)
@@ -194,7 +194,7 @@ def test_the_curve_falls_then_rises_and_the_suggestion_is_sensible():
         run = Trainer(tiny_config(**{"optim__name": "sgd", "optim__lr": lr}))
         for _ in range(20):
             run.train_step()
-        return float(torch.stack(run.pending_losses[-5:]).mean())
+        return float(torch.stack(run.metrics.losses[-5:]).mean())
     assert trained_loss(found.suggested_lr) < trained_loss(found.suggested_lr / 100)
 
 

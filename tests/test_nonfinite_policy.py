@@ -19,12 +19,12 @@ import torch
 from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
 from trainlab.core.config import Config, field_info
 from trainlab.core.protocol import SetHyper
-from trainlab.engine.loop import (
+from trainlab.engine.loop import Trainer
+from trainlab.engine.nonfinite import (
     ROLLBACK_KEEP_EVERY,
     ROLLBACK_LR_FACTOR,
     ROLLBACK_MAX,
     SKIP_MAX_IN_A_ROW,
-    Trainer,
 )
 
 
@@ -76,10 +76,10 @@ def test_skip_withholds_exactly_the_bad_steps_update():
     before = weights(trainer)
     with nan_output(trainer):
         trainer.train_step()
-    assert trainer.update_skipped and trainer.withheld_in_a_row == 1
+    assert trainer.nonfinite.update_skipped and trainer.nonfinite.withheld_in_a_row == 1
     assert same(weights(trainer), before)  # the NaN step changed nothing
     trainer.train_step()
-    assert not trainer.update_skipped and trainer.withheld_in_a_row == 0
+    assert not trainer.nonfinite.update_skipped and trainer.nonfinite.withheld_in_a_row == 0
     assert not same(weights(trainer), before)  # the next batch trains as usual
 
 
@@ -170,10 +170,10 @@ def test_rollback_restores_the_kept_state_and_lowers_the_lr():
     with nan_output(trainer):
         trainer.train_step()
     bad_step = ROLLBACK_KEEP_EVERY + 3
-    assert trainer.update_skipped and trainer.step == bad_step
+    assert trainer.nonfinite.update_skipped and trainer.step == bad_step
     assert not same(weights(trainer), kept_weights)  # two good steps were taken since
 
-    events, must_stop = trainer.recover_from_nonfinite(bad_step)
+    events, must_stop = trainer.nonfinite.recover(bad_step)
     assert not must_stop
     changed, notice = events
     assert same(weights(trainer), kept_weights)
@@ -189,26 +189,26 @@ def test_rollback_restores_the_kept_state_and_lowers_the_lr():
     # The next step runs at the lowered lr; training on does not touch the kept copy,
     # so a second rollback lands on it again.
     trainer.train_step()
-    assert trainer.pending_lrs[-1] == pytest.approx(changed.new)
+    assert trainer.metrics.lrs[-1] == pytest.approx(changed.new)
     with nan_output(trainer):
         trainer.train_step()
-    trainer.recover_from_nonfinite(trainer.step)
+    trainer.nonfinite.recover(trainer.step)
     assert same(weights(trainer), kept_weights)
 
 
 def test_the_good_state_is_refreshed_only_from_finite_steps():
     trainer = Trainer(tiny_config(run__on_nonfinite="rollback", run__max_steps=200))
     trainer.train_step()
-    assert trainer.good_state is not None and trainer.good_state.step == 0
+    assert trainer.nonfinite.good_state is not None and trainer.nonfinite.good_state.step == 0
     for _ in range(ROLLBACK_KEEP_EVERY - 1):
         trainer.train_step()
     with nan_output(trainer):  # the step that would refresh it is non-finite
         trainer.train_step()
-    assert trainer.good_state.step == 0
+    assert trainer.nonfinite.good_state.step == 0
     # Other policies hold no copy (it costs memory).
     trainer.set_hyper("run.on_nonfinite", "skip")
     trainer.train_step()
-    assert trainer.good_state is None
+    assert trainer.nonfinite.good_state is None
 
 
 def test_a_rollback_run_recovers_and_goes_on(poison):

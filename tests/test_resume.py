@@ -256,8 +256,8 @@ def test_rollback_state_survives_a_checkpoint(tmp_path: Path):
     assert payload["good_state"]["step"] == 0  # kept before the first update
     trainer = Trainer(config)
     trainer.restore(payload)
-    assert trainer.good_state is not None and trainer.good_state.step == 0
-    for name, tensor in trainer.good_state.model.items():
+    assert trainer.nonfinite.good_state is not None and trainer.nonfinite.good_state.step == 0
+    for name, tensor in trainer.nonfinite.good_state.model.items():
         assert torch.equal(tensor, payload["good_state"]["model"][name])
 
 

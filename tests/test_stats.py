@@ -422,8 +422,7 @@ def test_update_ratio_of_a_trainer_step(exact_schedule: None) -> None:
     for _ in range(2):
         before = [m.weight.detach().clone() for m in layers]
         trainer.train_step()
-        (snap,) = trainer.pending_snapshots
-        trainer.pending_snapshots.clear()
+        (snap,) = trainer.tracked.take()
         for row, m, w0 in zip(snap.layers, layers, before, strict=True):
             w1 = m.weight.detach()
             expected = float((w1 - w0).norm() / w0.norm())
@@ -552,7 +551,7 @@ def test_trainer_steps_leave_no_hooks() -> None:
     trainer = Trainer(tiny_config(stats__every=1, stats__hist_every=1))
     for _ in range(3):
         trainer.train_step()
-    assert len(trainer.pending_snapshots) >= 1
+    assert len(trainer.tracked.pending) >= 1
     assert no_forward_hooks(trainer.model)
 
 
@@ -594,13 +593,13 @@ def test_the_budget_spaces_out_snapshots_that_cost_too_much(
     is paid for by more than 1,000 steps, so once three are measured (steps 5, 10, 15;
     step 1 has no plain step to compare with) none comes in 60 steps; with no budget,
     every 5 steps."""
-    finish = stats._Tracker.finish
+    finish = stats.Tracker.finish
 
     def dear_finish(self: Any, step: int, *, update: bool) -> LayerStatsSnapshot:
         time.sleep(0.05)
         return finish(self, step, update=update)
 
-    monkeypatch.setattr(stats._Tracker, "finish", dear_finish)
+    monkeypatch.setattr(stats.Tracker, "finish", dear_finish)
     capped = snapshots(run_loop(tiny_config(
         stats__every=5, stats__hist_every=0, stats__budget=0.01, run__max_steps=60)))
     assert [s.step for s in capped] == [1, 5, 10, 15]
@@ -811,7 +810,7 @@ def test_loop_reports_nonfinite_once_at_the_bad_step(
 
 
 NAN_AFTER_UPDATE = (
-    "BUG: engine/stats.py _Tracker.finish measures weight_norm after the optimizer step, "
+    "BUG: engine/stats.py Tracker.finish measures weight_norm after the optimizer step, "
     "and first_nonfinite checks weights first: the NaN gradients of the bad step make "
     "every upstream weight NaN, so the loop always reports the first layer ('l1', "
     "'weight') instead of the layer where the NaN appeared"

@@ -493,7 +493,7 @@ def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
     from trainlab.core.lr_chart import draw_lr_curve
     from trainlab.doctor.lr_find import LrRangeError, check_range, find_lr
-    from trainlab.engine.loop import Trainer
+    from trainlab.engine.build import BuiltRun
 
     try:
         check_range(args.start, args.end, args.steps)
@@ -501,7 +501,7 @@ def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"trainlab: error: --{exc}", file=err)
         return EXIT_BAD_INPUT
     try:
-        found = find_lr(Trainer(config), args.start, args.end, args.steps)
+        found = find_lr(BuiltRun(config), args.start, args.end, args.steps)
     except Exception as exc:  # bad input or user code: the same report as a run's
         return _report_build_failure(exc, err)
     if args.json:  # the event a live FindLr is answered with: one parser for both

@@ -24,7 +24,7 @@ from torch import nn
 from trainlab.core.config import Config
 from trainlab.core.doctor_report import FAIL, PASS, WARN, CheckResult, DoctorReport
 from trainlab.doctor.lr_find import find_lr
-from trainlab.engine.loop import Trainer
+from trainlab.engine.build import BuiltRun
 from trainlab.engine.models import DROPOUT_TYPES, set_dropout, trace_forward
 from trainlab.engine.optim import OPTIMIZERS
 from trainlab.engine.sandbox import SEED_OFFSET, Sandbox, isolated_rng
@@ -111,7 +111,7 @@ Above, the limit is the lr where the test's loss bottoms out: past it the loss r
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _probe_batch(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+def _probe_batch(trainer: BuiltRun) -> tuple[torch.Tensor, torch.Tensor]:
     """The same ``PROBE_SAMPLES`` random training samples (inputs, targets) every call."""
     n = len(trainer.x_train)
     generator = torch.Generator().manual_seed(trainer.config.run.seed + SEED_OFFSET)
@@ -135,7 +135,7 @@ GAUSS_HERMITE_NODES = 32
 outputs: exact for MSE (a square), within ~1e-3 for L1 and smooth L1 (their kink)."""
 
 
-def _unit_output_loss(trainer: Trainer, out: torch.Tensor, target: torch.Tensor) -> float:
+def _unit_output_loss(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor) -> float:
     """The expected loss of outputs drawn from N(0, 1), independent of the targets: for
     MSE mean(y^2) + 1. One loss evaluation per node."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(GAUSS_HERMITE_NODES)
@@ -145,7 +145,7 @@ def _unit_output_loss(trainer: Trainer, out: torch.Tensor, target: torch.Tensor)
                for z, w in zip(nodes, weights, strict=True))
 
 
-def _uninformed(trainer: Trainer, out: torch.Tensor, target: torch.Tensor
+def _uninformed(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor
                 ) -> tuple[float, str, float, str]:
     """(lower, what it is, upper, what it is): what a network that knows nothing scores.
 
@@ -184,7 +184,7 @@ def _uninformed(trainer: Trainer, out: torch.Tensor, target: torch.Tensor
     return min(lower, upper), what[0], max(lower, upper), what[1]
 
 
-def check_init_loss(trainer: Trainer) -> tuple[str, str]:
+def check_init_loss(trainer: BuiltRun) -> tuple[str, str]:
     """Loss at init against an uninformed guess (ln C for C balanced classes)."""
     x, target = _probe_batch(trainer)
     model = Sandbox(trainer).model  # train mode as the first step; BatchNorm in the copy
@@ -237,7 +237,7 @@ def check_init_loss(trainer: Trainer) -> tuple[str, str]:
 # --- 2. every parameter gets a gradient ---------------------------------------------------
 
 
-def check_gradients(trainer: Trainer) -> tuple[str, str]:
+def check_gradients(trainer: BuiltRun) -> tuple[str, str]:
     """Every trainable parameter gets a finite, non-zero gradient on one batch."""
     x, target = _probe_batch(trainer)
     model = Sandbox(trainer).model
@@ -288,7 +288,7 @@ def _feature_name(index: int, shape: tuple[int, ...]) -> str:
     return f"feature {index}"
 
 
-def check_input_scaling(trainer: Trainer) -> tuple[str, str]:
+def check_input_scaling(trainer: BuiltRun) -> tuple[str, str]:
     """Per-feature mean and std of the preprocessed training inputs near 0 and 1.
 
     Scale is judged twice: each feature's std against ``INPUT_SCALE_*`` (one large
@@ -344,7 +344,7 @@ def check_input_scaling(trainer: Trainer) -> tuple[str, str]:
 # --- 4. labels in range, classes balanced -------------------------------------------------
 
 
-def check_labels(trainer: Trainer) -> tuple[str, str]:
+def check_labels(trainer: BuiltRun) -> tuple[str, str]:
     """Class labels within 0..C-1 in both splits, counts shown, balance checked."""
     data = trainer.data
     if data.task != "classification":
@@ -436,7 +436,7 @@ def _range_of(kind: str) -> tuple[float, float] | None:
     return OUTPUT_RANGES.get(kind)
 
 
-def check_output_activation(trainer: Trainer) -> tuple[str, str]:
+def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
     """The model's last activation suits the loss (KNOWLEDGE.md section 9)."""
     x, _ = _probe_batch(trainer)
     name, kind, _ = _last_layer(Sandbox(trainer).model, x)
@@ -495,7 +495,7 @@ def check_output_activation(trainer: Trainer) -> tuple[str, str]:
 # --- 6. overfit one small batch -------------------------------------------------------------
 
 
-def check_overfit_batch(trainer: Trainer) -> tuple[str, str]:
+def check_overfit_batch(trainer: BuiltRun) -> tuple[str, str]:
     """A copy can drive the loss of one small batch near zero within a few hundred steps.
 
     Dropout is switched off in the copy: it is there to stop exactly this memorizing,
@@ -540,7 +540,7 @@ def check_overfit_batch(trainer: Trainer) -> tuple[str, str]:
         "is far off (see lr_range)")
 
 
-def _knows_nothing(trainer: Trainer, target: torch.Tensor) -> tuple[float, str]:
+def _knows_nothing(trainer: BuiltRun, target: torch.Tensor) -> tuple[float, str]:
     """(loss, what it is) of a network that knows nothing, on the batch ``target``: equal
     scores for every class under cross-entropy and BCE (ln C; ln 2 per output), the best
     constant (the batch's mean or median) under a regression loss."""
@@ -554,7 +554,7 @@ def _knows_nothing(trainer: Trainer, target: torch.Tensor) -> tuple[float, str]:
 # --- 7. batch size ----------------------------------------------------------------------------
 
 
-def check_batch_size(trainer: Trainer) -> tuple[str, str]:
+def check_batch_size(trainer: BuiltRun) -> tuple[str, str]:
     """The batch size against the number of classes, the set size and the optimizer."""
     size, n = trainer.batch_size, len(trainer.x_train)
     classes = trainer.data.num_classes
@@ -586,7 +586,7 @@ def check_batch_size(trainer: Trainer) -> tuple[str, str]:
 # --- 8. learning rate ------------------------------------------------------------------------
 
 
-def check_lr_range(trainer: Trainer) -> tuple[str, str]:
+def check_lr_range(trainer: BuiltRun) -> tuple[str, str]:
     """The LR range test's suggestion against the configured lr."""
     found = find_lr(trainer)
     lr = trainer.config.optim.lr
@@ -610,7 +610,7 @@ def check_lr_range(trainer: Trainer) -> tuple[str, str]:
     return PASS, f"{advice}: in range"
 
 
-CHECKS: dict[str, Callable[[Trainer], tuple[str, str]]] = {
+CHECKS: dict[str, Callable[[BuiltRun], tuple[str, str]]] = {
     "init_loss": check_init_loss,
     "gradients": check_gradients,
     "input_scaling": check_input_scaling,
@@ -623,7 +623,7 @@ CHECKS: dict[str, Callable[[Trainer], tuple[str, str]]] = {
 """The checklist, in the order it is run and printed: check name -> (status, detail)."""
 
 
-def examine(trainer: Trainer) -> DoctorReport:
+def examine(trainer: BuiltRun) -> DoctorReport:
     """Run every check on ``trainer``'s run as built; the run itself is not changed.
 
     Exceptions from user code (a forward() that raises) propagate, as in a run.
@@ -639,4 +639,4 @@ def examine(trainer: Trainer) -> DoctorReport:
 def run_doctor(config: Config) -> DoctorReport:
     """Build ``config``'s run (raising ConfigError or UserCodeError as a run's build does)
     and examine it."""
-    return examine(Trainer(config))
+    return examine(BuiltRun(config))

@@ -18,15 +18,12 @@ one copy of the model and of its optimizer state, and one host sync per step.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trainlab.core.protocol import FindLr, LrFound
+from trainlab.engine.build import BuiltRun
 from trainlab.engine.sandbox import Sandbox, isolated_rng
-
-if TYPE_CHECKING:  # the loop imports this module
-    from trainlab.engine.loop import Trainer
 
 DEFAULTS = FindLr()
 """The protocol's defaults (1e-7 to 10 over 100 steps): the CLI and the doctor use them."""
@@ -133,9 +130,9 @@ def suggest(lrs: tuple[float, ...], losses: tuple[float, ...]) -> tuple[float | 
                 f"{finite[lowest][0]:.2g}")
 
 
-def find_lr(trainer: Trainer, start: float = DEFAULTS.start, end: float = DEFAULTS.end,
+def find_lr(run: BuiltRun, start: float = DEFAULTS.start, end: float = DEFAULTS.end,
             steps: int = DEFAULTS.steps) -> LrFound:
-    """Run the range test from ``trainer``'s current weights; the run stays untouched.
+    """Run the range test from ``run``'s current weights; the run stays untouched.
 
     Raises LrRangeError for settings ``check_range`` refuses. Costs up to ``steps``
     forward/backward passes (see the module docstring).
@@ -145,8 +142,8 @@ def find_lr(trainer: Trainer, start: float = DEFAULTS.start, end: float = DEFAUL
     smoothed: list[float] = []
     stopped = "reached the end of the range"
     with isolated_rng():
-        sandbox = Sandbox(trainer)
-        batches = sandbox.batches(trainer.batch_size)
+        sandbox = Sandbox(run)
+        batches = sandbox.batches(run.batch_size)
         average, best = 0.0, math.inf
         for i, lr in enumerate(lr_sequence(start, end, steps)):
             loss = sandbox.step(*next(batches), lr)
@@ -163,4 +160,4 @@ def find_lr(trainer: Trainer, start: float = DEFAULTS.start, end: float = DEFAUL
                            f"its minimum {best:.4g}")
                 break
     suggested, reason = suggest(tuple(lrs), tuple(smoothed))
-    return LrFound(trainer.step, tuple(lrs), tuple(smoothed), suggested, f"{reason}; {stopped}")
+    return LrFound(run.step, tuple(lrs), tuple(smoothed), suggested, f"{reason}; {stopped}")

@@ -7,7 +7,7 @@ checkpoint that loads and has finite values, with the effective config saved in 
 ``trainlab fork RUN [--from STEP] [--set ...]`` starts a new run from one of a run's
 checkpoints with an edited config. The weights and the step count go on (the two runs'
 curves overlay at the fork step); so do the optimizer state and the random streams
-where the edits leave them meaningful (``trainlab.engine.loop.Trainer.restore`` says what it
+where the edits leave them meaningful (``trainlab.engine.run_state.restore`` says what it
 started afresh). A cold edit that changes the shape of a weight cannot fork: that is a
 new run.
 
@@ -26,9 +26,9 @@ from trainlab.core.config import from_dict as config_from_dict
 from trainlab.core.store import CHECKPOINT_DIR
 from trainlab.engine.checkpoint import CheckpointError, Checkpoints, Loaded
 from trainlab.engine.data import load_dataset
-from trainlab.engine.loop import changed_keys, describe_changes, fit_weights
 from trainlab.engine.losses import build_objective
 from trainlab.engine.models import build_model
+from trainlab.engine.run_state import changed_keys, describe_changes, fit_weights
 
 
 class ResumePlan(NamedTuple):

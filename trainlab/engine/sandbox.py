@@ -21,16 +21,13 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 
+from trainlab.engine.build import BuiltRun
 from trainlab.engine.data import augment_batch
 from trainlab.engine.optim import build_optimizer, set_lr
 from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure, take_step
-
-if TYPE_CHECKING:  # the loop imports the modules that import this one
-    from trainlab.engine.loop import Trainer
 
 SEED_OFFSET = 2
 """The copy's batch draws use ``run.seed + 2`` and its augmentation ``run.seed + 3``: the
@@ -53,21 +50,21 @@ def isolated_rng() -> Iterator[None]:
 
 
 class Sandbox:
-    """A deep copy of ``trainer``'s model with a fresh optimizer of the run's kind.
+    """A deep copy of ``run``'s model with a fresh optimizer of the run's kind.
 
     Costs one copy of the model's parameters and buffers (and, once it steps, the
     optimizer's state for them); the run's tensors are only read.
     """
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.model = copy.deepcopy(trainer.model)
-        self.optimizer = build_optimizer(self.model.parameters(), trainer.config.optim)
+    def __init__(self, run: BuiltRun) -> None:
+        self.run = run
+        self.model = copy.deepcopy(run.model)
+        self.optimizer = build_optimizer(self.model.parameters(), run.config.optim)
         self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
         """What the L1 penalty covers: weights, not biases (as in the run)."""
-        seed = trainer.config.run.seed + SEED_OFFSET
+        seed = run.config.run.seed + SEED_OFFSET
         self.index_generator = torch.Generator().manual_seed(seed)
-        self.augment_generator = torch.Generator(trainer.device).manual_seed(seed + 1)
+        self.augment_generator = torch.Generator(run.device).manual_seed(seed + 1)
 
     def batches(self, size: int, *, augment: bool = True) -> Iterator[tuple[torch.Tensor,
                                                                          torch.Tensor]]:
@@ -77,18 +74,18 @@ class Sandbox:
         step sees the same batch size); augmented as the run's batches are when
         ``augment`` and the config asks for it.
         """
-        trainer = self.trainer
-        n = len(trainer.x_train)
+        run = self.run
+        n = len(run.x_train)
         if not 1 <= size <= n:
             raise ValueError(f"batch size {size}: expected 1 to {n} (the training samples)")
-        data_cfg = trainer.config.data
+        data_cfg = run.config.data
         while True:
-            order = torch.randperm(n, generator=self.index_generator).to(trainer.device)
+            order = torch.randperm(n, generator=self.index_generator).to(run.device)
             for start in range(0, n - size + 1, size):
                 idx = order[start : start + size]
-                x, target = trainer.x_train[idx], trainer.t_train[idx]
+                x, target = run.x_train[idx], run.t_train[idx]
                 if augment and data_cfg.augment:
-                    x = augment_batch(x, data_cfg, trainer.data.is_image, self.augment_generator)
+                    x = augment_batch(x, data_cfg, run.data.is_image, self.augment_generator)
                 yield x, target
 
     def step(self, x: torch.Tensor, target: torch.Tensor, lr: float) -> float:
@@ -106,8 +103,8 @@ class Sandbox:
             if not math.isfinite(first[0]):
                 raise NonFiniteLoss  # withheld, L-BFGS's update too
 
-        closure = make_closure(self.model, self.optimizer, self.trainer.objective.fn,
-                               self.weights, self.trainer.config.reg, x, target, data_losses,
+        closure = make_closure(self.model, self.optimizer, self.run.objective.fn,
+                               self.weights, self.run.config.reg, x, target, data_losses,
                                after_first=read_first)
         set_lr(self.optimizer, lr)
         with contextlib.suppress(NonFiniteLoss):  # withheld; the caller sees the loss

@@ -630,7 +630,7 @@ class Instruments:
     # --- measuring -------------------------------------------------------------------
 
     @contextmanager
-    def track(self, step: int, *, update: bool = True) -> Iterator[_Tracker]:
+    def track(self, step: int, *, update: bool = True) -> Iterator[Tracker]:
         """Hooks on for one step, off after it; the snapshot is then in ``take()``.
 
         ``update=False`` (the init probe) measures without an optimizer step.
@@ -641,7 +641,7 @@ class Instruments:
             self._layout = self._layout_for(self._traced_key())
         rec = _Recording(self.rows, self._layout)
         handles = self._attach(rec)
-        tracker = _Tracker(self, rec, histograms)
+        tracker = Tracker(self, rec, histograms)
         if update and self._layout is not None:
             with torch.no_grad():  # the weights this step computes with: one _foreach op
                 torch._foreach_copy_(self._layout.prev_views, self.weights)
@@ -702,7 +702,7 @@ def first_nonfinite(snapshot: LayerStatsSnapshot) -> tuple[str, str] | None:
 
 
 
-class _Tracker:
+class Tracker:
     """The per-step half of Instruments: gradient statistics and the final assembly."""
 
     def __init__(self, owner: Instruments, rec: _Recording, histograms: bool) -> None:
