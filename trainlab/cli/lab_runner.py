@@ -43,9 +43,9 @@ from trainlab.core.labs import RESULT_COLUMNS, Lab, result_row
 EXIT_SEVERITY: tuple[int, ...] = (
     EXIT_OK, EXIT_NON_FINITE, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED)
 """The CLI's exit codes from least to most severe; a lab exits with its worst run's.
-A non-finite loss can be the very lesson of a run (a too-large init or learning rate,
-KNOWLEDGE.md section 4), so it ranks below a run that could not be built or crashed;
-an interrupt ranks above everything: the lab did not finish."""
+A non-finite loss can be the very lesson of a run (a too-large init or learning rate),
+so it ranks below a run that could not be built or crashed; an interrupt ranks above
+everything: the lab did not finish."""
 
 @dataclass(frozen=True)
 class RunOutcome:

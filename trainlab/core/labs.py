@@ -1,4 +1,4 @@
-"""Labs: the lessons of KNOWLEDGE.md as experiments of several runs, compared.
+"""Labs: the lessons of docs/field-knowledge.md as experiments of several runs, compared.
 
 A lab is only data: an explanation (what to look for and why) and its variants, each
 a ``Preset`` (a named set of config changes, applied through the same validated path

@@ -18,10 +18,10 @@ from trainlab.core.protocol import LrFound
 LR_CURVE_TOP_FACTOR = 2.0
 """The loss axis ends at most at this multiple of the loss at the smallest lr.
 
-The range test raises the lr until the loss diverges (KNOWLEDGE.md section 8: too
-large an lr diverges; it stops past ``trainlab.doctor.lr_find.DIVERGENCE_FACTOR`` x the
-minimum, or at a non-finite loss), and that tail would squash the descent the
-suggestion is read from; twice the starting loss still shows the turn upwards."""
+The range test raises the lr until the loss diverges (it stops past
+``trainlab.doctor.lr_find.DIVERGENCE_FACTOR`` x the minimum, or at a non-finite loss),
+and that tail would squash the descent the suggestion is read from; twice the starting
+loss still shows the turn upwards."""
 CHART_ROWS = 15
 """Plot height in lines: enough to see the fall and the rise, short enough for a screen."""
 CHART_COLS = 60

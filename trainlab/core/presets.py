@@ -4,11 +4,12 @@ A preset is only data (dotted keys and values), applied through the same validat
 path as ``--set``, so every preset is a config a user could have written by hand;
 ``trainlab config --preset NAME`` prints it.
 
-Most presets are the runs of a lab (``trainlab.core.labs``): the variants of one lesson of
-KNOWLEDGE.md share a base (same data, same seed, same network unless the network is
-what varies) and differ only in what the lesson is about. Each is also a preset of
-its own, so ``--preset VARIANT`` opens that one run. The sizes are chosen so that a
-lesson shows within a few seconds to a few tens of seconds per run on a 2-core CPU.
+Most presets are the runs of a lab (``trainlab.core.labs``): the variants of one lesson
+of docs/field-knowledge.md share a base (same data, same seed, same network unless the
+network is what varies) and differ only in what the lesson is about. Each is also a
+preset of its own, so ``--preset VARIANT`` opens that one run. The sizes are chosen so
+that a lesson shows within a few seconds to a few tens of seconds per run on a 2-core
+CPU.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _lesson(common: Mapping[str, Any], *runs: tuple[str, str, Mapping[str, Any]]
     return tuple(Preset(name, summary, {**common, **changes}) for name, summary, changes in runs)
 
 
-# --- init: KNOWLEDGE.md section 1 ----------------------------------------------------
+# --- init: docs/field-knowledge.md#initialization ---------------------------------------
 
 # The canonical experiment: 10 layers x 500 units on unit-Gaussian input. The labels
 # are random, so there is nothing to generalize: the lesson is in the layer statistics
@@ -90,14 +91,15 @@ _INIT_RELU = _lesson(
 )
 
 
-# --- activations and depth: KNOWLEDGE.md sections 2, 3 and 5 ----------------------------
+# --- activations and depth: docs/field-knowledge.md#vanishing-and-exploding-gradients ---
 
 DEEP_NET_SGD_LR = 0.02
 """Learning rate of SGD with momentum 0.9 on the deep nets of the activations and depth
 labs: it trains the healthy variants (tanh, ReLU, residual) smoothly, where 0.05 made
 their loss jump (measured). SGD is used there, not Adam, because Adam divides every
 weight's step by that weight's own gradient size and so hides vanishing gradients
-(KNOWLEDGE.md section 3: lower layers learning slower is the symptom)."""
+(lower layers learning slower is the symptom:
+docs/field-knowledge.md#vanishing-gradients)."""
 
 # A deep, narrow MLP on 3-class spirals (learnable, 2 inputs, no dataset to load).
 _DEEP_NET = {
@@ -114,7 +116,7 @@ _DEEP_NET = {
 ACTIVATIONS_DEPTH = 10
 """Hidden layers of the activations lab: as deep as the classic init experiment, deep
 enough that sigmoid's slope of at most 1/4 shrinks the first layer's gradient by
-orders of magnitude (KNOWLEDGE.md section 3: products of many Jacobians)."""
+orders of magnitude (the chain rule multiplies one factor per layer)."""
 
 # init.scheme auto: Xavier for sigmoid and tanh, Kaiming for ReLU and LeakyReLU, the
 # rule made for each, so what differs is the activation and not a mismatched init.
@@ -136,16 +138,17 @@ _ACTIVATIONS = _lesson(
 
 DEPTH_LAB_DEPTH = 30
 """Hidden layers of the depth lab: past 20, where plain networks degrade and the
-per-layer factors of the chain rule compound (KNOWLEDGE.md sections 3 and 5)."""
+per-layer factors of the chain rule compound
+(docs/field-knowledge.md#normalization-and-residual-connections)."""
 DEPTH_LAB_INIT_STD = 0.05
 """The depth lab's weights are N(0, 0.05^2) in all three nets, a common hand-picked std
 (Kaiming would pick 0.18 for 64 inputs). Each plain ReLU layer then keeps
-64 * 0.05^2 / 2 = 8% of its input's variance (KNOWLEDGE.md section 1: Var(out) =
-n_in * g * Var(in); LeakyReLU's slope of 0.01 below 0 adds 0.01%), so the plain net's
-signal is gone after a few layers. A residual block adds its small output to its input
-instead of replacing it, so the signal survives (it grows over the 30 blocks: the
-outputs are mostly positive and add up, but that is finite and trains). BatchNorm
-rescales every layer whatever the weights' scale."""
+64 * 0.05^2 / 2 = 8% of its input's variance (Var(out) = n_in * g * Var(in),
+docs/field-knowledge.md#initialization; LeakyReLU's slope of 0.01 below 0 adds 0.01%),
+so the plain net's signal is gone after a few layers. A residual block adds its small
+output to its input instead of replacing it, so the signal survives (it grows over the
+30 blocks: the outputs are mostly positive and add up, but that is finite and trains).
+BatchNorm rescales every layer whatever the weights' scale."""
 DEPTH_LAB_ACTIVATION = "leaky_relu"
 """LeakyReLU in all three nets, not ReLU: on the residual net's uncentred stream ReLU
 left 50-94% of the units of 23 blocks dead on every sample from step 50 on (measured),
@@ -169,7 +172,7 @@ _DEPTH = _lesson(
 )
 
 
-# --- optimizers: KNOWLEDGE.md section 8 ---------------------------------------------------
+# --- optimizers: docs/field-knowledge.md#optimizers -------------------------------------
 
 def _own_lr(name: str) -> str:
     """The optimizer's own learning rate (what optim.lr = auto gives it), for a summary."""
@@ -177,7 +180,8 @@ def _own_lr(name: str) -> str:
 
 
 RMSPROP_DECAY = 0.9
-"""RMSProp's decay of the squared-gradient average (optim.alpha), KNOWLEDGE.md section 8."""
+"""RMSProp's decay of the squared-gradient average (optim.alpha): the customary 0.9
+(torch's default is 0.99)."""
 
 # Every variant trains on the full batch, so L-BFGS (which needs it) and the first-order
 # methods see the same exact gradient and a step is an epoch for all of them. The task is
@@ -222,7 +226,7 @@ _OPTIMIZERS = _lesson(
 )
 
 
-# --- regularization: KNOWLEDGE.md section 6 -----------------------------------------------
+# --- regularization: docs/field-knowledge.md#overfitting-and-regularization -------------
 
 # 100 noisy two-moons points to train on (and 100 to validate), a 3x128 net with 33k
 # weights and 1000 full-batch Adam steps: the training loss falls towards 0 while the
@@ -245,7 +249,7 @@ REG_DROPOUT = 0.5
 REG_WEIGHT_DECAY = 0.01
 """L2 penalty (optim.weight_decay through Adam) of the regularization lab: enough to
 keep the validation loss flat near its best (0.45 against 1.7, measured); too large a
-lambda underfits (KNOWLEDGE.md section 6)."""
+lambda underfits."""
 REG_EARLY_STOP_PATIENCE = 5
 """Evaluations without a better validation loss before early stopping: 5 evaluations of
 25 steps, long enough to ride out noise, short enough to stop soon after the turn."""
@@ -268,7 +272,7 @@ _REGULARIZATION = _lesson(
 )
 
 
-# --- batch size: KNOWLEDGE.md section 7 ----------------------------------------------------
+# --- batch size: docs/field-knowledge.md#batch-size -------------------------------------
 
 # 240 spiral points to train on, Adam at its usual lr for every batch size: per epoch,
 # batch 1 takes 240 steps, batch 32 takes 8 and the full batch 1.

@@ -1,5 +1,5 @@
-"""The pre-flight doctor: the debugging checklist of KNOWLEDGE.md section 10, run on a
-built but untrained run.
+"""The pre-flight doctor: the debugging checklist, run on a built but untrained run
+(docs/field-knowledge.md#before-training).
 
 Each check answers pass, warn or fail with the numbers behind the verdict and, when it
 is not a pass, what to do. ``trainlab doctor`` prints them (``--json``: one object the
@@ -60,28 +60,29 @@ CONSTANT_FEATURE_STD = 1e-6
 their count is reported, since they carry nothing."""
 INPUT_MEAN_WARN = 0.5
 """input_scaling: warn when a feature's mean is more than half a unit from 0. Off-centre
-inputs make the weight gradients of a unit share a sign (zig-zag updates, section 5)."""
+inputs make the weight gradients of a unit share a sign, so its updates zig-zag
+(docs/field-knowledge.md#input-scaling)."""
 INPUT_MEAN_FAIL = 2.0
 """input_scaling: fail beyond 2 units: the inputs are mostly on one side of 0, e.g. raw
 pixel intensities (digits: means up to ~10)."""
 INPUT_SCALE_WARN = 3.0
 """input_scaling: warn when a feature's std is above 3, or the inputs' overall
-(root-mean-square) std below 1/3: init schemes assume unit-variance inputs (section 1)."""
+(root-mean-square) std below 1/3: init schemes assume unit-variance inputs."""
 INPUT_SCALE_FAIL = 10.0
 """input_scaling: fail beyond 10x: the first layer's pre-activations are off by that much,
 which saturates tanh/sigmoid or shrinks the signal to nothing."""
 
 IMBALANCE_WARN_RATIO = 3.0
 """labels: warn when the largest class has more than 3x the samples of the smallest:
-past that a model gains accuracy by favouring the big class (section 6: show the counts,
-consider a balanced sampler or class weights)."""
+past that a model gains accuracy by favouring the big class (the counts are shown; a
+balanced sampler or class weights would help)."""
 
 OVERFIT_BATCH = 32
 """overfit_batch: samples in the one batch (fewer when the run's batch is smaller). Any
 network meant for the task can memorize 32 samples."""
 OVERFIT_MAX_STEPS = 300
-"""overfit_batch: 'a few hundred steps' (section 10.2). A sound set-up memorizes the batch
-in well under that (the default digits MLP needs ~35)."""
+"""overfit_batch: 'a few hundred steps' (docs/field-knowledge.md#before-training). A sound
+set-up memorizes the batch in well under that (the default digits MLP needs ~35)."""
 OVERFIT_TARGET_FRACTION = 0.02
 """overfit_batch: 'near zero' is below 2% of the starting loss (cross-entropy on 10
 classes: 2.3 -> 0.046, ~95% probability on the right class)..."""
@@ -95,11 +96,12 @@ to 4.7e11 ("PASS"), nowhere near zero."""
 
 BATCH_PER_CLASS = 10
 """batch_size: the rule of thumb for classification is about 10x the number of classes
-(section 7: 64-128 for 10 classes), so a batch shows each class several times."""
+(64-128 for 10 classes, docs/field-knowledge.md#batch-size), so a batch shows each class
+several times."""
 LARGE_TRAINING_SET = 10_000
 """batch_size: from this many training samples, batch 1 makes an epoch that many noisy,
 overhead-bound steps, and a full batch makes each step cost a whole pass while, past a
-point, the direction no longer improves (section 7)."""
+point, the direction no longer improves."""
 
 LR_BELOW_FACTOR = 30.0
 """lr_range: the configured lr passes down to 1/30 of the suggestion. The steepest-fall
@@ -151,11 +153,12 @@ def _uninformed(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor
 
     Classification losses: from the best constant guess (the class prior) to equal
     scores for every class (ln C for cross-entropy, ln 2 per output for BCE), the
-    textbook figure (KNOWLEDGE.md 10.1). Regression losses (and MSE/L1 on one-hot
-    classes): from the best constant (the targets' mean or median) to outputs of unit
-    variance that ignore the input, which is what a variance-preserving init (Kaiming,
-    Xavier) produces; the zero prediction's mean(y^2) would be no yardstick for them,
-    since unit-variance outputs add 1 to it, tripling it on targets of std 0.7 (sine).
+    textbook figure (docs/field-knowledge.md#losses-and-the-output-layer). Regression
+    losses (and MSE/L1 on one-hot classes): from the best constant (the targets' mean or
+    median) to outputs of unit variance that ignore the input, which is what a
+    variance-preserving init (Kaiming, Xavier) produces; the zero prediction's mean(y^2)
+    would be no yardstick for them, since unit-variance outputs add 1 to it, tripling it
+    on targets of std 0.7 (sine).
     """
     objective = trainer.objective
     classes = trainer.data.num_classes
@@ -437,7 +440,8 @@ def _range_of(kind: str) -> tuple[float, float] | None:
 
 
 def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
-    """The model's last activation suits the loss (KNOWLEDGE.md section 9)."""
+    """The model's last activation suits the loss
+    (docs/field-knowledge.md#losses-and-the-output-layer)."""
     x, _ = _probe_batch(trainer)
     name, kind, _ = _last_layer(Sandbox(trainer).model, x)
     loss = trainer.objective.name
@@ -483,7 +487,7 @@ def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
     if classification:
         return WARN, (f"{ends}; {loss} on class labels compares outputs with one-hot targets. "
                       "cross_entropy trains faster: its gradient does not carry the output "
-                      "activation's derivative (section 9). Set loss.name = cross_entropy "
+                      "activation's derivative. Set loss.name = cross_entropy "
                       "and end in a Linear layer")
     if span is not None:
         return WARN, (f"{ends}; the targets [{t_lo:.3g}, {t_hi:.3g}] fit inside, but near its "
@@ -579,7 +583,7 @@ def check_batch_size(trainer: BuiltRun) -> tuple[str, str]:
                         "past a point a bigger batch no longer improves the direction; use a "
                         "mini-batch of 32-128")
     if problems:
-        return WARN, f"{what}: {'; '.join(problems)} (section 7)"
+        return WARN, f"{what}: {'; '.join(problems)}"
     return PASS, f"{what}: sane"
 
 

@@ -5,7 +5,7 @@ steps, one fresh mini-batch of the run's batch size each, while the learning rat
 geometrically from ``start`` to ``end``. The loss first barely moves (lr too small),
 then falls, then blows up (lr too large). The suggestion is where the smoothed loss
 falls fastest against log(lr), before its minimum: where a larger lr still buys the most
-progress per step, the usual pick for training (KNOWLEDGE.md sections 8 and 10.8).
+progress per step, the usual pick for training (docs/field-knowledge.md#learning-rate).
 
 The run is untouched: its weights, optimizer state, BatchNorm statistics, batch order,
 augmentation stream, train/eval mode and the global torch RNG are exactly as before.

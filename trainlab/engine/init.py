@@ -1,9 +1,9 @@
 """Weight initialization: a registry of schemes applied to linear and conv layers.
 
-The scheme is a classic lever of the product (KNOWLEDGE.md section 1): zeros and
-constant show the symmetry problem, a fixed small or large ``normal`` shows vanishing
-activations or saturation, Xavier suits tanh-like activations and Kaiming the ReLU
-family. Only the weights of ``nn.Linear`` and ``nn.Conv1d/2d/3d`` change (the head
+The scheme is a classic lever of the product (docs/field-knowledge.md#initialization):
+zeros and constant show the symmetry problem, a fixed small or large ``normal`` shows
+vanishing activations or saturation, Xavier suits tanh-like activations and Kaiming the
+ReLU family. Only the weights of ``nn.Linear`` and ``nn.Conv1d/2d/3d`` change (the head
 included); normalization layers keep their weight 1 / bias 0.
 """
 
@@ -102,7 +102,8 @@ nothing."""
 
 
 TANH_LIKE = ("tanh", "sigmoid", "scaled_sigmoid", "identity")
-"""Activations without a flat half: Xavier keeps their variance (KNOWLEDGE.md section 1)."""
+"""Activations without a flat half: Xavier keeps their variance
+(docs/field-knowledge.md#initialization)."""
 
 
 def resolve_scheme(scheme: str, arch: str, activation: str) -> str:
@@ -126,8 +127,8 @@ def init_weights(
     own initialization (weights and biases) untouched. ``activation`` (``model.activation``)
     only matters for kaiming_*: leaky_relu uses torch's leaky_relu gain with
     ``LEAKY_RELU_SLOPE``, every other activation the ReLU gain, i.e. variance 2/fan
-    (Kaiming is the ReLU-family init, KNOWLEDGE.md section 1). Xavier and orthogonal use
-    gain 1. Other layers, normalization included, are not touched.
+    (Kaiming is the ReLU-family init). Xavier and orthogonal use gain 1. Other layers,
+    normalization included, are not touched.
     """
     scheme = resolve_scheme(cfg.scheme, arch, activation)
     if scheme == "default":

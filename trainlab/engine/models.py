@@ -36,7 +36,7 @@ OUTPUT_LAYER = "head"
 
 class ScaledSigmoid(nn.Module):
     """``4 * sigmoid(x) - 2``: range (-2, 2), through 0 with slope 1, so it keeps variance
-    like tanh does (KNOWLEDGE.md section 2)."""
+    like tanh does (docs/field-knowledge.md#activations)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the activation elementwise."""

@@ -6,7 +6,7 @@ layer's own output when none follows, as for the head). For each row a tracked s
 measures the activations, the gradient flowing back into them, the weights, their
 gradients and the size of the step's update.
 
-Costs (DESIGN.md section 6):
+Costs (docs/architecture.md#per-layer-statistics-and-their-cost):
 - untracked steps: nothing; no hook is attached between tracked steps;
 - tracked steps: forward hooks on the rows' activation modules and one tensor hook per
   activation output, attached for the step and removed after it. A hook copies its
@@ -52,14 +52,15 @@ SCALED_SIGMOID_SATURATION = 1.98
 """4*sigmoid(x)-2 ranges over (-2, 2); |a| > 1.98 is the same 99% as tanh's 0.99."""
 ACT_SAMPLE_ROWS = 64
 """Activation moments, shares and histograms use at most this many samples of the
-batch (DESIGN.md section 6); dead units are counted over the whole batch."""
+batch, so their cost does not grow with it; dead units are counted over the whole batch."""
 HIST_BINS = 32
 HIST_SAMPLES = 2048
 """Histograms bin at most this many strided values (~64 a bin on average): binning was
 the most expensive statistic when measured, full tensors far more so."""
 MIN_SCALAR_INTERVAL_S = 0.25
 """Scalar snapshots at most 4 a second, whatever stats.every says: the app redraws at
-most 4 times a second (DESIGN.md section 3), so faster snapshots would never be seen."""
+most 4 times a second (docs/architecture.md#the-app-one-queue-one-pump), so faster
+snapshots would never be seen."""
 MIN_HIST_INTERVAL_S = 1.0
 """Histograms at most once a second."""
 BUDGET_WINDOW = 5

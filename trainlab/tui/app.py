@@ -64,8 +64,8 @@ DEFAULT_CLIP_NORM = 1.0
 HISTOGRAM_QUANTITIES = ("weight", "grad", "act")
 NOTIFY_SEVERITIES = ("warning", "critical")
 """Alerts that pop up a notification: the run is not learning as it should, and a
-problem must never go unseen (KNOWLEDGE.md 10: never fail silently). An info alert is
-advice; it waits in the Alerts view and the strip."""
+problem must never go unseen (docs/field-knowledge.md#never-fail-silently). An info
+alert is advice; it waits in the Alerts view and the strip."""
 ALERT_NOTIFY_SECONDS = 5.0
 """How long an alert's notification stays: enough to read its two short lines; the
 strip (Train view) and the Alerts view keep the alert, so the toast only draws the eye

@@ -1,7 +1,8 @@
 """Healthy ranges of the per-layer figures: what the layer table colours.
 
-Each bound is a named constant with the reason next to it (KNOWLEDGE.md sections
-1-4). These only colour numbers; the doctor's detectors (engine side) decide alerts.
+Each bound is a named constant with the reason next to it (the background is in
+docs/field-knowledge.md). These only colour numbers; the doctor's detectors (engine
+side) decide alerts.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ KIND_TITLES = {
     "slow_lower_layers": "lower layers learning much slower",
     "slow_learning": "loss falling too slowly (lr too low)",
 }
-"""Each alert kind of ``trainlab.core.protocol.AlertRaised`` in plain words (KNOWLEDGE.md)."""
+"""Each alert kind of ``trainlab.core.protocol.AlertRaised`` in plain words."""
 
 
 def alert_title(kind: str) -> str:
@@ -171,8 +171,8 @@ class RunState:
     def handled(self, alert: protocol.AlertRaised) -> str | None:
         """How the engine already dealt with ``alert``, in words, or None: a non_finite
         alert is handled by the first rollback at or after its step (the weights went
-        back to finite ones with a lower lr, KNOWLEDGE.md section 4), so its fixes are
-        no longer offered. Rollbacks and the alert can arrive in either order."""
+        back to finite ones with a lower lr, docs/field-knowledge.md#nan-and-inf), so its
+        fixes are no longer offered. Rollbacks and the alert can arrive in either order."""
         if alert.kind != "non_finite":
             return None
         rollback = next((r for r in self.rollbacks if r.step >= alert.step), None)

@@ -1,11 +1,11 @@
 """The pre-flight doctor in the app: the debugging checklist run on a config (key d).
 
-KNOWLEDGE.md section 10: before (and while) a run trains, check the loss at init, that
-one batch can be overfitted, that every parameter gets a gradient, the inputs and
-labels, the output activation against the loss, the batch size, the learning rate.
-The engine's ``doctor`` command does the checking in a child process; this screen
-shows its verdicts, each with the numbers and the explanation, or plainly why there
-are none.
+Before (and while) a run trains, check the loss at init, that one batch can be
+overfitted, that every parameter gets a gradient, the inputs and labels, the output
+activation against the loss, the batch size, the learning rate
+(docs/field-knowledge.md#the-debugging-checklist). The engine's ``doctor`` command does
+the checking in a child process; this screen shows its verdicts, each with the numbers
+and the explanation, or plainly why there are none.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The learning-rate finder in the app: the range test's curve and its suggestion (key L).
 
-KNOWLEDGE.md section 8: too small an lr trains slowly, too large a one oscillates or
-diverges; the range test (raise the lr exponentially on a copy of the model, watch
-the loss) shows where the loss falls fastest. While the run trains the engine runs
-the test (``FindLr`` answered by ``LrFound``); after it ended, the engine's
+Too small an lr trains slowly, too large a one oscillates or diverges; the range test
+(raise the lr exponentially on a copy of the model, watch the loss) shows where the
+loss falls fastest (docs/field-knowledge.md#learning-rate). While the run trains the
+engine runs the test (``FindLr`` answered by ``LrFound``); after it ended, the engine's
 ``lr-find`` command runs it on the config. Either way this screen draws the curve,
 names the suggestion and applies it with one key.
 """
@@ -45,8 +45,7 @@ def round_lr(lr: float) -> float:
 def trained_weights_note(step: int) -> str:
     """Why a suggestion from a live test at ``step`` > 0 is not for the running run: the
     range test is meant for fresh weights, and a trained net's loss falls fastest at a
-    higher lr than it can keep training at (KNOWLEDGE.md section 8: too large an lr
-    oscillates or diverges)."""
+    higher lr than it can keep training at (too large an lr oscillates or diverges)."""
     return (f"This tested the run's weights at step {step:,}, already trained: a trained "
             "net's curve often suggests too high an lr. The suggestion is for a new run "
             "(the classic use); applying it to this run asks first.")

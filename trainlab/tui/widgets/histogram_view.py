@@ -1,8 +1,9 @@
 """One histogram of one quantity (weights, gradients or activations) of one layer.
 
-Histograms arrive at most about once a second (DESIGN.md section 6), so the view simply
-repaints whenever it is handed a new one; the drawing happens in ``render``, only when
-Textual paints.
+Histograms arrive at most about once a second
+(docs/architecture.md#per-layer-statistics-and-their-cost), so the view simply repaints
+whenever it is handed a new one; the drawing happens in ``render``, only when Textual
+paints.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The signal view: activation std and gradient std across depth, live.
 
-The classic init figure (KNOWLEDGE.md section 1): with a healthy init both stay in
-one band from the first layer to the last; a too-small init makes the activation
-bars shrink layer by layer, a too-large one saturates them, and vanishing or
+The classic init figure (docs/field-knowledge.md#initialization): with a healthy init
+both stay in one band from the first layer to the last; a too-small init makes the
+activation bars shrink layer by layer, a too-large one saturates them, and vanishing or
 exploding gradients show as a slope in the gradient bars. Bars are on a log scale,
 because the failures span orders of magnitude.
 """
