@@ -5,9 +5,10 @@ Usage::
     python bench/chart.py            # prints both medians and the ratio
     python -m bench.chart            # the same
 
-DESIGN.md section 6: long histories are decimated before plotext sees them, so a chart
-of a million steps should draw about as fast as one of a thousand (the target here is a
-ratio of at most 2.0; plotext alone takes seconds for a million raw points).
+Long histories are decimated before plotext sees them
+(docs/architecture.md#the-app-one-queue-one-pump), so a chart of a million steps should
+draw about as fast as one of a thousand (the target here is a ratio of at most 2.0;
+plotext alone takes seconds for a million raw points).
 
 What one draw is: :func:`trainlab.tui.plotting.draw_loss_chart` into a standalone
 ``textual_plotext.plot.Plot`` of 120 x 30 cells, then ``.build()`` (the text a

@@ -138,8 +138,9 @@ def hidden_rows(preset: str) -> list[protocol.LayerStats]:
     ("init-relu-kaiming", 2 / 500),
 ])
 def test_relu_init_scales_the_signal_as_the_variance_argument_says(preset, weight_variance):
-    # KNOWLEDGE.md section 1: Var(out) = n_in * g * Var(in), and ReLU keeps half of it,
-    # so the std changes by sqrt(n_in * g / 2) a layer (0.16, 16, 0.71 and 1 here).
+    # Var(out) = n_in * g * Var(in) (docs/field-knowledge.md#initialization), and ReLU
+    # keeps half of it, so the std changes by sqrt(n_in * g / 2) a layer (0.16, 16, 0.71
+    # and 1 here).
     stds = [row.act_std for row in hidden_rows(preset)]
     assert len(stds) == 10
     measured = geometric_mean([later / earlier for earlier, later in pairwise(stds)])

@@ -1,4 +1,4 @@
-"""The init probe: the classic experiment of KNOWLEDGE.md section 1, and its CLI."""
+"""The init probe: the classic experiment (docs/field-knowledge.md#initialization), and its CLI."""
 
 from __future__ import annotations
 

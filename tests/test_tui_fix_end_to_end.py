@@ -10,7 +10,7 @@ from trainlab.engine.host import ThreadEngine
 from trainlab.tui.app import TrainlabApp
 
 # A deep-ish tanh net with N(0, 1) weights on 64 inputs: pre-activations of std ~8, so
-# most tanh units sit at +-1 from the first step (KNOWLEDGE.md section 1).
+# most tanh units sit at +-1 from the first step (docs/field-knowledge.md#initialization).
 SATURATED = {
     "data__dataset": "unit_gaussian", "data__features": 64, "data__classes": 4,
     "data__samples": 400, "data__preprocess": "none", "model__depth": 4,
