@@ -372,12 +372,9 @@ def _reduce(lay: _Layout, after: list[torch.Tensor] | None, signals: list[torch.
     """Every reduction of one tracked step over the filled buffer, in one transfer.
 
     ``after``: the weights after the update (None: no update); ``signals``: the
-    backward signals' sums and norms (0-dim). Returns, concatenated: the segment
-    references, the index_add_ slots, the maxima and negated minima of the gradient and
-    activation segments, the updates' norms (with ``after``), ``signals``, then per
-    histogram lo, hi and HIST_BINS counts (all lo first, then all hi). About 40 ops
-    for any number of rows, each over the whole buffer or a part of it, or over a
-    vector of one value per chunk.
+    backward signals' sums and norms (0-dim). Returns the parts ``_transfer_parts``
+    lists, concatenated in its order. About 40 ops for any number of rows, each over
+    the whole buffer or a part of it, or over a vector of one value per chunk.
 
     Sums are not centred here (a centring pass over the signals measured ~15% of this
     function); the host recomputes, centred and in float64, the rare segment whose mean
@@ -417,6 +414,37 @@ def _reduce(lay: _Layout, after: list[torch.Tensor] | None, signals: list[torch.
         samples = select(flat, 0, lay.hist_idx).view(-1, HIST_SAMPLES)
         out.extend(_histograms(lay, samples))
     return torch.cat(out).tolist()  # the one transfer of this snapshot
+
+
+def _transfer_parts(lay: _Layout, *, updates: bool, signals: int,
+                    histograms: bool) -> tuple[tuple[str, int], ...]:
+    """The one transfer of a tracked step, part by part as (name, length), in order:
+    the table ``_reduce`` writes by and ``_rows`` and ``_histogram_events`` read by.
+
+    - ``ref``: each segment's first value (also its padding's value);
+    - ``slots``: the index_add_ slots: per segment the sum of x, then of x^2; per
+      activation row its non-zero, saturated and dead counts (offsets in ``lay.slot``);
+    - ``ext``: maxima, then negated minima, of the gradient and activation segments;
+    - ``updates``: each row's update norm (a step that updates);
+    - ``signals``: each backward-signal row's sum and norm, by row;
+    - ``hist_lo``, ``hist_hi``: each histogram's range; ``hist_counts``: per histogram
+      its dropped bin, then HIST_BINS counts.
+    """
+    h = len(lay.hist_names) if histograms else 0
+    return (("ref", lay.n_seg), ("slots", lay.n_slots), ("ext", 2 * lay.n_ext),
+            ("updates", lay.n_rows if updates else 0), ("signals", signals),
+            ("hist_lo", h), ("hist_hi", h), ("hist_counts", h * (HIST_BINS + 1)))
+
+
+def _split(values: list[float], parts: tuple[tuple[str, int], ...]) -> dict[str, list[float]]:
+    """The transferred values by part name (``_transfer_parts``)."""
+    out, offset = {}, 0
+    for name, length in parts:
+        out[name] = values[offset : offset + length]
+        offset += length
+    if offset != len(values):  # _reduce and the table disagree: a bug, not bad input
+        raise AssertionError(f"the transfer holds {len(values)} values, its table {offset}")
+    return out
 
 
 CANCELLATION = 100.0
@@ -749,11 +777,13 @@ class Tracker:
                 torch._foreach_copy_(lay.prev_views, after)
             signals = [t for i in sorted(rec.grad_out) for t in rec.grad_out[i][1:]]
             values = _reduce(lay, after if update else None, signals, self.histograms)
+        parts = _split(values, _transfer_parts(lay, updates=update, signals=len(signals),
+                                               histograms=self.histograms))
         return LayerStatsSnapshot(
             step=step,
-            layers=_rows(lay, values, rows, rec, grads=self.has_grads,
+            layers=_rows(lay, parts, rows, rec, grads=self.has_grads,
                          after=after if update else None),
-            histograms=_histogram_events(lay, values, rows, grads=self.has_grads)
+            histograms=_histogram_events(lay, parts, rows, grads=self.has_grads)
             if self.histograms else (),
             sample_rows=ACT_SAMPLE_ROWS,
         )
@@ -780,21 +810,15 @@ def _max_abs(lo: float, hi: float) -> float:
     return math.nan if math.isnan(lo) or math.isnan(hi) else max(abs(lo), abs(hi))
 
 
-def _rows(lay: _Layout, v: list[float], rows: list[Row], rec: _Recording, *,
+def _rows(lay: _Layout, parts: dict[str, list[float]], rows: list[Row], rec: _Recording, *,
           grads: bool, after: list[torch.Tensor] | None) -> tuple[LayerStats, ...]:
-    """Per-row figures from the transferred sums, in float64 on the host (a few dozen
-    float operations per row). ``after``: the weights after the step's update (None:
-    no update)."""
-    n, ns, n_ext = len(rows), lay.n_seg, lay.n_ext
-    ref = v[:ns]
-    slots = v[ns : ns + lay.n_slots]
-    o = ns + lay.n_slots
-    ext = v[o : o + 2 * n_ext]
-    o += 2 * n_ext
-    update = after is not None
-    updates = v[o : o + n] if update else []
-    o += len(updates)
-    signals = {i: (v[o + 2 * k], v[o + 2 * k + 1]) for k, i in enumerate(sorted(rec.grad_out))}
+    """Per-row figures from the transferred sums (``_transfer_parts``), in float64 on
+    the host (a few dozen float operations per row). ``after``: the weights after the
+    step's update (None: no update)."""
+    n, n_ext = len(rows), lay.n_ext
+    ref, slots, ext, updates = parts["ref"], parts["slots"], parts["ext"], parts["updates"]
+    sums = parts["signals"]
+    signals = {i: (sums[2 * k], sums[2 * k + 1]) for k, i in enumerate(sorted(rec.grad_out))}
     s2, nz, sat, dead = (lay.slot[k] for k in ("s2", "nz", "sat", "dead"))
 
     def has_finite_values(j: int) -> bool:
@@ -894,16 +918,14 @@ _FLOAT32 = {r: float(torch.tensor(r, dtype=torch.float32)) for _, r in _SATURATI
 """The saturation radii as the device compares them (float32), for the host's correction."""
 
 
-def _histogram_events(lay: _Layout, v: list[float], rows: list[Row], *,
+def _histogram_events(lay: _Layout, parts: dict[str, list[float]], rows: list[Row], *,
                       grads: bool) -> tuple[Histogram, ...]:
-    """The histograms at the end of the transferred values: all lo, all hi, then per
-    histogram its dropped bin and HIST_BINS counts."""
-    h, width = len(lay.hist_names), HIST_BINS + 1
-    o = len(v) - h * (2 + width)
-    counts = o + 2 * h + 1
+    """The histograms of the transfer (``_transfer_parts``): each one's dropped bin is
+    skipped, its HIST_BINS counts kept."""
+    lo, hi, counts, width = parts["hist_lo"], parts["hist_hi"], parts["hist_counts"], HIST_BINS + 1
     return tuple(
-        Histogram(rows[i].name, quantity, lo=v[o + k], hi=v[o + h + k],
-                  counts=tuple(map(int, v[counts + k * width : counts + k * width + HIST_BINS])))
+        Histogram(rows[i].name, quantity, lo=lo[k], hi=hi[k],
+                  counts=tuple(map(int, counts[k * width + 1 : k * width + 1 + HIST_BINS])))
         for k, (i, quantity) in enumerate(lay.hist_names)
         if grads or quantity != "grad"
     )
