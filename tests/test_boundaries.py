@@ -91,6 +91,7 @@ def _modules_after(code: str) -> set[str]:
     return set(proc.stdout.split())
 
 
+@pytest.mark.slow
 def test_the_engine_loads_no_ui_library():
     loaded = _modules_after(
         "import trainlab.engine.loop, trainlab.engine.host, trainlab.engine.serve, "
@@ -100,6 +101,7 @@ def test_the_engine_loads_no_ui_library():
     assert not {name.split(".")[0] for name in loaded} & set(UI)
 
 
+@pytest.mark.slow
 def test_the_app_and_the_command_line_load_no_torch():
     loaded = _modules_after(
         "import trainlab.tui.app, trainlab.cli.main, trainlab.cli.commands, "

@@ -269,6 +269,7 @@ KILL_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path: Path):
     rng = random.Random(6)
     caught_mid_write = 0

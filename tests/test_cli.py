@@ -61,6 +61,7 @@ def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys, tmp_path,
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_headless_run_prints_progress_and_exits_0(capsys):
     assert main(["run", "--headless", *TINY]) == 0
     out = capsys.readouterr().out
@@ -116,6 +117,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainlab.cli", *args]
 
 
+@pytest.mark.slow
 def test_console_script_runs_the_default_experiment_to_90_percent():
     """The README's main job: no config, the digits MLP, >= 90% validation accuracy."""
     proc = subprocess.run(_cli("run", "--headless", "--json"), capture_output=True, text=True,
@@ -126,6 +128,7 @@ def test_console_script_runs_the_default_experiment_to_90_percent():
     assert final["elapsed_s"] < 60
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_a_step_boundary_and_exits_130():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -162,6 +165,7 @@ def test_config_file_round_trip_through_the_cli(tmp_path: Path, capsys):
     assert from_dict(tomllib.loads(capsys.readouterr().out)) == Config()
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_stops_the_run_quietly(tmp_path):
     proc = subprocess.run(f"{sys.executable} -m trainlab.cli run --headless | head -1", shell=True,
                           capture_output=True, text=True, timeout=120, check=False,

@@ -11,8 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.test_tui_compare import Host, three_runs
 from trainlab.core import store
+
+# SVG snapshots: each starts the app and draws the compare screen.
+pytestmark = pytest.mark.slow
 
 AGE_S = 300.0
 """The runs were last written five minutes before the screen's clock."""

@@ -84,6 +84,7 @@ def full_batch_run(diagnostics: Diagnostics, first: int, last: int, seed: int) -
     return alerts
 
 
+@pytest.mark.slow
 def test_the_history_stays_bounded_over_fifty_thousand_evaluations():
     diagnostics = Diagnostics(Config().with_value("data.batch_size", 0))
     h = diagnostics.history

@@ -46,6 +46,7 @@ def trainers() -> dict[str, Trainer]:
 # --- the labs as data ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_run_of_every_lab_is_a_registered_preset_that_builds(trainers):
     for lab in LABS.values():
         assert lab.variants and lab.compare_by in ("step", "epoch")

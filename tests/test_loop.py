@@ -620,6 +620,7 @@ def test_on_the_cpu_a_non_finite_loss_withholds_its_update():
     assert not trainer.nonfinite.update_skipped
 
 
+@pytest.mark.slow
 def test_unlikely_settings_are_warned_about_at_the_start():
     events = run_loop(tiny_config(run__threads=1024, schedule__warmup_steps=50,
                                   run__max_steps=20))

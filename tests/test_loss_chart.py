@@ -39,6 +39,7 @@ def title(chart: LossChart) -> str:
     return str(chart.plt.monitor.title)
 
 
+@pytest.mark.slow
 async def test_fast_data_are_drawn_at_most_about_four_times_a_second() -> None:
     app = ChartApp()
     async with app.run_test(size=(100, 30)) as pilot:
@@ -62,6 +63,7 @@ async def test_fast_data_are_drawn_at_most_about_four_times_a_second() -> None:
         assert f"step {step - 1}" in title(chart)  # the last point is on screen
 
 
+@pytest.mark.slow
 async def test_no_redraw_when_nothing_changed() -> None:
     app = ChartApp()
     async with app.run_test(size=(100, 30)) as pilot:

@@ -44,7 +44,10 @@ def digits_run(name: str) -> list[Any]:
     return events
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", [
+    # The full-batch ones (rprop, L-BFGS) take ~2 s for their 300 steps over all of digits.
+    pytest.param(name, marks=pytest.mark.slow) if REGISTRY[name].full_batch else name
+    for name in OPTIMIZERS])
 def test_every_optimizer_trains_digits_with_its_own_defaults(name: str) -> None:
     events = digits_run(name)
     started = of_type(events, "RunStarted")[0]

@@ -79,6 +79,7 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][key]))
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bit_identical_to_the_straight_run(tmp_path: Path):
     # Dropout and every augmentation draw random numbers each step; a live change of the
     # learning rate and of dropout comes before the stop; digits' epoch is 45 steps at
@@ -121,6 +122,7 @@ def finished_step(events: list[Any]) -> int:
     return of_type(events, "RunFinished")[0].final.step
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_from_its_newest_whole_checkpoint(tmp_path: Path):
     # checkpoint_every = 7 against 5-step epochs: the checkpoint falls mid-epoch. The
     # plateau schedule's state (its factor, best loss, patience) decides the lr after it.

@@ -25,6 +25,9 @@ from trainlab.core.serving import SOCKET_PATH_MAX, socket_path, spawn_detached
 from trainlab.engine import serve
 from trainlab.engine.serve import OUTBOX_LIMIT, OUTBOX_MAX_BYTES, RunServer
 
+# The served engine: child processes, sockets and signals.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 LONG = {"run__max_steps": 10_000_000, "run__checkpoint_every": 50}
 

@@ -587,6 +587,7 @@ def test_snapshots_with_the_real_time_limit_stay_on_the_step_grid() -> None:
     assert all(s.step % 5 == 0 for s in snaps[1:])
 
 
+@pytest.mark.slow
 def test_the_budget_spaces_out_snapshots_that_cost_too_much(
         exact_schedule: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot made 50 ms dearer than a step of well under 5 ms: at a 1% budget one

@@ -422,6 +422,7 @@ def check_history(runs: store.RunStore) -> int:
     return len(seqs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_a_reader_in_this_process_while_another_process_writes(tmp_path, journal):
     run_dir = store.new_run(tmp_path, Config())
@@ -456,6 +457,7 @@ def test_a_reader_in_this_process_while_another_process_writes(tmp_path, journal
         child.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_kill_9_mid_run_leaves_a_store_that_opens_ok_and_says_crashed(tmp_path, journal):
     run_dir = store.new_run(tmp_path, Config())
@@ -499,6 +501,7 @@ with store.EngineLock(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_the_engine_lock_is_one_process_at_a_time_and_dies_with_it(tmp_path):
     run_dir = store.new_run(tmp_path, Config())
     assert not store.engine_alive(run_dir)
@@ -918,6 +921,7 @@ def loose_modes(top: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o000])
 def test_a_run_is_private_to_its_owner_whatever_the_umask(tmp_path, umask, capsys):
     root = tmp_path / "runs"  # created by the run: private too

@@ -121,6 +121,7 @@ def toasts(app: TrainlabApp) -> list[tuple[str, str, str, float]]:
     return [(n.title, n.message, n.severity, n.timeout) for n in app._notifications]
 
 
+@pytest.mark.slow
 async def test_an_attached_run_pops_up_its_live_alerts_not_its_recorded_ones() -> None:
     # An attached engine replays the run's history first, then Attached, then live events.
     engines = FakeEngines([*opening(Config()), alert("saturation"),
@@ -135,6 +136,7 @@ async def test_an_attached_run_pops_up_its_live_alerts_not_its_recorded_ones() -
         assert [t[0] for t in toasts(app)] == [f"warning: {alert_title('dead_units')}"]
 
 
+@pytest.mark.slow
 async def test_a_new_alert_shows_in_the_strip_the_alerts_view_and_a_notification() -> None:
     app, engines = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -178,6 +180,7 @@ async def test_a_new_alert_shows_in_the_strip_the_alerts_view_and_a_notification
         assert panel.selected_alert is raised
 
 
+@pytest.mark.slow
 async def test_the_alerted_layer_is_marked_and_tinted_in_both_layer_tables() -> None:
     app, engines = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -201,6 +204,7 @@ async def test_the_alerted_layer_is_marked_and_tinted_in_both_layer_tables() -> 
         assert table.get_cell(LAYERS[1], "layer").plain.startswith(SEVERITY_MARK["warning"])
 
 
+@pytest.mark.slow
 async def test_f_applies_a_live_fix_noted_with_the_alert_kind() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:
@@ -216,6 +220,7 @@ async def test_f_applies_a_live_fix_noted_with_the_alert_kind() -> None:
         assert "optim.lr: 0.001 -> 0.0005 (fix: exploding_gradients)" in log_text(app)
 
 
+@pytest.mark.slow
 async def test_with_two_fixes_f_offers_a_list_and_sends_the_one_picked() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:
@@ -236,6 +241,7 @@ async def test_with_two_fixes_f_offers_a_list_and_sends_the_one_picked() -> None
             protocol.SetHyper("reg.clip_norm", 1.0, "fix: exploding_gradients")]
 
 
+@pytest.mark.slow
 async def test_a_restart_fix_asks_then_trains_this_runs_config_with_the_changes() -> None:
     app, engines = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -275,6 +281,7 @@ def test_an_alert_keeps_the_runs_values_of_its_fix_keys_from_when_it_was_raised(
     assert state.changed_since(raised, CLIP, state.config.get) == {}
 
 
+@pytest.mark.slow
 async def test_a_live_fix_whose_key_moved_since_the_alert_asks_first() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:
@@ -301,6 +308,7 @@ async def test_a_live_fix_whose_key_moved_since_the_alert_asks_first() -> None:
             protocol.SetHyper("optim.lr", 5e-4, "fix: exploding_gradients")
 
 
+@pytest.mark.slow
 async def test_f_is_disabled_without_an_alert_and_offers_live_fixes_as_restarts_after_the_run(
         ) -> None:
     app, engines = make_app()
@@ -331,6 +339,7 @@ async def test_f_is_disabled_without_an_alert_and_offers_live_fixes_as_restarts_
             "optim.lr", 5e-4)
 
 
+@pytest.mark.slow
 async def test_after_the_run_the_picker_numbers_fixes_as_the_card_and_takes_number_keys(
         ) -> None:
     app, engines = make_app()
@@ -357,6 +366,7 @@ async def test_after_the_run_the_picker_numbers_fixes_as_the_card_and_takes_numb
         assert len(engines.made) == 2 and engines.current.config.reg.clip_norm == 1.0
 
 
+@pytest.mark.slow
 async def test_a_rollback_after_a_non_finite_alert_marks_it_handled_with_no_fix() -> None:
     app, engines = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -390,6 +400,7 @@ async def test_a_rollback_after_a_non_finite_alert_marks_it_handled_with_no_fix(
         assert app.run_state.handled(later) is None
 
 
+@pytest.mark.slow
 async def test_in_the_alerts_view_f_fixes_the_highlighted_alert() -> None:
     app, engines = make_app()
     async with app.run_test(size=(120, 40)) as pilot:

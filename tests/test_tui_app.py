@@ -29,6 +29,9 @@ from trainlab.tui.widgets.loss_chart import LossChart
 from trainlab.tui.widgets.run_log import RunLog
 from trainlab.tui.widgets.status_bar import StatusBar
 
+# Every test here starts the app (Textual's headless driver): 1.5-5 s each on a CPU.
+pytestmark = pytest.mark.slow
+
 
 def make_app(config: Config | None = None, script: list[Any] | None = None, *,
              detachable: bool = True) -> tuple[TrainlabApp, FakeEngines]:

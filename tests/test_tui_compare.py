@@ -222,6 +222,7 @@ async def test_lists_every_run_newest_first_with_parents(tmp_path: Path) -> None
         assert "ended without a final event" in notes[0] and notes[1:] == ["", ""]
 
 
+@pytest.mark.slow
 async def test_the_current_run_its_parent_and_forks_are_picked(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     for current in (runs.parent, runs.fork):
@@ -244,6 +245,7 @@ async def test_picked_runs_are_preselected_too(tmp_path: Path) -> None:
         assert [run.id for run in screen.compared] == [runs.other]
 
 
+@pytest.mark.slow
 async def test_the_apps_keys_do_nothing_under_the_screen(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     pressed: list[str] = []
@@ -264,6 +266,7 @@ async def test_the_apps_keys_do_nothing_under_the_screen(tmp_path: Path) -> None
         assert pressed == ["save"]  # the screen closed: the app has its keys back
 
 
+@pytest.mark.slow
 def test_the_screen_imports_no_torch() -> None:
     code = ("import sys, trainlab.tui.screens.compare, trainlab.tui.compare; "
             "print('torch' in sys.modules)")
@@ -459,6 +462,7 @@ async def test_the_screen_answers_keys_while_it_lists(tmp_path: Path,
         assert "listing" not in str(screen.query_one("#runs-note", Static).render())
 
 
+@pytest.mark.slow
 async def test_a_diverged_run_is_drawn_and_its_nan_shown(tmp_path: Path) -> None:
     config = Config()
     healthy = make_run(tmp_path, config, parent_events(config))
@@ -550,6 +554,7 @@ async def test_no_runs_yet(tmp_path: Path) -> None:
         assert screen.query_one(CompareChart).curves == ()
 
 
+@pytest.mark.slow
 async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
     async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:

@@ -99,6 +99,7 @@ def test_what_is_not_a_report_says_why(output: CommandOutput, words: list[str]) 
         assert word in str(error.value)
 
 
+@pytest.mark.slow
 async def test_doctor_key_shows_each_check_with_its_verdict() -> None:
     runner = FakeRunner(doctor_output())
     app, _engines = make_app(runner)
@@ -124,6 +125,7 @@ async def test_doctor_key_shows_each_check_with_its_verdict() -> None:
         assert not isinstance(app.screen, DoctorScreen)
 
 
+@pytest.mark.slow
 async def test_doctor_shows_a_refused_config_plainly() -> None:
     message = "model.depth = 0 is not allowed: expected an integer >= 1"
     app, _engines = make_app(FakeRunner(CommandOutput(2, "", message)))
@@ -138,6 +140,7 @@ async def test_doctor_shows_a_refused_config_plainly() -> None:
         assert not screen.query(".check")
 
 
+@pytest.mark.slow
 async def test_doctor_checks_the_edited_config_when_it_is_valid() -> None:
     runner = FakeRunner(doctor_output(CHECKS[:1], code=0))
     app, _engines = make_app(runner)
@@ -212,6 +215,7 @@ def test_lr_find_output_reads_the_protocols_non_finite_names() -> None:
             parse_lr_find_output(CommandOutput(0, json.dumps(wrong), ""))
 
 
+@pytest.mark.slow
 async def test_lr_key_asks_the_engine_and_a_applies_the_suggestion() -> None:
     runner = FakeRunner(CommandOutput(0, "{}", ""))
     app, engines = make_app(runner)
@@ -247,6 +251,7 @@ async def test_lr_key_asks_the_engine_and_a_applies_the_suggestion() -> None:
         assert app.run_state.config.optim.lr == 3e-3  # acknowledged
 
 
+@pytest.mark.slow
 async def test_a_live_test_at_step_0_applies_at_once_rounded_to_3_digits() -> None:
     app, engines = make_app(FakeRunner(CommandOutput(0, "{}", "")))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -264,6 +269,7 @@ async def test_a_live_test_at_step_0_applies_at_once_rounded_to_3_digits() -> No
                                                                  "lr-find")
 
 
+@pytest.mark.slow
 async def test_an_answer_after_the_screen_was_closed_does_not_pop_up_again() -> None:
     app, engines = make_app(FakeRunner(CommandOutput(0, "{}", "")))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -277,6 +283,7 @@ async def test_an_answer_after_the_screen_was_closed_does_not_pop_up_again() -> 
         assert not any(isinstance(c, protocol.SetHyper) for c in engines.current.commands)
 
 
+@pytest.mark.slow
 async def test_a_refused_range_test_says_why() -> None:
     app, engines = make_app(FakeRunner(CommandOutput(0, "{}", "")))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -288,6 +295,7 @@ async def test_a_refused_range_test_says_why() -> None:
         assert "no data left" in text_of(app.screen, "#lr-find-summary")
 
 
+@pytest.mark.slow
 async def test_after_the_run_the_lr_finder_tests_the_config_and_a_edits_it() -> None:
     found = protocol.LrFound(0, LRS, LOSSES, 2e-3, "steepest descent")
     runner = FakeRunner(CommandOutput(0, protocol.to_json(found), ""))
@@ -312,6 +320,7 @@ async def test_after_the_run_the_lr_finder_tests_the_config_and_a_edits_it() -> 
         assert engines.current.config.optim.lr == 2e-3  # the next run has it
 
 
+@pytest.mark.slow
 async def test_new_keys_are_in_the_help_and_greyed_out_when_they_cannot_apply() -> None:
     app, _engines = make_app(FakeRunner(CommandOutput(0, "{}", "")))
     async with app.run_test(size=(100, 40)) as pilot:
@@ -336,6 +345,7 @@ async def test_an_unknown_command_is_refused_before_anything_runs() -> None:
         await run_engine_command("train", Config())
 
 
+@pytest.mark.slow
 async def test_the_real_doctor_reports_every_check_of_a_tiny_config() -> None:
     output = await asyncio.wait_for(run_engine_command("doctor", tiny_config()), 100)
     report = parse_doctor_output(output)
@@ -347,6 +357,7 @@ async def test_the_real_doctor_reports_every_check_of_a_tiny_config() -> None:
         report.count("pass"), report.count("warn"), report.count("fail"))
 
 
+@pytest.mark.slow
 async def test_the_real_lr_finder_refusing_a_config_says_why() -> None:
     config = Config().with_values({"data.dataset": "/nonexistent/data.csv"})
     output = await asyncio.wait_for(run_engine_command("lr-find", config), 100)
@@ -356,6 +367,7 @@ async def test_the_real_lr_finder_refusing_a_config_says_why() -> None:
     assert "/nonexistent/data.csv" in str(error.value)
 
 
+@pytest.mark.slow
 async def test_cancelling_a_headless_command_kills_its_child(
         monkeypatch: pytest.MonkeyPatch) -> None:
     spawned: list[asyncio.subprocess.Process] = []
@@ -376,6 +388,7 @@ async def test_cancelling_a_headless_command_kills_its_child(
     assert spawned[0].returncode == -9  # SIGKILLed, not left running
 
 
+@pytest.mark.slow
 async def test_the_real_engine_answers_the_lr_key_and_a_applies_it() -> None:
     from tests.test_tui_end_to_end import LONG, wait_for
     from trainlab.engine.host import ThreadEngine

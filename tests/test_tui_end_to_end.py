@@ -17,6 +17,9 @@ from trainlab.engine.host import ThreadEngine
 from trainlab.tui.app import TrainlabApp
 from trainlab.tui.bridge import ServedEngine, log_tail
 
+# End to end: the app with the real engines, in a thread and in a process of its own.
+pytestmark = pytest.mark.slow
+
 LONG = {"run__max_steps": 1_000_000, "stats__every": 1}
 
 

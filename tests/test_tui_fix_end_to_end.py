@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_config
 from tests.test_tui_end_to_end import wait_for
 from trainlab.engine.host import ThreadEngine
 from trainlab.tui.app import TrainlabApp
+
+# End to end: the real detectors and the real engine under the app.
+pytestmark = pytest.mark.slow
 
 # A deep-ish tanh net with N(0, 1) weights on 64 inputs: pre-activations of std ~8, so
 # most tanh units sit at +-1 from the first step (docs/field-knowledge.md#initialization).

@@ -195,6 +195,7 @@ async def settle(pilot: Any, times: int = 6) -> None:
         await pilot.pause()
 
 
+@pytest.mark.slow
 async def test_a_lab_opens_on_its_screen_and_trains_its_variants_in_turn(
         monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = DrawRecorder()
@@ -245,6 +246,7 @@ async def test_a_lab_opens_on_its_screen_and_trains_its_variants_in_turn(
         assert len(engines.made) == 2 and not isinstance(app.screen, LabScreen)
 
 
+@pytest.mark.slow
 async def test_the_last_variant_ends_the_lab_with_every_other_curve_overlaid(
         monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = DrawRecorder()
@@ -264,6 +266,7 @@ async def test_the_last_variant_ends_the_lab_with_every_other_curve_overlaid(
         assert drawn["train_label"] == "lr-mid"
 
 
+@pytest.mark.slow
 async def test_r_in_a_lab_restarts_only_the_current_variant() -> None:
     app, engines, lab = lab_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -281,6 +284,7 @@ async def test_r_in_a_lab_restarts_only_the_current_variant() -> None:
         assert lab.index == 1 and list(lab.results) == [0]
 
 
+@pytest.mark.slow
 async def test_a_dialog_answered_after_its_variant_finished_applies_nothing() -> None:
     """The pump runs under a dialog: the next variant starts while the user chooses.
     A fix, an lr or a restart meant for the finished variant must not reach the next."""
@@ -344,6 +348,7 @@ async def test_a_dialog_answered_after_its_variant_finished_applies_nothing() ->
         assert "nothing applied" in notified[-1]
 
 
+@pytest.mark.slow
 async def test_a_failed_variant_waits_for_r_instead_of_moving_on() -> None:
     app, engines, lab = lab_app()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -356,6 +361,7 @@ async def test_a_failed_variant_waits_for_r_instead_of_moving_on() -> None:
         assert len(engines.made) == 1 and lab.results == {}
 
 
+@pytest.mark.slow
 async def test_a_lab_by_epoch_gives_the_chart_the_runs_steps_per_epoch(
         monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = DrawRecorder()

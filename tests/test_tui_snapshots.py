@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.fake_engine import FakeEngines, metrics, opening, snapshot
 from trainlab.core import protocol
 from trainlab.core.config import Config
 from trainlab.tui.app import TrainlabApp
+
+# SVG snapshots: each starts the app and draws it.
+pytestmark = pytest.mark.slow
 
 
 def app_with(script: list[Any]) -> TrainlabApp:
