@@ -77,7 +77,7 @@ def worst_exit_code(codes: Iterable[int]) -> int:
 
 def format_comparison(outcomes: Sequence[RunOutcome]) -> str:
     """The runs side by side as an aligned text table, one row per run."""
-    rows = [RESULT_COLUMNS]
+    rows: list[tuple[str, ...]] = [RESULT_COLUMNS]
     for outcome in outcomes:
         if outcome.finished is None:
             rows.append((outcome.name, "aborted", *["-"] * (len(RESULT_COLUMNS) - 2)))

@@ -22,6 +22,11 @@ class ReportError(ValueError):
     check and the field."""
 
 
+def _bad_status(name: str, status: object) -> ReportError:
+    """The error for a check whose status is not one of ``STATUSES``."""
+    return ReportError(f"check {name!r} has status {status!r}; allowed: {', '.join(STATUSES)}")
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One finding of the doctor."""
@@ -34,8 +39,7 @@ class CheckResult:
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
-            raise ReportError(f"check {self.name!r} has status {self.status!r}; "
-                              f"allowed: {', '.join(STATUSES)}")
+            raise _bad_status(self.name, self.status)
 
     @classmethod
     def from_dict(cls, index: int, item: Any) -> CheckResult:
@@ -50,6 +54,8 @@ class CheckResult:
         name, status, detail = item.get("name"), item.get("status"), item.get("detail")
         if not isinstance(name, str):
             raise ReportError(f"check {index} has no name: {item!r:.200}")
+        if not isinstance(status, str):
+            raise _bad_status(name, status)
         if not isinstance(detail, str):
             raise ReportError(f"check {name!r} has detail {detail!r}; a string is expected")
         return cls(name, status, detail)  # __post_init__ refuses an unknown status

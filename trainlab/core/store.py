@@ -489,7 +489,8 @@ class RunStore:
         ``upto`` None reads to the end (events recorded meanwhile included); ``types``
         keeps only those event class names. Rows are read ``EVENTS_CHUNK`` at a time.
         """
-        where, params = "seq > ?", [after]
+        where = "seq > ?"
+        params: list[int | str] = [after]
         if upto is not None:
             where += " AND seq <= ?"
             params.append(upto)
@@ -566,7 +567,9 @@ class RunStore:
                            "rowid", params)
         out = []
         for step, name, kind, activation, *numbers in rows:
-            values = dict(zip(_LAYER_NUMBERS, map(_from_db, numbers), strict=True))
+            # Written from LayerStats (_to_db), so each column holds what its field allows.
+            values: dict[str, Any] = dict(zip(_LAYER_NUMBERS, map(_from_db, numbers),
+                                              strict=True))
             out.append((step, protocol.LayerStats(name, kind, activation, **values)))
         return out
 
