@@ -37,7 +37,8 @@ ms at 10,000 when the overfitting detector scanned every evaluation), measured b
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from trainlab.core.config import Config
 from trainlab.core.protocol import (
@@ -61,6 +62,14 @@ from trainlab.doctor.detectors.registry import (
     Context,
     History,
 )
+
+_T = TypeVar("_T")
+
+
+def _extend_bounded(kept: list[_T], new: Iterable[_T]) -> None:
+    """Append ``new`` to ``kept``, then keep only its last LOSS_HISTORY items."""
+    kept.extend(new)
+    del kept[:-LOSS_HISTORY]  # a memmove of at most 4096 pointers
 
 
 class Diagnostics:
@@ -111,10 +120,9 @@ class Diagnostics:
         if isinstance(event, MetricsBatch):
             if not event.steps:
                 return None
-            for kept, new in ((h.steps, event.steps), (h.losses, event.losses),
-                              (h.lrs, event.lrs)):
-                kept.extend(new)
-                del kept[:-LOSS_HISTORY]  # a memmove of at most 4096 pointers
+            _extend_bounded(h.steps, event.steps)
+            _extend_bounded(h.losses, event.losses)
+            _extend_bounded(h.lrs, event.lrs)
             h.step = event.steps[-1]
             if h.first_loss is None:
                 h.first_loss = next((x for x in event.losses if math.isfinite(x)), None)

@@ -33,7 +33,7 @@ import bisect
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainlab.core.config import Config
 from trainlab.core.protocol import AlertRaised, LayerStats, LayerStatsSnapshot
@@ -175,7 +175,7 @@ Rows = frozenset[int]
 """Row indices (forward order) a detector leaves out."""
 
 
-def _ok(value: float | None) -> bool:
+def _ok(value: float | None) -> TypeGuard[float]:
     """A measured, finite figure."""
     return value is not None and math.isfinite(value)
 
@@ -779,8 +779,8 @@ def typical_update_ratio(history: History, config: Config) -> tuple[float, int] 
     for i in range(rows):
         if i in skip:
             continue
-        ratios = [s.layers[i].update_ratio for s in picked if len(s.layers) == rows
-                  and _ok(s.layers[i].update_ratio) and _gradient_ok(s.layers[i])]
+        ratios = [ratio for s in picked if len(s.layers) == rows
+                  and _ok(ratio := s.layers[i].update_ratio) and _gradient_ok(s.layers[i])]
         if ratios:
             medians.append(statistics.median(ratios))
     return (statistics.median(medians), len(picked)) if medians else None
