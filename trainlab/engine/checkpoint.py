@@ -122,7 +122,9 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
         with os.fdopen(fd, "wb") as tmp:
             recording = _RecordingWriter(tmp)
             try:
-                torch.save(payload, recording)
+                # torch.save takes any object with write() and flush() (its docs); its
+                # annotation says only str, PathLike or IO[bytes].
+                torch.save(payload, recording)  # type: ignore[arg-type]
             except RuntimeError as exc:  # torch's zip writer reports a failed write so
                 cause = recording.error
                 if cause is not None and cause.errno is not None:  # e.g. ENOSPC: say it

@@ -255,8 +255,8 @@ def _read_npz(path: Path, cfg: DataConfig) -> _Source:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot read it as .npz: {exc}") from None
     if all(key in arrays for key in _NPZ_SPLIT):
-        x, y, x_val, y_val = (arrays[key] for key in _NPZ_SPLIT)
-        return _Source(x, y, val=(x_val, y_val))
+        x_train, y_train, x_val, y_val = (arrays[key] for key in _NPZ_SPLIT)
+        return _Source(x_train, y_train, val=(x_val, y_val))
     x = arrays.get("x", arrays.get("X"))
     y = arrays.get("y", arrays.get("Y"))
     if x is None or y is None:
@@ -350,14 +350,14 @@ def _encode_labels(
         bad = "labels of shape " + str(y.shape) if column is None else \
             f"non-integer labels (e.g. {column[column != np.round(column)][0]:g})"
         raise ConfigError(f"data.task = 'classification' but {where} has {bad}")
-    if task == "auto":
-        classify = whole and len(np.unique(column)) <= MAX_AUTO_CLASSES
-    else:
-        classify = task == "classification"
-    if not classify:
+    # The labels as classes: one whole number per sample (auto: and few distinct ones).
+    classes = column if whole and task in ("auto", "classification") else None
+    if task == "auto" and classes is not None and len(np.unique(classes)) > MAX_AUTO_CLASSES:
+        classes = None
+    if classes is None:
         targets = y.reshape(len(y), -1).astype(np.float32)
         return targets, "regression", targets.shape[1], ()
-    values, codes = np.unique(column, return_inverse=True)
+    values, codes = np.unique(classes, return_inverse=True)
     labels = tuple(names[int(v)] if names and 0 <= v < len(names) else str(int(v))
                    for v in values)
     return codes.astype(np.int64), "classification", len(values), labels

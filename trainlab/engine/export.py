@@ -213,12 +213,12 @@ def _export_tensorboard(runs: RunStore, out_dir: Path) -> list[Path]:
             writer.add_scalar("train/loss", loss, step, walltime=t)
             writer.add_scalar("train/lr", lr, step, walltime=t)
         for e in runs.evals():
-            t = wall.get(e.step)
-            writer.add_scalar("val/loss", e.val_loss, e.step, walltime=t)
-            writer.add_scalar("val/train_loss", e.train_loss, e.step, walltime=t)
-            writer.add_scalar("val/best_loss", e.best_val_loss, e.step, walltime=t)
+            when = wall.get(e.step)
+            writer.add_scalar("val/loss", e.val_loss, e.step, walltime=when)
+            writer.add_scalar("val/train_loss", e.train_loss, e.step, walltime=when)
+            writer.add_scalar("val/best_loss", e.best_val_loss, e.step, walltime=when)
             if e.val_accuracy is not None:
-                writer.add_scalar("val/accuracy", e.val_accuracy, e.step, walltime=t)
+                writer.add_scalar("val/accuracy", e.val_accuracy, e.step, walltime=when)
         tracked = set()
         for step, s in runs.layer_stats():
             tracked.add(step)

@@ -10,6 +10,7 @@ included); normalization layers keep their weight 1 / bias 0.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, TypeAlias
 
 import torch
 from torch import nn
@@ -17,14 +18,20 @@ from torch import nn
 from trainlab.core.config import ConfigError, InitConfig
 from trainlab.engine.models import LEAKY_RELU_SLOPE, OUTPUT_LAYER
 
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""The layers whose weight and bias :func:`init_weights` sets."""
+WeightLayer: TypeAlias = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+"""A layer with a ``weight`` (and maybe a ``bias``): what ``WEIGHT_LAYERS`` lists."""
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""The layers whose weight and bias :func:`init_weights` sets (``WeightLayer``); spelled
+out so isinstance() tells a type checker which (each has ``weight``)."""
+
+FanMode: TypeAlias = Literal["fan_in", "fan_out"]
+KaimingNonlinearity: TypeAlias = Literal["relu", "leaky_relu"]
 
 InitFn = Callable[[torch.Tensor, InitConfig, str], None]
 """An initializer: (weight, init config, activation name) -> fills the weight in place."""
 
 
-def _kaiming_nonlinearity(activation: str) -> tuple[str, float]:
+def _kaiming_nonlinearity(activation: str) -> tuple[KaimingNonlinearity, float]:
     """(nonlinearity, negative slope) for torch's Kaiming gain.
 
     Kaiming/He init is derived for the ReLU family, so leaky_relu gets torch's leaky_relu
@@ -35,6 +42,15 @@ def _kaiming_nonlinearity(activation: str) -> tuple[str, float]:
     if activation == "leaky_relu":
         return "leaky_relu", LEAKY_RELU_SLOPE
     return "relu", 0.0
+
+
+def _fan_mode(mode: str) -> FanMode:
+    """``init.mode`` as torch's Kaiming init takes it (the config allows only these)."""
+    if mode == "fan_in":
+        return "fan_in"
+    if mode == "fan_out":
+        return "fan_out"
+    raise ConfigError(f"init.mode = {mode!r} is not allowed: expected fan_in or fan_out")
 
 
 def _zeros(weight: torch.Tensor, cfg: InitConfig, activation: str) -> None:
@@ -63,12 +79,12 @@ def _xavier_uniform(weight: torch.Tensor, cfg: InitConfig, activation: str) -> N
 
 def _kaiming_normal(weight: torch.Tensor, cfg: InitConfig, activation: str) -> None:
     nonlinearity, slope = _kaiming_nonlinearity(activation)
-    nn.init.kaiming_normal_(weight, a=slope, mode=cfg.mode, nonlinearity=nonlinearity)
+    nn.init.kaiming_normal_(weight, a=slope, mode=_fan_mode(cfg.mode), nonlinearity=nonlinearity)
 
 
 def _kaiming_uniform(weight: torch.Tensor, cfg: InitConfig, activation: str) -> None:
     nonlinearity, slope = _kaiming_nonlinearity(activation)
-    nn.init.kaiming_uniform_(weight, a=slope, mode=cfg.mode, nonlinearity=nonlinearity)
+    nn.init.kaiming_uniform_(weight, a=slope, mode=_fan_mode(cfg.mode), nonlinearity=nonlinearity)
 
 
 def _orthogonal(weight: torch.Tensor, cfg: InitConfig, activation: str) -> None:

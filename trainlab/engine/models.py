@@ -68,8 +68,9 @@ NORM_2D_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "layer": lambda channels: nn.GroupNorm(1, channels),
 }
 
-DROPOUT_TYPES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-"""The modules whose ``p`` :func:`set_dropout` changes."""
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+"""The modules whose ``p`` :func:`set_dropout` changes (spelled out so isinstance() tells
+a type checker they have one)."""
 
 
 def _activation(name: str) -> nn.Module:

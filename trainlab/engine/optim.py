@@ -30,7 +30,9 @@ from trainlab.core.config import OptimConfig, ScheduleConfig
 class OptimizerEntry:
     """A named optimizer: its torch class and how its arguments come from the config."""
 
-    cls: type[torch.optim.Optimizer]
+    cls: Callable[..., torch.optim.Optimizer]
+    """The torch optimizer class, called as ``cls(params, lr=..., **kwargs(config))``
+    (typed as that call: the base class Optimizer takes no lr)."""
     kwargs: Callable[[OptimConfig], dict[str, Any]]
     uses: tuple[str, ...]
     """The optim.* fields it reads besides lr (a change to another is stored, not used)."""

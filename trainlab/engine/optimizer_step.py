@@ -11,7 +11,7 @@ the config asks for (L1, clipping) and the caller's hooks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ def make_closure(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn,
-    weights: list[torch.Tensor],
+    weights: Sequence[torch.Tensor],
     reg: RegConfig,
     x: torch.Tensor,
     target: torch.Tensor,
@@ -48,6 +48,7 @@ def make_closure(
     ``after_first`` with the data loss (which may raise NonFiniteLoss to withhold the
     update). Returns the total loss, as optimizers expect.
     """
+    l1_weights = list(weights)  # the list torch's _foreach ops take
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -55,7 +56,7 @@ def make_closure(
         data_losses.append(loss.detach())
         total = loss
         if reg.l1:
-            total = total + reg.l1 * torch.stack(torch._foreach_norm(weights, 1)).sum()
+            total = total + reg.l1 * torch.stack(torch._foreach_norm(l1_weights, 1)).sum()
         total.backward()
         if after_backward is not None:
             after_backward()

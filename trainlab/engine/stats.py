@@ -41,7 +41,7 @@ from torch import nn
 
 from trainlab.core.config import StatsConfig
 from trainlab.core.protocol import Histogram, LayerStats, LayerStatsSnapshot
-from trainlab.engine.init import WEIGHT_LAYERS
+from trainlab.engine.init import WEIGHT_LAYERS, WeightLayer
 from trainlab.engine.models import ACTIVATION_BUILDERS, trace_forward
 
 TANH_SATURATION = 0.99
@@ -94,7 +94,7 @@ class Row:
     """One weight layer and the module whose output counts as its activation."""
 
     name: str
-    layer: nn.Module
+    layer: WeightLayer
     act_name: str
     act_module: nn.Module
     act_kind: str
@@ -197,8 +197,10 @@ class _Layout:
             if _group == 0:
                 self.k_w = chunks[0]
         self.k_p = chunks[0]  # chunks of the weight and gradient segments
-        self.act_rows = [i for i in range(n_rows) if key[i] is not None]
-        self.act_seg = {i: add(math.prod(key[i])) for i in self.act_rows}
+        # Row -> the shape of its activation sample, for the rows that have one.
+        shapes = {i: shape for i, shape in enumerate(key) if shape is not None}
+        self.act_rows = list(shapes)
+        self.act_seg = {i: add(math.prod(shapes[i])) for i in self.act_rows}
         self.k_pa = k = chunks[0]
         self.n_seg = n_seg = len(sizes)
         self.n_rows = n_rows
@@ -215,7 +217,7 @@ class _Layout:
 
         self.prev_views = [view(j, w.shape) for j, w in enumerate(weights)]
         self.grad_views = [view(n_rows + j, w.shape) for j, w in enumerate(weights)]
-        self.act_slot = {i: view(self.act_seg[i], key[i]) for i in self.act_rows}
+        self.act_slot = {i: view(self.act_seg[i], shapes[i]) for i in self.act_rows}
         body = flat[: k * CHUNK].view(k, CHUNK)
         self.ga2d = body[self.k_w : self.k_pa]  # gradients and activations
         self.body, self.a2d = body, body[self.k_p : self.k_pa]
@@ -259,7 +261,7 @@ class _Layout:
         # Dead units: per row the batch maximum of every (unit, position); a unit is dead
         # when the sum of its positions' maxima is 0 (ReLU-family outputs are >= 0).
         dead_rows = [i for i in self.act_rows if rows[i].act_kind in _DEAD_CAN_HAPPEN]
-        feats = {i: key[i][1:] for i in dead_rows}
+        feats = {i: shapes[i][1:] for i in dead_rows}
         dead_sizes = [math.prod(feats[i]) for i in dead_rows]
         self.dead = torch.zeros(sum(dead_sizes), device=device, dtype=dtype)
         self.dead_slot: dict[int, torch.Tensor] = {}
@@ -474,9 +476,10 @@ class _Recording:
     """What one tracked step's hooks captured: copied into the expected layout's buffer,
     or, where a shape differs from it, kept aside until the step's layout is known."""
 
-    def __init__(self, rows: list[Row], layout: _Layout) -> None:
+    def __init__(self, rows: list[Row], layout: _Layout | None) -> None:
         self.rows = rows
         self.layout = layout
+        """None only for a model with no rows: then no hook is attached."""
         self.act: dict[int, torch.Tensor] = {}
         """Row -> its activation sample (a slot of ``layout`` or a copy)."""
         self.dead: dict[int, torch.Tensor] = {}
@@ -498,11 +501,13 @@ class _Recording:
         index = rows_by_call.get(call)
         if index is None or index in self.act or not isinstance(out, torch.Tensor):
             return  # not a row's call, or a repeat pass (L-BFGS evaluates again)
+        layout = self.layout
+        assert layout is not None  # a hook runs, so there are rows, so there is a layout
         with torch.no_grad():
             sample = _sample(out)
-            self.act[index] = _keep(self.layout.act_slot.get(index), sample)
+            self.act[index] = _keep(layout.act_slot.get(index), sample)
             if self.rows[index].act_kind in _DEAD_CAN_HAPPEN:
-                slot = self.layout.dead_slot.get(index)
+                slot = layout.dead_slot.get(index)
                 if (slot is not None and slot.shape == out.shape[1:]
                         and slot.dtype == out.dtype):
                     self.dead[index] = torch.amax(out, 0, out=slot)
@@ -512,10 +517,13 @@ class _Recording:
             out.register_hook(self._grad_hook(index))
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        layout = self.layout
+        assert layout is not None  # as in on_activation, which attaches this hook
+
         def hook(grad: torch.Tensor) -> None:
             if index not in self.grad_out:
                 with torch.no_grad():  # two reductions of a tensor still in cache
-                    sample, dtype = _sample(grad), self.layout.flat.dtype
+                    sample, dtype = _sample(grad), layout.flat.dtype
                     self.grad_out[index] = (sample, sample.sum(dtype=dtype),
                                             torch.linalg.vector_norm(sample, dtype=dtype))
 
@@ -765,7 +773,7 @@ class Tracker:
         with torch.no_grad():
             if lay is not rec.layout:
                 guess = rec.layout
-                _move(rec, lay)
+                _move(rec, guess, lay)
                 if not guess.used:  # the first step's guess was wrong: drop it
                     owner._layouts.pop(guess.key, None)
             owner._layout = lay  # the next step expects these shapes again
@@ -789,11 +797,12 @@ class Tracker:
         )
 
 
-def _move(rec: _Recording, lay: _Layout) -> None:
-    """Copy what the step recorded into the layout its shapes need (a step whose shapes
-    differ from the last one's: the first, or a smaller last batch)."""
+def _move(rec: _Recording, old: _Layout, lay: _Layout) -> None:
+    """Copy what the step recorded into ``old`` (``rec.layout``) into the layout its
+    shapes need (a step whose shapes differ from the last one's: the first, or a smaller
+    last batch)."""
     p = lay.k_p * CHUNK  # weights and gradients: the same place in every layout
-    lay.flat[:p].copy_(rec.layout.flat[:p])
+    lay.flat[:p].copy_(old.flat[:p])
     for i, src in rec.act.items():
         lay.act_slot[i].copy_(src)
     for i, src in rec.dead.items():

@@ -46,8 +46,9 @@ def load_callable(path: str, key: str) -> Callable[..., Any]:
         raise ConfigError(f"{key} = {path!r}: cannot import module {exc.name!r}") from None
     except Exception as exc:  # the module itself raised while importing
         raise UserCodeError(f"importing {module_name!r} ({key})", exc) from exc
-    if getattr(module, "__file__", None):
-        _user_files.add(str(Path(module.__file__).resolve()))
+    file = getattr(module, "__file__", None)  # a built-in module has none
+    if file:
+        _user_files.add(str(Path(file).resolve()))
     fn = getattr(module, attr, None)
     if fn is None:
         raise ConfigError(f"{key} = {path!r}: module {module_name!r} has no {attr!r}")
