@@ -16,9 +16,9 @@ import torch
 from tests.conftest import losses_by_step, of_type, run_loop, tiny_config
 from trainlab.core import protocol
 from trainlab.core.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
+from trainlab.engine.batches import Batches, steps_per_epoch
 from trainlab.engine.checkpoint import Checkpoints, load
 from trainlab.engine.data import load_dataset
-from trainlab.engine.batches import Batches, steps_per_epoch
 from trainlab.engine.loop import Trainer
 from trainlab.engine.models import build_model
 

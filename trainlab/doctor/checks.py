@@ -410,7 +410,7 @@ IDENTITY_TOLERANCE = 1e-4
 as probabilities: a linear layer never produces that, a softmax in forward() always."""
 
 
-def _last_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, str, torch.Tensor]:
+def _last_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, str, object]:
     """(name, kind, model output): the last leaf module called, skipping TRANSPARENT ones.
 
     A softmax or log-softmax applied as a function in forward() is recognized from the

@@ -76,6 +76,13 @@ def _discard(event: Any) -> None:
     """The events of a Trainer driven by hand (tests, tools): nobody listens."""
 
 
+def _grad_accumulator(parameter: torch.Tensor) -> Any:
+    """The AccumulateGrad node autograd adds ``parameter``'s gradients with."""
+    node = parameter.view_as(parameter).grad_fn  # a view's node leads to the parameter's
+    assert node is not None  # requires_grad, under enable_grad: there is one
+    return node.next_functions[0][0]
+
+
 class Trainer(BuiltRun):
     """The live state of one run: what was built, the step, and the counters.
 
@@ -93,8 +100,8 @@ class Trainer(BuiltRun):
         self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
         """What the L1 penalty covers: weights, not biases."""
         with torch.enable_grad():  # a Trainer built under no_grad still gets them
-            self.grad_accumulators = [p.view_as(p).grad_fn.next_functions[0][0]
-                                      for p in self.model.parameters() if p.requires_grad]
+            self.grad_accumulators = [_grad_accumulator(p) for p in self.model.parameters()
+                                      if p.requires_grad]
         """Each trainable parameter's AccumulateGrad node, kept for the run. Autograd
         caches a parameter's node only while a graph holds it, so a step whose graph is
         gone by the next forward makes all of them anew (and while none exists, torch
@@ -526,8 +533,8 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
         emit(trainer.started_event())
         how = "started" if start_from is None else f"resumed from step {trainer.step}"
         emit(StateChanged("running", trainer.step, how))
-        for notice in [Notice(trainer.step, "info", note) for note in notes]:
-            emit(notice)
+        for note in notes:
+            emit(Notice(trainer.step, "info", note))
         for notice in trainer.start_notices():
             emit(notice)
 
@@ -539,8 +546,8 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
                     trainer.validate()
                 trainer.flush()
                 # A non-finite loss the last flush found decides how the run ends.
-                ending = "stopped" if control.stop_requested else "completed"
-                reason = trainer.nonfinite.should_end(trainer.step) or ending
+                reason = trainer.nonfinite.should_end(trainer.step) or (
+                    "stopped" if control.stop_requested else "completed")
                 break
             # One step; then, when due, the metrics, the evaluation and the checkpoint.
             trainer.train_step()
@@ -550,7 +557,7 @@ def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
             if trainer.eval_due():
                 trainer.validate()
             # Only a flush brings losses to the host, so this check costs no sync of its own.
-            if ending := hooks.should_end(trainer.step):  # non-finite loss, early stop
+            if ending := hooks.should_end(trainer.step):  # a non-finite loss, early stopping
                 reason = ending
                 break
             hooks.at_boundary(trainer.step)  # the periodic checkpoint

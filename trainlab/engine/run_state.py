@@ -197,7 +197,9 @@ def restore(trainer: Resumable, payload: dict[str, Any]) -> list[str]:
 
 def global_rng_state() -> dict[str, Any]:
     """torch's, every CUDA device's, numpy's and Python's RNG states, as plain data."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: the (name, keys, pos, ...) tuple
+    name, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         # Only when CUDA is in use: asking would initialise it otherwise.
