@@ -63,11 +63,11 @@ RUNS = Path(tempfile.mkdtemp(prefix="trainlab-bench-runs-"))
 
 def headless_rate(config: Config) -> float:
     """Training steps per second of the run in this process, as the headless CLI runs it."""
-    from trainlab.core import store
+    from trainlab.core import catalog
     from trainlab.engine.serve import serve
 
     clock = TrainingClock()
-    serve(store.new_run(RUNS, config), config, show=clock)
+    serve(catalog.new_run(RUNS, config), config, show=clock)
     return clock.rate
 
 

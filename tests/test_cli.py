@@ -173,9 +173,8 @@ def test_a_reader_that_leaves_early_stops_the_run_quietly(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert proc.stdout == f"run {run_dir.name} in runs/{run_dir.name}\n"  # the first line
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
-    from trainlab.core import store
-
-    summary = store.summarize(run_dir)
+    from trainlab.core import catalog
+    summary = catalog.summarize(run_dir)
     assert summary.status == "stopped"  # the reader left: stopped at a step boundary
 
 

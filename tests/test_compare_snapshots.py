@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.test_tui_compare import Host, three_runs
-from trainlab.core import store
+from trainlab.core import catalog
 
 # SVG snapshots: each starts the app and draws the compare screen.
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def host(root: Path) -> Host:
     """The compare screen over three runs (parent, fork, an unrelated crashed run) with
     the parent as the current run."""
     runs = three_runs(root, fixed_ids=True)
-    newest = max(summary.updated_at for summary in store.list_runs(root))
+    newest = max(summary.updated_at for summary in catalog.list_runs(root))
     return Host(root, runs.parent, now=lambda: newest + AGE_S)
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import of_type, run_loop, tiny_config
 
 from trainlab.cli.commands import main
-from trainlab.core import protocol, store
+from trainlab.core import catalog, protocol, store
 from trainlab.core.config import Config, format_setting
 from trainlab.engine import export
 
@@ -43,7 +43,7 @@ def recorded(tmp_path_factory):
     (run dir, every event in the store in order)."""
     root = tmp_path_factory.mktemp("runs")
     config = tiny_config(stats__every=5, stats__hist_every=5, run__eval_every=5)
-    run_dir = store.new_run(root, config)
+    run_dir = catalog.new_run(root, config)
     events = run_loop(config, [protocol.SetHyper("optim.lr", 0.01, "faster"),
                                protocol.SetHyper("data.augment", ["noise"], "")])
     odd = [protocol.MetricsBatch((21, 22, 23), (math.nan, math.inf, -math.inf),
@@ -127,7 +127,7 @@ def test_jsonl_is_every_event_as_strict_json(recorded, tmp_path):
 
 
 def test_csv_of_a_run_that_recorded_nothing_has_headers_only(tmp_path):
-    run_dir = store.new_run(tmp_path / "runs", Config())
+    run_dir = catalog.new_run(tmp_path / "runs", Config())
     for path in export.export_run(run_dir, "csv", tmp_path / "out"):
         assert len(path.read_text().splitlines()) == 1
 

@@ -18,7 +18,7 @@ from tests.conftest import losses_by_step, of_type, tiny_config
 from trainlab.core import protocol
 from trainlab.core.config import ConfigError
 from trainlab.core.protocol import Pause, Resume, SaveCheckpoint, SetHyper, Step, Stop
-from trainlab.core.store import CHECKPOINT_DIR
+from trainlab.core.rundir import CHECKPOINT_DIR
 from trainlab.engine.checkpoint import CheckpointError, Checkpoints, load
 from trainlab.engine.data import load_dataset
 from trainlab.engine.loop import Trainer, run

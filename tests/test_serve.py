@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import tiny_config
-from trainlab.core import protocol, store
+from trainlab.core import catalog, engine_lock, protocol, rundir, store
 from trainlab.core.serving import SOCKET_PATH_MAX, socket_path, spawn_detached
 from trainlab.engine import serve
 from trainlab.engine.serve import OUTBOX_LIMIT, OUTBOX_MAX_BYTES, RunServer
@@ -77,11 +77,11 @@ def wait_until(condition: Any, timeout: float = 60.0, what: str = "the condition
 
 def start_engine(**changes: Any) -> tuple[Path, subprocess.Popen[bytes]]:
     """A new run directory and its detached engine, once its socket answers."""
-    run_dir = store.new_run(tiny_config(**changes).run.dir, tiny_config(**changes))
+    run_dir = catalog.new_run(tiny_config(**changes).run.dir, tiny_config(**changes))
     process = spawn_detached(run_dir)
     wait_until(lambda: socket_path(run_dir).exists() or process.poll() is not None,
                what="the engine's socket")
-    assert process.poll() is None, (run_dir / store.LOG_FILE).read_text()
+    assert process.poll() is None, (run_dir / rundir.LOG_FILE).read_text()
     return run_dir, process
 
 
@@ -110,7 +110,7 @@ def test_sigterm_stops_a_paused_run_when_another_thread_receives_it(tmp_path) ->
     # only in the main thread, when it next runs: a paused engine blocked on its command
     # queue without a timeout never did, and ignored SIGTERM until killed.
     config = tiny_config(run__max_steps=10_000_000, run__dir=str(tmp_path))
-    run_dir = store.new_run(config.run.dir, config)
+    run_dir = catalog.new_run(config.run.dir, config)
     commands: queue.Queue[Any] = queue.Queue()
     commands.put(protocol.Pause())
 
@@ -175,7 +175,7 @@ def test_commands_viewers_control_and_sigterm() -> None:
     saved = stored(run_dir, "CheckpointSaved")
     assert saved and saved[-1].step == done.step  # the stop wrote a checkpoint
     assert not socket_path(run_dir).exists()
-    summary = store.summarize(run_dir)
+    summary = catalog.summarize(run_dir)
     assert summary.status == "stopped" and summary.step == done.step
 
 
@@ -184,7 +184,7 @@ def test_save_checkpoint_from_a_client_writes_only_into_the_runs_checkpoints(
     outside = tmp_path / "evil.pt"
     traversal = "../" * 30 + os.fspath(outside).lstrip("/")  # resolves to ``outside``
     with engine(**LONG) as (run_dir, _):
-        checkpoints = run_dir / store.CHECKPOINT_DIR
+        checkpoints = run_dir / rundir.CHECKPOINT_DIR
         boss = Client(socket_path(run_dir))
         for path in (traversal, os.fspath(outside), "sub/evil.pt", "..", " ",
                      ".last.pt.x.tmp", "last.pt", "last_good.pt", "step_00000001.pt"):
@@ -220,11 +220,11 @@ def test_a_client_that_hangs_up_leaves_the_run_training() -> None:
         first = Client(path)
         assert first.attached.role == "control"  # the hung-up controller let go
         seen = first.attached.last_seq
-        stored_then = store.summarize(run_dir).step  # at least what `seen` covers
+        stored_then = catalog.summarize(run_dir).step  # at least what `seen` covers
         first.close()
         # More training than the store held at that attach (a fixed step can already
         # be behind it on a fast run: then nothing new need have been written yet).
-        wait_until(lambda: store.summarize(run_dir).step > max(100, stored_then),
+        wait_until(lambda: catalog.summarize(run_dir).step > max(100, stored_then),
                    what="more training")
         again = Client(path)
         assert process.poll() is None
@@ -318,9 +318,9 @@ def test_kill_minus_9_leaves_a_store_that_opens_and_a_resumable_run() -> None:
         assert runs.integrity_check() == "ok"
     finally:
         runs.close()
-    summary = store.summarize(run_dir)
+    summary = catalog.summarize(run_dir)
     assert summary.status == "crashed" and summary.resumable
-    assert not store.engine_alive(run_dir)
+    assert not engine_lock.engine_alive(run_dir)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not hasattr(os, "setuid"),
@@ -348,7 +348,7 @@ def test_the_socket_mode_refuses_other_users() -> None:
 
 def test_a_deep_run_directory_serves_from_a_short_socket_path(tmp_path: Path) -> None:
     deep = tmp_path.joinpath(*["a-long-directory-name"] * 8)
-    assert len(os.fsencode(deep / store.SOCKET_FILE)) > SOCKET_PATH_MAX
+    assert len(os.fsencode(deep / rundir.SOCKET_FILE)) > SOCKET_PATH_MAX
     path = socket_path(deep)
     assert len(os.fsencode(path)) <= SOCKET_PATH_MAX
     assert path == socket_path(deep)  # the server and every client agree
@@ -394,12 +394,12 @@ def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> No
     assert socket_path(run_dir).exists()  # what kill -9 leaves behind
     from trainlab.engine.checkpoint import Checkpoints
 
-    good = Checkpoints(run_dir / store.CHECKPOINT_DIR).latest_good()
+    good = Checkpoints(run_dir / rundir.CHECKPOINT_DIR).latest_good()
     assert good is not None
     started = engine_cli("resume", os.fspath(run_dir), "--detach", "--json")
     assert started.returncode == 0, started.stderr
     try:
-        assert store.engine_alive(run_dir)  # --detach returned once it really served
+        assert engine_lock.engine_alive(run_dir)  # --detach returned once it really served
         client = Client(socket_path(run_dir))
         client.next("MetricsBatch")
         (resumed,) = [e for e in stored(run_dir, "RunStarted") if e.resumed_from_step]
@@ -407,7 +407,7 @@ def test_a_killed_run_resumes_in_the_background_despite_its_stale_socket() -> No
         client.close()
     finally:
         os.kill(pid_of(run_dir), signal.SIGTERM)
-        wait_until(lambda: not store.engine_alive(run_dir), what="the engine to stop")
+        wait_until(lambda: not engine_lock.engine_alive(run_dir), what="the engine to stop")
 
 
 async def test_the_app_stops_a_resumed_run_whose_earlier_segment_had_finished() -> None:
@@ -422,7 +422,7 @@ async def test_the_app_stops_a_resumed_run_whose_earlier_segment_had_finished() 
     served = ServedEngine(run_dir)
     await served.start(tiny_config(**LONG))
     await served.stop()  # the history's RunFinished is the first segment's: Stop is sent
-    wait_until(lambda: not store.engine_alive(run_dir), what="the resumed engine to stop")
+    wait_until(lambda: not engine_lock.engine_alive(run_dir), what="the resumed engine to stop")
     assert [e.reason for e in stored(run_dir, "RunFinished")] == ["stopped", "stopped"]
     assert stored(run_dir, "StateChanged")[-1].reason == "stopped from the app"
 
@@ -437,7 +437,7 @@ def test_a_fork_of_a_live_run_starts_from_the_checkpoint_it_records() -> None:
         try:
             wait_until(lambda: stored(child, "RunStarted"), what="the fork to start")
             time.sleep(2)  # the parent writes newer checkpoints meanwhile
-            summary = store.summarize(child)
+            summary = catalog.summarize(child)
             (started,) = stored(child, "RunStarted")
             assert summary.parent == run_dir.name
             assert started.resumed_from_step == summary.parent_step  # the same checkpoint
@@ -446,14 +446,14 @@ def test_a_fork_of_a_live_run_starts_from_the_checkpoint_it_records() -> None:
             assert f"forked from run {run_dir.name} at step {summary.parent_step}" in notes
         finally:
             os.kill(pid_of(child), signal.SIGTERM)
-            wait_until(lambda: not store.engine_alive(child), what="the fork to stop")
+            wait_until(lambda: not engine_lock.engine_alive(child), what="the fork to stop")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
 async def test_the_app_does_not_attach_to_another_users_run() -> None:
     from trainlab.tui.bridge import ServedEngine
 
-    run_dir = store.new_run(tiny_config().run.dir, tiny_config())
+    run_dir = catalog.new_run(tiny_config().run.dir, tiny_config())
     os.chown(run_dir, 4242, 4242)
     served = ServedEngine(run_dir)
     await served.start(tiny_config())

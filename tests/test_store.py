@@ -24,7 +24,7 @@ import pytest
 from conftest import losses_by_step, of_type, run_loop, tiny_config
 
 from trainlab.cli.commands import main
-from trainlab.core import protocol, store
+from trainlab.core import catalog, engine_lock, protocol, run_status, rundir, store
 from trainlab.core.config import Config
 from trainlab.core.text import format_age
 
@@ -61,7 +61,7 @@ def finished_event(reason: str, step: int = 20) -> protocol.RunFinished:
 
 def make_run(root: Path, events: list[Any], **meta: Any) -> Path:
     """A run directory whose store holds ``events`` (recorded, committed, closed)."""
-    run_dir = store.new_run(root, Config(), **meta)
+    run_dir = catalog.new_run(root, Config(), **meta)
     with store.RunStore.open(run_dir, write=True) as runs:
         for event in events:
             runs.record(event)
@@ -124,7 +124,7 @@ def test_nan_and_inf_round_trip_through_the_db(tmp_path):
         assert math.isnan(c.old) and c.new == math.inf
         assert as_json([event for _, event in runs.events()]) == as_json(events)
         # Stored as the protocol's strings, never as NULL.
-        raw = sqlite3.connect(run_dir / store.DB_FILE)
+        raw = sqlite3.connect(run_dir / rundir.DB_FILE)
         assert raw.execute("SELECT loss FROM train ORDER BY step").fetchall() == [
             (0.5,), ("NaN",), ("Infinity",), ("-Infinity",)]
         assert runs.best() is None  # no finite validation loss: no best
@@ -134,7 +134,7 @@ def test_nan_and_inf_round_trip_through_the_db(tmp_path):
 
 
 def test_seq_numbers_increase_by_one_and_slices_read_back(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     with store.RunStore.open(run_dir, write=True) as runs:
         events = [protocol.Notice(i, "info", f"n{i}") for i in range(2500)]
         seqs = [runs.record(e) for e in events]
@@ -151,14 +151,14 @@ def test_seq_numbers_increase_by_one_and_slices_read_back(tmp_path):
 
 
 def test_record_refuses_what_is_not_an_event(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     with store.RunStore.open(run_dir, write=True) as runs, \
             pytest.raises(TypeError, match="Pause is not a protocol event"):
         runs.record(protocol.Pause())
 
 
 def test_a_reader_cannot_write(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     with store.RunStore.open(run_dir) as runs, pytest.raises(store.StoreError,
                                                              match="reading only"):
         runs.record(protocol.Notice(0, "info", "x"))
@@ -166,7 +166,7 @@ def test_a_reader_cannot_write(tmp_path):
 
 def test_batched_events_wait_for_the_commit_state_changes_do_not(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "COMMIT_INTERVAL_S", 3600.0)  # the flusher never fires here
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     writer = store.RunStore.open(run_dir, write=True)
     reader = store.RunStore.open(run_dir)
     try:
@@ -184,7 +184,7 @@ def test_batched_events_wait_for_the_commit_state_changes_do_not(tmp_path, monke
 
 
 def test_the_flusher_commits_a_quiet_batch_within_the_interval(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     with store.RunStore.open(run_dir, write=True) as writer, \
             store.RunStore.open(run_dir) as reader:
         writer.record(protocol.Notice(1, "info", "nothing follows"))  # batched, then quiet
@@ -192,7 +192,7 @@ def test_the_flusher_commits_a_quiet_batch_within_the_interval(tmp_path):
 
 
 def test_meta_holds_the_run_facts_and_what_set_meta_adds(tmp_path):
-    run_dir = store.new_run(tmp_path, Config(), parent="20260101-000000-abcd",
+    run_dir = catalog.new_run(tmp_path, Config(), parent="20260101-000000-abcd",
                             parent_step=40, label="lower lr")
     with store.RunStore.open(run_dir, write=True) as runs:
         runs.set_meta(pid=4242, note=math.nan)
@@ -206,25 +206,25 @@ def test_meta_holds_the_run_facts_and_what_set_meta_adds(tmp_path):
 
 def test_new_run_writes_the_config_and_a_unique_id(tmp_path):
     config = Config().with_values({"optim.lr": 0.02, "model.depth": 5})
-    dirs = [store.new_run(tmp_path, config) for _ in range(20)]
+    dirs = [catalog.new_run(tmp_path, config) for _ in range(20)]
     assert len(set(dirs)) == 20
     for run_dir in dirs:
         assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", run_dir.name)
-        assert store.run_config(run_dir) == config
-        assert (run_dir / store.CHECKPOINT_DIR).is_dir()
+        assert rundir.run_config(run_dir) == config
+        assert (run_dir / rundir.CHECKPOINT_DIR).is_dir()
     with store.RunStore.open(dirs[0]) as runs:
         assert runs.integrity_check() == "ok" and runs.journal_mode == "wal"
 
 
 def test_a_directory_without_a_store_is_not_a_run(tmp_path):
-    with pytest.raises(store.RunNotFound, match=f"{tmp_path} is not a run directory"):
+    with pytest.raises(rundir.RunNotFound, match=f"{tmp_path} is not a run directory"):
         store.RunStore.open(tmp_path)
-    assert not (tmp_path / store.DB_FILE).exists()  # reading created nothing
+    assert not (tmp_path / rundir.DB_FILE).exists()  # reading created nothing
 
 
 def test_a_store_from_a_newer_trainlab_is_refused(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
-    sqlite3.connect(run_dir / store.DB_FILE).execute(
+    run_dir = catalog.new_run(tmp_path, Config())
+    sqlite3.connect(run_dir / rundir.DB_FILE).execute(
         f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
     with pytest.raises(store.StoreError, match="newer trainlab"):
         store.RunStore.open(run_dir)
@@ -238,9 +238,9 @@ def real_run(tmp_path_factory):
     """A tiny real run recorded through ``recording``: (run dir, the events emitted)."""
     root = tmp_path_factory.mktemp("runs")
     config = tiny_config(stats__every=5, stats__hist_every=5, run__eval_every=5)
-    run_dir = store.new_run(root, config)
+    run_dir = catalog.new_run(root, config)
     events: list[Any] = []
-    with store.EngineLock(run_dir), store.RunStore.open(run_dir, write=True) as runs:
+    with engine_lock.EngineLock(run_dir), store.RunStore.open(run_dir, write=True) as runs:
         emit = store.recording(runs, events.append)
         for event in run_loop(config, [protocol.SetHyper("optim.lr", 0.01, "faster")]):
             emit(event)
@@ -268,7 +268,7 @@ def test_queries_of_a_real_run_match_its_events(real_run):
         assert runs.final() == of_type(events, "RunFinished")[0].final
         finite = [e for e in of_type(events, "EvalDone") if math.isfinite(e.val_loss)]
         assert runs.best() == min(finite, key=lambda e: e.val_loss)
-    summary = store.summarize(run_dir)
+    summary = catalog.summarize(run_dir)
     assert summary.status == "finished" and summary.reason == "completed"
     assert summary.step == 20
     assert summary.best_val_loss == min(e.val_loss for e in of_type(events, "EvalDone"))
@@ -333,14 +333,14 @@ RUNNING = [started_event(), protocol.StateChanged("running", 0, "started"),
 )
 def test_status_of_each_kind_of_run(tmp_path, events, alive, status, reason):
     run_dir = make_run(tmp_path, events)
-    lock = store.EngineLock(run_dir)
+    lock = engine_lock.EngineLock(run_dir)
     if alive:
         lock.acquire()
     try:
-        summary = store.summarize(run_dir)
+        summary = catalog.summarize(run_dir)
     finally:
         lock.release()
-    assert summary.status == status and summary.status in store.STATUSES
+    assert summary.status == status and summary.status in run_status.STATUSES
     assert reason in summary.reason
     assert not summary.resumable  # no checkpoint in any of these
 
@@ -353,19 +353,19 @@ def test_status_of_each_kind_of_run(tmp_path, events, alive, status, reason):
 )
 def test_crashed_and_stopped_runs_with_a_checkpoint_are_resumable(tmp_path, events, resumable):
     run_dir = make_run(tmp_path, events)
-    (run_dir / store.CHECKPOINT_DIR / ".last.pt.x1.tmp").write_bytes(b"half")
-    assert not store.summarize(run_dir).resumable  # a file being written is no checkpoint
-    (run_dir / store.CHECKPOINT_DIR / "before-lr-change.pt").write_bytes(b"saved by name")
-    assert not store.summarize(run_dir).resumable  # a user's named save is not resumed from
-    (run_dir / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"checkpoint")
-    assert store.summarize(run_dir).resumable is resumable
+    (run_dir / rundir.CHECKPOINT_DIR / ".last.pt.x1.tmp").write_bytes(b"half")
+    assert not catalog.summarize(run_dir).resumable  # a file being written is no checkpoint
+    (run_dir / rundir.CHECKPOINT_DIR / "before-lr-change.pt").write_bytes(b"saved by name")
+    assert not catalog.summarize(run_dir).resumable  # a user's named save is not resumed from
+    (run_dir / rundir.CHECKPOINT_DIR / "last.pt").write_bytes(b"checkpoint")
+    assert catalog.summarize(run_dir).resumable is resumable
 
 
 @pytest.mark.parametrize("name", ["last_good.pt", "step_00000040.pt"])
 def test_a_run_with_only_a_good_or_a_numbered_checkpoint_is_resumable(tmp_path, name):
     run_dir = make_run(tmp_path, RUNNING)
-    (run_dir / store.CHECKPOINT_DIR / name).write_bytes(b"checkpoint")
-    assert store.summarize(run_dir).resumable
+    (run_dir / rundir.CHECKPOINT_DIR / name).write_bytes(b"checkpoint")
+    assert catalog.summarize(run_dir).resumable
 
 
 def test_summary_numbers_and_parent(tmp_path):
@@ -374,7 +374,7 @@ def test_summary_numbers_and_parent(tmp_path):
               protocol.EvalDone(4, 2, 0.8, 0.6, 0.8, 0.7),
               protocol.EvalDone(6, 2, math.nan, 0.1, 0.8, 0.7)]
     run_dir = make_run(tmp_path, events, parent="20260101-000000-abcd", parent_step=2)
-    s = store.summarize(run_dir)
+    s = catalog.summarize(run_dir)
     assert (s.step, s.epoch, s.best_val_loss) == (6, 2, 0.7)
     assert s.val_accuracy == 0.1  # the latest evaluation's
     assert s.parent == "20260101-000000-abcd" and s.parent_step == 2
@@ -386,9 +386,9 @@ def test_summary_numbers_and_parent(tmp_path):
 
 WRITER = """
 import sys
-from trainlab.core import protocol, store
+from trainlab.core import engine_lock, protocol, store
 run_dir, journal, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with store.EngineLock(run_dir), store.RunStore.open(run_dir, write=True,
+with engine_lock.EngineLock(run_dir), store.RunStore.open(run_dir, write=True,
                                                      wal=journal == "wal") as runs:
     runs.record(protocol.StateChanged("running", 0, "started"))
     print("ready", flush=True)
@@ -425,7 +425,7 @@ def check_history(runs: store.RunStore) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_a_reader_in_this_process_while_another_process_writes(tmp_path, journal):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     child = python(WRITER, str(run_dir), journal, "600")
     try:
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
@@ -446,12 +446,12 @@ def test_a_reader_in_this_process_while_another_process_writes(tmp_path, journal
                 seen = last
                 time.sleep(0.01)
             assert child.stdout.readline().strip() == "done"
-            assert store.summarize(run_dir).status == "running"
+            assert catalog.summarize(run_dir).status == "running"
             child.communicate("\n", timeout=SUBPROCESS_WAIT_S)
             assert child.returncode == 0, child.stderr
             assert check_history(runs) == expected
         assert growth >= 2  # it did read while the writer was writing
-        assert store.summarize(run_dir).status == "crashed"  # gone with no final event
+        assert catalog.summarize(run_dir).status == "crashed"  # gone with no final event
     finally:
         child.kill()
         child.wait()
@@ -460,15 +460,15 @@ def test_a_reader_in_this_process_while_another_process_writes(tmp_path, journal
 @pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_kill_9_mid_run_leaves_a_store_that_opens_ok_and_says_crashed(tmp_path, journal):
-    run_dir = store.new_run(tmp_path, Config())
-    (run_dir / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"a checkpoint")
+    run_dir = catalog.new_run(tmp_path, Config())
+    (run_dir / rundir.CHECKPOINT_DIR / "last.pt").write_bytes(b"a checkpoint")
     child = python(WRITER, str(run_dir), journal, "0")  # writes until killed
     try:
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
         with store.RunStore.open(run_dir) as runs:
             wait_for(lambda: runs.last_seq() > 300, "the writer's history")
             seen = runs.last_seq()
-        assert store.engine_alive(run_dir)
+        assert engine_lock.engine_alive(run_dir)
         time.sleep(random.uniform(0, 0.2))  # somewhere in a write
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
@@ -480,7 +480,7 @@ def test_kill_9_mid_run_leaves_a_store_that_opens_ok_and_says_crashed(tmp_path, 
         assert runs.integrity_check() == "ok"
         assert check_history(runs) >= seen
         steps = len(runs.train_curve())
-    summary = store.summarize(run_dir)
+    summary = catalog.summarize(run_dir)
     assert summary.status == "crashed" and summary.resumable
     assert summary.step == steps > 0
     with store.RunStore.open(run_dir, write=True) as runs:  # a resumed engine writes on
@@ -494,8 +494,8 @@ def test_kill_9_mid_run_leaves_a_store_that_opens_ok_and_says_crashed(tmp_path, 
 
 HOLDER = """
 import sys, time
-from trainlab.core import store
-with store.EngineLock(sys.argv[1]):
+from trainlab.core import engine_lock
+with engine_lock.EngineLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
 """
@@ -503,36 +503,36 @@ with store.EngineLock(sys.argv[1]):
 
 @pytest.mark.slow
 def test_the_engine_lock_is_one_process_at_a_time_and_dies_with_it(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
-    assert not store.engine_alive(run_dir)
+    run_dir = catalog.new_run(tmp_path, Config())
+    assert not engine_lock.engine_alive(run_dir)
     child = python(HOLDER, str(run_dir))
     try:
         assert child.stdout.readline().strip() == "locked", child.stderr.read()
-        assert store.engine_alive(run_dir)
-        with pytest.raises(store.RunBusy, match=rf"{run_dir.name} already has an engine "
+        assert engine_lock.engine_alive(run_dir)
+        with pytest.raises(engine_lock.RunBusy, match=rf"{run_dir.name} already has an engine "
                                                 rf"\(pid {child.pid}\)"):
-            store.EngineLock(run_dir).acquire()
-        assert store.summarize(run_dir).status == "running"
+            engine_lock.EngineLock(run_dir).acquire()
+        assert catalog.summarize(run_dir).status == "running"
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     finally:
         child.kill()
         child.wait()
-    assert not store.engine_alive(run_dir)
-    with store.EngineLock(run_dir):
-        assert store.engine_alive(run_dir)
-    assert not store.engine_alive(run_dir)
-    assert issubclass(store.RunBusy, ValueError)
+    assert not engine_lock.engine_alive(run_dir)
+    with engine_lock.EngineLock(run_dir):
+        assert engine_lock.engine_alive(run_dir)
+    assert not engine_lock.engine_alive(run_dir)
+    assert issubclass(engine_lock.RunBusy, ValueError)
 
 
 def test_a_liveness_probe_does_not_make_a_starting_engine_busy(tmp_path, monkeypatch):
     # engine_alive holds a shared lock for a moment; an engine starting then must wait.
-    monkeypatch.setattr(store, "LOCK_RETRY_S", SUBPROCESS_WAIT_S)  # a slow machine's timer
-    run_dir = store.new_run(tmp_path, Config())
-    (run_dir / store.LOCK_FILE).touch()
-    probe = os.open(run_dir / store.LOCK_FILE, os.O_RDONLY)
+    monkeypatch.setattr(engine_lock, "LOCK_RETRY_S", SUBPROCESS_WAIT_S)  # a slow machine's timer
+    run_dir = catalog.new_run(tmp_path, Config())
+    (run_dir / rundir.LOCK_FILE).touch()
+    probe = os.open(run_dir / rundir.LOCK_FILE, os.O_RDONLY)
     fcntl.flock(probe, fcntl.LOCK_SH)
-    lock = store.EngineLock(run_dir)
+    lock = engine_lock.EngineLock(run_dir)
     threading.Timer(0.2, os.close, (probe,)).start()
     lock.acquire()  # it retried past the probe instead of raising RunBusy
     lock.release()
@@ -542,44 +542,44 @@ def test_a_liveness_probe_does_not_make_a_starting_engine_busy(tmp_path, monkeyp
 
 
 def test_find_run_by_id_prefix_path_or_newest(tmp_path, monkeypatch):
-    dirs = [store.new_run(tmp_path, Config()) for _ in range(3)]
+    dirs = [catalog.new_run(tmp_path, Config()) for _ in range(3)]
     ids = [d.name for d in dirs]
     newest = dirs[-1]
-    assert store.find_run(tmp_path, None) == newest
+    assert catalog.find_run(tmp_path, None) == newest
     for run_dir in dirs:
-        assert store.find_run(tmp_path, run_dir.name) == run_dir
+        assert catalog.find_run(tmp_path, run_dir.name) == run_dir
         # The shortest prefix no other id starts with.
         prefix = next(run_dir.name[:n] for n in range(1, 21)
                       if sum(i.startswith(run_dir.name[:n]) for i in ids) == 1)
-        assert store.find_run(tmp_path, prefix) == run_dir
-        assert store.find_run(tmp_path, str(run_dir)) == run_dir
-        assert store.find_run(tmp_path, str(run_dir / store.DB_FILE)) == run_dir
+        assert catalog.find_run(tmp_path, prefix) == run_dir
+        assert catalog.find_run(tmp_path, str(run_dir)) == run_dir
+        assert catalog.find_run(tmp_path, str(run_dir / rundir.DB_FILE)) == run_dir
     monkeypatch.chdir(tmp_path)
-    assert store.find_run("elsewhere", f"./{ids[0]}") == Path(f"./{ids[0]}")
-    assert [s.path for s in store.list_runs(tmp_path)] == dirs[::-1]
+    assert catalog.find_run("elsewhere", f"./{ids[0]}") == Path(f"./{ids[0]}")
+    assert [s.path for s in catalog.list_runs(tmp_path)] == dirs[::-1]
 
 
 def test_find_run_errors_name_the_ref_and_what_exists(tmp_path):
-    with pytest.raises(store.RunNotFound, match="does not exist"):
-        store.find_run(tmp_path / "none", None)
-    with pytest.raises(store.RunNotFound, match="has none"):
-        store.find_run(tmp_path, "x")
-    dirs = [store.new_run(tmp_path, Config()) for _ in range(2)]
-    with pytest.raises(store.RunNotFound) as error:
-        store.find_run(tmp_path, "nope")
+    with pytest.raises(rundir.RunNotFound, match="does not exist"):
+        catalog.find_run(tmp_path / "none", None)
+    with pytest.raises(rundir.RunNotFound, match="has none"):
+        catalog.find_run(tmp_path, "x")
+    dirs = [catalog.new_run(tmp_path, Config()) for _ in range(2)]
+    with pytest.raises(rundir.RunNotFound) as error:
+        catalog.find_run(tmp_path, "nope")
     assert "no run 'nope'" in str(error.value)
     assert all(d.name in str(error.value) for d in dirs)
-    with pytest.raises(store.RunNotFound, match=r"'2' matches 2 runs.*give more of the id"):
-        store.find_run(tmp_path, "2")
-    with pytest.raises(store.RunNotFound, match="is not a run directory"):
-        store.find_run(tmp_path, str(tmp_path / "empty" / "dir"))
+    with pytest.raises(rundir.RunNotFound, match=r"'2' matches 2 runs.*give more of the id"):
+        catalog.find_run(tmp_path, "2")
+    with pytest.raises(rundir.RunNotFound, match="is not a run directory"):
+        catalog.find_run(tmp_path, str(tmp_path / "empty" / "dir"))
 
 
 def test_list_runs_shows_a_run_whose_store_is_unreadable(tmp_path):
-    good = store.new_run(tmp_path, Config())
-    bad = store.new_run(tmp_path, Config())
-    (bad / store.DB_FILE).write_bytes(b"this is not a database" * 100)
-    summaries = {s.path: s for s in store.list_runs(tmp_path)}
+    good = catalog.new_run(tmp_path, Config())
+    bad = catalog.new_run(tmp_path, Config())
+    (bad / rundir.DB_FILE).write_bytes(b"this is not a database" * 100)
+    summaries = {s.path: s for s in catalog.list_runs(tmp_path)}
     assert summaries[good].status == "crashed"
     assert summaries[bad].status == "crashed" and "unreadable" in summaries[bad].reason
 
@@ -588,7 +588,7 @@ def test_list_runs_shows_a_run_whose_store_is_unreadable(tmp_path):
 
 
 def test_recording_records_then_passes_on(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     seen: list[Any] = []
     events = [protocol.Notice(i, "info", f"n{i}") for i in range(5)]
     with store.RunStore.open(run_dir, write=True) as runs:
@@ -610,7 +610,7 @@ class Clock:
 
 
 def test_a_full_disk_loses_batches_says_so_once_and_training_goes_on(tmp_path):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     seen: list[Any] = []
     big = "x" * 3000
     sent = [protocol.Notice(i, "info", big) for i in range(1, 60)]
@@ -664,7 +664,7 @@ class FullDisk:
 
         def full_record(event: Any) -> int:
             if fails():
-                raise store.StoreError(f"{runs.run_dir / store.DB_FILE}: cannot record: "
+                raise store.StoreError(f"{runs.run_dir / rundir.DB_FILE}: cannot record: "
                                        f"{os.strerror(errno.ENOSPC)}")
             return record(event)
 
@@ -684,7 +684,7 @@ def notices(seen: list[Any]) -> list[tuple[str, str]]:
 
 
 def test_a_full_disk_is_retried_less_and_less_often_and_said_once(tmp_path, monkeypatch):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     seen: list[Any] = []
     clock = Clock()
     with store.RunStore.open(run_dir, write=True) as runs:
@@ -712,7 +712,7 @@ def test_a_full_disk_is_retried_less_and_less_often_and_said_once(tmp_path, monk
 def test_a_disk_that_takes_a_small_write_now_and_then_does_not_flap(tmp_path, monkeypatch):
     # Each retry's first write works, the next ones fail: no "records again" between
     # "cannot record"s, one notice for the whole outage.
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     seen: list[Any] = []
     clock = Clock()
     with store.RunStore.open(run_dir, write=True) as runs:
@@ -732,7 +732,7 @@ def test_a_disk_that_takes_a_small_write_now_and_then_does_not_flap(tmp_path, mo
 
 
 def test_a_state_change_is_tried_even_while_recording_pauses(tmp_path, monkeypatch):
-    run_dir = store.new_run(tmp_path, Config())
+    run_dir = catalog.new_run(tmp_path, Config())
     seen: list[Any] = []
     clock = Clock()
     with store.RunStore.open(run_dir, write=True) as runs:
@@ -749,7 +749,7 @@ def test_a_state_change_is_tried_even_while_recording_pauses(tmp_path, monkeypat
         stored = [e for _, e in runs.events()]
     assert [type(e).__name__ for e in stored] == ["StateChanged", "Notice", "RunFinished"]
     assert "missed 2 event(s) from step 1" in stored[1].message
-    assert store.summarize(run_dir).status == "stopped"
+    assert catalog.summarize(run_dir).status == "stopped"
 
 
 # --- trainlab runs ---------------------------------------------------------------------------
@@ -761,7 +761,7 @@ def test_runs_json_lists_every_run_newest_first(tmp_path, capsys):
                                    protocol.StateChanged("finished", 2, "completed"),
                                    finished_event("completed", 2)])
     crashed = make_run(tmp_path, RUNNING, parent=finished.name, parent_step=2)
-    (crashed / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
+    (crashed / rundir.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
     assert main(["runs", "--json", "--dir", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in rows] == [crashed.name, finished.name]
@@ -774,7 +774,7 @@ def test_runs_json_lists_every_run_newest_first(tmp_path, capsys):
 
 def test_runs_table_offers_resume_for_a_crashed_run(tmp_path, capsys):
     crashed = make_run(tmp_path, RUNNING)
-    (crashed / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
+    (crashed / rundir.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
     lost = make_run(tmp_path, RUNNING)
     assert main(["runs", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -795,7 +795,7 @@ def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypat
 
     config = tiny_config(run__max_steps=10_000, run__checkpoint_every=10,
                          run__dir=str(tmp_path))
-    run_dir = store.new_run(tmp_path, config)
+    run_dir = catalog.new_run(tmp_path, config)
     commands: queue.Queue[Any] = queue.Queue()
     real_save = Checkpoints.save
     full = threading.Event()
@@ -816,7 +816,7 @@ def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypat
     finished, _ = serve(run_dir, config, show=show, commands=commands)
     assert finished.reason == "stopped" and finished.final.step % 10 != 0
     saved = [e.step for e in stored_events(run_dir, "CheckpointSaved")]
-    summary = store.summarize(run_dir)
+    summary = catalog.summarize(run_dir)
     assert summary.status == "stopped" and summary.resumable
     assert summary.step == finished.final.step > saved[-1] == summary.checkpoint_step
     assert main(["runs", "--dir", str(tmp_path)]) == 0
@@ -839,7 +839,7 @@ def test_runs_does_not_offer_a_step_that_no_checkpoint_holds(tmp_path, monkeypat
 def test_runs_says_where_a_resume_goes_on_from(tmp_path, step, checkpoint_step, says):
     from trainlab.cli.commands import format_runs_table
 
-    summary = store.RunSummary("r", tmp_path, "stopped", step, 1, None, None, 0.0, 0.0, "",
+    summary = run_status.RunSummary("r", tmp_path, "stopped", step, 1, None, None, 0.0, 0.0, "",
                                None, "", "stopped", resumable=True,
                                checkpoint_step=checkpoint_step)
     assert format_runs_table([summary], 0.0).splitlines()[-1] == f"r {says}"
@@ -915,7 +915,7 @@ def loose_modes(top: Path) -> list[str]:
     found = []
     for path in [top, *top.rglob("*")]:
         info = path.lstat()
-        want = store.PRIVATE_DIR_MODE if path.is_dir() else store.PRIVATE_FILE_MODE
+        want = rundir.PRIVATE_DIR_MODE if path.is_dir() else rundir.PRIVATE_FILE_MODE
         if info.st_mode & 0o777 != want:
             found.append(f"{path.relative_to(top.parent)} {info.st_mode & 0o777:o}")
     return found
@@ -933,8 +933,8 @@ def test_a_run_is_private_to_its_owner_whatever_the_umask(tmp_path, umask, capsy
                 "run.threads=1", "--set", "run.checkpoint_every=10"]
         assert main(["run", "--detach", "--json", *args]) == 0
         run_dir = Path(json.loads(capsys.readouterr().out)["run_dir"])
-        wait_for(lambda: store.summarize(run_dir).status == "finished", "the run to finish")
-        wait_for(lambda: not store.engine_alive(run_dir), "the engine to end")
+        wait_for(lambda: catalog.summarize(run_dir).status == "finished", "the run to finish")
+        wait_for(lambda: not engine_lock.engine_alive(run_dir), "the engine to end")
         for fmt in ("csv", "jsonl", "tensorboard"):
             assert main(["export", run_dir.name, "--format", fmt, "--dir", str(root)]) == 0
         with store.RunStore.open(run_dir, write=True) as runs:  # -wal and -shm exist now
@@ -944,7 +944,7 @@ def test_a_run_is_private_to_its_owner_whatever_the_umask(tmp_path, umask, capsy
     finally:
         os.umask(old)
     names = {p.name for p in run_dir.rglob("*")}
-    assert {store.DB_FILE, store.CONFIG_FILE, store.LOG_FILE, store.LOCK_FILE, "last.pt",
+    assert {rundir.DB_FILE, rundir.CONFIG_FILE, rundir.LOG_FILE, rundir.LOCK_FILE, "last.pt",
             "step_00000030.pt", "train.csv", "events.jsonl"} <= names, names
     assert any(name.startswith("events.out.tfevents") for name in names)
     assert loose_modes(root) == []
@@ -953,12 +953,12 @@ def test_a_run_is_private_to_its_owner_whatever_the_umask(tmp_path, umask, capsy
 def test_an_older_runs_loose_files_are_made_private(tmp_path):
     run_dir = make_run(tmp_path, RUNNING)
     os.chmod(run_dir, 0o755)
-    for path in (run_dir / store.DB_FILE, run_dir / store.CONFIG_FILE):
+    for path in (run_dir / rundir.DB_FILE, run_dir / rundir.CONFIG_FILE):
         os.chmod(path, 0o644)
     (run_dir / "export").mkdir(mode=0o755)
     (run_dir / "export" / "metrics.csv").write_text("step\n")
     os.chmod(run_dir / "export" / "metrics.csv", 0o644)
-    store.make_private(run_dir)  # what an engine resuming it does first
+    rundir.make_private(run_dir)  # what an engine resuming it does first
     assert loose_modes(run_dir) == []
 
 
@@ -968,7 +968,7 @@ def foreign_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root to give a directory to another user")
     own = make_run(tmp_path, [*RUNNING, finished_event("stopped")])
-    (own / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
+    (own / rundir.CHECKPOINT_DIR / "last.pt").write_bytes(b"x")
     theirs = make_run(tmp_path, RUNNING)
     os.utime(theirs, (time.time() + 60, time.time() + 60))
     os.chown(theirs, 4242, 4242)
@@ -986,7 +986,7 @@ def foreign_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
 
 def test_another_users_run_is_listed_as_not_yours(foreign_run, tmp_path, capsys):
     own, theirs = foreign_run
-    summaries = {s.id: s for s in store.list_runs(tmp_path)}
+    summaries = {s.id: s for s in catalog.list_runs(tmp_path)}
     assert summaries[theirs.name].status == "not yours"
     assert "not yours" in summaries[theirs.name].reason
     assert "owned by another user" in summaries[theirs.name].reason
@@ -1001,11 +1001,11 @@ def test_another_users_run_is_listed_as_not_yours(foreign_run, tmp_path, capsys)
 
 def test_resume_fork_and_attach_refuse_another_users_run(foreign_run, tmp_path, capsys):
     own, theirs = foreign_run
-    with pytest.raises(store.NotYours, match="uid 4242"):
-        store.find_run(tmp_path, theirs.name[:-1])
-    with pytest.raises(store.NotYours):
-        store.find_run(tmp_path, str(theirs))
-    assert store.find_run(tmp_path, None) == own  # the newest of this user's runs
+    with pytest.raises(rundir.NotYours, match="uid 4242"):
+        catalog.find_run(tmp_path, theirs.name[:-1])
+    with pytest.raises(rundir.NotYours):
+        catalog.find_run(tmp_path, str(theirs))
+    assert catalog.find_run(tmp_path, None) == own  # the newest of this user's runs
     for command in ("resume", "fork"):
         assert main([command, theirs.name, "--headless", "--dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
@@ -1017,7 +1017,7 @@ def test_the_compare_screen_does_not_read_another_users_run(foreign_run, tmp_pat
     from trainlab.tui import compare
 
     _, theirs = foreign_run
-    (summary,) = [s for s in store.list_runs(tmp_path) if s.id == theirs.name]
+    (summary,) = [s for s in catalog.list_runs(tmp_path) if s.id == theirs.name]
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("another user's store was opened")

@@ -23,7 +23,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
 from tests.fake_engine import metrics, snapshot, started
-from trainlab.core import protocol, store
+from trainlab.core import catalog, engine_lock, protocol, run_status, rundir, store
 from trainlab.core.config import Config
 from trainlab.tui import compare
 from trainlab.tui.screens.compare import (
@@ -46,7 +46,7 @@ def make_run(root: Path, config: Config, events: list[Any], *, run_id: str | Non
              parent: str = "", parent_step: int | None = None, label: str = "") -> str:
     """A run directory under ``root`` that recorded ``events``; its id (``run_id`` when
     given, so that snapshots do not depend on the clock)."""
-    path = store.new_run(root, config, parent=parent, parent_step=parent_step, label=label)
+    path = catalog.new_run(root, config, parent=parent, parent_step=parent_step, label=label)
     if run_id is not None:
         path = path.rename(root / run_id)
         with store.RunStore.open(path, write=True) as runs:
@@ -197,8 +197,8 @@ async def settled_screen(pilot: Any) -> CompareScreen:
 
 async def test_lists_every_run_newest_first_with_parents(tmp_path: Path) -> None:
     runs = three_runs(tmp_path)
-    (tmp_path / runs.other / store.CHECKPOINT_DIR / "last.pt").write_bytes(b"weights")
-    latest = max(s.updated_at for s in store.list_runs(tmp_path))
+    (tmp_path / runs.other / rundir.CHECKPOINT_DIR / "last.pt").write_bytes(b"weights")
+    latest = max(s.updated_at for s in catalog.list_runs(tmp_path))
     async with Host(tmp_path, runs.parent, now=lambda: latest + 90).run_test(
             size=(120, 30)) as pilot:
         screen = await settled_screen(pilot)
@@ -408,7 +408,7 @@ async def test_the_screen_answers_keys_while_it_reads(tmp_path: Path,
     release = threading.Event()
     real_load = compare.load_run
 
-    def slow_load(summary: store.RunSummary) -> compare.ComparedRun:
+    def slow_load(summary: run_status.RunSummary) -> compare.ComparedRun:
         release.wait(timeout=30)  # a long run's curve, read in the worker's thread
         return real_load(summary)
 
@@ -432,15 +432,15 @@ async def test_the_screen_answers_keys_while_it_lists(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     runs = three_runs(tmp_path)
     release = threading.Event()
-    real_list = store.list_runs
+    real_list = catalog.list_runs
     listings: list[Path] = []
 
-    def slow_list(root: str | Path) -> list[store.RunSummary]:
+    def slow_list(root: str | Path) -> list[run_status.RunSummary]:
         listings.append(Path(root))
         release.wait(timeout=30)  # hundreds of runs, or a slow disk, in the worker's thread
         return real_list(root)
 
-    monkeypatch.setattr(store, "list_runs", slow_list)
+    monkeypatch.setattr(catalog, "list_runs", slow_list)
     async with Host(tmp_path, runs.parent).run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         screen = pilot.app.screen
@@ -498,8 +498,8 @@ async def test_unreadable_runs_are_listed_with_the_reason(tmp_path: Path) -> Non
     runs = three_runs(tmp_path)
     broken = tmp_path / "20261130-120000-dead"
     broken.mkdir()
-    (broken / store.DB_FILE).write_bytes(b"this is not a database" * 100)
-    (tmp_path / runs.other / store.CONFIG_FILE).unlink()
+    (broken / rundir.DB_FILE).write_bytes(b"this is not a database" * 100)
+    (tmp_path / runs.other / rundir.CONFIG_FILE).unlink()
     async with Host(tmp_path, runs.parent).run_test(size=(120, 30)) as pilot:
         screen = await settled_screen(pilot)
         table = screen.query_one(RunPicker)
@@ -592,8 +592,8 @@ async def test_one_pane_at_80x24_and_every_pane_when_large(tmp_path: Path) -> No
 
 async def test_reload_sees_a_run_that_moved_on(tmp_path: Path) -> None:
     config = Config()
-    path = store.new_run(tmp_path, config)
-    with store.EngineLock(path), store.RunStore.open(path, write=True) as runs:
+    path = catalog.new_run(tmp_path, config)
+    with engine_lock.EngineLock(path), store.RunStore.open(path, write=True) as runs:
         runs.record(started(config))
         runs.record(protocol.StateChanged("running", 0, "started"))
         runs.record(metrics(1, 50))
@@ -626,8 +626,8 @@ def test_short_names_drop_a_shared_date_only() -> None:
 
 
 def test_family_is_the_run_its_parent_and_its_forks(tmp_path: Path) -> None:
-    def summary(run_id: str, parent: str = "") -> store.RunSummary:
-        return store.RunSummary(run_id, tmp_path / run_id, "finished", 0, 0, None, None, 0.0,
+    def summary(run_id: str, parent: str = "") -> run_status.RunSummary:
+        return run_status.RunSummary(run_id, tmp_path / run_id, "finished", 0, 0, None, None, 0.0,
                                 0.0, parent, None, "", "")
 
     listed = [summary("d", "b"), summary("c"), summary("b", "a"), summary("a"),
@@ -648,7 +648,7 @@ def test_format_number_keeps_what_the_run_had() -> None:
 
 def test_metric_rows_mark_the_best_and_ignore_nan(tmp_path: Path) -> None:
     def run(val: float) -> compare.ComparedRun:
-        summary = store.RunSummary("r", tmp_path, "finished", 0, 0, None, None, 0.0, 0.0, "",
+        summary = run_status.RunSummary("r", tmp_path, "finished", 0, 0, None, None, 0.0, 0.0, "",
                                    None, "", "")
         return compare.ComparedRun(summary, metrics=compare.RunMetrics(
             "finished", 10, 1.0, val, 0.5, val, 10, 1.0))
@@ -661,11 +661,11 @@ def test_metric_rows_mark_the_best_and_ignore_nan(tmp_path: Path) -> None:
 
 
 def test_load_run_of_a_missing_directory_says_why(tmp_path: Path) -> None:
-    summary = store.RunSummary("gone", tmp_path / "gone", "crashed", 0, 0, None, None, 0.0,
+    summary = run_status.RunSummary("gone", tmp_path / "gone", "crashed", 0, 0, None, None, 0.0,
                                0.0, "", None, "", "")
     run = compare.load_run(summary)
     assert run.config is None and run.metrics is None
-    assert store.CONFIG_FILE in run.error and store.DB_FILE in run.error
+    assert rundir.CONFIG_FILE in run.error and rundir.DB_FILE in run.error
     assert compare.note(run) == run.error
 
 
@@ -673,7 +673,7 @@ def test_load_run_of_a_missing_directory_says_why(tmp_path: Path) -> None:
 def test_config_rows_of_one_readable_run_differ_in_nothing(tmp_path: Path,
                                                            all_keys: bool) -> None:
     runs = three_runs(tmp_path)
-    summaries = {s.id: s for s in store.list_runs(tmp_path)}
+    summaries = {s.id: s for s in catalog.list_runs(tmp_path)}
     one = compare.load_run(summaries[runs.parent])
     broken = compare.ComparedRun(summaries[runs.fork])  # config None: as if unreadable
     assert compare.differing_keys([one, broken]) == []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import tiny_config
-from trainlab.core import protocol, store
+from trainlab.core import catalog, engine_lock, protocol
 from trainlab.engine.host import ThreadEngine
 from trainlab.tui.app import TrainlabApp
 from trainlab.tui.bridge import ServedEngine, log_tail
@@ -82,7 +82,7 @@ async def test_pause_single_steps_and_a_live_lr_change(kind: str) -> None:
     assert app.return_value == 0 and app.engine is None
     if isinstance(engine, ServedEngine):
         assert engine._process is not None and engine._process.wait(30) == 0
-        assert store.summarize(engine.run_dir).status == "stopped"
+        assert catalog.summarize(engine.run_dir).status == "stopped"
 
 
 async def test_q_leaves_the_run_training_and_attach_shows_it_again() -> None:
@@ -131,7 +131,7 @@ async def test_q_leaves_the_run_training_and_attach_shows_it_again() -> None:
             await pilot.press("y")
             await wait_for(pilot, lambda: s.state == "finished", timeout=60)
         assert process.wait(60) == 0
-        assert store.summarize(run_dir).status == "stopped"
+        assert catalog.summarize(run_dir).status == "stopped"
     finally:
         stop_engine(engine)
 
@@ -174,7 +174,7 @@ async def test_leaving_the_app_any_other_way_leaves_the_run_training() -> None:
             app.exit()  # e.g. an exception in a widget, a closed terminal: no quit dialog
             await pilot.pause(0.5)
         assert process.poll() is None  # it trains on; trainlab attach finds it
-        assert engine.run_dir is not None and store.engine_alive(engine.run_dir)
+        assert engine.run_dir is not None and engine_lock.engine_alive(engine.run_dir)
     finally:
         stop_engine(engine)
 

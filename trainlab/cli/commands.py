@@ -233,7 +233,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """
     if not _without_app(args, "run", err):
         return EXIT_BAD_INPUT
-    from trainlab.core import store
+    from trainlab.core import catalog
     from trainlab.core.labs import find_lab  # no torch: labs are data
 
     if args.preset and (lab := find_lab(args.preset)) is not None:
@@ -251,7 +251,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return report_config_error(exc, show, err, args.json)
     if args.detach:
         try:
-            run_dir = store.new_run(config.run.dir, config)
+            run_dir = catalog.new_run(config.run.dir, config)
         except OSError as exc:
             print(f"trainlab: error: run.dir = {config.run.dir!r}: {exc}", file=err)
             return EXIT_BAD_INPUT
@@ -279,7 +279,7 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
     """Spawn the run's engine in the background, wait until it serves (or fails), and say
     how to reach it: exit 0 once it trains; a run that failed to start exits as it would
     in the foreground, its error on stderr."""
-    from trainlab.core import store
+    from trainlab.core import rundir
     from trainlab.core.serving import spawn_detached, wait_until_served
 
     process = spawn_detached(run_dir, *serve_args)
@@ -287,7 +287,7 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
         # It ended before serving: say why, from its store.
         failure = _stored_failure(run_dir)
         why = failure.message if failure else f"exit status {process.returncode}; see " \
-            f"{run_dir / store.LOG_FILE}"
+            f"{run_dir / rundir.LOG_FILE}"
         print(f"trainlab: error: run {run_dir.name} did not start: {why}", file=err)
         return EXIT_BAD_INPUT if failure is not None and failure.kind == "config" \
             else EXIT_FAILED
@@ -297,7 +297,7 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
     else:
         attach = f"trainlab attach {run_dir.name}"
         print(f"run {run_dir.name} trains in the background (pid {process.pid}, its output "
-              f"in {run_dir / store.LOG_FILE})\n  {attach}  watch and steer it\n  "
+              f"in {run_dir / rundir.LOG_FILE})\n  {attach}  watch and steer it\n  "
               f"{'trainlab runs':<{len(attach)}}  list the runs", file=out)
     return EXIT_OK
 
@@ -305,7 +305,6 @@ def start_detached(run_dir: Path, serve_args: tuple[str, ...], as_json: bool, ou
 def _stored_failure(run_dir: Path) -> protocol.EngineFailed | None:
     """The first EngineFailed in a run's store (None: none, or the store is unreadable)."""
     from trainlab.core import store
-
     try:
         with store.RunStore.open(run_dir, write=False) as runs:
             return next((event for _, event in runs.events(types=("EngineFailed",))), None)
@@ -315,11 +314,10 @@ def _stored_failure(run_dir: Path) -> protocol.EngineFailed | None:
 
 def _continued_run(args: argparse.Namespace, err: TextIO) -> Path | None:
     """RUN of resume/fork as a run directory; None (said on ``err``) when there is none."""
-    from trainlab.core import store
-
+    from trainlab.core import catalog, rundir
     try:
-        return store.find_run(args.dir, args.run)
-    except store.RunNotFound as exc:
+        return catalog.find_run(args.dir, args.run)
+    except rundir.RunNotFound as exc:
         print(f"trainlab: error: {exc}", file=err)
         return None
 
@@ -328,11 +326,11 @@ def cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab resume RUN``: go on from the run's newest good checkpoint."""
     if not _without_app(args, "resume", err) or (run_dir := _continued_run(args, err)) is None:
         return EXIT_BAD_INPUT
-    from trainlab.core import store
+    from trainlab.core import engine_lock
     from trainlab.engine.checkpoint import CheckpointError
     from trainlab.engine.resume import resume_notes, resume_plan
 
-    if store.engine_alive(run_dir):
+    if engine_lock.engine_alive(run_dir):
         print(f"trainlab: error: run {run_dir.name} is running: trainlab attach "
               f"{run_dir.name} shows it", file=err)
         return EXIT_BAD_INPUT
@@ -353,7 +351,7 @@ def cmd_fork(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab fork RUN [--from STEP] [--set ...]``: a new run from a checkpoint."""
     if not _without_app(args, "fork", err) or (run_dir := _continued_run(args, err)) is None:
         return EXIT_BAD_INPUT
-    from trainlab.core import store
+    from trainlab.core import catalog, rundir
     from trainlab.engine.checkpoint import CheckpointError, save_atomic
     from trainlab.engine.resume import fork_note, fork_plan
 
@@ -365,10 +363,10 @@ def cmd_fork(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except Exception as exc:  # building the new model or its data raised (user code)
         return _report_build_failure(exc, err)
     try:
-        child = store.new_run(run_dir.parent, plan.config, parent=plan.parent,
+        child = catalog.new_run(run_dir.parent, plan.config, parent=plan.parent,
                               parent_step=plan.parent_step)
         # The fork's own copy: the parent's checkpoints rotate, its engine may start late.
-        save_atomic(plan.payload, child / store.FORK_START_FILE)
+        save_atomic(plan.payload, child / rundir.FORK_START_FILE)
     except OSError as exc:
         print(f"trainlab: error: cannot write the fork of {run_dir.name} into "
               f"{run_dir.parent}: {exc}", file=err)
@@ -536,7 +534,7 @@ def cmd_presets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def format_runs_table(summaries: list[Any], now: float) -> str:
-    """``trainlab runs``'s table of ``trainlab.core.store.RunSummary`` rows, aligned, then a
+    """``trainlab runs``'s table of ``trainlab.core.run_status.RunSummary`` rows, aligned, then a
     line per run that can be resumed (or crashed without a checkpoint)."""
     labels = any(s.label for s in summaries)
     header = ("id", "status", "step", "best val", "last event", "parent",
@@ -583,7 +581,7 @@ def _resume_note(s: Any) -> str:
 
 def cmd_runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab runs``: every run under --dir with its status, newest first."""
-    from trainlab.core.store import list_runs
+    from trainlab.core.catalog import list_runs
 
     summaries = list_runs(args.dir)
     if args.json:
@@ -597,7 +595,9 @@ def cmd_runs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``trainlab export``: a run as CSV, JSON lines or TensorBoard event files."""
-    from trainlab.core.store import RunNotFound, StoreError, find_run
+    from trainlab.core.catalog import find_run
+    from trainlab.core.rundir import RunNotFound
+    from trainlab.core.store import StoreError
     from trainlab.engine.export import ExportError, default_out_dir, export_run
 
     try:

@@ -191,7 +191,7 @@ def train_headless(config: Config, show: Callable[[Any], None], err: TextIO, *,
     checkpoint still happen), the second gives up at once; a reader that leaves stdout
     stops the run quietly.
     """
-    from trainlab.core import store
+    from trainlab.core import catalog, engine_lock
     from trainlab.engine.serve import serve
 
     commands: queue.Queue[Any] = queue.Queue()
@@ -216,13 +216,13 @@ def train_headless(config: Config, show: Callable[[Any], None], err: TextIO, *,
             commands.put(protocol.Stop("the reader of stdout left"))
 
     try:
-        run_dir = run_dir if run_dir is not None else store.new_run(config.run.dir, config)
+        run_dir = run_dir if run_dir is not None else catalog.new_run(config.run.dir, config)
         finished, signum = serve(run_dir, config, show=emit, start_from=start_from,
                                  notes=notes, on_signal=on_signal, commands=commands)
     except KeyboardInterrupt:
         print("trainlab: aborted", file=err)
         return HeadlessResult(EXIT_INTERRUPTED, None, reader_gone=False)
-    except (store.RunBusy, OSError) as exc:  # another engine serves it; run.dir unwritable
+    except (engine_lock.RunBusy, OSError) as exc:  # another engine serves it; run.dir unwritable
         print(f"trainlab: error: {exc}", file=err)
         return HeadlessResult(EXIT_BAD_INPUT, None, reader_gone=False)
     if reader_gone:

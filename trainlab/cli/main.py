@@ -128,12 +128,12 @@ def build_attach_parser() -> argparse.ArgumentParser:
 
 def attach_app(run_dir: Path, role: str = "control") -> int:
     """The app on the run in ``run_dir``; a restart (r) there starts a new run."""
-    from trainlab.core import store
+    from trainlab.core import rundir
     from trainlab.tui.app import TrainlabApp
     from trainlab.tui.bridge import ServedEngine
 
     try:
-        config = store.run_config(run_dir)
+        config = rundir.run_config(run_dir)
     except (ConfigError, OSError) as exc:
         print(f"trainlab: error: run {run_dir.name}: {exc}", file=sys.stderr)
         return exits.EXIT_BAD_INPUT
@@ -147,20 +147,18 @@ def attach_app(run_dir: Path, role: str = "control") -> int:
 
 def _newest_live(root: str) -> Path:
     """Without a RUN: the newest run that trains (or is paused), else the newest run."""
-    from trainlab.core import store
-
-    live = [s for s in store.list_runs(root) if s.status in ("running", "paused")]
-    return live[0].path if live else store.find_run(root, None)
+    from trainlab.core import catalog
+    live = [s for s in catalog.list_runs(root) if s.status in ("running", "paused")]
+    return live[0].path if live else catalog.find_run(root, None)
 
 
 def run_attach(argv: list[str]) -> int:
     """``trainlab attach``: find the run, open the app on it."""
-    from trainlab.core import store
-
+    from trainlab.core import catalog, rundir
     args = build_attach_parser().parse_args(argv)
     try:
-        run_dir = store.find_run(args.dir, args.run) if args.run else _newest_live(args.dir)
-    except store.RunNotFound as exc:
+        run_dir = catalog.find_run(args.dir, args.run) if args.run else _newest_live(args.dir)
+    except rundir.RunNotFound as exc:
         print(f"trainlab: error: {exc}", file=sys.stderr)
         return exits.EXIT_BAD_INPUT
     return attach_app(run_dir, "view" if args.view else "control")

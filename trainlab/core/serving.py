@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainlab.core import store
+from trainlab.core import engine_lock, rundir
 
 STOP_GRACE_S = 10.0
 """How long a stopped engine (a process, or a thread with --inline) may take to finish its
@@ -31,13 +31,13 @@ def socket_path(run_dir: str | Path) -> Path:
     path is too long for a Unix socket, a name in a per-user directory (mode 0700)
     derived from the run directory, so the server and every client find the same one."""
     run_dir = Path(run_dir).resolve()
-    path = run_dir / store.SOCKET_FILE
+    path = run_dir / rundir.SOCKET_FILE
     if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
         return path
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     folder = Path(base) / f"trainlab-{os.getuid()}"
     with contextlib.suppress(FileExistsError):
-        store.private_dir(folder)
+        rundir.private_dir(folder)
     _check_private(folder)
     digest = hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
     return folder / f"{digest}.sock"
@@ -63,13 +63,13 @@ def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
     waits for the new engine does not take the stale file for it (``wait_until_served``).
     """
     run_dir = Path(run_dir)
-    if not store.engine_alive(run_dir):
+    if not engine_lock.engine_alive(run_dir):
         with contextlib.suppress(FileNotFoundError):
             socket_path(run_dir).unlink()
-    log_fd = os.open(run_dir / store.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                     | os.O_CLOEXEC, store.PRIVATE_FILE_MODE)
+    log_fd = os.open(run_dir / rundir.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_CLOEXEC, rundir.PRIVATE_FILE_MODE)
     with os.fdopen(log_fd, "ab") as log:
-        store.private_file(run_dir / store.LOG_FILE)  # one made wider before, or by the umask
+        rundir.private_file(run_dir / rundir.LOG_FILE)  # one made wider before, or by the umask
         return subprocess.Popen(
             [sys.executable, "-m", SERVE_MODULE, os.fspath(run_dir), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
@@ -85,7 +85,7 @@ def wait_until_served(run_dir: Path, process: subprocess.Popen[bytes],
     path = socket_path(run_dir)
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        if store.engine_alive(run_dir):
+        if engine_lock.engine_alive(run_dir):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 try:
                     probe.connect(os.fspath(path))

@@ -1,15 +1,7 @@
-"""The run directory and its store: every event of a run kept in SQLite, queryable.
+"""A run's store, ``run.db``: every event of the run kept in SQLite, queryable.
 
-A run lives in ``<run.dir>/<run-id>/``::
-
-    config.toml     the effective config the run started with (``trainlab.core.config``'s TOML)
-    run.db          this store: every event, plus tables derived from them for queries
-    checkpoints/    ``trainlab.engine.checkpoint``'s files (last.pt, last_good.pt, step_N.pt)
-    engine.log      the detached engine's stdout and stderr
-    engine.sock     the engine's socket while it serves (``trainlab.engine.serve``)
-    engine.lock     held (flock) by the engine for its lifetime: a live run is told from
-                    a crashed one by whether the lock is held; the kernel drops it when
-                    the process dies, even by kill -9
+The directory it lives in is ``trainlab.core.rundir``'s; listing and finding runs is
+``trainlab.core.catalog``'s.
 
 ``run.db``: one writer (the engine), any number of readers in any process. WAL on local
 disks, so readers never block the writer nor see a half-written transaction; where WAL
@@ -38,15 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
-import os
-import pwd
-import re
-import secrets
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,39 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainlab.core import config as config_mod
 from trainlab.core import protocol
-from trainlab.core.config import Config
-
-CONFIG_FILE = "config.toml"
-"""The effective config the run started with (commented TOML, ``trainlab.core.config.load``)."""
-DB_FILE = "run.db"
-"""The run store (SQLite)."""
-LOG_FILE = "engine.log"
-"""The detached engine's stdout and stderr."""
-SOCKET_FILE = "engine.sock"
-"""The engine's Unix-domain socket while it serves the run."""
-LOCK_FILE = "engine.lock"
-"""Locked (flock, exclusive) by the run's engine for its whole life."""
-CHECKPOINT_DIR = "checkpoints"
-"""The run's checkpoint files (``trainlab.engine.checkpoint``)."""
-FORK_START_FILE = "fork_start.pt"
-"""A fork's copy of the parent checkpoint it started from (the parent's own files
-rotate; the fork's engine loads this one, whenever it starts)."""
-
-STATUSES = ("running", "paused", "finished", "stopped", "failed", "crashed", "not yours")
-"""What ``summarize`` says a run is: running or paused (its engine is alive), finished
-(completed or stopped early by rule), stopped (on request or by a signal), failed
-(refused, an error, or a non-finite loss), crashed (the engine is gone without a final
-event: offer ``trainlab resume``). ``list_runs`` adds "not yours": a run directory
-another user owns (private to them: not read, resumed or attached to)."""
-PRIVATE_DIR_MODE = 0o700
-"""Run directories, their checkpoints/ and the runs root when this module creates it:
-a run's history, config, log and weights are its owner's alone."""
-PRIVATE_FILE_MODE = 0o600
-"""Every file of a run (the store and SQLite's -wal/-shm, which SQLite creates with the
-store's mode; config, log, lock, checkpoints, exports), set explicitly, whatever the
-umask."""
+from trainlab.core.run_status import RunSummary, derive_status
+from trainlab.core.rundir import (
+    CHECKPOINT_DIR,
+    DB_FILE,
+    RunNotFound,
+    good_checkpoint_step,
+    has_checkpoint,
+    private_file,
+)
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the tables below; a store with a newer one is refused."""
@@ -102,20 +65,9 @@ state, a checkpoint it could resume from, a failure or a live change for even 0.
 BUSY_TIMEOUT_S = 5.0
 """How long a connection waits for a lock (rollback journal: a reader during a commit);
 WAL readers never wait."""
-LOCK_RETRY_S = 1.0
-"""``EngineLock`` retries this long before calling a run busy: ``engine_alive`` takes a
-shared lock for a moment, and an engine starting just then must not be refused."""
-LOCK_RETRY_STEP_S = 0.01
-"""Pause between ``EngineLock`` attempts."""
 EVENTS_CHUNK = 1000
 """``RunStore.events`` reads this many rows at a time: a long history streams instead of
 being loaded whole."""
-RUN_ID_TIME_FORMAT = "%Y%m%d-%H%M%S"
-"""A run id starts with its local creation time, so ids sort by age and read as dates."""
-RUN_ID_RANDOM_BYTES = 2
-"""Then 4 random hex digits: runs started in the same second differ."""
-KNOWN_RUNS_LISTED = 5
-"""``RunNotFound`` lists at most this many of the runs that exist."""
 RETRY_MIN_S = 1.0
 """After the store failed to record (a full disk), how long recording pauses before it
 tries again. Events meanwhile are not even tried, only counted as missed: a full disk
@@ -128,16 +80,6 @@ RETRY_MAX_S = 60.0
 """Each failed try doubles the pause, up to this. A store that recovered less than this
 long ago and fails again goes on from the pause it had (a disk that keeps filling up
 again is not announced every few seconds)."""
-
-LAST_CHECKPOINT = "last.pt"
-"""The newest checkpoint of a run, whatever its values (written by ``trainlab.engine.checkpoint``;
-named here, where the torch-free side reads the directory too)."""
-LAST_GOOD_CHECKPOINT = "last_good.pt"
-"""The newest checkpoint whose values (weights, optimizer state) are all finite."""
-STEP_CHECKPOINT = re.compile(r"step_(\d{8,})\.pt")
-"""Numbered checkpoints: ``step_{step:08d}.pt`` (sorts by name as by step)."""
-_RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
-"""What ``new_run`` names a run directory (``RUN_ID_TIME_FORMAT``, random digits)."""
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _LAYER_NUMBERS = tuple(f.name for f in dataclasses.fields(protocol.LayerStats)
                        if f.name not in ("name", "kind", "activation"))
@@ -167,18 +109,6 @@ CREATE TABLE IF NOT EXISTS layer_stats (
 # stays REAL and "NaN"/"Infinity" stay TEXT (see _to_db), exactly as written.
 
 _DERIVED_TABLES = ("train", "evals", "changes", "alerts", "layer_stats")
-
-
-class RunNotFound(ValueError):
-    """No run matches a reference (id, prefix or path); the message says what exists."""
-
-
-class RunBusy(ValueError):
-    """Another process holds the run's engine lock: the run already has an engine."""
-
-
-class NotYours(RunNotFound):
-    """The run directory belongs to another user: private to them."""
 
 
 class StoreError(OSError):
@@ -232,46 +162,6 @@ class TrainCurve:
 
     def __len__(self) -> int:
         return len(self.steps)
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One run at a glance: what ``trainlab runs`` lists and the app offers to attach."""
-
-    id: str
-    path: Path
-    status: str
-    """One of ``STATUSES``."""
-    step: int
-    epoch: int
-    best_val_loss: float | None
-    """Lowest finite validation loss so far; None before the first evaluation."""
-    val_accuracy: float | None
-    """At the latest evaluation; None before one, or for regression."""
-    created_at: float
-    """Unix seconds."""
-    updated_at: float
-    """Unix seconds of the latest recorded event (``created_at`` before any)."""
-    parent: str
-    """The run id this one was forked from; '' for none."""
-    parent_step: int | None
-    label: str
-    reason: str
-    """Why it is in this state, in words (the stop's why, the failure, the crash)."""
-    resumable: bool = False
-    """Crashed or stopped, and a checkpoint exists: ``trainlab resume`` can continue it."""
-    checkpoint_step: int | None = None
-    """Where ``trainlab resume`` goes on from, for a resumable run: the step of its
-    last_good.pt, told from the numbered file it links to (without reading it). It can
-    be short of ``step`` (a checkpoint that could not be written, a full disk); None when
-    it cannot be told (last_good.pt is a copy, or missing)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (``trainlab runs --json``): the path as text, non-finite
-        numbers as the protocol writes them."""
-        data = protocol.encode(self)
-        data["path"] = os.fspath(self.path)
-        return data
 
 
 # --- the store ----------------------------------------------------------------------
@@ -595,9 +485,9 @@ class RunStore:
             step, epoch = max(step, finished.final.step), max(epoch, finished.final.epoch)
         if state is not None:
             step = max(step, state[1].step)
-        status, reason = _status(alive, finished, state[1] if state else None,
+        status, reason = derive_status(alive, finished, state[1] if state else None,
                                  failure[1] if failure else None, count, meta.get("pid"))
-        checkpoint = _has_checkpoint(self.run_dir / CHECKPOINT_DIR)
+        checkpoint = has_checkpoint(self.run_dir / CHECKPOINT_DIR)
         resumable = status in ("crashed", "stopped") and checkpoint
         created = float(meta.get("created_at") or 0.0)
         return RunSummary(
@@ -607,7 +497,8 @@ class RunStore:
             created_at=created, updated_at=float(updated) if updated is not None else created,
             parent=str(meta.get("parent") or ""), parent_step=meta.get("parent_step"),
             label=str(meta.get("label") or ""), reason=reason, resumable=resumable,
-            checkpoint_step=_good_step(self.run_dir / CHECKPOINT_DIR) if resumable else None)
+            checkpoint_step=(good_checkpoint_step(self.run_dir / CHECKPOINT_DIR)
+                             if resumable else None))
 
     def integrity_check(self) -> str:
         """SQLite's full integrity check: "ok", or what it found wrong, one per line."""
@@ -759,408 +650,6 @@ def _step_of(event: Any) -> int | None:
 def _decode_json(text: str) -> Any:
     value = json.loads(text)
     return _NONFINITE.get(value, value) if isinstance(value, str) else value
-
-
-def _has_checkpoint(directory: Path) -> bool:
-    """Any checkpoint the run can resume from: last, last_good or a numbered one (not a
-    file a user saved under a name of their own, nor a temporary one being written)."""
-    try:
-        return any(p.name in (LAST_CHECKPOINT, LAST_GOOD_CHECKPOINT)
-                   or STEP_CHECKPOINT.fullmatch(p.name) for p in directory.iterdir())
-    except OSError:
-        return False
-
-
-def _good_step(directory: Path) -> int | None:
-    """The step of ``directory``'s last_good.pt, from the numbered checkpoint it is a
-    hard link to (``trainlab.engine.checkpoint``'s names; read here without torch). None when it
-    is missing, a copy, or its numbered name was rotated away."""
-    try:
-        good = (directory / LAST_GOOD_CHECKPOINT).stat()
-        names = [p for p in directory.iterdir() if STEP_CHECKPOINT.fullmatch(p.name)]
-    except OSError:
-        return None
-    for path in names:
-        with contextlib.suppress(OSError):
-            if os.path.samestat(path.stat(), good):
-                return int(STEP_CHECKPOINT.fullmatch(path.name)[1])  # type: ignore[index]
-    return None
-
-
-def _status(alive: bool, finished: protocol.RunFinished | None,
-            state: protocol.StateChanged | None, failure: protocol.EngineFailed | None,
-            events: int, pid: Any) -> tuple[str, str]:
-    """(status, reason) from the engine's liveness and the run's last events."""
-    if finished is not None:
-        why = state.reason if state is not None and state.state in ("finished", "failed") \
-            else ""
-        if finished.reason in ("completed", "early_stopped"):
-            return "finished", finished.reason
-        if finished.reason == "stopped":
-            return "stopped", why or "stopped"
-        if finished.reason == "non_finite":
-            return "failed", "the loss became non-finite"
-        return "failed", failure.message if failure is not None else (why or finished.reason)
-    if alive:
-        if state is not None and state.state == "paused":
-            return "paused", state.reason
-        return "running", state.reason if state is not None else "starting"
-    engine = f"the engine (pid {pid})" if pid else "the engine"
-    if events == 0:
-        return "crashed", f"{engine} never recorded an event (see {LOG_FILE})"
-    return "crashed", f"{engine} ended without a final event (see {LOG_FILE})"
-
-
-# --- the run directory ----------------------------------------------------------------
-
-
-def private_dir(path: Path) -> None:
-    """Create the directory ``path`` with mode ``PRIVATE_DIR_MODE``, whatever the umask.
-
-    Raises:
-        FileExistsError: it exists.
-        OSError: it cannot be created.
-    """
-    os.mkdir(path, PRIVATE_DIR_MODE)
-    os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have taken bits off
-
-
-def private_dirs(path: Path) -> None:
-    """``path`` and its missing parents, each one created ``PRIVATE_DIR_MODE``; a
-    directory that exists is left as it is (the user's own, e.g. their home).
-
-    Raises:
-        OSError: one cannot be created.
-    """
-    missing = [p for p in (path, *path.parents) if not p.is_dir()]
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # made meanwhile (another run)
-            private_dir(directory)
-
-
-def private_file(path: Path, *, create: bool = False) -> None:
-    """Give the file ``path`` mode ``PRIVATE_FILE_MODE``: with ``create`` a missing one
-    is created so (empty, never wider for a moment); otherwise a missing one is skipped.
-    A file of another user (root writing) keeps its mode.
-
-    Raises:
-        OSError: it cannot be created, or its mode cannot be set.
-    """
-    if create:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-        try:
-            if os.fstat(fd).st_uid == os.getuid():
-                os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask may have taken bits off
-        finally:
-            os.close(fd)
-        return
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return
-    if info.st_uid == os.getuid() and info.st_mode & 0o777 != PRIVATE_FILE_MODE:
-        os.chmod(path, PRIVATE_FILE_MODE)
-
-
-def make_private(run_dir: str | Path) -> None:
-    """Tighten a run directory written before runs were private (an engine resuming
-    it): itself and every directory in it ``PRIVATE_DIR_MODE``, every file
-    ``PRIVATE_FILE_MODE``. What is not this user's, or vanished meanwhile, is skipped."""
-    uid = os.getuid()
-    for top, _, files in os.walk(run_dir):
-        for path, mode in ((top, PRIVATE_DIR_MODE),
-                           *((os.path.join(top, name), PRIVATE_FILE_MODE) for name in files)):
-            with contextlib.suppress(OSError):
-                info = os.lstat(path)
-                if info.st_uid == uid and not stat.S_ISLNK(info.st_mode) \
-                        and info.st_mode & 0o777 != mode:
-                    os.chmod(path, mode)
-
-
-def new_run(root: str | Path, config: Config, *, parent: str = "",
-            parent_step: int | None = None, label: str = "") -> Path:
-    """Create a run directory under ``root``: config.toml, checkpoints/ and an initialised
-    run.db whose meta holds id, created_at, parent, parent_step and label.
-
-    The id is ``YYYYmmdd-HHMMSS-xxxx`` (local time, 4 random hex digits), unique in
-    ``root``. Returns the new directory.
-
-    Raises:
-        StoreError: the directory or its files cannot be written.
-    """
-    root = Path(root)
-    try:
-        private_dirs(root)
-        while True:
-            created = time.time()
-            run_id = (f"{time.strftime(RUN_ID_TIME_FORMAT, time.localtime(created))}-"
-                      f"{secrets.token_hex(RUN_ID_RANDOM_BYTES)}")
-            run_dir = root / run_id
-            try:
-                private_dir(run_dir)
-                break
-            except FileExistsError:
-                continue  # the same second and the same random digits: draw again
-        private_dir(run_dir / CHECKPOINT_DIR)
-        private_file(run_dir / CONFIG_FILE, create=True)  # save then keeps its mode
-        config_mod.save(config, run_dir / CONFIG_FILE)
-    except OSError as exc:
-        raise StoreError(f"cannot create a run in {root}: {exc.strerror or exc}") from None
-    with RunStore.open(run_dir, write=True) as runs:
-        runs.set_meta(id=run_id, created_at=created, parent=parent, parent_step=parent_step,
-                      label=label)
-    return run_dir
-
-
-def run_config(run_dir: str | Path) -> Config:
-    """The config a run started with (its config.toml; live changes are in
-    ``RunStore.changes``)."""
-    return config_mod.load(Path(run_dir) / CONFIG_FILE)
-
-
-def summarize(run_dir: str | Path) -> RunSummary:
-    """The run in ``run_dir`` at a glance (status from its lock and its events).
-
-    Raises:
-        RunNotFound: ``run_dir`` has no store.
-        StoreError: the store cannot be read.
-    """
-    run_dir = Path(run_dir)
-    alive = engine_alive(run_dir)
-    with RunStore.open(run_dir) as runs:
-        return runs.summary(alive)
-
-
-def _unreadable(run_dir: Path, why: str) -> RunSummary:
-    """A listed run whose store cannot be read: shown, not hidden, so it can be looked at
-    (its checkpoints may still resume it)."""
-    created = run_dir.stat().st_mtime
-    alive = engine_alive(run_dir)
-    resumable = not alive and _has_checkpoint(run_dir / CHECKPOINT_DIR)
-    return RunSummary(
-        id=run_dir.name, path=run_dir, status="running" if alive else "crashed", step=0,
-        epoch=0, best_val_loss=None, val_accuracy=None, created_at=created,
-        updated_at=created, parent="", parent_step=None, label="",
-        reason=f"{DB_FILE} unreadable: {why}", resumable=resumable,
-        checkpoint_step=_good_step(run_dir / CHECKPOINT_DIR) if resumable else None)
-
-
-def not_yours(run_dir: str | Path) -> str:
-    """Why the run in ``run_dir`` is not this user's to read, resume or attach to (its
-    directory belongs to another user, naming them); '' when it is (or is missing:
-    other checks say so)."""
-    try:
-        uid = os.stat(run_dir).st_uid
-    except OSError:
-        return ""
-    if uid == os.getuid():
-        return ""
-    try:
-        who = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        who = f"uid {uid}"
-    return (f"run {Path(run_dir).name} is not yours: it is owned by another user, {who}; "
-            "only they can read, resume or attach to it")
-
-
-def _foreign(run_dir: Path, why: str) -> RunSummary:
-    """A listed run of another user: shown as theirs, its store not read (a private run
-    cannot be, and it is not this user's business)."""
-    created = run_dir.stat().st_mtime
-    return RunSummary(
-        id=run_dir.name, path=run_dir, status="not yours", step=0, epoch=0,
-        best_val_loss=None, val_accuracy=None, created_at=created, updated_at=created,
-        parent="", parent_step=None, label="", reason=why)
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a directory we may not look into (another user's)
-        return False
-
-
-def _is_run_dir(path: Path) -> bool:
-    """A run directory: it has a store, or it is another user's and named as a run is
-    (a private one cannot be looked into)."""
-    try:
-        info = path.stat()
-    except OSError:
-        return False
-    if not stat.S_ISDIR(info.st_mode):
-        return False
-    if info.st_uid != os.getuid() and _RUN_ID.fullmatch(path.name):
-        return True
-    return _is_file(path / DB_FILE)
-
-
-def _run_dirs(root: Path) -> list[Path]:
-    try:
-        return [p for p in root.iterdir() if _is_run_dir(p)]
-    except FileNotFoundError:
-        return []
-
-
-def list_runs(root: str | Path) -> list[RunSummary]:
-    """Every run under ``root``, newest first ([] when ``root`` does not exist). A run
-    whose store cannot be read is listed with the reason; another user's run as "not
-    yours" (``not_yours``), its store not read."""
-    summaries = []
-    for run_dir in _run_dirs(Path(root)):
-        why = not_yours(run_dir)
-        try:
-            if why:
-                summaries.append(_foreign(run_dir, why))
-                continue
-            summaries.append(summarize(run_dir))
-        except (OSError, ValueError) as exc:  # StoreError, RunNotFound, a corrupt event
-            with contextlib.suppress(OSError):  # gone meanwhile (deleted): not listed
-                summaries.append(_unreadable(run_dir, str(exc)))
-    return sorted(summaries, key=lambda s: (s.created_at, s.id), reverse=True)
-
-
-def find_run(root: str | Path, ref: str | None) -> Path:
-    """The run directory ``ref`` names: a run id, a unique prefix of one, or a path to a
-    run directory (or its run.db); None names the newest run under ``root``.
-
-    Raises:
-        RunNotFound: nothing matches, or a prefix matches several runs; the message names
-            ``ref`` and the runs that exist.
-        NotYours: the run is another user's (``not_yours``); None names the newest of
-            this user's runs.
-    """
-    run_dir = _find_run(Path(root), ref)
-    why = not_yours(run_dir)
-    if why:
-        raise NotYours(why)
-    return run_dir
-
-
-def _find_run(root: Path, ref: str | None) -> Path:
-    if ref is not None:
-        as_path = Path(ref)
-        if as_path.name == DB_FILE and _is_file(as_path):
-            return as_path.parent
-        if _is_file(as_path / DB_FILE) or (_is_run_dir(as_path) and not_yours(as_path)):
-            return as_path
-        if os.sep in ref or ref in (".", ".."):
-            raise RunNotFound(f"{ref} is not a run directory: it has no {DB_FILE}")
-    runs = {p.name: p for p in _run_dirs(root)}
-    if not runs:
-        where = f"{root} does not exist" if not root.exists() else f"{root} has none"
-        raise RunNotFound(f"no runs: {where} (trainlab run --headless writes one; "
-                          "--dir or run.dir says where runs live)")
-    if ref is None:
-        own = [s for s in list_runs(root) if s.status != "not yours"]
-        if not own:
-            raise RunNotFound(f"no runs of yours in {root}: the {len(runs)} there belong to "
-                              "other users")
-        return own[0].path
-    if ref in runs:
-        return runs[ref]
-    matches = sorted(name for name in runs if name.startswith(ref))
-    if len(matches) == 1:
-        return runs[matches[0]]
-    if matches:
-        raise RunNotFound(f"'{ref}' matches {len(matches)} runs in {root}: "
-                          f"{_listed(matches)}; give more of the id")
-    raise RunNotFound(f"no run '{ref}' in {root}; runs there: "
-                      f"{_listed(sorted(runs, reverse=True))}")
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:KNOWN_RUNS_LISTED])
-    more = len(names) - KNOWN_RUNS_LISTED
-    return f"{shown} and {more} more" if more > 0 else shown
-
-
-# --- the engine lock ------------------------------------------------------------------
-
-
-class EngineLock:
-    """Held by a run's engine for its lifetime: an exclusive ``flock`` on engine.lock.
-
-    The kernel releases it when the process ends however it ends (kill -9 included), so
-    ``engine_alive`` tells a live run from a crashed one without trusting a pid. The
-    holder's pid is written into the file for messages. Use as a context manager.
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock, retrying for ``LOCK_RETRY_S``.
-
-        Raises:
-            RunBusy: another process holds it (the message names the run and its pid).
-            StoreError: the lock file cannot be created.
-        """
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path}: EngineLock acquired twice")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-        except OSError as exc:
-            raise StoreError(f"cannot create {self.path}: {exc.strerror or exc}") from None
-        with contextlib.suppress(OSError):  # the umask may have taken the owner's bits
-            if os.fstat(fd).st_uid == os.getuid():
-                os.fchmod(fd, PRIVATE_FILE_MODE)
-        deadline = time.monotonic() + LOCK_RETRY_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _read_pid(fd)
-                    os.close(fd)
-                    pid = f" (pid {holder})" if holder else ""
-                    raise RunBusy(f"run {self.run_dir.name} already has an engine{pid}: "
-                                  f"trainlab attach {self.run_dir.name} connects to it") from None
-                time.sleep(LOCK_RETRY_STEP_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Let go of the lock (closing the file releases it)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-    def __enter__(self) -> EngineLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
-def engine_alive(run_dir: str | Path) -> bool:
-    """Does a process hold ``run_dir``'s engine lock (its engine is running)?
-
-    Takes a shared lock for a moment: it fails exactly while an engine holds the
-    exclusive one.
-    """
-    try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False  # no lock file: no engine ever served it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a shared lock we got
-    return False
 
 
 # --- recording from the engine -----------------------------------------------------------

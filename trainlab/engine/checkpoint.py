@@ -35,10 +35,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from trainlab.core.store import LAST_CHECKPOINT as LAST
-from trainlab.core.store import LAST_GOOD_CHECKPOINT as LAST_GOOD
-from trainlab.core.store import PRIVATE_FILE_MODE, private_dirs
-from trainlab.core.store import STEP_CHECKPOINT as STEP_FILE
+from trainlab.core.rundir import LAST_CHECKPOINT as LAST
+from trainlab.core.rundir import LAST_GOOD_CHECKPOINT as LAST_GOOD
+from trainlab.core.rundir import PRIVATE_FILE_MODE, private_dirs
+from trainlab.core.rundir import STEP_CHECKPOINT as STEP_FILE
 
 TEMP_SUFFIX = ".tmp"
 """Temporary files are ``.<final name>.<random>.tmp``: hidden, and never a final name."""
@@ -108,8 +108,8 @@ class _RecordingWriter:
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     """Write ``payload`` with torch.save to ``path`` atomically; returns the path.
 
-    The file is private to its owner (``store.PRIVATE_FILE_MODE``), and so is each
-    directory this creates for it (``store.PRIVATE_DIR_MODE``), whatever the umask.
+    The file is private to its owner (``rundir.PRIVATE_FILE_MODE``), and so is each
+    directory this creates for it (``rundir.PRIVATE_DIR_MODE``), whatever the umask.
 
     Raises OSError when it cannot be written (the previous file at ``path``, if any,
     is intact and no temporary file is left).

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from trainlab.core import config as config_mod
-from trainlab.core import protocol, store
-from trainlab.core.store import CONFIG_FILE, RunStore
+from trainlab.core import protocol, rundir
+from trainlab.core.rundir import CONFIG_FILE
+from trainlab.core.store import RunStore
 
 FORMATS = ("csv", "jsonl", "tensorboard")
 """What ``export_run`` writes."""
@@ -71,7 +72,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path) -> list[Path]
 
     Raises:
         ExportError: ``fmt`` is not one of ``FORMATS``, or tensorboard is not installed.
-        trainlab.core.store.RunNotFound: ``run_dir`` has no store.
+        trainlab.core.rundir.RunNotFound: ``run_dir`` has no store.
         OSError: a file cannot be written.
     """
     if fmt not in FORMATS:
@@ -84,7 +85,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path) -> list[Path]
         # TensorBoard's writer leaves its own 0644). Elsewhere, where the user said.
         inside = out_dir.resolve().is_relative_to(Path(run_dir).resolve())
         if inside:
-            store.private_dirs(out_dir)
+            rundir.private_dirs(out_dir)
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
         if fmt == "csv":
@@ -96,7 +97,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path) -> list[Path]
         else:
             files = _export_tensorboard(runs, out_dir)
     if inside:
-        store.make_private(out_dir)
+        rundir.make_private(out_dir)
     return files
 
 

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from trainlab.core import protocol, store
+from trainlab.core import catalog, protocol
 from trainlab.core.config import Config
 from trainlab.core.serving import STOP_GRACE_S
 
@@ -102,7 +102,7 @@ class ThreadEngine:
 
     async def start(self, config: Config) -> None:
         """Start the loop in a thread; its events go straight into ``events``."""
-        self.run_dir = store.new_run(config.run.dir, config)
+        self.run_dir = catalog.new_run(config.run.dir, config)
         host = ThreadHost(config, self.run_dir)
         host.events = self.events
         host.start()

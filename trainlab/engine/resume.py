@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from trainlab.core.config import Config, ConfigError, apply_overrides, field_info
 from trainlab.core.config import from_dict as config_from_dict
-from trainlab.core.store import CHECKPOINT_DIR
+from trainlab.core.rundir import CHECKPOINT_DIR
 from trainlab.engine.checkpoint import CheckpointError, Checkpoints, Loaded
 from trainlab.engine.data import load_dataset
 from trainlab.engine.losses import build_objective

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainlab.core import protocol, store
+from trainlab.core import engine_lock, protocol, rundir, store
 from trainlab.core.config import Config, ConfigError
 from trainlab.core.serving import socket_path
 
@@ -419,7 +419,7 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
     ``show`` sees every event too (the headless printer); ``start_from`` is a checkpoint
     payload to continue from (resume, fork); ``notes`` follow RunStarted into the run
     log (what it was started from, which checkpoints were skipped). RunStarted gets the
-    run directory (``run_dir``). Raises ``store.RunBusy`` when another
+    run directory (``run_dir``). Raises ``engine_lock.RunBusy`` when another
     engine serves this run.
     """
     from trainlab.engine.checkpoint import Checkpoints  # torch: only once a run is served
@@ -427,8 +427,8 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
 
     run_dir = Path(run_dir)
     commands = commands if commands is not None else queue.Queue()
-    with store.EngineLock(run_dir):
-        store.make_private(run_dir)  # a run written before runs were private: now it is
+    with engine_lock.EngineLock(run_dir):
+        rundir.make_private(run_dir)  # a run written before runs were private: now it is
         runs = store.RunStore.open(run_dir, write=True)
         try:
             runs.set_meta(pid=os.getpid())
@@ -456,7 +456,7 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
                         emit(protocol.Notice(step, "info", note))
 
             server.start()
-            checkpoints = Checkpoints(run_dir / store.CHECKPOINT_DIR,
+            checkpoints = Checkpoints(run_dir / rundir.CHECKPOINT_DIR,
                                       keep=config.run.keep_checkpoints)
             try:
                 with _Signals(commands, on_signal) as signals:
@@ -491,12 +491,12 @@ def _load_start(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict[s
 
         config, loaded = resume_plan(run_dir)
         return config, loaded.payload, resume_notes(loaded)
-    config = config_mod.load(run_dir / store.CONFIG_FILE)
+    config = config_mod.load(run_dir / rundir.CONFIG_FILE)
     if args.fork:
         from trainlab.engine.checkpoint import load
         from trainlab.engine.resume import fork_note
 
-        payload = load(run_dir / store.FORK_START_FILE)
+        payload = load(run_dir / rundir.FORK_START_FILE)
         with store.RunStore.open(run_dir) as runs:
             meta = runs.meta()
         return config, payload, (fork_note(meta["parent"], meta["parent_step"]),)
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--resume", action="store_true",
                        help="continue from the run's newest loadable checkpoint")
     start.add_argument("--fork", action="store_true",
-                       help=f"a fork: start from its {store.FORK_START_FILE}")
+                       help=f"a fork: start from its {rundir.FORK_START_FILE}")
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir
     try:
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         # checkpoints are still there), with the reason on its record.
         events = (protocol.Notice(-1, "error", message),) if args.resume else \
             protocol.failure_events("config", message)
-        with contextlib.suppress(Exception), store.EngineLock(run_dir), \
+        with contextlib.suppress(Exception), engine_lock.EngineLock(run_dir), \
                 store.RunStore.open(run_dir, write=True) as runs:
             for event in events:
                 runs.record(event)
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                                  on_signal=lambda name: print(f"engine: {name}: stopping after "
                                                               "this step", file=sys.stderr,
                                                               flush=True))
-    except store.RunBusy as exc:
+    except engine_lock.RunBusy as exc:
         print(f"engine: {exc}", file=sys.stderr, flush=True)
         return 2
     except AbortedBySignal as exc:

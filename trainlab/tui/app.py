@@ -22,7 +22,7 @@ from textual.notifications import Notification, Notify
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
 
-from trainlab.core import protocol, store
+from trainlab.core import protocol, rundir
 from trainlab.core.config import OPTIMIZERS, Config, ConfigError, format_setting
 from trainlab.tui import state as parts
 from trainlab.tui.bridge import Engine, ServedEngine
@@ -260,7 +260,7 @@ class TrainlabApp(App[int]):
                 s.run_id = s.run_id or run_dir.name
                 if self.engine.detachable:
                     s.say("info", f"the engine's output (and your code's prints) go to "
-                          f"{run_dir / store.LOG_FILE}", step=0)
+                          f"{run_dir / rundir.LOG_FILE}", step=0)
             self._refresh(set(parts.ALL_PARTS))
             self._pump_task = asyncio.create_task(self._pump(self.engine))
         finally:

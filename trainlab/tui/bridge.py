@@ -28,7 +28,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainlab.core import protocol, store
+from trainlab.core import catalog, engine_lock, protocol, rundir, store
 from trainlab.core.config import Config
 from trainlab.core.serving import STOP_GRACE_S, socket_path, spawn_detached
 
@@ -103,16 +103,16 @@ class ServedEngine:
     @property
     def log_path(self) -> Path | None:
         """The engine's output (and the user's prints) go here."""
-        return self.run_dir / store.LOG_FILE if self.run_dir is not None else None
+        return self.run_dir / rundir.LOG_FILE if self.run_dir is not None else None
 
     async def start(self, config: Config) -> None:
         """Create and spawn the run (no ``run_dir`` given), or attach to ``run_dir``."""
         if self._reader is not None:
             raise RuntimeError("this engine has already been started")
         if self.run_dir is None:
-            self.run_dir = store.new_run(config.run.dir, config)
+            self.run_dir = catalog.new_run(config.run.dir, config)
             self._process = spawn_detached(self.run_dir)
-        elif why := store.not_yours(self.run_dir):
+        elif why := rundir.not_yours(self.run_dir):
             # Another user's run: its socket and store are theirs (and refuse us anyway).
             self._finished = True
             for event in protocol.failure_events("config", why, step=-1):
@@ -155,7 +155,7 @@ class ServedEngine:
             except PermissionError:  # a socket not ours to use: no engine of ours serves it
                 return None
             spawned_alive = self._process is not None and self._process.poll() is None
-            if not spawned_alive and not store.engine_alive(self.run_dir):
+            if not spawned_alive and not engine_lock.engine_alive(self.run_dir):
                 return None
             if loop.time() > deadline:
                 return None
@@ -230,7 +230,7 @@ class ServedEngine:
         if self._detached or self._finished:
             return
         assert self.run_dir is not None
-        if self._process is None and store.engine_alive(self.run_dir):
+        if self._process is None and engine_lock.engine_alive(self.run_dir):
             # E.g. this viewer fell too far behind and the engine let it go.
             self.events.put_nowait(protocol.Notice(
                 -1, "error", "the connection to the engine closed; the run goes on: "
@@ -245,7 +245,7 @@ class ServedEngine:
         """What a crashed run offers: resume from its checkpoint, or nothing to resume."""
         assert self.run_dir is not None
         try:
-            summary = store.summarize(self.run_dir)
+            summary = catalog.summarize(self.run_dir)
         except (store.StoreError, OSError):
             summary = None
         if summary is not None and summary.resumable:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainlab.core import config as config_mod
-from trainlab.core import protocol, store
+from trainlab.core import protocol, run_status, rundir, store
 from trainlab.core.config import Config
 from trainlab.tui.series import Series
 
@@ -39,7 +39,7 @@ class RunMetrics:
     """How far a run got: its final numbers once it finished, its latest ones before."""
 
     status: str
-    """One of ``trainlab.core.store.STATUSES``."""
+    """One of ``trainlab.core.run_status.STATUSES``."""
     step: int
     """The last step: RunFinished's, or the newest recorded one."""
     train_loss: float | None
@@ -59,7 +59,7 @@ class RunMetrics:
 class ComparedRun:
     """One run as the compare screen shows it: read once from its directory."""
 
-    summary: store.RunSummary
+    summary: run_status.RunSummary
     config: dict[str, Any] | None = None
     """Dotted key -> the value the run started with; None when config.toml cannot be read."""
     changes: tuple[protocol.HyperChanged, ...] = ()
@@ -86,7 +86,7 @@ def flat_config(config: Config) -> dict[str, Any]:
     return {info.key: config.get(info.key) for info in config_mod.fields()}
 
 
-def load_run(summary: store.RunSummary) -> ComparedRun:
+def load_run(summary: run_status.RunSummary) -> ComparedRun:
     """Read the run ``summary`` describes: config, live changes, curves and metrics.
 
     Never raises for a bad run: a config or a store that cannot be read (missing,
@@ -103,16 +103,16 @@ def load_run(summary: store.RunSummary) -> ComparedRun:
         with store.RunStore.open(summary.path) as runs:
             _read_store(run, runs)
     except Exception as exc:  # someone else's file: whatever is wrong is shown, not raised
-        problems.append(_problem(summary, store.DB_FILE, exc))
+        problems.append(_problem(summary, rundir.DB_FILE, exc))
     try:
-        run.config = flat_config(store.run_config(summary.path))
+        run.config = flat_config(rundir.run_config(summary.path))
     except Exception as exc:  # as above: a missing or hand-broken config.toml
-        problems.append(_problem(summary, store.CONFIG_FILE, exc))
+        problems.append(_problem(summary, rundir.CONFIG_FILE, exc))
     run.error = "; ".join(problems)
     return run
 
 
-def _problem(summary: store.RunSummary, file: str, exc: Exception) -> str:
+def _problem(summary: run_status.RunSummary, file: str, exc: Exception) -> str:
     """Why ``file`` of the run cannot be read, without the run's directory in every path
     (the run is known where this shows) and naming the file."""
     text = str(exc).replace(f"{summary.path}{os.sep}", "")
@@ -163,7 +163,7 @@ def note(run: ComparedRun) -> str:
 # --- which runs ----------------------------------------------------------------------
 
 
-def family(summaries: Iterable[store.RunSummary], run_id: str) -> list[str]:
+def family(summaries: Iterable[run_status.RunSummary], run_id: str) -> list[str]:
     """``run_id``, its parent and its forks (the runs one would compare it with), in
     the order of ``summaries``; [] when ``run_id`` is not among them."""
     listed = list(summaries)

@@ -27,7 +27,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from trainlab.core import store
+from trainlab.core import catalog, run_status, rundir
 from trainlab.core.text import format_age
 from trainlab.tui import compare
 from trainlab.tui.plotting import draw_loss_chart
@@ -234,7 +234,7 @@ class CompareScreen(ModalScreen[None]):
         self.now = now
         self.pane = "runs"
         """The pane shown when one shows at a time."""
-        self.summaries: list[store.RunSummary] = []
+        self.summaries: list[run_status.RunSummary] = []
         """The runs under ``root``, newest first."""
         self.picked: list[str] = []
         """The picked run ids, in the order they were picked."""
@@ -329,8 +329,8 @@ class CompareScreen(ModalScreen[None]):
             table.move_cursor(row=table.get_row_index(highlighted))
         self._show_runs_note()
 
-    def _run_cells(self, summary: store.RunSummary, now: float) -> list[Any]:
-        unreadable = summary.reason.startswith(f"{store.DB_FILE} unreadable")
+    def _run_cells(self, summary: run_status.RunSummary, now: float) -> list[Any]:
+        unreadable = summary.reason.startswith(f"{rundir.DB_FILE} unreadable")
         parent = ""
         if summary.parent:
             parent = self.names.get(summary.parent, summary.parent)
@@ -419,7 +419,7 @@ class CompareScreen(ModalScreen[None]):
         self._read([by_id[run_id] for run_id in order])
 
     @work(exclusive=True, group=READ_GROUP)
-    async def _read(self, summaries: list[store.RunSummary]) -> None:
+    async def _read(self, summaries: list[run_status.RunSummary]) -> None:
         """Read ``summaries``' runs in a thread, then show them. A million-step curve
         takes a second or two to read: the screen keeps answering keys meanwhile, and a
         newer compare cancels this one (its result is dropped)."""
@@ -575,10 +575,10 @@ class CompareScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-def _list_runs(root: Path) -> tuple[list[store.RunSummary], str]:
+def _list_runs(root: Path) -> tuple[list[run_status.RunSummary], str]:
     """(The runs under ``root``, newest first, ''), or ([], why they cannot be listed)."""
     try:
-        return store.list_runs(root), ""
+        return catalog.list_runs(root), ""
     except (OSError, ValueError) as exc:  # the root unreadable: say so, list nothing
         return [], f"cannot list the runs in {root}: {getattr(exc, 'strerror', None) or exc}"
 
