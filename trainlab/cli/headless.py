@@ -9,10 +9,9 @@ import queue
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, assert_never
 
 from trainlab.core import config as config_mod
 from trainlab.core import protocol
@@ -23,6 +22,27 @@ from trainlab.core.exits import (
     EXIT_INTERRUPTED,
     EXIT_NON_FINITE,
     EXIT_OK,
+)
+from trainlab.core.protocol import (
+    AlertRaised,
+    Attached,
+    CheckpointSaved,
+    Command,
+    CommandRejected,
+    ControlChanged,
+    Emit,
+    EngineFailed,
+    EvalDone,
+    Event,
+    HyperChanged,
+    LayerStatsSnapshot,
+    LrFound,
+    MetricsBatch,
+    NonFiniteDetected,
+    Notice,
+    RunFinished,
+    RunStarted,
+    StateChanged,
 )
 from trainlab.core.text import format_number, format_percent
 
@@ -40,15 +60,41 @@ class ProgressPrinter:
         self.last_line = 0.0
         self.latest: protocol.MetricsBatch | None = None
 
-    def __call__(self, event: Any) -> None:
-        handler = getattr(self, "on_" + type(event).__name__, None)
-        if handler is not None:
-            handler(event)
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self.on_run_started(event)
+            case MetricsBatch():
+                self.on_metrics(event)
+            case EvalDone():
+                self.on_eval_done(event)
+            case HyperChanged():
+                self.on_hyper_changed(event)
+            case Notice():
+                self.on_notice(event)
+            case CommandRejected():
+                self.on_command_rejected(event)
+            case CheckpointSaved():
+                self.on_checkpoint_saved(event)
+            case NonFiniteDetected():
+                self.on_nonfinite(event)
+            case AlertRaised():
+                self.on_alert(event)
+            case LrFound():
+                self.on_lr_found(event)
+            case EngineFailed():
+                self.on_engine_failed(event)
+            case RunFinished():
+                self.on_run_finished(event)
+            case StateChanged() | LayerStatsSnapshot() | Attached() | ControlChanged():
+                pass  # the lines above say what a person needs of these
+            case _:
+                assert_never(event)
 
     def say(self, text: str, stream: TextIO | None = None) -> None:
         print(text, file=stream or self.out, flush=True)
 
-    def on_RunStarted(self, e: protocol.RunStarted) -> None:
+    def on_run_started(self, e: RunStarted) -> None:
         d, m, c = e.dataset, e.model, e.config
         if e.run_dir:
             resumed = f", from step {e.resumed_from_step}" if e.resumed_from_step else ""
@@ -66,7 +112,7 @@ class ProgressPrinter:
         self.say(f"device: {e.device}, {e.threads} thread(s); {e.steps_per_epoch} steps/epoch, "
                  f"{e.total_steps} steps")
 
-    def on_MetricsBatch(self, e: protocol.MetricsBatch) -> None:
+    def on_metrics(self, e: MetricsBatch) -> None:
         now = time.monotonic()
         if now - self.last_line < PROGRESS_INTERVAL_S:
             return
@@ -74,28 +120,28 @@ class ProgressPrinter:
         self.say(f"step {e.steps[-1]:>6}  epoch {e.epoch:>3}  loss {e.losses[-1]:.4g}  "
                  f"lr {e.lrs[-1]:.2e}  {e.steps_per_sec:,.0f} steps/s")
 
-    def on_EvalDone(self, e: protocol.EvalDone) -> None:
+    def on_eval_done(self, e: EvalDone) -> None:
         acc = f"  val_acc {format_percent(e.val_accuracy)}" if e.val_accuracy is not None else ""
         self.say(f"eval {e.step:>6}  epoch {e.epoch:>3}  train_loss {format_number(e.train_loss)}  "
                  f"val_loss {format_number(e.val_loss)}{acc}")
 
-    def on_HyperChanged(self, e: protocol.HyperChanged) -> None:
+    def on_hyper_changed(self, e: HyperChanged) -> None:
         note = f" ({e.note})" if e.note else ""
         self.say(f"step {e.step}: {e.key} {e.old!r} -> {e.new!r}{note}")
 
-    def on_Notice(self, e: protocol.Notice) -> None:
+    def on_notice(self, e: Notice) -> None:
         self.say(f"{e.level}: {e.message}", self.err if e.level != "info" else None)
 
-    def on_CommandRejected(self, e: protocol.CommandRejected) -> None:
+    def on_command_rejected(self, e: CommandRejected) -> None:
         self.say(f"rejected {e.command_type}: {e.reason}", self.err)
 
-    def on_CheckpointSaved(self, e: protocol.CheckpointSaved) -> None:
+    def on_checkpoint_saved(self, e: CheckpointSaved) -> None:
         self.say(f"step {e.step}: checkpoint saved to {e.path}")
 
-    def on_NonFiniteDetected(self, e: protocol.NonFiniteDetected) -> None:
+    def on_nonfinite(self, e: NonFiniteDetected) -> None:
         self.say(f"non-finite: {e.message}", self.err)
 
-    def on_AlertRaised(self, e: protocol.AlertRaised) -> None:
+    def on_alert(self, e: AlertRaised) -> None:
         where = f" [{', '.join(e.layers)}]" if e.layers else ""
         self.say(f"alert {e.severity} at step {e.step}: {e.kind}{where}: {e.message}", self.err)
         for fix in e.fixes:
@@ -104,16 +150,16 @@ class ProgressPrinter:
             how = "the app applies it live with f; next run" if not fix.restart else "next run"
             self.say(f"    fix: {fix.label} ({how}: {set_flags(fix.changes)})", self.err)
 
-    def on_LrFound(self, e: protocol.LrFound) -> None:
+    def on_lr_found(self, e: LrFound) -> None:
         lr = format_number(e.suggested_lr, ".2e")
         self.say(f"step {e.step}: lr range test suggests {lr} ({e.reason})")
 
-    def on_EngineFailed(self, e: protocol.EngineFailed) -> None:
+    def on_engine_failed(self, e: EngineFailed) -> None:
         if e.traceback:
             self.say(e.traceback.rstrip(), self.err)
         self.say(f"trainlab: error: {e.message}", self.err)
 
-    def on_RunFinished(self, e: protocol.RunFinished) -> None:
+    def on_run_finished(self, e: RunFinished) -> None:
         if e.reason == "failed":
             return
         f = e.final
@@ -132,15 +178,15 @@ def set_flags(changes: dict[str, Any]) -> str:
                     for key, value in changes.items())
 
 
-def event_printer(as_json: bool, out: TextIO, err: TextIO) -> Callable[[Any], None]:
+def event_printer(as_json: bool, out: TextIO, err: TextIO) -> Emit:
     """How a command that trains shows its events: JSON lines, or progress for people."""
     return json_printer(out) if as_json else ProgressPrinter(out, err)
 
 
-def json_printer(out: TextIO) -> Callable[[Any], None]:
+def json_printer(out: TextIO) -> Emit:
     """Every event as one line of strict JSON."""
 
-    def emit(event: Any) -> None:
+    def emit(event: Event) -> None:
         print(protocol.to_json(event), file=out, flush=True)
 
     return emit
@@ -157,7 +203,7 @@ def _exit_code(finished: protocol.RunFinished, failure: protocol.EngineFailed | 
     return 128 + signum if signum is not None else EXIT_OK
 
 
-def report_config_error(exc: ConfigError, show: Callable[[Any], None], err: TextIO,
+def report_config_error(exc: ConfigError, show: Emit, err: TextIO,
                         as_json: bool) -> int:
     """A run refused for its config before it was built: the same ending as a run the
     engine refuses (failure, state, finish), so scripts see one shape; exit 2."""
@@ -179,7 +225,7 @@ class HeadlessResult:
     """stdout's reader left (``| head``): nothing more should be printed."""
 
 
-def train_headless(config: Config, show: Callable[[Any], None], err: TextIO, *,
+def train_headless(config: Config, show: Emit, err: TextIO, *,
                    run_dir: Path | None = None, start_from: dict[str, Any] | None = None,
                    notes: tuple[str, ...] = ()) -> HeadlessResult:
     """Train ``config`` in the foreground as the engine of a run directory (a new one
@@ -194,7 +240,7 @@ def train_headless(config: Config, show: Callable[[Any], None], err: TextIO, *,
     from trainlab.core import catalog, engine_lock
     from trainlab.engine.serve import serve
 
-    commands: queue.Queue[Any] = queue.Queue()
+    commands: queue.Queue[Command] = queue.Queue()
     failure: protocol.EngineFailed | None = None
     reader_gone = False
 
@@ -203,9 +249,9 @@ def train_headless(config: Config, show: Callable[[Any], None], err: TextIO, *,
         print(f"\n{what}: stopping after this step ({what} again to abort)", file=err,
               flush=True)
 
-    def emit(event: Any) -> None:
+    def emit(event: Event) -> None:
         nonlocal failure, reader_gone
-        if isinstance(event, protocol.EngineFailed):
+        if isinstance(event, EngineFailed):
             failure = event
         if reader_gone:
             return

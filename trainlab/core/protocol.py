@@ -10,6 +10,12 @@ JSON: ``to_dict`` adds ``"event"`` or ``"command"`` set to the class name.
 Non-finite floats are written as the strings "NaN", "Infinity" and "-Infinity"
 (as the protobuf JSON mapping does, so the output stays valid JSON) and read back
 as floats wherever the field holds a number.
+
+Types: ``Event`` is the union of every event class, ``Command`` of every run command
+(``SessionCommand``: the socket's own). Code that reacts to events takes an ``Event``
+and dispatches with a ``match`` statement over the classes that ends in
+``case _: assert_never(event)``, so that a type checker names every dispatcher an event
+added here would miss (tests/test_dispatch.py checks the same without one).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeAlias, Union
 
 # --- commands -----------------------------------------------------------------
 
@@ -95,8 +102,9 @@ class FindLr:
     steps: int = 100
 
 
-Command = (Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint | RequestSnapshot
-           | FindLr)
+Command: TypeAlias = (Pause | Resume | Step | Stop | SetHyper | SaveCheckpoint
+                      | RequestSnapshot | FindLr)
+"""Every command the training loop reads (its queue carries these)."""
 
 
 # --- session commands: between a viewer and the engine's socket, not the loop ------
@@ -118,7 +126,8 @@ class TakeControl:
     """Make this client the run's controller; the previous one becomes a viewer."""
 
 
-SessionCommand = Attach | TakeControl
+SessionCommand: TypeAlias = Attach | TakeControl
+"""Commands between a client and the run's socket, which the socket answers itself."""
 
 # --- events -------------------------------------------------------------------
 
@@ -229,6 +238,7 @@ class HyperChanged:
     old: Any
     new: Any
     note: str = ""
+    """Why, for the record (the SetHyper's note, or the engine's own words)."""
 
 
 @dataclass(frozen=True)
@@ -455,7 +465,7 @@ def failure_events(kind: str, message: str, traceback: str = "",
             RunFinished("failed", FinalMetrics.none_yet()))
 
 
-Event = (
+Event: TypeAlias = (
     RunStarted
     | MetricsBatch
     | EvalDone
@@ -473,11 +483,23 @@ Event = (
     | Attached
     | ControlChanged
 )
+"""Every event: what the engine (or its socket) emits, what the app and the store fold."""
+
+Emit: TypeAlias = Callable[[Event], None]
+"""Where events go: a queue's put, the store's recorder, a printer, the app's bridge."""
+
+EVENT_TYPES: tuple[type, ...] = typing.get_args(Event)
+"""The classes of ``Event``, in its order (for isinstance and for tests)."""
 
 COMMANDS: dict[str, type] = {
     cls.__name__: cls for cls in (*typing.get_args(Command), *typing.get_args(SessionCommand))
 }
-EVENTS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
+EVENTS: dict[str, type] = {cls.__name__: cls for cls in EVENT_TYPES}
+
+
+def is_event(message: Any) -> typing.TypeGuard[Event]:
+    """Is ``message`` one of the protocol's events (not a command, not anything else)?"""
+    return isinstance(message, EVENT_TYPES)
 
 
 def is_command(message: Any) -> bool:

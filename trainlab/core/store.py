@@ -38,9 +38,28 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from trainlab.core import protocol
+from trainlab.core.protocol import (
+    AlertRaised,
+    Attached,
+    CheckpointSaved,
+    CommandRejected,
+    ControlChanged,
+    EngineFailed,
+    EvalDone,
+    Event,
+    HyperChanged,
+    LayerStatsSnapshot,
+    LrFound,
+    MetricsBatch,
+    NonFiniteDetected,
+    Notice,
+    RunFinished,
+    RunStarted,
+    StateChanged,
+)
 from trainlab.core.run_status import RunSummary, derive_status
 from trainlab.core.rundir import (
     CHECKPOINT_DIR,
@@ -271,7 +290,7 @@ class RunStore:
 
     # -- writing --
 
-    def record(self, event: Any) -> int:
+    def record(self, event: Event) -> int:
         """Store ``event`` (its protocol JSON, and its derived rows); returns its seq.
 
         Sequence numbers start at 1 and increase by one per event. The event is
@@ -583,43 +602,51 @@ class RunStore:
                            "ORDER BY d.seq")
         return [protocol.from_json(body) for (body,) in rows]
 
-    def _derive(self, seq: int, event: Any) -> None:
+    def _derive(self, seq: int, event: Event) -> None:
         """The query rows of one event (inside the open transaction)."""
         db = self._db
-        if isinstance(event, protocol.MetricsBatch):
-            db.executemany(
-                "INSERT OR REPLACE INTO train (step, seq, epoch, loss, lr) VALUES (?, ?, ?, ?, ?)",
-                [(step, seq, epoch, _to_db(loss), _to_db(lr))
-                 for step, epoch, loss, lr in zip(event.steps, event.step_epochs(),
-                                                  event.losses, event.lrs, strict=True)])
-        elif isinstance(event, protocol.EvalDone):
-            db.execute(
-                "INSERT OR REPLACE INTO evals (step, seq, epoch, val_loss, val_accuracy, "
-                "train_loss, best_val_loss) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.step, seq, event.epoch, _to_db(event.val_loss),
-                 _to_db(event.val_accuracy), _to_db(event.train_loss),
-                 _to_db(event.best_val_loss)))
-        elif isinstance(event, protocol.HyperChanged):
-            db.execute("INSERT INTO changes (seq, step, key) VALUES (?, ?, ?)",
-                       (seq, event.step, event.key))
-        elif isinstance(event, protocol.AlertRaised):
-            db.execute("INSERT INTO alerts (seq, step, kind, severity) VALUES (?, ?, ?, ?)",
-                       (seq, event.step, event.kind, event.severity))
-        elif isinstance(event, protocol.LayerStatsSnapshot):
-            columns = ("step", "layer", "seq", "kind", "activation", *_LAYER_NUMBERS)
-            db.executemany(
-                f"INSERT OR REPLACE INTO layer_stats ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
-                [(event.step, row.name, seq, row.kind, row.activation,
-                  *(_to_db(getattr(row, name)) for name in _LAYER_NUMBERS))
-                 for row in event.layers])
-        elif isinstance(event, protocol.RunStarted):
-            resumed = event.resumed_from_step
-            if resumed is not None:
-                # The resumed run repeats the steps after its checkpoint: what the lost
-                # segment recorded past it did not happen in this run's history.
-                for table in _DERIVED_TABLES:
-                    db.execute(f"DELETE FROM {table} WHERE step > ?", (resumed,))
+        match event:
+            case MetricsBatch():
+                db.executemany(
+                    "INSERT OR REPLACE INTO train (step, seq, epoch, loss, lr) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(step, seq, epoch, _to_db(loss), _to_db(lr))
+                     for step, epoch, loss, lr in zip(event.steps, event.step_epochs(),
+                                                      event.losses, event.lrs, strict=True)])
+            case EvalDone():
+                db.execute(
+                    "INSERT OR REPLACE INTO evals (step, seq, epoch, val_loss, val_accuracy, "
+                    "train_loss, best_val_loss) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (event.step, seq, event.epoch, _to_db(event.val_loss),
+                     _to_db(event.val_accuracy), _to_db(event.train_loss),
+                     _to_db(event.best_val_loss)))
+            case HyperChanged():
+                db.execute("INSERT INTO changes (seq, step, key) VALUES (?, ?, ?)",
+                           (seq, event.step, event.key))
+            case AlertRaised():
+                db.execute("INSERT INTO alerts (seq, step, kind, severity) VALUES (?, ?, ?, ?)",
+                           (seq, event.step, event.kind, event.severity))
+            case LayerStatsSnapshot():
+                columns = ("step", "layer", "seq", "kind", "activation", *_LAYER_NUMBERS)
+                db.executemany(
+                    f"INSERT OR REPLACE INTO layer_stats ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))})",
+                    [(event.step, row.name, seq, row.kind, row.activation,
+                      *(_to_db(getattr(row, name)) for name in _LAYER_NUMBERS))
+                     for row in event.layers])
+            case RunStarted():
+                resumed = event.resumed_from_step
+                if resumed is not None:
+                    # The resumed run repeats the steps after its checkpoint: what the lost
+                    # segment recorded past it did not happen in this run's history.
+                    for table in _DERIVED_TABLES:
+                        db.execute(f"DELETE FROM {table} WHERE step > ?", (resumed,))
+            case (StateChanged() | CommandRejected() | CheckpointSaved() | Notice()
+                  | EngineFailed() | RunFinished() | NonFiniteDetected() | LrFound()
+                  | Attached() | ControlChanged()):
+                pass  # in the events table only
+            case _:
+                assert_never(event)
 
 
 def _journal_mode(db: sqlite3.Connection, *, write: bool, wal: bool) -> str:
@@ -638,13 +665,21 @@ def _journal_mode(db: sqlite3.Connection, *, write: bool, wal: bool) -> str:
     return str(mode)
 
 
-def _step_of(event: Any) -> int | None:
-    if isinstance(event, protocol.MetricsBatch):
-        return event.steps[-1] if event.steps else None
-    if isinstance(event, protocol.RunFinished):
-        return event.final.step
-    step = getattr(event, "step", None)
-    return step if isinstance(step, int) else None
+def _step_of(event: Event) -> int | None:
+    """The step an event is about, for the events table (None: no step)."""
+    match event:
+        case MetricsBatch():
+            return event.steps[-1] if event.steps else None
+        case RunFinished():
+            return event.final.step
+        case (EvalDone() | StateChanged() | HyperChanged() | CommandRejected()
+              | CheckpointSaved() | Notice() | EngineFailed() | LayerStatsSnapshot()
+              | NonFiniteDetected() | AlertRaised() | LrFound()):
+            return event.step
+        case RunStarted() | Attached() | ControlChanged():
+            return None
+        case _:
+            assert_never(event)
 
 
 def _decode_json(text: str) -> Any:
@@ -655,8 +690,8 @@ def _decode_json(text: str) -> Any:
 # --- recording from the engine -----------------------------------------------------------
 
 
-def recording(runs: RunStore, emit: Callable[[Any], None], *,
-              clock: Callable[[], float] = time.monotonic) -> Callable[[Any], None]:
+def recording(runs: RunStore, emit: protocol.Emit, *,
+              clock: Callable[[], float] = time.monotonic) -> protocol.Emit:
     """An emit that records every event in ``runs``, then passes it on to ``emit``.
 
     A store that cannot be written (disk full) does not stop training. The first failure
@@ -675,7 +710,7 @@ class _Recording:
     """``recording``'s state: recording, paused after a failure (``retry_at``), or on
     probation after a retry worked (``trusted_at``)."""
 
-    def __init__(self, runs: RunStore, emit: Callable[[Any], None],
+    def __init__(self, runs: RunStore, emit: protocol.Emit,
                  clock: Callable[[], float]) -> None:
         self.runs = runs
         self.emit = emit
@@ -691,7 +726,7 @@ class _Recording:
         """On probation until then: the recovery is said at the first event after it."""
         self.recovered_at = -math.inf
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: Event) -> None:
         now = self.clock()
         paused = self.retry_at is not None and now < self.retry_at
         if paused and type(event).__name__ not in COMMIT_NOW:
@@ -702,7 +737,7 @@ class _Recording:
             self._record(event, now, scheduled=not paused)
         self.emit(event)
 
-    def _record(self, event: Any, now: float, *, scheduled: bool) -> None:
+    def _record(self, event: Event, now: float, *, scheduled: bool) -> None:
         due = self.trusted_at is not None and (now >= self.trusted_at
                                                or isinstance(event, protocol.RunFinished))
         if due and not self._say_recovered(event, now):
@@ -717,7 +752,7 @@ class _Recording:
             self.retry_at = None
             self.trusted_at = now + max(self.pause, PROBATION_S)
 
-    def _say_recovered(self, event: Any, now: float) -> bool:
+    def _say_recovered(self, event: Event, now: float) -> bool:
         """Record and commit the recovery notice, then pass it on; False (still failing,
         paused again) when the store did not take it."""
         notice = protocol.Notice(_step_of(event) or self.since, "info",
@@ -736,7 +771,7 @@ class _Recording:
         self.emit(notice)
         return True
 
-    def _failed(self, event: Any, exc: StoreError, now: float, *, scheduled: bool) -> None:
+    def _failed(self, event: Event, exc: StoreError, now: float, *, scheduled: bool) -> None:
         if self.missed == 0:  # a new outage: said once
             step = _step_of(event) or 0
             self.since = exc.lost_from_step if exc.lost_from_step is not None else step

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, assert_never
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -24,6 +24,25 @@ from textual.widgets import DataTable, Footer, Header, OptionList, Static, Tabbe
 
 from trainlab.core import protocol, rundir
 from trainlab.core.config import OPTIMIZERS, Config, ConfigError, format_setting
+from trainlab.core.protocol import (
+    AlertRaised,
+    Attached,
+    CheckpointSaved,
+    CommandRejected,
+    ControlChanged,
+    EngineFailed,
+    EvalDone,
+    Event,
+    HyperChanged,
+    LayerStatsSnapshot,
+    LrFound,
+    MetricsBatch,
+    NonFiniteDetected,
+    Notice,
+    RunFinished,
+    RunStarted,
+    StateChanged,
+)
 from trainlab.tui import state as parts
 from trainlab.tui.bridge import Engine, ServedEngine
 from trainlab.tui.headless import CommandRunner, run_engine_command
@@ -290,10 +309,7 @@ class TrainlabApp(App[int]):
                 changed: set[str] = set()
                 for event in batch:
                     changed |= self.run_state.apply(event)
-                    self._settle_pending(event)
-                    self._react(event)
-                    if isinstance(event, protocol.AlertRaised) and self._live(engine):
-                        self._notify_alert(event)
+                    self._react(event, live=self._live(engine))
                 self._refresh(changed)
             except Exception as exc:  # never let one bad event freeze the screen
                 self.run_state.say("error", f"the app could not show an event: "
@@ -304,15 +320,6 @@ class TrainlabApp(App[int]):
         """Are the engine's events live now, not its run's recorded history (which an
         attached engine replays first, up to its ``Attached``)?"""
         return not engine.replays_history or bool(self.run_state.client)
-
-    def _settle_pending(self, event: Any) -> None:
-        """Forget a sent live change once the engine has answered it."""
-        if isinstance(event, protocol.HyperChanged) and self.pending.get(event.key) == event.new:
-            del self.pending[event.key]
-        elif isinstance(event, protocol.CommandRejected) and event.command_type == "SetHyper":
-            self.pending.clear()  # the rejection does not say which: start from the run's
-        elif isinstance(event, protocol.RunFinished):
-            self.pending.clear()
 
     def current(self, key: str) -> Any:
         """A live field's value as the keys see it: what was last sent, else the run's."""
@@ -656,20 +663,39 @@ class TrainlabApp(App[int]):
 
     # --- the doctor, the lr finder and labs -------------------------------------------
 
-    def _react(self, event: Any) -> None:
-        """What the app does about an event beyond showing it: the lr finder's answer
-        goes to its screen; a lab's finished run starts the next one."""
-        if isinstance(event, protocol.LrFound):
-            self._lr_found(event)
-        elif isinstance(event, protocol.CommandRejected) and event.command_type == "FindLr":
-            self._lr_failed(f"the engine refused the range test: {event.reason}")
-        elif isinstance(event, protocol.RunStarted):
-            self._show_lab_curves()  # by epoch: now the run's steps per epoch are known
-        elif isinstance(event, protocol.RunFinished):
-            self._lr_failed("the run ended before the range test answered; press L "
-                            "again to test the config instead")
-            if self.lab is not None and self.lab.started and event.reason != "failed":
-                self._variant_finished(event)
+    def _react(self, event: Event, *, live: bool) -> None:
+        """What the app does about an event beyond showing it (``RunState`` folds that):
+        a sent live change is settled once answered; the lr finder's answer goes to its
+        screen; a lab's finished run starts the next one; a new alert pops up when
+        ``live`` (not the recorded history of a run attached to)."""
+        match event:
+            case HyperChanged():
+                if event.key in self.pending and self.pending[event.key] == event.new:
+                    del self.pending[event.key]  # answered: keys build on the run's value
+            case CommandRejected():
+                if event.command_type == "SetHyper":
+                    self.pending.clear()  # the rejection does not say which: the run's
+                elif event.command_type == "FindLr":
+                    self._lr_failed(f"the engine refused the range test: {event.reason}")
+            case LrFound():
+                self._lr_found(event)
+            case RunStarted():
+                self._show_lab_curves()  # by epoch: now the run's steps per epoch are known
+            case RunFinished():
+                self.pending.clear()
+                self._lr_failed("the run ended before the range test answered; press L "
+                                "again to test the config instead")
+                if self.lab is not None and self.lab.started and event.reason != "failed":
+                    self._variant_finished(event)
+            case AlertRaised():
+                if live:
+                    self._notify_alert(event)
+            case (MetricsBatch() | EvalDone() | StateChanged() | CheckpointSaved() | Notice()
+                  | EngineFailed() | LayerStatsSnapshot() | NonFiniteDetected() | Attached()
+                  | ControlChanged()):
+                pass  # shown from the run state alone
+            case _:
+                assert_never(event)
 
     def checked_config(self) -> tuple[Config, str]:
         """The config the doctor and the headless lr finder test, and which one it is:

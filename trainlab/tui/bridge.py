@@ -26,10 +26,31 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, assert_never
 
 from trainlab.core import catalog, engine_lock, protocol, rundir, store
 from trainlab.core.config import Config
+from trainlab.core.protocol import (
+    AlertRaised,
+    Attached,
+    CheckpointSaved,
+    Command,
+    CommandRejected,
+    ControlChanged,
+    EngineFailed,
+    EvalDone,
+    Event,
+    HyperChanged,
+    LayerStatsSnapshot,
+    LrFound,
+    MetricsBatch,
+    NonFiniteDetected,
+    Notice,
+    RunFinished,
+    RunStarted,
+    SessionCommand,
+    StateChanged,
+)
 from trainlab.core.serving import STOP_GRACE_S, socket_path, spawn_detached
 
 CONNECT_TIMEOUT_S = 120.0
@@ -45,7 +66,7 @@ LOG_TAIL_BYTES = 4000
 class Engine(Protocol):
     """What the app needs of an engine: start it, send it commands, leave or stop it."""
 
-    events: asyncio.Queue[Any]
+    events: asyncio.Queue[Event]
     detachable: bool
     """Does the run go on after ``detach`` (its own process), or end with the app?"""
     replays_history: bool
@@ -57,7 +78,7 @@ class Engine(Protocol):
     async def start(self, config: Config) -> None:
         """Start training ``config`` (or attach); events begin to arrive in ``events``."""
 
-    def send(self, command: Any) -> None:
+    def send(self, command: Command | SessionCommand) -> None:
         """Queue a command; the engine applies it at its next step boundary."""
 
     async def detach(self) -> None:
@@ -91,7 +112,7 @@ class ServedEngine:
     every event after that is live (the app pops up no alert of the past)."""
 
     def __init__(self, run_dir: Path | None = None, *, role: str = "control") -> None:
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.run_dir = run_dir
         self.role = role
         self._process: subprocess.Popen[bytes] | None = None
@@ -127,7 +148,7 @@ class ServedEngine:
                 attached = protocol.from_json((await reader.readline()).decode())
             except (ValueError, ConnectionError):
                 attached = None
-        if not isinstance(attached, protocol.Attached):
+        if not isinstance(attached, Attached):
             # Nobody serves it (or the engine ended as we came): the store is all there is.
             await self._close_connection()
             await self._replay(upto=None)
@@ -166,7 +187,7 @@ class ServedEngine:
         assert self.run_dir is not None
         run_dir = self.run_dir
 
-        def read() -> list[Any]:
+        def read() -> list[Event]:
             runs = store.RunStore.open(run_dir, write=False)
             try:
                 return [event for _, event in runs.events(upto=upto)]
@@ -183,12 +204,20 @@ class ServedEngine:
             self._note_ending(event)
             self.events.put_nowait(event)
 
-    def _note_ending(self, event: Any) -> None:
+    def _note_ending(self, event: Event) -> None:
         """Has the run (its newest segment: a resumed run starts again) finished?"""
-        if isinstance(event, protocol.RunStarted):
-            self._finished = False
-        elif isinstance(event, protocol.RunFinished):
-            self._finished = True
+        match event:
+            case RunStarted():
+                self._finished = False
+            case RunFinished():
+                self._finished = True
+            case (MetricsBatch() | EvalDone() | StateChanged() | HyperChanged()
+                  | CommandRejected() | CheckpointSaved() | Notice() | EngineFailed()
+                  | LayerStatsSnapshot() | NonFiniteDetected() | AlertRaised() | LrFound()
+                  | Attached() | ControlChanged()):
+                pass  # the run goes on (a failure is followed by its RunFinished)
+            case _:
+                assert_never(event)
 
     def _crashed(self, message: str) -> None:
         self._finished = True
@@ -196,13 +225,13 @@ class ServedEngine:
         for event in protocol.failure_events("internal", message, tail, step=-1):
             self.events.put_nowait(event)
 
-    def _write(self, message: Any) -> None:
+    def _write(self, message: Command | SessionCommand) -> None:
         writer = self._writer
         if writer is None or writer.is_closing():
             return
         writer.write(protocol.to_json(message).encode() + b"\n")  # buffered: no await
 
-    def send(self, command: Any) -> None:
+    def send(self, command: Command | SessionCommand) -> None:
         """Write one command line (a run or a session command); a gone engine ignores it."""
         if not (protocol.is_command(command) or protocol.is_session_command(command)):
             raise TypeError(f"{command!r} is not a protocol command")

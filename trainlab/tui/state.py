@@ -13,10 +13,29 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from trainlab.core import protocol
 from trainlab.core.config import Config, ConfigError, from_dict
+from trainlab.core.protocol import (
+    AlertRaised,
+    Attached,
+    CheckpointSaved,
+    CommandRejected,
+    ControlChanged,
+    EngineFailed,
+    EvalDone,
+    Event,
+    HyperChanged,
+    LayerStatsSnapshot,
+    LrFound,
+    MetricsBatch,
+    NonFiniteDetected,
+    Notice,
+    RunFinished,
+    RunStarted,
+    StateChanged,
+)
 from trainlab.tui.series import Series
 
 SPARK_POINTS = 24
@@ -185,12 +204,48 @@ class RunState:
         """Add a line to the run log (the app's own messages go here too)."""
         self.log.append(LogEntry(self.step if step is None else step, level, text, traceback))
 
-    def apply(self, event: Any) -> set[str]:
-        """Fold one event in; returns the parts of the screen it changed."""
-        handler = getattr(self, "_on_" + type(event).__name__, None)
-        return handler(event) if handler is not None else set()
+    def apply(self, event: Event) -> set[str]:
+        """Fold one event in; returns the parts of the screen it changed. Anything else
+        (a command in the wrong queue) changes nothing."""
+        if not protocol.is_event(event):
+            return set()
+        match event:
+            case RunStarted():
+                return self._run_started(event)
+            case Attached():
+                return self._attached(event)
+            case ControlChanged():
+                return self._control_changed(event)
+            case MetricsBatch():
+                return self._metrics(event)
+            case EvalDone():
+                return self._eval_done(event)
+            case StateChanged():
+                return self._state_changed(event)
+            case HyperChanged():
+                return self._hyper_changed(event)
+            case CommandRejected():
+                return self._command_rejected(event)
+            case CheckpointSaved():
+                return self._checkpoint_saved(event)
+            case Notice():
+                return self._notice(event)
+            case EngineFailed():
+                return self._engine_failed(event)
+            case NonFiniteDetected():
+                return self._nonfinite(event)
+            case LrFound():
+                return self._lr_found(event)
+            case AlertRaised():
+                return self._alert(event)
+            case LayerStatsSnapshot():
+                return self._snapshot(event)
+            case RunFinished():
+                return self._run_finished(event)
+            case _:
+                assert_never(event)
 
-    def _on_RunStarted(self, e: protocol.RunStarted) -> set[str]:
+    def _run_started(self, e: RunStarted) -> set[str]:
         self.started = e
         if e.resumed_from_step is not None:
             # Resumed from a checkpoint: what an earlier engine recorded past it (before a
@@ -213,14 +268,14 @@ class RunState:
                  f"{e.device}, {e.threads} thread(s); {e.total_steps} steps", step=0)
         return {STATUS, LOG, CONFIG, CHART}
 
-    def _on_Attached(self, e: protocol.Attached) -> set[str]:
+    def _attached(self, e: Attached) -> set[str]:
         self.run_id, self.client, self.role = e.run_id, e.client, e.role
         if e.role == "view":
             self.say("warning", "another client controls this run: viewing only (t takes "
                      "control)")
         return {STATUS, LOG}
 
-    def _on_ControlChanged(self, e: protocol.ControlChanged) -> set[str]:
+    def _control_changed(self, e: ControlChanged) -> set[str]:
         if not self.client:
             return set()
         role = "control" if e.controller == self.client else "view"
@@ -231,7 +286,7 @@ class RunState:
                      else f"viewing only: {e.reason} (t takes control back)")
         return {STATUS, LOG}
 
-    def _on_MetricsBatch(self, e: protocol.MetricsBatch) -> set[str]:
+    def _metrics(self, e: MetricsBatch) -> set[str]:
         if not e.steps:
             return set()
         self.train_loss.extend(e.steps, e.losses)
@@ -240,14 +295,14 @@ class RunState:
         self.steps_per_sec, self.lr = e.steps_per_sec, e.lrs[-1]
         return {CHART, STATUS}
 
-    def _on_EvalDone(self, e: protocol.EvalDone) -> set[str]:
+    def _eval_done(self, e: EvalDone) -> set[str]:
         self.last_eval = e
         self.val_loss.append(e.step, e.val_loss)
         if e.val_accuracy is not None:
             self.val_accuracy.append(e.step, e.val_accuracy)
         return {CHART, STATUS}
 
-    def _on_StateChanged(self, e: protocol.StateChanged) -> set[str]:
+    def _state_changed(self, e: StateChanged) -> set[str]:
         if e.state != self.state and e.state in ("paused", "running") and e.step > 0:
             self.say("info", f"{e.state} ({e.reason})" if e.reason else e.state, step=e.step)
         self.state, self.reason = e.state, e.reason
@@ -255,7 +310,7 @@ class RunState:
             self.step = max(self.step, e.step)
         return {STATUS, LOG}
 
-    def _on_HyperChanged(self, e: protocol.HyperChanged) -> set[str]:
+    def _hyper_changed(self, e: HyperChanged) -> set[str]:
         note = f" ({e.note})" if e.note else ""
         self.say("info", f"{e.key}: {e.old!r} -> {e.new!r}{note}", step=e.step)
         lr_before = self.config.optim.lr
@@ -277,19 +332,19 @@ class RunState:
             return {CHART, STATUS, LOG, CONFIG, ALERTS}
         return {CHART, STATUS, LOG, CONFIG}
 
-    def _on_CommandRejected(self, e: protocol.CommandRejected) -> set[str]:
+    def _command_rejected(self, e: CommandRejected) -> set[str]:
         self.say("warning", f"{e.command_type} refused: {e.reason}", step=e.step)
         return {LOG}
 
-    def _on_CheckpointSaved(self, e: protocol.CheckpointSaved) -> set[str]:
+    def _checkpoint_saved(self, e: CheckpointSaved) -> set[str]:
         self.say("info", f"checkpoint saved: {e.path}", step=e.step)
         return {LOG}
 
-    def _on_Notice(self, e: protocol.Notice) -> set[str]:
+    def _notice(self, e: Notice) -> set[str]:
         self.say(e.level, e.message, step=e.step)
         return {LOG}
 
-    def _on_EngineFailed(self, e: protocol.EngineFailed) -> set[str]:
+    def _engine_failed(self, e: EngineFailed) -> set[str]:
         self.failure = e
         what = {"config": "bad config", "user_code": "error in your code",
                 "internal": "the engine failed"}.get(e.kind, e.kind)
@@ -298,19 +353,19 @@ class RunState:
                  step=e.step if e.step >= 0 else self.step)
         return {LOG, STATUS}
 
-    def _on_NonFiniteDetected(self, e: protocol.NonFiniteDetected) -> set[str]:
+    def _nonfinite(self, e: NonFiniteDetected) -> set[str]:
         self.nonfinite = e
         self.say("error", f"non-finite values: {e.message}", step=e.step)
         return {LOG, LAYERS}
 
-    def _on_LrFound(self, e: protocol.LrFound) -> set[str]:
+    def _lr_found(self, e: LrFound) -> set[str]:
         self.lr_found = e
         lr = f"suggests lr {e.suggested_lr:.2e}" if e.suggested_lr is not None \
             else "has no suggestion"
         self.say("info", f"lr range test {lr} ({e.reason})", step=e.step)
         return {LOG}
 
-    def _on_AlertRaised(self, e: protocol.AlertRaised) -> set[str]:
+    def _alert(self, e: AlertRaised) -> set[str]:
         rank = severity_rank(e.severity)  # first: an unknown severity changes nothing
         self.alerts.insert(0, e)  # kept for the run's life, so id(e) stays unique
         then = {}
@@ -329,7 +384,7 @@ class RunState:
                  + (f" Fixes: {fixes}" if fixes else ""), step=e.step)
         return {ALERTS, LAYERS, LOG}
 
-    def _on_LayerStatsSnapshot(self, e: protocol.LayerStatsSnapshot) -> set[str]:
+    def _snapshot(self, e: LayerStatsSnapshot) -> set[str]:
         self.snapshot = e
         for row in e.layers:
             history = self.layer_history.setdefault(
@@ -339,7 +394,7 @@ class RunState:
             self.histograms[(hist.layer, hist.quantity)] = (e.step, hist)
         return {LAYERS, HISTOGRAM} if e.histograms else {LAYERS}
 
-    def _on_RunFinished(self, e: protocol.RunFinished) -> set[str]:
+    def _run_finished(self, e: RunFinished) -> set[str]:
         self.finished = e
         f = e.final
         if e.reason != "failed":

@@ -1,9 +1,10 @@
 """The live doctor: detectors that turn the run's event stream into diagnoses.
 
 Every detector is a pure function ``(history, context) -> AlertRaised | None`` over
-what the run has emitted so far, registered under its kind with ``@detector``.
-``Diagnostics.observe`` folds each event the loop emits into a ``History`` and runs
-the detectors that read that kind of event. An alert of a kind is raised once, and may
+what the run has emitted so far, registered under its kind with ``@detector`` and keyed
+by the event class it reads. ``Diagnostics.observe`` folds each event the loop emits
+into a ``History`` (one ``match`` over every event class) and runs the detectors that
+read that class of event. An alert of a kind is raised once, and may
 be raised again only after a live change (a fix, a key, a rollback: a ``HyperChanged``)
 that came after it: once ``History.last_change_step`` is past the step of the history
 when it was raised, and then only by an alert whose own step is past that change (what
@@ -38,27 +39,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TypeVar, assert_never
 
 from trainlab.core.config import Config
 from trainlab.core.protocol import (
     AlertRaised,
+    Attached,
+    CheckpointSaved,
+    CommandRejected,
+    ControlChanged,
+    EngineFailed,
     EvalDone,
+    Event,
     HyperChanged,
     LayerStatsSnapshot,
+    LrFound,
     MetricsBatch,
     NonFiniteDetected,
+    Notice,
+    RunFinished,
     RunStarted,
+    StateChanged,
 )
 from trainlab.doctor.detectors import curves, layers  # noqa: F401 (they register on import)
 from trainlab.doctor.detectors.registry import (
     DETECTORS,
-    EVAL,
-    LOSS,
     LOSS_HISTORY,
-    NONFINITE,
     QUIET_AFTER,
-    SNAPSHOT,
     Context,
     History,
 )
@@ -81,7 +88,7 @@ class Diagnostics:
         self.raised: dict[str, int] = {}
         """kind -> the history's step when it was last raised."""
 
-    def observe(self, event: Any) -> list[AlertRaised]:
+    def observe(self, event: Event) -> list[AlertRaised]:
         """Fold ``event`` into the history; the alerts it raises (a kind once, again
         only after a later live change: see the module's docstring)."""
         reads = self._fold(event)
@@ -91,7 +98,7 @@ class Diagnostics:
         h.memo.clear()
         alerts = []
         for kind, (kind_reads, detect) in DETECTORS.items():
-            if kind_reads != reads or self._standing(kind) or any(
+            if kind_reads is not reads or self._standing(kind) or any(
                     self._standing(other) for other in QUIET_AFTER[kind]):
                 continue
             raised_at = self.raised.get(kind)
@@ -107,35 +114,43 @@ class Diagnostics:
         raised_at = self.raised.get(kind)
         return raised_at is not None and self.history.last_change_step <= raised_at
 
-    def _fold(self, event: Any) -> str | None:
+    def _fold(self, event: Event) -> type[Event] | None:
+        """Fold ``event`` into the history and the context; the event class whose
+        detectors must run now (``registry.READ_EVENTS``), or None."""
         h, ctx = self.history, self.context
-        if isinstance(event, RunStarted):
-            ctx.task, ctx.num_classes = event.dataset.task, event.dataset.num_classes
-            ctx.loss = event.loss
-            return None
-        if isinstance(event, HyperChanged):
-            ctx.config = ctx.config.with_value(event.key, event.new)
-            h.last_change_step = event.step
-            return None
-        if isinstance(event, MetricsBatch):
-            if not event.steps:
+        match event:
+            case RunStarted():
+                ctx.task, ctx.num_classes = event.dataset.task, event.dataset.num_classes
+                ctx.loss = event.loss
                 return None
-            _extend_bounded(h.steps, event.steps)
-            _extend_bounded(h.losses, event.losses)
-            _extend_bounded(h.lrs, event.lrs)
-            h.step = event.steps[-1]
-            if h.first_loss is None:
-                h.first_loss = next((x for x in event.losses if math.isfinite(x)), None)
-            return LOSS
-        if isinstance(event, LayerStatsSnapshot):
-            if h.first_snapshot is None:
-                h.first_snapshot = event
-            h.snapshots.append(event)
-            return SNAPSHOT
-        if isinstance(event, EvalDone):
-            h.add_eval(event)
-            return EVAL
-        if isinstance(event, NonFiniteDetected):
-            h.nonfinite = event
-            return NONFINITE
-        return None
+            case HyperChanged():
+                ctx.config = ctx.config.with_value(event.key, event.new)
+                h.last_change_step = event.step
+                return None
+            case MetricsBatch():
+                if not event.steps:
+                    return None
+                _extend_bounded(h.steps, event.steps)
+                _extend_bounded(h.losses, event.losses)
+                _extend_bounded(h.lrs, event.lrs)
+                h.step = event.steps[-1]
+                if h.first_loss is None:
+                    h.first_loss = next((x for x in event.losses if math.isfinite(x)), None)
+                return MetricsBatch
+            case LayerStatsSnapshot():
+                if h.first_snapshot is None:
+                    h.first_snapshot = event
+                h.snapshots.append(event)
+                return LayerStatsSnapshot
+            case EvalDone():
+                h.add_eval(event)
+                return EvalDone
+            case NonFiniteDetected():
+                h.nonfinite = event
+                return NonFiniteDetected
+            case (StateChanged() | CommandRejected() | CheckpointSaved() | Notice()
+                  | EngineFailed() | RunFinished() | AlertRaised() | LrFound() | Attached()
+                  | ControlChanged()):
+                return None  # nothing a detector reads
+            case _:
+                assert_never(event)

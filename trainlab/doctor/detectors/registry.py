@@ -14,7 +14,9 @@ from trainlab.core.config import Config
 from trainlab.core.protocol import (
     AlertRaised,
     EvalDone,
+    Event,
     LayerStatsSnapshot,
+    MetricsBatch,
     NonFiniteDetected,
 )
 
@@ -32,8 +34,12 @@ RECENT_USABLE_EVALS = 16
 """Usable evaluations since the last live change that ``EvalRecord`` keeps in full: at
 least the overfitting detector's last OVERFIT_EVALS + 1 (a test keeps it so)."""
 
-SNAPSHOT, LOSS, EVAL, NONFINITE = "snapshot", "loss", "eval", "nonfinite"
-"""What a detector reads: it runs when an event of that kind arrived."""
+SNAPSHOT, LOSS, EVAL, NONFINITE = LayerStatsSnapshot, MetricsBatch, EvalDone, NonFiniteDetected
+"""What a detector reads: the event class whose arrival runs it (the registry is keyed by
+the class, so renaming an event cannot leave a detector waiting on a name)."""
+READ_EVENTS: tuple[type[Event], ...] = (SNAPSHOT, LOSS, EVAL, NONFINITE)
+"""Every event class a detector may read: ``Diagnostics`` runs the detectors of each
+(a test checks that the fold reports each, and that every detector reads one)."""
 
 
 @dataclass
@@ -184,8 +190,8 @@ class Context:
 
 
 Detector = Callable[[History, Context], AlertRaised | None]
-DETECTORS: dict[str, tuple[str, Detector]] = {}
-"""kind -> (what it reads, the detector)."""
+DETECTORS: dict[str, tuple[type[Event], Detector]] = {}
+"""kind -> (the event class it reads, the detector)."""
 QUIET_AFTER: dict[str, tuple[str, ...]] = {}
 """kind -> the kinds whose standing alert already says what it would (the same cause,
 the same fix): it is not raised while one of them is, that is until a live change after
@@ -193,14 +199,17 @@ it. Registration order decides within one event: a kind registered earlier is ju
 first."""
 
 
-def detector(kind: str, reads: str, quiet_after: tuple[str, ...] = ()
+def detector(kind: str, reads: type[Event], quiet_after: tuple[str, ...] = ()
              ) -> Callable[[Detector], Detector]:
-    """Register a detector of alert ``kind`` that runs when a ``reads`` event arrives
-    (and not while an alert of a ``quiet_after`` kind stands: ``QUIET_AFTER``)."""
+    """Register a detector of alert ``kind`` that runs when an event of class ``reads``
+    arrives (and not while an alert of a ``quiet_after`` kind stands: ``QUIET_AFTER``)."""
 
     def register(fn: Detector) -> Detector:
         if kind in DETECTORS:
             raise ValueError(f"two detectors for {kind}")
+        if reads not in READ_EVENTS:
+            raise ValueError(f"{kind} reads {reads.__name__}, which no detector reads "
+                             f"(READ_EVENTS)")
         DETECTORS[kind] = (reads, fn)
         QUIET_AFTER[kind] = quiet_after
         return fn
