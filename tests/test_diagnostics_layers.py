@@ -609,6 +609,40 @@ def test_an_init_finding_is_not_raised_again_after_a_live_change():
     assert "symmetry" not in [a.kind for e in later for a in diagnostics.observe(e)]
 
 
+@pytest.mark.parametrize(("kind", "figure", "activation", "threshold"), [
+    ("dead_units", "dead_frac", "ReLU", L.DEAD_UNITS_FRAC),
+    ("saturation", "saturated_frac", "Tanh", L.SATURATED_FRAC),
+])
+def test_the_app_colours_red_exactly_what_the_detector_alerts_on(kind, figure, activation,
+                                                                  threshold):
+    from trainlab.tui import health
+
+    cfg = relu_config() if activation == "ReLU" else config()
+    for share in (threshold - 0.01, threshold, threshold + 0.01):
+        snapshot = same(1, 3, activation=activation, **{figure: share})
+        alerted = kind in kinds(alerts_of(cfg, [snapshot]))
+        assert alerted == (share >= threshold), share
+        assert (health.judge(figure, share) == health.BAD) == alerted, share
+
+
+def test_the_app_reads_the_detectors_thresholds():
+    from trainlab.core import health as shared
+    from trainlab.tui import health
+
+    for ratio, bad in ((shared.UPDATE_RATIO_LOW * 0.99, True), (shared.UPDATE_RATIO_LOW, False),
+                       (shared.UPDATE_RATIO_HIGH, False), (shared.UPDATE_RATIO_HIGH * 1.01, True)):
+        assert (health.judge("update_ratio", ratio) == health.BAD) == bad, ratio
+    assert (L.DEAD_UNITS_FRAC, L.SATURATED_FRAC, L.UPDATE_RATIO_LOW, L.UPDATE_RATIO_HIGH) == (
+        shared.DEAD_UNITS_FRAC, shared.SATURATED_FRAC, shared.UPDATE_RATIO_LOW,
+        shared.UPDATE_RATIO_HIGH)
+
+
+def test_every_detector_kind_has_the_title_the_app_shows():
+    from trainlab.core.health import ALERT_TITLES
+
+    assert set(DETECTORS) == set(ALERT_TITLES)
+
+
 def test_tanh_like_list_matches_the_inits():
     from trainlab.engine.init import TANH_LIKE
 

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Header, OptionList, Static, Tabbe
 
 from trainlab.core import protocol, rundir
 from trainlab.core.config import OPTIMIZERS, Config, ConfigError, format_setting
+from trainlab.core.health import alert_title
 from trainlab.core.protocol import (
     AlertRaised,
     Attached,
@@ -59,7 +60,7 @@ from trainlab.tui.screens.lr_find import (
     LrFindScreen,
     trained_weights_note,
 )
-from trainlab.tui.state import RunState, alert_title
+from trainlab.tui.state import RunState
 from trainlab.tui.widgets.alerts_panel import (
     AlertsPanel,
     AlertStrip,

@@ -17,6 +17,7 @@ from typing import Any, assert_never
 
 from trainlab.core import protocol
 from trainlab.core.config import Config, ConfigError, from_dict
+from trainlab.core.health import alert_title, severity_rank
 from trainlab.core.protocol import (
     AlertRaised,
     Attached,
@@ -52,41 +53,9 @@ ROLLBACK_NOTE = "rollback"
 """How the note of the engine's rollback lr change starts (``trainlab.engine.loop``'s
 ``roll_back``: "rollback to step G after a non-finite loss at step B")."""
 
-SEVERITIES = ("info", "warning", "critical")
-"""``AlertRaised.severity`` from mildest to worst: a layer with several alerts shows its
-worst."""
 SEVERITY_LOG_LEVEL = {"info": "info", "warning": "warning", "critical": "error"}
 """The run-log level of an alert: a critical one (the run cannot learn as it is) is an
 error line, red like a failure."""
-KIND_TITLES = {
-    "vanishing_gradients": "vanishing gradients",
-    "exploding_gradients": "exploding gradients",
-    "activation_collapse": "activations collapsing towards 0",
-    "saturation": "saturated units",
-    "dead_units": "dead ReLU units",
-    "symmetry": "symmetric units (identical weights)",
-    "non_finite": "non-finite values (NaN/inf)",
-    "divergence": "loss diverging or oscillating",
-    "plateau": "loss on a plateau",
-    "overfitting": "overfitting",
-    "update_ratio": "update/weight ratio far from 1e-3",
-    "slow_lower_layers": "lower layers learning much slower",
-    "slow_learning": "loss falling too slowly (lr too low)",
-}
-"""Each alert kind of ``trainlab.core.protocol.AlertRaised`` in plain words."""
-
-
-def alert_title(kind: str) -> str:
-    """An alert kind in plain words; a kind this app does not know yet, de-underscored."""
-    return KIND_TITLES.get(kind, kind.replace("_", " "))
-
-
-def severity_rank(severity: str) -> int:
-    """0 for info up to 2 for critical; anything else is an error naming the value."""
-    if severity not in SEVERITIES:
-        raise ValueError(f"AlertRaised.severity {severity!r} is not one of "
-                         f"{', '.join(SEVERITIES)}")
-    return SEVERITIES.index(severity)
 
 
 @dataclass(frozen=True)

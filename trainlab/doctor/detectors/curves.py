@@ -37,12 +37,12 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from trainlab.core.health import UPDATE_RATIO_TARGET
 from trainlab.core.protocol import AlertRaised, Fix, LayerStats, NonFiniteDetected
 from trainlab.doctor.detectors import fixes as F
 from trainlab.doctor.detectors.layers import (
     LR_RAISE_CAP,
     RATIO_EXEMPT_OPTIMIZERS,
-    UPDATE_RATIO_TARGET,
     lr_runs_at_base,
     saturated_layers,
     symmetric_layers,

@@ -12,8 +12,9 @@ A ``Fix`` is a set of config changes and a label. Conventions every builder keep
   (``WEIGHT_DECAY_IGNORED_BY``, ``LIVE_LR_IGNORED_BY``), and model.* changes are not
   offered for ``model.arch = custom`` (they do not change a user's model).
 
-No torch here (the detectors run on plain numbers); tests keep the optimizer and
-activation tables below equal to ``trainlab.engine.optim`` and ``trainlab.engine.init``.
+No torch here (the detectors run on plain numbers); tests keep the optimizer tables below
+equal to ``trainlab.engine.optim``, and the activation families (``trainlab.core.health``)
+to ``trainlab.engine.init``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainlab.core.config import Config, field_info
+from trainlab.core.health import (
+    RELU_FAMILY_KINDS,
+    SATURATING_ACTIVATIONS,
+    TANH_LIKE_ACTIVATIONS,
+    TANH_LIKE_KINDS,
+)
 from trainlab.core.protocol import Fix, LayerStatsSnapshot
 
 # --- the fixes' values ---------------------------------------------------------------
@@ -43,18 +50,6 @@ LIVE_LR_IGNORED_BY = ("rprop",)
 """Optimizers whose steps a live lr change does not move: Rprop reads optim.lr once, as
 the initial step size of every weight, then adapts each from the gradient's signs
 alone (a test checks it on torch's Rprop). A restart with another lr still moves it."""
-TANH_LIKE_ACTIVATIONS = ("tanh", "sigmoid", "scaled_sigmoid", "identity")
-"""model.activation values that Xavier suits (trainlab.engine.init.TANH_LIKE, repeated here so
-the diagnostics stay free of torch; a test keeps the two equal)."""
-TANH_LIKE_KINDS = ("Tanh", "Sigmoid", "ScaledSigmoid", "Hardtanh", "Identity")
-"""Activation module names (``LayerStats.activation``) that Xavier suits."""
-RELU_FAMILY_KINDS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "CELU", "SELU", "GELU",
-                     "SiLU", "Mish", "Hardswish", "Softplus")
-"""Activation module names that Kaiming suits (its gain of sqrt(2) makes up for the half of
-the inputs a ReLU-like unit zeroes)."""
-SATURATING_ACTIVATIONS = ("tanh", "sigmoid", "scaled_sigmoid")
-"""model.activation values whose flat tails stop gradients; a ReLU-family activation is
-the remedy (its slope is 1 wherever it is active)."""
 SUITED_FAMILIES = {"xavier_normal": ("xavier", "orthogonal"), "kaiming_normal": ("kaiming",)}
 """Init schemes that count as already suited, by the scheme a fix would propose
 (orthogonal with gain 1 keeps variance like Xavier)."""

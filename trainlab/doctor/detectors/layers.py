@@ -36,22 +36,23 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeGuard
 
 from trainlab.core.config import Config
+from trainlab.core.health import (  # the thresholds the app's layer table colours by
+    DEAD_UNITS_FRAC,
+    GRAD_HEALTHY_HIGH,
+    GRAD_HEALTHY_LOW,
+    SATURATED_FRAC,
+    UPDATE_RATIO_HIGH,
+    UPDATE_RATIO_LOW,
+    UPDATE_RATIO_TARGET,
+)
 from trainlab.core.protocol import AlertRaised, LayerStats, LayerStatsSnapshot
 from trainlab.doctor.detectors import fixes as F
 from trainlab.doctor.detectors.registry import SNAPSHOT, Context, History, detector
 
 # --- thresholds -------------------------------------------------------------------
+# The healthy ranges the app shows too (gradient range, saturated and dead shares, the
+# update/weight ratio's bounds) are in ``trainlab.core.health``; these are the doctor's own.
 
-GRAD_HEALTHY_LOW = 1e-6
-"""Gradient values below this are under the healthy range (roughly [1e-6, 1e3] for the
-nets this lab trains); times a normal learning rate they change a weight by nothing.
-Judged on hidden layers only: the head's gradient scales with the loss itself (MSE on
-unscaled regression targets gave head gradients of 2e3 in a run whose hidden layers
-stayed under 3e2), so it shows the loss's scale, not a gradient vanishing or exploding
-through depth."""
-GRAD_HEALTHY_HIGH = 1e3
-"""Gradient values above this are over the healthy range (see GRAD_HEALTHY_LOW);
-hidden layers only, as for GRAD_HEALTHY_LOW."""
 DEPTH_RATIO = 100.0
 """Two orders of magnitude between a layer's gradient norm and the last hidden layer's
 is "shrinking/growing with depth": ordinary layer-to-layer variation is a few times,
@@ -99,30 +100,10 @@ COLLAPSE_RATIO = 100.0
 """Activation std falling two orders of magnitude below the first hidden layer's is a
 collapse (N(0, 0.01^2) weights shrink it ~10x per layer in the
 classic 10-layer tanh net, while Xavier keeps all layers within ~3x of each other)."""
-SATURATED_FRAC = 0.5
-"""A layer is saturated when half or more of its activations sit where tanh/sigmoid is flat
-(slope < 0.02, ``trainlab.engine.stats``). The classic N(0, 1) init saturates ~80-96% of the
-units at widths 100-500; Xavier saturates under 1%."""
-DEAD_UNITS_FRAC = 0.5
-"""A layer has lost its capacity when half or more of its ReLU units output 0 for every
-sample of a batch (a dead unit gets a gradient of 0, so it stays
-dead unless its input shifts; a user trial with init.bias = -3 on digits saw 100% dead at
-init and 53-85% later, as the layers below moved). Healthy Kaiming ReLU nets measured
-here stay below 30%."""
 DEAD_UNITS_MIN_BATCH = 16
 """Dead units are only judged on batches of at least 16 samples: a unit is counted dead
 when it is 0 for every sample of the batch, and a live unit active for half the inputs
 looks dead by chance with probability 0.5^B (0.5 at B = 1, 1.5e-5 at B = 16)."""
-UPDATE_RATIO_TARGET = 1e-3
-"""The healthy update/weight ratio per step: the usual rule of thumb for first-order
-optimizers (each step changes a weight by about a thousandth of its size)."""
-UPDATE_RATIO_HIGH = 1e-1
-"""Two orders of magnitude above the 1e-3 target: each step moves the weights by 10% of
-their size, so they are replaced within tens of steps. Adam's first steps on small
-weights (lr / weight std, ~1e-2) stay below it."""
-UPDATE_RATIO_LOW = 1e-5
-"""Two orders of magnitude below the 1e-3 target: the weights need ~1e5 steps to change
-by their own size. SGD at lr 1e-3 on the default digits MLP runs at ~6e-5, above it."""
 UPDATE_RATIO_SPAN = 50
 """Update ratios are judged over the last 50 steps, and only once a run (or the stretch
 since its last live change) is that long: its first steps resize the weights, and a large

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainlab.core.config import Config
+from trainlab.core.health import ALERT_TITLES
 from trainlab.core.protocol import (
     AlertRaised,
     EvalDone,
@@ -207,6 +208,8 @@ def detector(kind: str, reads: type[Event], quiet_after: tuple[str, ...] = ()
     def register(fn: Detector) -> Detector:
         if kind in DETECTORS:
             raise ValueError(f"two detectors for {kind}")
+        if kind not in ALERT_TITLES:  # the app names every alert kind from there
+            raise ValueError(f"{kind} has no title in trainlab.core.health.ALERT_TITLES")
         if reads not in READ_EVENTS:
             raise ValueError(f"{kind} reads {reads.__name__}, which no detector reads "
                              f"(READ_EVENTS)")

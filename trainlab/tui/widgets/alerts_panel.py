@@ -22,8 +22,8 @@ from textual.widgets.option_list import Option
 
 from trainlab.core import protocol
 from trainlab.core.config import format_setting
+from trainlab.core.health import SEVERITIES, alert_title
 from trainlab.core.text import format_number
-from trainlab.tui.state import SEVERITIES, alert_title
 
 SEVERITY_STYLE = {"info": "bold cyan", "warning": "bold yellow", "critical": "bold red"}
 """The colour of an alert's severity here, in the strip and in the layer table."""
