@@ -164,6 +164,8 @@ EXAMPLES: dict[type, list[Any]] = {
         HyperChanged(4, "data.augment", ("noise",), ("noise", "flip"), "note"),
         HyperChanged(5, "reg.clip_norm", None, -INF),
         HyperChanged(6, "optim.name", "adam", "sgd", "optimizer state reset"),
+        HyperChanged(7, "optim.lr", 1e-3, 1e-4, "rollback to step 5 after a non-finite loss "
+                     "at step 7", rollback=True),
     ],
     CommandRejected: [CommandRejected("Resume", "not paused", 0)],
     CheckpointSaved: [CheckpointSaved(7, "checkpoints/step_7.pt")],

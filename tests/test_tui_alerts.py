@@ -378,9 +378,13 @@ async def test_a_rollback_after_a_non_finite_alert_marks_it_handled_with_no_fix(
         await settle(pilot)
         assert app.check_action("fix", ()) is True
         lr = Config().optim.lr
-        engines.current.feed(protocol.HyperChanged(
-            160, "optim.lr", lr, lr / 10, "rollback to step 100 after a non-finite loss at "
-            "step 160"))
+        note = "rollback to step 100 after a non-finite loss at step 160"
+        # The note alone is for people: only the event's rollback flag marks a rollback.
+        engines.current.feed(protocol.HyperChanged(155, "optim.lr", lr, lr, note))
+        await settle(pilot)
+        assert app.run_state.handled(nonfinite) is None
+        engines.current.feed(protocol.HyperChanged(160, "optim.lr", lr, lr / 10, note,
+                                                   rollback=True))
         await settle(pilot)
         said = f"handled: rolled back at step 160, lr {lr:.3g} -> {lr / 10:.3g}"
         assert app.run_state.handled(nonfinite) == said

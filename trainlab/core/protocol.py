@@ -239,6 +239,11 @@ class HyperChanged:
     new: Any
     note: str = ""
     """Why, for the record (the SetHyper's note, or the engine's own words)."""
+    rollback: bool = False
+    """The engine made this change rolling back after a non-finite loss
+    (``run.on_nonfinite = rollback``: the lr cut that comes with the restored weights).
+    What tells a rollback (the app marks a non_finite alert handled by it); the note's
+    words are for people."""
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,6 @@ ALERTS = "alerts"
 """The alerts strip and panel, and the layer table's alert highlights."""
 ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM, ALERTS)
 
-ROLLBACK_NOTE = "rollback"
-"""How the note of the engine's rollback lr change starts (``trainlab.engine.loop``'s
-``roll_back``: "rollback to step G after a non-finite loss at step B")."""
-
 SEVERITY_LOG_LEVEL = {"info": "info", "warning": "warning", "critical": "error"}
 """The run-log level of an alert: a critical one (the run cannot learn as it is) is an
 error line, red like a failure."""
@@ -109,8 +105,9 @@ class RunState:
     when it diagnosed): a fix's values are frozen then, and the app asks before
     applying one whose keys have moved since (see ``changed_since``)."""
     rollbacks: list[protocol.HyperChanged] = field(default_factory=list)
-    """The lr changes the engine made rolling back (``run.on_nonfinite = rollback``), in
-    order: what marks a non_finite alert handled (``handled``)."""
+    """The lr changes the engine made rolling back (``run.on_nonfinite = rollback``:
+    ``HyperChanged.rollback``), in order: what marks a non_finite alert handled
+    (``handled``)."""
     run_id: str = ""
     """The run's directory name under run.dir (``trainlab attach`` takes it)."""
     client: int = 0
@@ -296,7 +293,7 @@ class RunState:
             if moved:
                 self.lr = self.config.optim.lr
         self.markers.append((e.step, label))
-        if e.note.startswith(ROLLBACK_NOTE):
+        if e.rollback:
             self.rollbacks.append(e)
             return {CHART, STATUS, LOG, CONFIG, ALERTS}
         return {CHART, STATUS, LOG, CONFIG}
