@@ -440,6 +440,21 @@ async def test_help_screen_lists_every_key() -> None:
         assert not isinstance(app.screen, HelpScreen)
 
 
+def test_the_key_help_is_written_from_the_bindings() -> None:
+    from textual.binding import Binding
+
+    from trainlab.tui.screens.help import key_help
+
+    bindings = [Binding("plus", "grow", "Grow", key_display="+", tooltip="grow it"),
+                Binding("equals_sign", "grow", "Grow", key_display="+", show=False),
+                Binding("question_mark,f1", "help", "Help", key_display="?", tooltip="help"),
+                Binding("z", "secret", "Secret")]  # no tooltip: not in the help
+    assert key_help(bindings) == [("grow", "+", "grow it"), ("help", "? / F1", "help")]
+    # Every action of the app has its line, and its palette entry says the same.
+    actions = {b.action for b in TrainlabApp.BINDINGS if isinstance(b, Binding)}
+    assert {action for action, _, _ in key_help(TrainlabApp.BINDINGS)} == actions
+
+
 async def test_command_palette_offers_only_the_enabled_actions() -> None:
     app, _engines = make_app()
     async with app.run_test() as pilot:

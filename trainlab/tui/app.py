@@ -52,7 +52,7 @@ from trainlab.tui.screens.compare import CompareScreen
 from trainlab.tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from trainlab.tui.screens.doctor import DoctorScreen
 from trainlab.tui.screens.fix_picker import FixPicker
-from trainlab.tui.screens.help import HelpScreen
+from trainlab.tui.screens.help import HelpScreen, key_help
 from trainlab.tui.screens.lab import LabScreen
 from trainlab.tui.screens.lr_find import (
     APPLY_AT_RESTART,
@@ -111,64 +111,59 @@ class TrainlabApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "trainlab"
 
+    # The description is the footer's word; the tooltip is what the help screen and the
+    # command palette say the key does (and the footer on hover).
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "toggle_pause", "Pause"),
-        Binding("n", "step", "Step"),
-        Binding("plus,equals_sign", "scale_lr(2.0)", "LR×2", key_display="+"),
-        Binding("minus", "scale_lr(0.5)", "LR÷2", key_display="-"),
-        Binding("o", "next_optimizer", "Optim"),
-        Binding("O", "pick_optimizer", "Pick optimizer", show=False),
-        Binding("c", "toggle_clip", "Clip"),
-        Binding("s", "save_checkpoint", "Save"),
-        Binding("r", "restart", "Restart"),
-        Binding("x", "stop_run", "Stop", show=False),
-        Binding("t", "take_control", "Take control", show=False),
+        Binding("space", "toggle_pause", "Pause", tooltip="pause or resume training"),
+        Binding("n", "step", "Step", tooltip="train one step (while paused)"),
+        Binding("plus", "scale_lr(2.0)", "LR×2", key_display="+",
+                tooltip="double the learning rate"),
+        # = is the + key without shift: the same key, shown (and explained) once.
+        Binding("equals_sign", "scale_lr(2.0)", "LR×2", key_display="+", show=False),
+        Binding("minus", "scale_lr(0.5)", "LR÷2", key_display="-",
+                tooltip="halve the learning rate (an exact value: Config view)"),
+        Binding("o", "next_optimizer", "Optim",
+                tooltip="next optimizer (weights kept, optimizer state reset)"),
+        Binding("O", "pick_optimizer", "Pick optimizer", show=False,
+                tooltip="pick the optimizer from a list"),
+        Binding("c", "toggle_clip", "Clip",
+                tooltip="gradient clipping on/off (max norm; set it in Config)"),
+        Binding("s", "save_checkpoint", "Save", tooltip="save a checkpoint"),
+        Binding("r", "restart", "Restart", tooltip="restart: a new run with the edited config"),
+        Binding("x", "stop_run", "Stop", show=False,
+                tooltip="stop the run (asks first; a checkpoint is written)"),
+        Binding("t", "take_control", "Take control", show=False,
+                tooltip="take control of a run another app steers (viewing only now)"),
         # Not in the footer (80 columns are full): the alert strip shows the key instead.
-        Binding("f", "fix", "Fix", show=False),
-        Binding("l", "toggle_log_scale", "Log y", show=False),
-        Binding("h", "next_histogram", "Histogram kind", show=False),
-        Binding("1", "view('train')", "Train", show=False),
-        Binding("2", "view('layers')", "Layers", show=False),
-        Binding("3", "view('config')", "Config", show=False),
-        Binding("4", "view('log')", "Log", show=False),
-        Binding("5", "view('alerts')", "Alerts", show=False),
-        Binding("d", "doctor", "Doctor", show=False),
-        Binding("L", "find_lr", "LR finder", show=False),
-        Binding("i", "lab", "Lab", show=False),
-        Binding("C", "compare", "Compare runs", show=False),
-        Binding("question_mark,f1", "help", "Help", key_display="?"),
-        Binding("q", "quit", "Quit"),
+        Binding("f", "fix", "Fix", show=False,
+                tooltip="apply the suggested fix of the newest alert, or the highlighted one"),
+        Binding("l", "toggle_log_scale", "Log y", show=False,
+                tooltip="log scale for the loss chart"),
+        Binding("h", "next_histogram", "Histogram kind", show=False,
+                tooltip="histogram of weights / gradients / activations"),
+        Binding("1", "view('train')", "Train", show=False,
+                tooltip="Train view: loss chart and layer table"),
+        Binding("2", "view('layers')", "Layers", show=False,
+                tooltip="Layers view: layer table, signal view, histograms"),
+        Binding("3", "view('config')", "Config", show=False,
+                tooltip="Config view (Escape leaves a field)"),
+        Binding("4", "view('log')", "Log", show=False, tooltip="Log view"),
+        Binding("5", "view('alerts')", "Alerts", show=False,
+                tooltip="Alerts view: the doctor's findings, their evidence and fixes"),
+        Binding("d", "doctor", "Doctor", show=False,
+                tooltip="pre-flight doctor: the debugging checklist on the edited config"),
+        Binding("L", "find_lr", "LR finder", show=False,
+                tooltip="lr finder: range test, its curve and suggestion (a applies it)"),
+        Binding("i", "lab", "Lab", show=False,
+                tooltip="the lab: its explanation, runs and results (r redoes the current "
+                        "run)"),
+        Binding("C", "compare", "Compare runs", show=False,
+                tooltip="compare runs: curves on one chart, configs side by side "
+                        "(differences highlighted), final and best metrics"),
+        Binding("question_mark,f1", "help", "Help", key_display="?", tooltip="this help"),
+        Binding("q", "quit", "Quit",
+                tooltip="quit; a run in its own process trains on (trainlab attach)"),
     ]
-
-    ACTION_HELP: ClassVar[dict[str, tuple[str, str]]] = {
-        # action -> (keys as the help screen shows them, what it does)
-        "toggle_pause": ("space", "pause or resume training"),
-        "step": ("n", "train one step (while paused)"),
-        "scale_lr(2.0)": ("+", "double the learning rate"),
-        "scale_lr(0.5)": ("-", "halve the learning rate (an exact value: Config view)"),
-        "next_optimizer": ("o", "next optimizer (weights kept, optimizer state reset)"),
-        "pick_optimizer": ("O", "pick the optimizer from a list"),
-        "toggle_clip": ("c", "gradient clipping on/off (max norm; set it in Config)"),
-        "save_checkpoint": ("s", "save a checkpoint"),
-        "restart": ("r", "restart: a new run with the edited config"),
-        "stop_run": ("x", "stop the run (asks first; a checkpoint is written)"),
-        "take_control": ("t", "take control of a run another app steers (viewing only now)"),
-        "fix": ("f", "apply the suggested fix of the newest alert, or the highlighted one"),
-        "toggle_log_scale": ("l", "log scale for the loss chart"),
-        "next_histogram": ("h", "histogram of weights / gradients / activations"),
-        "view('train')": ("1", "Train view: loss chart and layer table"),
-        "view('layers')": ("2", "Layers view: layer table, signal view, histograms"),
-        "view('config')": ("3", "Config view (Escape leaves a field)"),
-        "view('log')": ("4", "Log view"),
-        "view('alerts')": ("5", "Alerts view: the doctor's findings, their evidence and fixes"),
-        "doctor": ("d", "pre-flight doctor: the debugging checklist on the edited config"),
-        "find_lr": ("L", "lr finder: range test, its curve and suggestion (a applies it)"),
-        "lab": ("i", "the lab: its explanation, runs and results (r redoes the current run)"),
-        "compare": ("C", "compare runs: curves on one chart, configs side by side "
-                    "(differences highlighted), final and best metrics"),
-        "help": ("? / F1", "this help"),
-        "quit": ("q", "quit; a run in its own process trains on (trainlab attach)"),
-    }
 
     def __init__(self, config: Config, *,
                  engine_factory: Callable[[], Engine] = default_engine_factory,
@@ -877,7 +872,7 @@ class TrainlabApp(App[int]):
 
     def action_help(self) -> None:
         """The help screen: keys and views."""
-        self.push_screen(HelpScreen(list(self.ACTION_HELP.values())))
+        self.push_screen(HelpScreen([(keys, text) for _, keys, text in key_help(self.BINDINGS)]))
 
     @work(group="quit")
     async def action_quit(self) -> None:
@@ -945,12 +940,12 @@ class TrainlabApp(App[int]):
             self._clear_alert_toast()  # it would cover the cards it points to
         self.refresh_bindings()  # `f` acts on the newest alert, or the highlighted one
 
-    # --- help and the command palette ----------------------------------------------
+    # --- the command palette ----------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every enabled action of the app, by name, in the command palette."""
         yield from super().get_system_commands(screen)
-        for action, (keys, description) in self.ACTION_HELP.items():
+        for action, keys, description in key_help(self.BINDINGS):
             if self.check_action(action.partition("(")[0], ()) is not True:
                 continue
             title = description[0].upper() + description[1:]

@@ -1,7 +1,13 @@
-"""The help screen: every key of the app and what the views show."""
+"""The help screen: every key of the app and what the views show.
+
+The keys are written from the app's ``BINDINGS`` (``key_help``), not listed twice: a
+binding's tooltip says what its key does.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -33,6 +39,30 @@ Every action is also in the command palette: **ctrl+p**, then type its name.
 Colours in the layer table: yellow is outside the healthy range, red far outside it.
 Activation statistics use a sample of the batch (at most 64 rows).
 """
+
+
+def key_name(key: str) -> str:
+    """A key as the help writes it: function keys in capitals (F1), others as bound."""
+    return key.upper() if re.fullmatch(r"f\d+", key) else key
+
+
+def key_help(bindings: Iterable[BindingType]) -> list[tuple[str, str, str]]:
+    """(action, keys, what it does) for every action whose binding has a tooltip, in the
+    bindings' order. The keys are every key bound to the action, " / " between them: a
+    binding's first key as the footer shows it (``key_display``), the others by name; a
+    key shown the same way twice is written once."""
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for binding in bindings:
+        if not isinstance(binding, Binding):
+            continue
+        keys = [key.strip() for key in binding.key.split(",")]
+        shown = [binding.key_display or key_name(keys[0]), *map(key_name, keys[1:])]
+        names, texts = found.setdefault(binding.action, ([], []))
+        names.extend(name for name in shown if name not in names)
+        if binding.tooltip:
+            texts.append(binding.tooltip)
+    return [(action, " / ".join(names), texts[0])
+            for action, (names, texts) in found.items() if texts]
 
 
 def keys_markdown(bindings: list[tuple[str, str]]) -> str:
