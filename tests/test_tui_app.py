@@ -523,6 +523,33 @@ async def test_pump_applies_a_burst_of_events_with_one_refresh_each_wakeup() -> 
         assert refreshes <= 2
 
 
+async def test_the_widgets_that_show_the_run_hear_of_each_batch_once() -> None:
+    from trainlab.tui.feed import RunStateChanged
+
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        subscribed = {type(view).__name__ for view in app.state_feed._views}
+        assert subscribed == {"FailureBanner", "AlertStrip", "LossChart", "LayerTable",
+                              "SignalView", "RunLog", "HistogramView", "ConfigPanel",
+                              "AlertsPanel", "StatusBar"}
+        bar = app.query_one(StatusBar)
+        heard: list[frozenset[str]] = []
+        real_post = bar.post_message
+
+        def post(message: Any) -> bool:
+            if isinstance(message, RunStateChanged):
+                heard.append(message.changed)
+            return real_post(message)
+
+        bar.post_message = post  # type: ignore[method-assign]
+        for first in range(201, 301, 10):  # ten events queued while the pump sleeps
+            engines.current.feed(metrics(first, 10))
+        await settle(pilot)
+        assert heard == [frozenset({"chart", "status"})]
+        assert "step 300/" in status(app)
+
+
 async def test_an_event_the_app_cannot_fold_is_reported_and_the_pump_goes_on() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:

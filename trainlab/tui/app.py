@@ -20,7 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.notifications import Notification, Notify
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, OptionList, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, OptionList, TabbedContent, TabPane
 
 from trainlab.core import protocol, rundir
 from trainlab.core.config import OPTIMIZERS, Config, ConfigError, format_setting
@@ -44,8 +44,8 @@ from trainlab.core.protocol import (
     RunStarted,
     StateChanged,
 )
-from trainlab.tui import state as parts
 from trainlab.tui.bridge import Engine, ServedEngine
+from trainlab.tui.feed import StateFeed
 from trainlab.tui.headless import CommandRunner, run_engine_command
 from trainlab.tui.lab_session import LabSession
 from trainlab.tui.screens.compare import CompareScreen
@@ -60,7 +60,7 @@ from trainlab.tui.screens.lr_find import (
     LrFindScreen,
     trained_weights_note,
 )
-from trainlab.tui.state import RunState
+from trainlab.tui.state import ALERTS, ALL_PARTS, LOG, RUN, STATUS, RunState
 from trainlab.tui.widgets.alerts_panel import (
     AlertsPanel,
     AlertStrip,
@@ -73,7 +73,7 @@ from trainlab.tui.widgets.layer_table import LayerTable
 from trainlab.tui.widgets.loss_chart import LossChart
 from trainlab.tui.widgets.run_log import RunLog
 from trainlab.tui.widgets.signal_view import SignalView
-from trainlab.tui.widgets.status_bar import StatusBar
+from trainlab.tui.widgets.status_bar import FailureBanner, StatusBar
 
 WIDE_COLUMNS = 160
 """From this width on, the Train view also shows the signal view and the run log."""
@@ -81,7 +81,6 @@ NARROW_COLUMNS = 100
 """Below this width, the Layers view stacks the signal view over the histogram."""
 DEFAULT_CLIP_NORM = 1.0
 """What the clipping key turns on when the run has never clipped: max gradient norm 1."""
-HISTOGRAM_QUANTITIES = ("weight", "grad", "act")
 NOTIFY_SEVERITIES = ("warning", "critical")
 """Alerts that pop up a notification: the run is not learning as it should, and a
 problem must never go unseen (docs/field-knowledge.md#never-fail-silently). An info
@@ -180,8 +179,8 @@ class TrainlabApp(App[int]):
         """The open lr finder, which the engine's answer (LrFound) goes to."""
         self.engine: Engine | None = None
         self.run_state = RunState(config)
-        self.histogram_quantity = HISTOGRAM_QUANTITIES[0]
-        self.selected_layer: str | None = None
+        self.state_feed = StateFeed()
+        """The widgets that show the run subscribe here (``trainlab.tui.feed``)."""
         self.last_clip_norm = config.reg.clip_norm or DEFAULT_CLIP_NORM
         self._pump_task: asyncio.Task[None] | None = None
         self._starting = False
@@ -198,11 +197,11 @@ class TrainlabApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="≋")
-        yield Static(id="banner")
+        yield FailureBanner(id="banner")
         with TabbedContent(initial="train", id="views"):
             with TabPane("Train [1]", id="train"), Horizontal():
                 with Vertical(id="train-main"):
-                    yield AlertStrip(id="alert-strip")
+                    yield AlertStrip(self.fixes_now, id="alert-strip")
                     yield LossChart(id="chart")
                     yield LayerTable(id="layers-train")
                 with Vertical(id="train-side"):
@@ -256,14 +255,10 @@ class TrainlabApp(App[int]):
                 await (self.engine.detach() if viewer else self.engine.stop())
             self.run_state = RunState(config)
             self.pending.clear()
-            self.selected_layer = None
             self.engine = self.engine_factory()
-            chart = self.query_one(LossChart)
             s = self.run_state
-            chart.show(s.train_loss, s.val_loss, s.val_accuracy, s.lr_history, s.markers)
+            self._refresh({RUN})  # the screen drops the last run now, not once this one runs
             self._show_lab_curves()
-            self.query_one(ConfigPanel).reset(config)
-            self.query_one(HistogramView).show_histogram(None, step=0)
             try:
                 await self.engine.start(config)
             except OSError as exc:  # e.g. no python executable, a run.dir we cannot write
@@ -276,7 +271,7 @@ class TrainlabApp(App[int]):
                 if self.engine.detachable:
                     s.say("info", f"the engine's output (and your code's prints) go to "
                           f"{run_dir / rundir.LOG_FILE}", step=0)
-            self._refresh(set(parts.ALL_PARTS))
+            self._refresh(set(ALL_PARTS))
             self._pump_task = asyncio.create_task(self._pump(self.engine))
         finally:
             self._starting = False
@@ -328,47 +323,19 @@ class TrainlabApp(App[int]):
         self.send(protocol.SetHyper(key, value, note))
 
     def _refresh(self, changed: set[str]) -> None:
-        """Redraw the parts of the screen that ``changed`` names."""
+        """Publish one RunStateChanged to the widgets; the title and the keys follow the
+        run's state and role."""
         s = self.run_state
-        if parts.CHART in changed:
-            self.query_one(LossChart).mark_dirty()
-        if parts.LAYERS in changed:
-            for table in self.query(LayerTable):
-                table.show(s)
-            for view in self.query(SignalView):
-                view.show(s.snapshot)
-            if self.selected_layer is None:
-                self.selected_layer = self.query_one("#layers-full", LayerTable).selected_layer
-                changed.add(parts.HISTOGRAM)
-        if parts.HISTOGRAM in changed:
-            self._show_histogram()
-        if parts.LOG in changed:
-            for log in self.query(RunLog):
-                log.show(s.log)
-        if parts.CONFIG in changed:
-            self.query_one(ConfigPanel).sync(s.config)
-        if parts.ALERTS in changed:
-            self._show_alerts()
-        if parts.STATUS in changed:
-            self.query_one(StatusBar).show(s)
+        changed = set(changed)
+        if STATUS in changed:
             title = " · ".join(filter(None, (s.run_id, s.shown_state,
                                              "view only (t)" if s.role == "view" else "")))
             if self.sub_title != title:  # a new state or role: other keys make sense now
-                self._show_banner()
                 self.sub_title = title
-                self.refresh_bindings()
-                self._show_alerts()  # which fixes can apply depends on the state
-
-    def _show_alerts(self) -> None:
-        """The alerts panel, the Train view's strip and whether ``f`` can act now."""
-        s = self.run_state
-        handled = {id(a): text for a in s.alerts if (text := s.handled(a))}
-        self.query_one(AlertsPanel).show(s.alerts, handled)
-        newest = s.alerts[0] if s.alerts else None
-        self.query_one(AlertStrip).show(
-            s.alerts, self.fixes_now(newest) if newest is not None else [],
-            handled.get(id(newest)))
-        self.refresh_bindings()
+                changed.add(ALERTS)  # which fixes can apply depends on the state
+        if ALERTS in changed:
+            self.refresh_bindings()  # `f` may act now, or no longer
+        self.state_feed.publish(s, changed)
 
     def _notify_alert(self, alert: protocol.AlertRaised) -> None:
         """Pop up a new warning or critical alert in two short lines, replacing the
@@ -401,32 +368,6 @@ class TrainlabApp(App[int]):
         """Is the Alerts view the one on screen?"""
         tabs = self.query(TabbedContent)  # none yet when bindings are checked at start-up
         return bool(tabs) and tabs.first().active == "alerts"
-
-    def _show_banner(self) -> None:
-        banner = self.query_one("#banner", Static)
-        s = self.run_state
-        if s.state == "failed":
-            message = s.failure.message if s.failure else (
-                s.nonfinite.message if s.nonfinite else s.reason)
-            where = "; the traceback is in the log (4)" if s.failure and s.failure.traceback \
-                else "; details in the log (4)"
-            banner.update(f"[b]failed[/b]: {message}\nEdit the config (3) and restart "
-                          f"(r){where}.")
-            banner.display = True
-        else:
-            banner.display = False
-
-    def _show_histogram(self) -> None:
-        layer = self.selected_layer
-        entry = self.run_state.histograms.get((layer or "", self.histogram_quantity))
-        views = self.query(HistogramView)
-        if not views:  # the app is closing: a late row highlight finds no view
-            return
-        view = views.first()
-        if entry is None:
-            view.show_histogram(None, step=self.run_state.step)
-        else:
-            view.show_histogram(entry[1], step=entry[0])
 
     def send(self, command: Any) -> None:
         """Send a command to the engine; its acknowledgement updates the screen."""
@@ -654,7 +595,7 @@ class TrainlabApp(App[int]):
         await self._start_run(config)
         self.run_state.say("info", f"restarted to apply the fix for {alert.kind}: "
                            f"{fix.label} ({changes})")
-        self._refresh({parts.LOG})
+        self._refresh({LOG})
         self.action_view("train")
 
     # --- the doctor, the lr finder and labs -------------------------------------------
@@ -855,9 +796,7 @@ class TrainlabApp(App[int]):
 
     def action_next_histogram(self) -> None:
         """Cycle the histogram between weights, gradients and activations."""
-        i = HISTOGRAM_QUANTITIES.index(self.histogram_quantity)
-        self.histogram_quantity = HISTOGRAM_QUANTITIES[(i + 1) % len(HISTOGRAM_QUANTITIES)]
-        self._show_histogram()
+        self.query_one(HistogramView).next_quantity()
 
     def action_view(self, view: str) -> None:
         """Show one of the views: train, layers, config, log, alerts."""
@@ -925,9 +864,9 @@ class TrainlabApp(App[int]):
 
     @on(DataTable.RowHighlighted)
     def _layer_selected(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None and event.row_key.value is not None:
-            self.selected_layer = str(event.row_key.value)
-            self._show_histogram()
+        views = self.query(HistogramView)  # none once the app is closing
+        if views and event.row_key is not None and event.row_key.value is not None:
+            views.first().select_layer(str(event.row_key.value))
 
     @on(OptionList.OptionHighlighted, "#alerts-list")
     def _alert_selected(self) -> None:

@@ -2,7 +2,7 @@
 
 No widgets here, so the folding is tested without a screen. ``RunState.apply`` takes
 one event and says which parts of the screen it changed; the app's pump applies a
-whole batch of events and then refreshes only those parts.
+whole batch of events and then tells the widgets those parts (``trainlab.tui.feed``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM = (
 ALERTS = "alerts"
 """The alerts strip and panel, and the layer table's alert highlights."""
 ALL_PARTS = (CHART, LAYERS, STATUS, LOG, CONFIG, HISTOGRAM, ALERTS)
+RUN = "run"
+"""Not a part an event changes: a new run replaced the state (a start or restart), so
+what shows a run drops the last one's (the chart its series, the config form its edits)."""
 
 SEVERITY_LOG_LEVEL = {"info": "info", "warning": "warning", "critical": "error"}
 """The run-log level of an alert: a critical one (the run cannot learn as it is) is an
@@ -165,6 +168,10 @@ class RunState:
             return None
         return (f"handled: rolled back at step {rollback.step:,}, lr "
                 f"{_short(rollback.old)} -> {_short(rollback.new)}")
+
+    def handled_alerts(self) -> dict[int, str]:
+        """``id(alert)`` -> how the engine dealt with it, for the alerts it handled."""
+        return {id(a): text for a in self.alerts if (text := self.handled(a))}
 
     def say(self, level: str, text: str, traceback: str = "", step: int | None = None) -> None:
         """Add a line to the run log (the app's own messages go here too)."""

@@ -9,7 +9,7 @@ view a user watches while training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Group
@@ -24,6 +24,8 @@ from trainlab.core import protocol
 from trainlab.core.config import format_setting
 from trainlab.core.health import SEVERITIES, alert_title
 from trainlab.core.text import format_number
+from trainlab.tui.feed import RunView
+from trainlab.tui.state import ALERTS, RunState
 
 SEVERITY_STYLE = {"info": "bold cyan", "warning": "bold yellow", "critical": "bold red"}
 """The colour of an alert's severity here, in the strip and in the layer table."""
@@ -123,7 +125,12 @@ def alert_card(alert: protocol.AlertRaised, handled: str | None = None) -> Group
     return Group(title, rows)
 
 
-class AlertsPanel(Vertical):
+FixesNow = Callable[[protocol.AlertRaised], Sequence[tuple[int, protocol.Fix]]]
+"""The fixes of an alert that can apply at this moment, each with its number in the
+alert's card (the app decides: which apply depends on the run and on a start)."""
+
+
+class AlertsPanel(RunView, Vertical):
     """Every alert of the run, newest first; the highlighted one is the one ``f`` fixes."""
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -138,6 +145,11 @@ class AlertsPanel(Vertical):
 
     def on_mount(self) -> None:
         self._show_hint()
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """Show the run's alerts when they (or what the engine handled) changed."""
+        if ALERTS in changed:
+            self.show(state.alerts, state.handled_alerts())
 
     @property
     def selected_alert(self) -> protocol.AlertRaised | None:
@@ -178,8 +190,21 @@ class AlertsPanel(Vertical):
         hint.update(f"{count}, newest first: ↑/↓ to choose, [b]f[/b] to apply a fix.")
 
 
-class AlertStrip(Static):
+class AlertStrip(RunView, Static):
     """The newest alert in two lines, with the key that fixes it; hidden while none."""
+
+    def __init__(self, fixes_now: FixesNow = lambda alert: (), *,
+                 id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.fixes_now = fixes_now
+        """Which of an alert's fixes the key can apply now (the app says)."""
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """Show the newest alert when the alerts (or which fixes apply) changed."""
+        if ALERTS in changed:
+            newest = state.alerts[0] if state.alerts else None
+            self.show(state.alerts, self.fixes_now(newest) if newest is not None else [],
+                      state.handled(newest) if newest is not None else None)
 
     def show(self, alerts: Sequence[protocol.AlertRaised],
              fixes_now: Sequence[tuple[int, protocol.Fix]],

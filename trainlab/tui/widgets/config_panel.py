@@ -21,6 +21,8 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from trainlab.core import config as schema
 from trainlab.core.config import Config, ConfigError, FieldInfo
+from trainlab.tui.feed import RunView
+from trainlab.tui.state import CONFIG, RUN, RunState
 
 
 def format_value(value: Any) -> str:
@@ -38,7 +40,7 @@ def widget_id(key: str, part: str = "field") -> str:
     return f"{part}-" + key.replace(".", "-")
 
 
-class ConfigPanel(Widget, can_focus=False):
+class ConfigPanel(RunView, Widget, can_focus=False):
     """Every config field, grouped by section, with inline validation."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -183,6 +185,13 @@ class ConfigPanel(Widget, can_focus=False):
         self.screen.set_focus(None)
 
     # --- the app's side ----------------------------------------------------------
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """A new run: its config, no edits; a live change: the run's new values."""
+        if RUN in changed:
+            self.reset(state.config)
+        elif CONFIG in changed:
+            self.sync(state.config)
 
     def edited_config(self) -> Config:
         """The run's config with every edit; ConfigError names the first bad field."""

@@ -18,7 +18,8 @@ from textual.widgets import DataTable
 from trainlab.core import protocol
 from trainlab.core.text import format_number, format_percent
 from trainlab.tui import health
-from trainlab.tui.state import RunState
+from trainlab.tui.feed import RunView
+from trainlab.tui.state import LAYERS, RunState
 from trainlab.tui.widgets.alerts_panel import SEVERITY_MARK, SEVERITY_STYLE
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
@@ -86,7 +87,7 @@ def layer_cells(row: protocol.LayerStats, history: Iterable[protocol.LayerStats]
     return cells
 
 
-class LayerTable(DataTable):
+class LayerTable(RunView, DataTable):
     """Per-layer statistics of the latest snapshot; the selected row picks the layer."""
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -108,6 +109,11 @@ class LayerTable(DataTable):
             return None
         row_key, _ = self.coordinate_to_cell_key((self.cursor_row, 0))
         return str(row_key.value)
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """Refill when the layers (their statistics or alerts) changed."""
+        if LAYERS in changed:
+            self.show(state)
 
     def show(self, state: RunState) -> None:
         """Refill from the latest snapshot, keeping the cursor on the same row."""

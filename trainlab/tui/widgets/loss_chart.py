@@ -15,16 +15,18 @@ from textual.app import RenderResult
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
+from trainlab.tui.feed import RunView
 from trainlab.tui.plotting import draw_loss_chart
 from trainlab.tui.series import Series
+from trainlab.tui.state import CHART, RUN, RunState
 
 
-class LossChart(PlotextPlot):
+class LossChart(RunView, PlotextPlot):
     """Train and validation loss (left axis), accuracy and relative lr (right axis).
 
     The owner hands over its live series once per run with :meth:`show`, appends to
     them as events arrive and calls :meth:`mark_dirty`; the chart reads them when it
-    paints.
+    paints. In the app the run state does both (``show_run``).
     """
 
     REDRAW_INTERVAL_S: ClassVar[float] = 0.25
@@ -75,6 +77,14 @@ class LossChart(PlotextPlot):
         self._dirty = False
         self._version += 1
         self.refresh()  # a new run shows at once, not at the next tick
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """A new run's series from now on; new data: repaint at the next tick."""
+        if RUN in changed:
+            self.show(state.train_loss, state.val_loss, state.val_accuracy, state.lr_history,
+                      state.markers)
+        if CHART in changed:
+            self.mark_dirty()
 
     def compare(
         self,

@@ -17,6 +17,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from trainlab.core import protocol
+from trainlab.tui.feed import RunView
+from trainlab.tui.state import LAYERS, RunState
 
 MIN_DECADES = 2
 """The bars span at least this many powers of ten, so small wobbles stay small."""
@@ -92,10 +94,15 @@ def signal_table(snapshot: protocol.LayerStatsSnapshot | None, width: int) -> Re
     return Group(table, Text(snapshot_caption(snapshot, scale, width), style="dim"))
 
 
-class SignalView(Static):
+class SignalView(RunView, Static):
     """Activation and gradient std of every layer as bars, from the latest snapshot."""
 
     snapshot: protocol.LayerStatsSnapshot | None = None
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """Redraw when the layers changed."""
+        if LAYERS in changed:
+            self.show(state.snapshot)
 
     def show(self, snapshot: protocol.LayerStatsSnapshot | None) -> None:
         """Redraw for ``snapshot`` at the widget's current width."""

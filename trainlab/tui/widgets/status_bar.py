@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from trainlab.tui.state import RunState
+from trainlab.tui.feed import RunView
+from trainlab.tui.state import STATUS, RunState
 
 STATE_STYLE = {
     "starting": "yellow", "running": "green", "paused": "yellow",
@@ -38,9 +39,43 @@ def status_text(state: RunState) -> str:
     return "  ".join(parts)
 
 
-class StatusBar(Static):
+def failure_text(state: RunState) -> str | None:
+    """The banner's markup for a failed run: why, and what to do; None otherwise."""
+    if state.state != "failed":
+        return None
+    message = state.failure.message if state.failure else (
+        state.nonfinite.message if state.nonfinite else state.reason)
+    where = "; the traceback is in the log (4)" if state.failure and state.failure.traceback \
+        else "; details in the log (4)"
+    return f"[b]failed[/b]: {message}\nEdit the config (3) and restart (r){where}."
+
+
+class StatusBar(RunView, Static):
     """One line: running/paused/finished/failed, step, epoch, steps/s, lr, optimizer, device."""
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """Redraw when the run's status changed."""
+        if STATUS in changed:
+            self.show(state)
 
     def show(self, state: RunState) -> None:
         """Redraw from the run's state."""
         self.update(status_text(state))
+
+
+class FailureBanner(RunView, Static):
+    """Above everything while the run has failed: why, and how to go on; hidden otherwise."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.shown: str | None = None
+
+    def show_run(self, state: RunState, changed: frozenset[str]) -> None:
+        """Show or hide the banner as the run's state says."""
+        if STATUS not in changed:
+            return
+        text = failure_text(state)
+        if text is not None and text != self.shown:
+            self.update(text)
+        self.shown = text
+        self.display = text is not None
