@@ -18,7 +18,7 @@ import pytest
 
 from tests.fake_engine import metrics, snapshot, started
 from trainlab.cli.headless import ProgressPrinter
-from trainlab.core import protocol, store
+from trainlab.core import catalog, protocol, store
 from trainlab.core.config import Config
 from trainlab.core.protocol import EVENT_TYPES, EVENTS
 from trainlab.doctor.detectors import Diagnostics
@@ -154,7 +154,7 @@ def test_every_event_passes_the_progress_printer() -> None:
 
 def test_every_event_is_recorded_with_its_rows(tmp_path: Path) -> None:
     config = Config().with_value("run.dir", str(tmp_path))
-    run_dir = store.new_run(tmp_path, config)
+    run_dir = catalog.new_run(tmp_path, config)
     with store.RunStore.open(run_dir, write=True) as runs:
         for event in samples():
             runs.record(event)

@@ -180,6 +180,7 @@ def test_rollback_restores_the_kept_state_and_lowers_the_lr():
     moments = [trainer.optimizer.state[p]["exp_avg"] for p in trainer.model.parameters()]
     assert same(moments, kept_moments)
     assert changed.key == "optim.lr" and changed.old == config.optim.lr
+    assert changed.rollback  # the flag the app tells a rollback by (not the note's words)
     assert changed.new == pytest.approx(config.optim.lr * ROLLBACK_LR_FACTOR)
     assert changed.note == (f"rollback to step {ROLLBACK_KEEP_EVERY} after a non-finite "
                             f"loss at step {bad_step}")

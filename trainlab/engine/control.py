@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import collections
 import queue
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from trainlab.core import protocol
-from trainlab.core.protocol import CommandRejected, Notice, StateChanged
+from trainlab.core.protocol import Command, CommandRejected, Emit, Notice, StateChanged
 
 PAUSED_WAKE_S = 0.5
 """A paused loop wakes this often with nothing to do: a signal the kernel delivered to
@@ -26,7 +25,7 @@ blocked in a lock wait without a timeout would never do so (SIGTERM ignored whil
 paused). Two wake-ups a second cost nothing measurable."""
 
 
-def wait_for_command(commands: queue.Queue[Any]) -> Any:
+def wait_for_command(commands: queue.Queue[Command]) -> Command:
     """The next command, waiting as long as it takes, without a busy loop."""
     while True:
         try:
@@ -45,7 +44,7 @@ class Controlled(Protocol):
 
     step: int
     """Steps taken."""
-    emit: Callable[[Any], None]
+    emit: Emit
 
     def finished(self) -> bool:
         """Has the run reached its end?"""
@@ -68,7 +67,7 @@ class Control:
     """What the commands asked for (paused, steps left to take, stop); the commands that
     change the run itself go to ``run.apply``."""
 
-    def __init__(self, commands: queue.Queue[Any], run: Controlled) -> None:
+    def __init__(self, commands: queue.Queue[Command], run: Controlled) -> None:
         self.commands = commands
         self.run = run
         self.paused = False
@@ -77,7 +76,7 @@ class Control:
         self.stop_requested = False
         self.stop_why = ""
         """Stop.why: the reason the final StateChanged gives."""
-        self.deferred: collections.deque[Any] = collections.deque()
+        self.deferred: collections.deque[Command] = collections.deque()
         """Commands that arrived during a Step(n): applied once its n steps are done."""
 
     @property
@@ -129,7 +128,7 @@ class Control:
                 command = commands.get_nowait()
             self.apply(command)
 
-    def apply(self, command: Any) -> None:
+    def apply(self, command: Command) -> None:
         """Apply one command and emit its acknowledgement."""
         run = self.run
         emit, step = run.emit, run.step

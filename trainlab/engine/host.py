@@ -35,8 +35,8 @@ class ThreadHost:
     def __init__(self, config: Config, run_dir: Path | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.commands: queue.Queue[Any] = queue.Queue()
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.commands: queue.Queue[protocol.Command] = queue.Queue()
+        self.events: asyncio.Queue[protocol.Event] = asyncio.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -96,7 +96,7 @@ class ThreadEngine:
     replays_history = False
 
     def __init__(self) -> None:
-        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.events: asyncio.Queue[protocol.Event] = asyncio.Queue()
         self.run_dir: Path | None = None
         self._host: Any = None
 

@@ -27,7 +27,6 @@ import math
 import queue
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any, assert_never
 
 import torch
@@ -35,9 +34,12 @@ import torch
 from trainlab.core import protocol
 from trainlab.core.config import Config, ConfigError, field_info
 from trainlab.core.protocol import (
+    Command,
     CommandRejected,
+    Emit,
     EngineFailed,
     EvalDone,
+    Event,
     FinalMetrics,
     HyperChanged,
     NonFiniteDetected,
@@ -66,13 +68,11 @@ from trainlab.engine.stats import Instruments, first_nonfinite
 from trainlab.engine.tracking import TrackedSteps
 from trainlab.engine.usercode import UserCodeError, raised_in_user_code
 
-Emit = Callable[[Any], None]
-
 EVAL_BATCH = 4096
 """Validation runs in chunks of this many samples to bound memory on big sets."""
 
 
-def _discard(event: Any) -> None:
+def _discard(event: Event) -> None:
     """The events of a Trainer driven by hand (tests, tools): nobody listens."""
 
 
@@ -506,7 +506,7 @@ class EarlyStopping(Hook):
         return "early_stopped"
 
 
-def run(config: Config, commands: queue.Queue[Any], emit: Emit, *,
+def run(config: Config, commands: queue.Queue[Command], emit: Emit, *,
         checkpoints: Checkpoints | None = None,
         start_from: dict[str, Any] | None = None) -> RunFinished:
     """Build and train the run described by ``config``; returns the RunFinished it emitted.

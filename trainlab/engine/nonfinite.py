@@ -23,8 +23,8 @@ weights that were still fine, which is a rollback.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from trainlab.core.config import Config
-from trainlab.core.protocol import HyperChanged, NonFiniteDetected, Notice
+from trainlab.core.protocol import Emit, HyperChanged, NonFiniteDetected, Notice
 from trainlab.engine.hooks import Flushed, Hook
 from trainlab.engine.metrics import StepMetrics
 from trainlab.engine.optim import build_optimizer, update_hyperparameters
@@ -85,7 +85,7 @@ class Guarded(Protocol):
     """Replaced by a rollback across a live optimizer switch."""
     metrics: StepMetrics
     last_eval_step: int | None
-    emit: Callable[[Any], None]
+    emit: Emit
 
     def set_hyper(self, key: str, value: Any, why: str = "") -> HyperChanged:
         """Apply a live change, recorded in the change log."""
@@ -292,9 +292,10 @@ class NonFinitePolicy(Hook):
             if value is not None and step > (trainer.last_eval_step or 0):  # in the mean
                 trainer.metrics.uncount(value)
             trainer.metrics.exclude(step)
-        return trainer.set_hyper("optim.lr", trainer.config.optim.lr * ROLLBACK_LR_FACTOR,
-                                 f"rollback to step {good.step} after a non-finite loss at "
-                                 f"step {bad_step}")
+        changed = trainer.set_hyper("optim.lr", trainer.config.optim.lr * ROLLBACK_LR_FACTOR,
+                                    f"rollback to step {good.step} after a non-finite loss "
+                                    f"at step {bad_step}")
+        return dataclasses.replace(changed, rollback=True)  # the app tells it by this flag
 
     # --- checkpoints ------------------------------------------------------------------
 

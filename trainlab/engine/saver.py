@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from trainlab.core.config import Config
-from trainlab.core.protocol import CheckpointSaved, CommandRejected, EvalDone, Notice
+from trainlab.core.protocol import CheckpointSaved, CommandRejected, Emit, EvalDone, Notice
 from trainlab.engine import checkpoint
 from trainlab.engine.checkpoint import Checkpoints
 from trainlab.engine.hooks import Hook
@@ -30,7 +29,7 @@ class Saved(Protocol):
     """Steps taken."""
     epoch_ended: bool
     """The step just taken ended an epoch."""
-    emit: Callable[[Any], None]
+    emit: Emit
 
     def finished(self) -> bool:
         """Has the run reached its end?"""

@@ -46,9 +46,8 @@ from typing import Any
 
 from trainlab.core import engine_lock, protocol, rundir, store
 from trainlab.core.config import Config, ConfigError
+from trainlab.core.protocol import Command, Emit
 from trainlab.core.serving import socket_path
-
-Emit = Callable[[Any], None]
 
 OUTBOX_MAX_BYTES = 4 << 20
 """Bytes of encoded events a client may fall behind before it is disconnected (4 MiB: a
@@ -170,7 +169,7 @@ class RunServer:
     boundaries and validates like any other command.
     """
 
-    def __init__(self, path: Path, run_id: str, commands: queue.Queue[Any],
+    def __init__(self, path: Path, run_id: str, commands: queue.Queue[Command],
                  history_end: Callable[[], int]) -> None:
         """``history_end`` commits the store and returns its last sequence number; it is
         called under the same lock as ``publish``, so no event falls between the two."""
@@ -369,7 +368,7 @@ class _Signals:
     says so and puts the Stop.
     """
 
-    def __init__(self, commands: queue.Queue[Any], on_signal: Callable[[str], None]) -> None:
+    def __init__(self, commands: queue.Queue[Command], on_signal: Callable[[str], None]) -> None:
         self.commands = commands
         self.on_signal = on_signal
         self.received: int | None = None
@@ -412,7 +411,7 @@ def serve(run_dir: str | Path, config: Config, *, show: Emit | None = None,
           start_from: dict[str, Any] | None = None,
           notes: tuple[str, ...] = (),
           on_signal: Callable[[str], None] = lambda name: None,
-          commands: queue.Queue[Any] | None = None) -> tuple[protocol.RunFinished, int | None]:
+          commands: queue.Queue[Command] | None = None) -> tuple[protocol.RunFinished, int | None]:
     """Train ``config`` as the engine of ``run_dir``; returns the RunFinished event and
     the number of the signal that stopped it (None if none did).
 
