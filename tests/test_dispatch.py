@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import io
+import typing
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from trainlab.core.config import Config
 from trainlab.core.protocol import EVENT_TYPES, EVENTS
 from trainlab.doctor.detectors import Diagnostics
 from trainlab.doctor.detectors.registry import DETECTORS, READ_EVENTS
+from trainlab.engine.control import RunCommand
 from trainlab.tui.bridge import ServedEngine
 from trainlab.tui.state import RunState
 
@@ -37,8 +39,8 @@ DISPATCHERS = {
     "cli/headless.py": {"ProgressPrinter.__call__"},
     "doctor/detectors/__init__.py": {"Diagnostics._fold"},
 }
-"""Every dispatcher over events outside the engine (which is being rewritten: it should
-join this list once its loop dispatches the same way)."""
+"""Every dispatcher over events. (The engine emits events and dispatches commands:
+``test_the_loop_dispatches_every_command`` checks those.)"""
 
 
 def _class_names(pattern: ast.pattern) -> set[str]:
@@ -83,8 +85,6 @@ def test_every_exhaustive_match_over_events_names_every_event() -> None:
     events = set(EVENTS)
     checked = 0
     for path in PACKAGE.rglob("*.py"):
-        if "engine" in path.relative_to(PACKAGE).parts:
-            continue
         for function, matches in exhaustive_matches(path).items():
             for names in matches:
                 if names & events:  # a match over events, not over something else
@@ -102,6 +102,17 @@ def test_the_dispatchers_are_exhaustive_matches(module: str, functions: set[str]
         assert function in matches, f"{module}: {function} is not a match ending in " \
                                     "assert_never"
         assert all(names == set(EVENTS) for names in matches[function])
+
+
+def test_the_loop_dispatches_every_command() -> None:
+    # The loop's own commands (pause, step, stop) in Control.apply, the ones that change
+    # the run in Trainer._apply: together every Command, each once.
+    commands = {cls.__name__ for cls in typing.get_args(protocol.Command)}
+    (control,) = exhaustive_matches(PACKAGE / "engine/control.py")["Control.apply"]
+    (trainer,) = exhaustive_matches(PACKAGE / "engine/loop.py")["Trainer._apply"]
+    run_commands = {cls.__name__ for cls in typing.get_args(RunCommand)}
+    assert control == commands and trainer == run_commands
+    assert len(commands) == 8 and run_commands < commands
 
 
 # --- at run time: one sample of every event class ------------------------------------

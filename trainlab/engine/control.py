@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import queue
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from trainlab.core import protocol
 from trainlab.core.protocol import Command, CommandRejected, Emit, Notice, StateChanged
@@ -136,29 +136,31 @@ class Control:
         def reject(reason: str) -> None:
             emit(CommandRejected(type(command).__name__, reason, step))
 
-        if isinstance(command, protocol.Pause):
-            if self.paused:
-                return reject("already paused")
-            self.paused, self.step_budget = True, 0
-            emit(StateChanged("paused", step, "pause requested"))
-        elif isinstance(command, protocol.Resume):
-            if not self.paused:
-                return reject("not paused")
-            self.paused, self.step_budget = False, 0
-            emit(StateChanged("running", step, "resumed"))
-        elif isinstance(command, protocol.Step):
-            if not self.paused:
-                return reject("single steps work while paused")
-            if not isinstance(command.n, int) or command.n < 1:
-                return reject(f"Step.n = {command.n!r}: expected an integer >= 1")
-            self.step_budget += command.n
-        elif isinstance(command, protocol.Stop):
-            self.stop_requested = True
-            self.stop_why = str(command.why)
-        elif isinstance(command, RunCommand):
-            run.apply(command)
-            if isinstance(command, protocol.RequestSnapshot) and self.paused:
-                emit(Notice(step, "info", "the snapshot comes with the next step"))
-        else:
-            reject(f"unknown command {command!r}")
+        match command:
+            case protocol.Pause():
+                if self.paused:
+                    return reject("already paused")
+                self.paused, self.step_budget = True, 0
+                emit(StateChanged("paused", step, "pause requested"))
+            case protocol.Resume():
+                if not self.paused:
+                    return reject("not paused")
+                self.paused, self.step_budget = False, 0
+                emit(StateChanged("running", step, "resumed"))
+            case protocol.Step(n=n):
+                if not self.paused:
+                    return reject("single steps work while paused")
+                if not isinstance(n, int) or n < 1:
+                    return reject(f"Step.n = {n!r}: expected an integer >= 1")
+                self.step_budget += n
+            case protocol.Stop(why=why):
+                self.stop_requested = True
+                self.stop_why = str(why)
+            case (protocol.SetHyper() | protocol.RequestSnapshot() | protocol.SaveCheckpoint()
+                  | protocol.FindLr()):
+                run.apply(command)
+                if isinstance(command, protocol.RequestSnapshot) and self.paused:
+                    emit(Notice(step, "info", "the snapshot comes with the next step"))
+            case _:
+                assert_never(command)
         return None
