@@ -13,7 +13,8 @@ from rich.style import Style
 from tests.fake_engine import LAYERS, FakeEngines, opening, snapshot
 from trainlab.core import protocol
 from trainlab.core.config import Config
-from trainlab.tui.app import ALERT_NOTIFY_SECONDS, TrainlabApp
+from trainlab.tui.app import TrainlabApp
+from trainlab.tui.controllers.fixes import ALERT_NOTIFY_SECONDS
 from trainlab.tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from trainlab.tui.state import ALERTS, LOG, RunState, alert_title
 from trainlab.tui.state import LAYERS as LAYERS_PART
