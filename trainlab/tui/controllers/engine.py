@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainlab.core import protocol, rundir
 from trainlab.core.config import Config, ConfigError
 from trainlab.core.protocol import Command, Event, HyperChanged, SessionCommand
 from trainlab.tui.bridge import Engine
+from trainlab.tui.controllers.host import AppHost
 from trainlab.tui.screens.confirm import ConfirmScreen
 from trainlab.tui.state import ALL_PARTS, RUN, RunState
 from trainlab.tui.widgets.config_panel import ConfigPanel
-
-if TYPE_CHECKING:
-    from trainlab.tui.app import TrainlabApp
 
 
 class EngineLifecycle:
     """Which engine the app talks to, and how it starts, stops and is left."""
 
-    def __init__(self, app: TrainlabApp, factory: Callable[[], Engine]) -> None:
+    def __init__(self, app: AppHost, factory: Callable[[], Engine]) -> None:
         self.app = app
         self.factory = factory
         self.engine: Engine | None = None

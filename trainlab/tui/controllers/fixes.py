@@ -10,7 +10,6 @@ belongs to (``TrainlabApp.run_replaced``).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from textual.notifications import Notification, Notify
 from textual.widgets import TabbedContent
@@ -18,13 +17,11 @@ from textual.widgets import TabbedContent
 from trainlab.core import protocol
 from trainlab.core.config import ConfigError
 from trainlab.core.health import alert_title
+from trainlab.tui.controllers.host import AppHost
 from trainlab.tui.screens.confirm import ConfirmScreen
 from trainlab.tui.screens.fix_picker import FixPicker
 from trainlab.tui.state import LOG, RunState
 from trainlab.tui.widgets.alerts_panel import AlertsPanel, describe_changes, describe_moved
-
-if TYPE_CHECKING:
-    from trainlab.tui.app import TrainlabApp
 
 NOTIFY_SEVERITIES = ("warning", "critical")
 """Alerts that pop up a notification: the run is not learning as it should, and a
@@ -39,7 +36,7 @@ and must not keep covering the screen (at 80x24 a toast covers its right half)."
 class Fixes:
     """The alerts' fixes and pop-up."""
 
-    def __init__(self, app: TrainlabApp) -> None:
+    def __init__(self, app: AppHost) -> None:
         self.app = app
         self.alert_toast: Notification | None = None
         """The alert notification on screen, if any: a newer alert replaces it."""

@@ -4,23 +4,19 @@ one after another, each finished one's result kept and its curve overlaid on the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from trainlab.core import protocol
 from trainlab.core.config import Config
+from trainlab.tui.controllers.host import AppHost
 from trainlab.tui.lab_session import LabSession
 from trainlab.tui.screens.lab import LabScreen
 from trainlab.tui.widgets.loss_chart import LossChart
 from trainlab.tui.widgets.status_bar import StatusBar
 
-if TYPE_CHECKING:
-    from trainlab.tui.app import TrainlabApp
-
 
 class Labs:
     """The lab whose variants the app trains in turn (none for a single run)."""
 
-    def __init__(self, app: TrainlabApp, lab: LabSession | None) -> None:
+    def __init__(self, app: AppHost, lab: LabSession | None) -> None:
         self.app = app
         self.lab = lab
         """The lab, or None for a single run (the app's config is then the lab's first

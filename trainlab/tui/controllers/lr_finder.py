@@ -6,10 +6,9 @@ the suggestion to the run now, or to the Config view for the next run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from trainlab.core import protocol
 from trainlab.core.config import ConfigError, format_setting
+from trainlab.tui.controllers.host import AppHost
 from trainlab.tui.screens.confirm import ConfirmScreen
 from trainlab.tui.screens.lr_find import (
     APPLY_AT_RESTART,
@@ -20,9 +19,6 @@ from trainlab.tui.screens.lr_find import (
 from trainlab.tui.state import RunState
 from trainlab.tui.widgets.config_panel import ConfigPanel
 
-if TYPE_CHECKING:
-    from trainlab.tui.app import TrainlabApp
-
 LR_NOTIFY_SECONDS = 10.0
 """How long the lr finder's late answer stays: it is the only place it shows."""
 
@@ -30,7 +26,7 @@ LR_NOTIFY_SECONDS = 10.0
 class LrFinder:
     """The range test's screen, the engine's answer to it, and applying its lr."""
 
-    def __init__(self, app: TrainlabApp) -> None:
+    def __init__(self, app: AppHost) -> None:
         self.app = app
         self.screen: LrFindScreen | None = None
         """The open lr finder, which the engine's answer (LrFound) goes to."""
