@@ -556,7 +556,7 @@ def _decode(value: Any, hint: Any) -> Any:
     if origin is dict:
         item = typing.get_args(hint)[1]
         return {k: _decode(v, item) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value)
     return value
 

@@ -140,6 +140,8 @@ def _read_store(run: ComparedRun, runs: store.RunStore) -> None:
         val = last.val_loss if last else None
         accuracy = last.val_accuracy if last else None
         elapsed = None
+    best_val: float | None
+    best_step: int | None
     if best is not None:
         best_val, best_step = best.val_loss, best.step
     else:
@@ -306,7 +308,7 @@ def metric_rows(runs: Sequence[ComparedRun]) -> list[MetricRow]:
     from the listing even when its store cannot be read)."""
     rows = []
     for name, attribute, kind, better in METRIC_ROWS:
-        values = []
+        values: list[Any] = []
         for run in runs:
             if run.metrics is None:
                 values.append(run.summary.status if attribute == "status" else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -140,7 +140,8 @@ def draw_loss_chart(
         )
         right_axis = True
     if right_axis:
-        plt.ylim(0.0, 1.0, yside="right")
+        # plotext annotates yside as a number; it takes "left" or "right" (its docs).
+        plt.ylim(0.0, 1.0, yside="right")  # type: ignore[arg-type]
 
     ticks = _step_ticks(*x_range, max_ticks=max(2, width // 12))
     plt.xticks(ticks, [_short_step(tick) for tick in ticks])
@@ -247,7 +248,8 @@ def draw_lr_curve(
         # Near the right edge the label ends at its line, as a marker's does.
         column = (at - lo) / max(hi - lo, 1e-9) * width
         label = f"{suggested_lr:.1e}"
-        alignment = "right" if column + len(label) + MARKER_EDGE > width else "left"
+        alignment: Literal["left", "right"] = (
+            "right" if column + len(label) + MARKER_EDGE > width else "left")
         plt.text(label, at, top, color=SUGGESTION_COLOR, alignment=alignment)
     plt.title(_fit(f"lr range test: {suggested}", width))
 
@@ -257,7 +259,7 @@ def _reset(plt: Plot, width: int, height: int) -> None:
     plt.clf()
     # plotext caps a figure at the size of the terminal it thinks it prints to (80x24
     # under pytest or a pipe); here the widget's size is what counts.
-    plt._limit_size(False, False)
+    plt._limit_size(False, False)  # type: ignore[attr-defined]  # private: no public way
     plt.plotsize(width, height)
 
 
@@ -345,7 +347,8 @@ def _draw_markers(
         # enough to leave out labels that would overwrite each other.
         column = (step - lo) / span * width
         # Near the right edge (a change made just now) the label ends at its line.
-        alignment = "right" if column + len(label) + MARKER_EDGE > width else "left"
+        alignment: Literal["left", "right"] = (
+            "right" if column + len(label) + MARKER_EDGE > width else "left")
         start = column - len(label) if alignment == "right" else column
         end = start + len(label) + 1
         if any(start < other_end and other_start < end for other_start, other_end in taken):

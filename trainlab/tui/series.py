@@ -67,7 +67,7 @@ class Series:
         those steps again); the buffers keep their capacity."""
         self._size = int(np.searchsorted(self.x, x, side="right"))
 
-    def extend(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+    def extend(self, xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -> None:
         """Add many points at the end: one copy per array, whatever the count.
 
         Raises:

@@ -125,7 +125,7 @@ class RunPicker(DataTable[Any]):
     """The runs table: space picks or unpicks the highlighted run, Enter compares."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "toggle", "Pick"),
+        Binding("space", "pick", "Pick"),
         Binding("enter", "compare", "Compare"),
     ]
 
@@ -139,7 +139,7 @@ class RunPicker(DataTable[Any]):
     class Compare(Message):
         """Compare the picked runs."""
 
-    def action_toggle(self) -> None:
+    def action_pick(self) -> None:
         """Pick or unpick the highlighted run."""
         if self.row_count:
             row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)

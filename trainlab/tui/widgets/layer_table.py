@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from rich.style import Style
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from trainlab.core import protocol
@@ -107,7 +108,7 @@ class LayerTable(RunView, DataTable):
         """The name of the layer under the cursor, if there are rows."""
         if not self.row_count:
             return None
-        row_key, _ = self.coordinate_to_cell_key((self.cursor_row, 0))
+        row_key, _ = self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0))
         return str(row_key.value)
 
     def show_run(self, state: RunState, changed: frozenset[str]) -> None:
