@@ -643,12 +643,6 @@ def test_every_detector_kind_has_the_title_the_app_shows():
     assert set(DETECTORS) == set(ALERT_TITLES)
 
 
-def test_tanh_like_list_matches_the_inits():
-    from trainlab.engine.init import TANH_LIKE
-
-    assert set(L.F.TANH_LIKE_ACTIVATIONS) == set(TANH_LIKE)
-
-
 def test_the_optimizer_tables_match_the_optimizers():
     import torch
 

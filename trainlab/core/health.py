@@ -44,8 +44,8 @@ by their own size. SGD at lr 1e-3 on the default digits MLP runs at ~6e-5, above
 # --- activation families ---------------------------------------------------------------
 
 TANH_LIKE_ACTIVATIONS = ("tanh", "sigmoid", "scaled_sigmoid", "identity")
-"""model.activation values that Xavier suits (``trainlab.engine.init.TANH_LIKE`` holds the
-same; a test keeps the two equal)."""
+"""model.activation values that Xavier suits: the detectors judge by it and
+``trainlab.engine.init`` picks Xavier for them."""
 TANH_LIKE_KINDS = ("Tanh", "Sigmoid", "ScaledSigmoid", "Hardtanh", "Identity")
 """Activation module names (``LayerStats.activation``) that Xavier suits."""
 RELU_FAMILY_KINDS = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "CELU", "SELU", "GELU",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainlab.core.config import ConfigError, InitConfig
+from trainlab.core.health import TANH_LIKE_ACTIVATIONS
 from trainlab.engine.models import LEAKY_RELU_SLOPE, OUTPUT_LAYER
 
 WeightLayer: TypeAlias = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
@@ -117,9 +118,9 @@ carry forward at init is unchanged; the explicit schemes (the init labs' subject
 nothing."""
 
 
-TANH_LIKE = ("tanh", "sigmoid", "scaled_sigmoid", "identity")
+TANH_LIKE = TANH_LIKE_ACTIVATIONS
 """Activations without a flat half: Xavier keeps their variance
-(docs/field-knowledge.md#initialization)."""
+(docs/field-knowledge.md#initialization); the one list the detectors read too."""
 
 
 def resolve_scheme(scheme: str, arch: str, activation: str) -> str:
