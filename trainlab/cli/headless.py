@@ -25,24 +25,20 @@ from trainlab.core.exits import (
 )
 from trainlab.core.protocol import (
     AlertRaised,
-    Attached,
     CheckpointSaved,
     Command,
     CommandRejected,
-    ControlChanged,
     Emit,
     EngineFailed,
     EvalDone,
     Event,
     HyperChanged,
-    LayerStatsSnapshot,
     LrFound,
     MetricsBatch,
     NonFiniteDetected,
     Notice,
     RunFinished,
     RunStarted,
-    StateChanged,
 )
 from trainlab.core.text import format_number, format_percent
 
@@ -62,31 +58,32 @@ class ProgressPrinter:
 
     def __call__(self, event: Event) -> None:
         match event:
-            case RunStarted():
+            case protocol.RunStarted():
                 self.on_run_started(event)
-            case MetricsBatch():
+            case protocol.MetricsBatch():
                 self.on_metrics(event)
-            case EvalDone():
+            case protocol.EvalDone():
                 self.on_eval_done(event)
-            case HyperChanged():
+            case protocol.HyperChanged():
                 self.on_hyper_changed(event)
-            case Notice():
+            case protocol.Notice():
                 self.on_notice(event)
-            case CommandRejected():
+            case protocol.CommandRejected():
                 self.on_command_rejected(event)
-            case CheckpointSaved():
+            case protocol.CheckpointSaved():
                 self.on_checkpoint_saved(event)
-            case NonFiniteDetected():
+            case protocol.NonFiniteDetected():
                 self.on_nonfinite(event)
-            case AlertRaised():
+            case protocol.AlertRaised():
                 self.on_alert(event)
-            case LrFound():
+            case protocol.LrFound():
                 self.on_lr_found(event)
-            case EngineFailed():
+            case protocol.EngineFailed():
                 self.on_engine_failed(event)
-            case RunFinished():
+            case protocol.RunFinished():
                 self.on_run_finished(event)
-            case StateChanged() | LayerStatsSnapshot() | Attached() | ControlChanged():
+            case (protocol.StateChanged() | protocol.LayerStatsSnapshot() | protocol.Attached()
+                  | protocol.ControlChanged()):
                 pass  # the lines above say what a person needs of these
             case _:
                 assert_never(event)

@@ -42,23 +42,7 @@ from typing import Any, assert_never
 
 from trainlab.core import protocol
 from trainlab.core.protocol import (
-    AlertRaised,
-    Attached,
-    CheckpointSaved,
-    CommandRejected,
-    ControlChanged,
-    EngineFailed,
-    EvalDone,
     Event,
-    HyperChanged,
-    LayerStatsSnapshot,
-    LrFound,
-    MetricsBatch,
-    NonFiniteDetected,
-    Notice,
-    RunFinished,
-    RunStarted,
-    StateChanged,
 )
 from trainlab.core.run_status import RunSummary, derive_status
 from trainlab.core.rundir import (
@@ -606,27 +590,27 @@ class RunStore:
         """The query rows of one event (inside the open transaction)."""
         db = self._db
         match event:
-            case MetricsBatch():
+            case protocol.MetricsBatch():
                 db.executemany(
                     "INSERT OR REPLACE INTO train (step, seq, epoch, loss, lr) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [(step, seq, epoch, _to_db(loss), _to_db(lr))
                      for step, epoch, loss, lr in zip(event.steps, event.step_epochs(),
                                                       event.losses, event.lrs, strict=True)])
-            case EvalDone():
+            case protocol.EvalDone():
                 db.execute(
                     "INSERT OR REPLACE INTO evals (step, seq, epoch, val_loss, val_accuracy, "
                     "train_loss, best_val_loss) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (event.step, seq, event.epoch, _to_db(event.val_loss),
                      _to_db(event.val_accuracy), _to_db(event.train_loss),
                      _to_db(event.best_val_loss)))
-            case HyperChanged():
+            case protocol.HyperChanged():
                 db.execute("INSERT INTO changes (seq, step, key) VALUES (?, ?, ?)",
                            (seq, event.step, event.key))
-            case AlertRaised():
+            case protocol.AlertRaised():
                 db.execute("INSERT INTO alerts (seq, step, kind, severity) VALUES (?, ?, ?, ?)",
                            (seq, event.step, event.kind, event.severity))
-            case LayerStatsSnapshot():
+            case protocol.LayerStatsSnapshot():
                 columns = ("step", "layer", "seq", "kind", "activation", *_LAYER_NUMBERS)
                 db.executemany(
                     f"INSERT OR REPLACE INTO layer_stats ({', '.join(columns)}) "
@@ -634,16 +618,17 @@ class RunStore:
                     [(event.step, row.name, seq, row.kind, row.activation,
                       *(_to_db(getattr(row, name)) for name in _LAYER_NUMBERS))
                      for row in event.layers])
-            case RunStarted():
+            case protocol.RunStarted():
                 resumed = event.resumed_from_step
                 if resumed is not None:
                     # The resumed run repeats the steps after its checkpoint: what the lost
                     # segment recorded past it did not happen in this run's history.
                     for table in _DERIVED_TABLES:
                         db.execute(f"DELETE FROM {table} WHERE step > ?", (resumed,))
-            case (StateChanged() | CommandRejected() | CheckpointSaved() | Notice()
-                  | EngineFailed() | RunFinished() | NonFiniteDetected() | LrFound()
-                  | Attached() | ControlChanged()):
+            case (protocol.StateChanged() | protocol.CommandRejected()
+                  | protocol.CheckpointSaved() | protocol.Notice() | protocol.EngineFailed()
+                  | protocol.RunFinished() | protocol.NonFiniteDetected() | protocol.LrFound()
+                  | protocol.Attached() | protocol.ControlChanged()):
                 pass  # in the events table only
             case _:
                 assert_never(event)
@@ -668,15 +653,16 @@ def _journal_mode(db: sqlite3.Connection, *, write: bool, wal: bool) -> str:
 def _step_of(event: Event) -> int | None:
     """The step an event is about, for the events table (None: no step)."""
     match event:
-        case MetricsBatch():
+        case protocol.MetricsBatch():
             return event.steps[-1] if event.steps else None
-        case RunFinished():
+        case protocol.RunFinished():
             return event.final.step
-        case (EvalDone() | StateChanged() | HyperChanged() | CommandRejected()
-              | CheckpointSaved() | Notice() | EngineFailed() | LayerStatsSnapshot()
-              | NonFiniteDetected() | AlertRaised() | LrFound()):
+        case (protocol.EvalDone() | protocol.StateChanged() | protocol.HyperChanged()
+              | protocol.CommandRejected() | protocol.CheckpointSaved() | protocol.Notice()
+              | protocol.EngineFailed() | protocol.LayerStatsSnapshot()
+              | protocol.NonFiniteDetected() | protocol.AlertRaised() | protocol.LrFound()):
             return event.step
-        case RunStarted() | Attached() | ControlChanged():
+        case protocol.RunStarted() | protocol.Attached() | protocol.ControlChanged():
             return None
         case _:
             assert_never(event)

@@ -26,23 +26,7 @@ from textual.widgets import DataTable, Footer, Header, OptionList, TabbedContent
 from trainlab.core import protocol
 from trainlab.core.config import OPTIMIZERS, Config, ConfigError
 from trainlab.core.protocol import (
-    AlertRaised,
-    Attached,
-    CheckpointSaved,
-    CommandRejected,
-    ControlChanged,
-    EngineFailed,
-    EvalDone,
     Event,
-    HyperChanged,
-    LayerStatsSnapshot,
-    LrFound,
-    MetricsBatch,
-    NonFiniteDetected,
-    Notice,
-    RunFinished,
-    RunStarted,
-    StateChanged,
 )
 from trainlab.tui.bridge import Engine, ServedEngine
 from trainlab.tui.controllers.engine import EngineLifecycle
@@ -241,28 +225,29 @@ class TrainlabApp(App[int]):
         screen; a lab's finished run starts the next one; a new alert pops up when
         ``live`` (not the recorded history of a run attached to)."""
         match event:
-            case HyperChanged():
+            case protocol.HyperChanged():
                 self.lifecycle.acknowledged(event)
-            case CommandRejected():
+            case protocol.CommandRejected():
                 if event.command_type == "SetHyper":
                     self.lifecycle.forget_pending()
                 elif event.command_type == "FindLr":
                     self.lr_finder.failed(f"the engine refused the range test: {event.reason}")
-            case LrFound():
+            case protocol.LrFound():
                 self.lr_finder.found(event)
-            case RunStarted():
+            case protocol.RunStarted():
                 self.labs.show_curves()  # by epoch: now the run's steps per epoch are known
-            case RunFinished():
+            case protocol.RunFinished():
                 self.lifecycle.forget_pending()
                 self.lr_finder.failed("the run ended before the range test answered; press "
                                       "L again to test the config instead")
                 self.labs.run_finished(event)
-            case AlertRaised():
+            case protocol.AlertRaised():
                 if live:
                     self.fixes.notify(event)
-            case (MetricsBatch() | EvalDone() | StateChanged() | CheckpointSaved() | Notice()
-                  | EngineFailed() | LayerStatsSnapshot() | NonFiniteDetected() | Attached()
-                  | ControlChanged()):
+            case (protocol.MetricsBatch() | protocol.EvalDone() | protocol.StateChanged()
+                  | protocol.CheckpointSaved() | protocol.Notice() | protocol.EngineFailed()
+                  | protocol.LayerStatsSnapshot() | protocol.NonFiniteDetected()
+                  | protocol.Attached() | protocol.ControlChanged()):
                 pass  # shown from the run state alone
             case _:
                 assert_never(event)

@@ -31,25 +31,10 @@ from typing import Protocol, assert_never
 from trainlab.core import catalog, engine_lock, protocol, rundir, store
 from trainlab.core.config import Config
 from trainlab.core.protocol import (
-    AlertRaised,
     Attached,
-    CheckpointSaved,
     Command,
-    CommandRejected,
-    ControlChanged,
-    EngineFailed,
-    EvalDone,
     Event,
-    HyperChanged,
-    LayerStatsSnapshot,
-    LrFound,
-    MetricsBatch,
-    NonFiniteDetected,
-    Notice,
-    RunFinished,
-    RunStarted,
     SessionCommand,
-    StateChanged,
 )
 from trainlab.core.serving import STOP_GRACE_S, socket_path, spawn_detached
 
@@ -207,14 +192,16 @@ class ServedEngine:
     def _note_ending(self, event: Event) -> None:
         """Has the run (its newest segment: a resumed run starts again) finished?"""
         match event:
-            case RunStarted():
+            case protocol.RunStarted():
                 self._finished = False
-            case RunFinished():
+            case protocol.RunFinished():
                 self._finished = True
-            case (MetricsBatch() | EvalDone() | StateChanged() | HyperChanged()
-                  | CommandRejected() | CheckpointSaved() | Notice() | EngineFailed()
-                  | LayerStatsSnapshot() | NonFiniteDetected() | AlertRaised() | LrFound()
-                  | Attached() | ControlChanged()):
+            case (protocol.MetricsBatch() | protocol.EvalDone() | protocol.StateChanged()
+                  | protocol.HyperChanged() | protocol.CommandRejected()
+                  | protocol.CheckpointSaved() | protocol.Notice() | protocol.EngineFailed()
+                  | protocol.LayerStatsSnapshot() | protocol.NonFiniteDetected()
+                  | protocol.AlertRaised() | protocol.LrFound() | protocol.Attached()
+                  | protocol.ControlChanged()):
                 pass  # the run goes on (a failure is followed by its RunFinished)
             case _:
                 assert_never(event)

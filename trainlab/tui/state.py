@@ -183,37 +183,37 @@ class RunState:
         if not protocol.is_event(event):
             return set()
         match event:
-            case RunStarted():
+            case protocol.RunStarted():
                 return self._run_started(event)
-            case Attached():
+            case protocol.Attached():
                 return self._attached(event)
-            case ControlChanged():
+            case protocol.ControlChanged():
                 return self._control_changed(event)
-            case MetricsBatch():
+            case protocol.MetricsBatch():
                 return self._metrics(event)
-            case EvalDone():
+            case protocol.EvalDone():
                 return self._eval_done(event)
-            case StateChanged():
+            case protocol.StateChanged():
                 return self._state_changed(event)
-            case HyperChanged():
+            case protocol.HyperChanged():
                 return self._hyper_changed(event)
-            case CommandRejected():
+            case protocol.CommandRejected():
                 return self._command_rejected(event)
-            case CheckpointSaved():
+            case protocol.CheckpointSaved():
                 return self._checkpoint_saved(event)
-            case Notice():
+            case protocol.Notice():
                 return self._notice(event)
-            case EngineFailed():
+            case protocol.EngineFailed():
                 return self._engine_failed(event)
-            case NonFiniteDetected():
+            case protocol.NonFiniteDetected():
                 return self._nonfinite(event)
-            case LrFound():
+            case protocol.LrFound():
                 return self._lr_found(event)
-            case AlertRaised():
+            case protocol.AlertRaised():
                 return self._alert(event)
-            case LayerStatsSnapshot():
+            case protocol.LayerStatsSnapshot():
                 return self._snapshot(event)
-            case RunFinished():
+            case protocol.RunFinished():
                 return self._run_finished(event)
             case _:
                 assert_never(event)

@@ -41,25 +41,15 @@ import math
 from collections.abc import Iterable
 from typing import TypeVar, assert_never
 
+from trainlab.core import protocol
 from trainlab.core.config import Config
 from trainlab.core.protocol import (
     AlertRaised,
-    Attached,
-    CheckpointSaved,
-    CommandRejected,
-    ControlChanged,
-    EngineFailed,
     EvalDone,
     Event,
-    HyperChanged,
     LayerStatsSnapshot,
-    LrFound,
     MetricsBatch,
     NonFiniteDetected,
-    Notice,
-    RunFinished,
-    RunStarted,
-    StateChanged,
 )
 from trainlab.doctor.detectors import curves, layers  # noqa: F401 (they register on import)
 from trainlab.doctor.detectors.registry import (
@@ -119,15 +109,15 @@ class Diagnostics:
         detectors must run now (``registry.READ_EVENTS``), or None."""
         h, ctx = self.history, self.context
         match event:
-            case RunStarted():
+            case protocol.RunStarted():
                 ctx.task, ctx.num_classes = event.dataset.task, event.dataset.num_classes
                 ctx.loss = event.loss
                 return None
-            case HyperChanged():
+            case protocol.HyperChanged():
                 ctx.config = ctx.config.with_value(event.key, event.new)
                 h.last_change_step = event.step
                 return None
-            case MetricsBatch():
+            case protocol.MetricsBatch():
                 if not event.steps:
                     return None
                 _extend_bounded(h.steps, event.steps)
@@ -137,20 +127,21 @@ class Diagnostics:
                 if h.first_loss is None:
                     h.first_loss = next((x for x in event.losses if math.isfinite(x)), None)
                 return MetricsBatch
-            case LayerStatsSnapshot():
+            case protocol.LayerStatsSnapshot():
                 if h.first_snapshot is None:
                     h.first_snapshot = event
                 h.snapshots.append(event)
                 return LayerStatsSnapshot
-            case EvalDone():
+            case protocol.EvalDone():
                 h.add_eval(event)
                 return EvalDone
-            case NonFiniteDetected():
+            case protocol.NonFiniteDetected():
                 h.nonfinite = event
                 return NonFiniteDetected
-            case (StateChanged() | CommandRejected() | CheckpointSaved() | Notice()
-                  | EngineFailed() | RunFinished() | AlertRaised() | LrFound() | Attached()
-                  | ControlChanged()):
+            case (protocol.StateChanged() | protocol.CommandRejected()
+                  | protocol.CheckpointSaved() | protocol.Notice() | protocol.EngineFailed()
+                  | protocol.RunFinished() | protocol.AlertRaised() | protocol.LrFound()
+                  | protocol.Attached() | protocol.ControlChanged()):
                 return None  # nothing a detector reads
             case _:
                 assert_never(event)
