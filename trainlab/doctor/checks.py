@@ -113,12 +113,12 @@ Above, the limit is the lr where the test's loss bottoms out: past it the loss r
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _probe_batch(trainer: BuiltRun) -> tuple[torch.Tensor, torch.Tensor]:
+def _probe_batch(run: BuiltRun) -> tuple[torch.Tensor, torch.Tensor]:
     """The same ``PROBE_SAMPLES`` random training samples (inputs, targets) every call."""
-    n = len(trainer.x_train)
-    generator = torch.Generator().manual_seed(trainer.config.run.seed + SEED_OFFSET)
-    idx = torch.randperm(n, generator=generator)[:PROBE_SAMPLES].to(trainer.device)
-    return trainer.x_train[idx], trainer.t_train[idx]
+    n = len(run.x_train)
+    generator = torch.Generator().manual_seed(run.config.run.seed + SEED_OFFSET)
+    idx = torch.randperm(n, generator=generator)[:PROBE_SAMPLES].to(run.device)
+    return run.x_train[idx], run.t_train[idx]
 
 
 def _listed(items: list[str]) -> str:
@@ -137,17 +137,17 @@ GAUSS_HERMITE_NODES = 32
 outputs: exact for MSE (a square), within ~1e-3 for L1 and smooth L1 (their kink)."""
 
 
-def _unit_output_loss(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor) -> float:
+def _unit_output_loss(run: BuiltRun, out: torch.Tensor, target: torch.Tensor) -> float:
     """The expected loss of outputs drawn from N(0, 1), independent of the targets: for
     MSE mean(y^2) + 1. One loss evaluation per node."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(GAUSS_HERMITE_NODES)
     weights = weights / weights.sum()  # the rule's weights sum to sqrt(2 pi)
-    fn = trainer.objective.fn
+    fn = run.objective.fn
     return sum(float(w) * fn(torch.full_like(out, float(z)), target).item()
                for z, w in zip(nodes, weights, strict=True))
 
 
-def _uninformed(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor
+def _uninformed(run: BuiltRun, out: torch.Tensor, target: torch.Tensor
                 ) -> tuple[float, str, float, str]:
     """(lower, what it is, upper, what it is): what a network that knows nothing scores.
 
@@ -160,8 +160,8 @@ def _uninformed(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor
     would be no yardstick for them, since unit-variance outputs add 1 to it, tripling it
     on targets of std 0.7 (sine).
     """
-    objective = trainer.objective
-    classes = trainer.data.num_classes
+    objective = run.objective
+    classes = run.data.num_classes
     if objective.name == "cross_entropy":
         prior = torch.bincount(target, minlength=out.shape[1]).float() / len(target)
         constant = prior.clamp(min=PROB_FLOOR).log()
@@ -174,7 +174,7 @@ def _uninformed(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor
         upper = objective.fn(torch.zeros_like(out), target).item()
         what = ("the class frequencies as probabilities", "ln 2: every logit 0")
     else:
-        upper = _unit_output_loss(trainer, out, target)
+        upper = _unit_output_loss(run, out, target)
         if objective.name == "mse":
             constant = target.float().mean(dim=0)
             what = ("predicting the targets' mean: their variance",
@@ -187,14 +187,14 @@ def _uninformed(trainer: BuiltRun, out: torch.Tensor, target: torch.Tensor
     return min(lower, upper), what[0], max(lower, upper), what[1]
 
 
-def check_init_loss(trainer: BuiltRun) -> tuple[str, str]:
+def check_init_loss(run: BuiltRun) -> tuple[str, str]:
     """Loss at init against an uninformed guess (ln C for C balanced classes)."""
-    x, target = _probe_batch(trainer)
-    model = Sandbox(trainer).model  # train mode as the first step; BatchNorm in the copy
+    x, target = _probe_batch(run)
+    model = Sandbox(run).model  # train mode as the first step; BatchNorm in the copy
     with torch.no_grad():
         out = model(x)
-        loss = trainer.objective.fn(out, target).item()
-    lower, lower_what, upper, upper_what = _uninformed(trainer, out, target)
+        loss = run.objective.fn(out, target).item()
+    lower, lower_what, upper, upper_what = _uninformed(run, out, target)
     where = f"loss at init {loss:.4g} on {len(x)} training samples"
     guess = (f"an uninformed guess scores {lower:.4g} ({lower_what}) to {upper:.4g} "
              f"({upper_what})")
@@ -205,7 +205,7 @@ def check_init_loss(trainer: BuiltRun) -> tuple[str, str]:
     high = loss / upper if upper > 0 else math.inf
     low = lower / loss if loss > 0 else math.inf
     against = f"{high:.3g}x the {upper:.4g} of {upper_what}"
-    classification = trainer.data.task == "classification"
+    classification = run.data.task == "classification"
     warn_factor = INIT_LOSS_WARN_FACTOR if classification else INIT_LOSS_REGRESSION_WARN_FACTOR
     if high > warn_factor:
         status = FAIL if high > INIT_LOSS_FAIL_FACTOR else WARN
@@ -215,7 +215,7 @@ def check_init_loss(trainer: BuiltRun) -> tuple[str, str]:
         else:
             how = (f"the outputs (std {out_std:.3g}) start far from the targets (std "
                    f"{target.float().std().item():.3g})")
-        if trainer.config.model.arch == "custom":  # auto keeps a custom model's own init
+        if run.config.model.arch == "custom":  # auto keeps a custom model's own init
             fix = ("scale your model's last layer down at init (its weight times 0.1), or "
                    "use init.scheme = kaiming_normal for the ReLU family, xavier_normal for "
                    "tanh-like activations")
@@ -240,11 +240,11 @@ def check_init_loss(trainer: BuiltRun) -> tuple[str, str]:
 # --- 2. every parameter gets a gradient ---------------------------------------------------
 
 
-def check_gradients(trainer: BuiltRun) -> tuple[str, str]:
+def check_gradients(run: BuiltRun) -> tuple[str, str]:
     """Every trainable parameter gets a finite, non-zero gradient on one batch."""
-    x, target = _probe_batch(trainer)
-    model = Sandbox(trainer).model
-    trainer.objective.fn(model(x), target).backward()  # the data loss only: an L1 term
+    x, target = _probe_batch(run)
+    model = Sandbox(run).model
+    run.objective.fn(model(x), target).backward()  # the data loss only: an L1 term
     # would give every weight a gradient of its own and hide an unused parameter
     missing, zero, broken, frozen, total = [], [], [], 0, 0
     for name, p in model.named_parameters():
@@ -291,7 +291,7 @@ def _feature_name(index: int, shape: tuple[int, ...]) -> str:
     return f"feature {index}"
 
 
-def check_input_scaling(trainer: BuiltRun) -> tuple[str, str]:
+def check_input_scaling(run: BuiltRun) -> tuple[str, str]:
     """Per-feature mean and std of the preprocessed training inputs near 0 and 1.
 
     Scale is judged twice: each feature's std against ``INPUT_SCALE_*`` (one large
@@ -299,9 +299,9 @@ def check_input_scaling(trainer: BuiltRun) -> tuple[str, str]:
     features against the inverse bounds (the init schemes assume unit variance on
     average; a few near-constant features, such as image borders, are harmless).
     """
-    flat = trainer.x_train.reshape(len(trainer.x_train), -1).double()
+    flat = run.x_train.reshape(len(run.x_train), -1).double()
     std, mean = torch.std_mean(flat, dim=0, correction=0)
-    shape = trainer.data.input_shape
+    shape = run.data.input_shape
     worst_mean, largest_std = float(mean.abs().max()), float(std.max())
     rms_std = float(std.square().mean().sqrt())
     status = PASS
@@ -313,7 +313,7 @@ def check_input_scaling(trainer: BuiltRun) -> tuple[str, str]:
         status = FAIL
     constant = int((std < CONSTANT_FEATURE_STD).sum())
     summary = (f"{flat.shape[1]} input features (data.preprocess = "
-               f"{trainer.config.data.preprocess}): |mean| at most {worst_mean:.3g}, std at "
+               f"{run.config.data.preprocess}): |mean| at most {worst_mean:.3g}, std at "
                f"most {largest_std:.3g}, root-mean-square std {rms_std:.3g}")
     if constant:
         summary += f" ({constant} constant)"
@@ -347,9 +347,9 @@ def check_input_scaling(trainer: BuiltRun) -> tuple[str, str]:
 # --- 4. labels in range, classes balanced -------------------------------------------------
 
 
-def check_labels(trainer: BuiltRun) -> tuple[str, str]:
+def check_labels(run: BuiltRun) -> tuple[str, str]:
     """Class labels within 0..C-1 in both splits, counts shown, balance checked."""
-    data = trainer.data
+    data = run.data
     if data.task != "classification":
         y = data.y_train.double()
         return PASS, (f"regression with {data.num_targets} target(s): mean "
@@ -439,19 +439,19 @@ def _range_of(kind: str) -> tuple[float, float] | None:
     return OUTPUT_RANGES.get(kind)
 
 
-def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
+def check_output_activation(run: BuiltRun) -> tuple[str, str]:
     """The model's last activation suits the loss
     (docs/field-knowledge.md#losses-and-the-output-layer)."""
-    x, _ = _probe_batch(trainer)
-    name, kind, _ = _last_layer(Sandbox(trainer).model, x)
-    loss = trainer.objective.name
+    x, _ = _probe_batch(run)
+    name, kind, _ = _last_layer(Sandbox(run).model, x)
+    loss = run.objective.name
     span = _range_of(kind)
     ends = f"the model ends in {kind} ({name})"
     if span is None:
         ends += ": raw, unbounded outputs"
     else:
         ends += f", outputs in [{span[0]:g}, {span[1]:g}]"
-    classification = trainer.data.task == "classification"
+    classification = run.data.task == "classification"
     if loss == "cross_entropy":
         if span is None:
             return PASS, f"{ends}, the logits cross_entropy expects (it applies log-softmax)"
@@ -463,7 +463,7 @@ def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
             return WARN, (f"{ends}: logits cannot go below {lo:g}, so a class is ruled out "
                           "only by raising the others, and a logit stuck at the bound gets "
                           "no gradient. End in a Linear layer: cross_entropy wants raw logits")
-        classes = trainer.data.num_classes
+        classes = run.data.num_classes
         floor = math.log(1 + (classes - 1) * math.exp(-(hi - lo)))
         return FAIL, (f"{ends}, but cross_entropy applies softmax itself: with logits squeezed "
                       f"into a range of {hi - lo:g} the loss can never go below {floor:.3g} "
@@ -478,7 +478,7 @@ def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
                       f"probabilities can only range over [{p_lo:.2g}, {p_hi:.2g}], so the "
                       "loss cannot reach 0. Remove it and end in a Linear layer (raw logits)")
     # mse, l1, smooth_l1: on classes they compare with one-hot targets in [0, 1].
-    targets = trainer.t_train
+    targets = run.t_train
     t_lo, t_hi = float(targets.min()), float(targets.max())
     if span is not None and (t_lo < span[0] or t_hi > span[1]):
         return FAIL, (f"{ends}, but the targets span [{t_lo:.3g}, {t_hi:.3g}]: the network "
@@ -499,20 +499,20 @@ def check_output_activation(trainer: BuiltRun) -> tuple[str, str]:
 # --- 6. overfit one small batch -------------------------------------------------------------
 
 
-def check_overfit_batch(trainer: BuiltRun) -> tuple[str, str]:
+def check_overfit_batch(run: BuiltRun) -> tuple[str, str]:
     """A copy can drive the loss of one small batch near zero within a few hundred steps.
 
     Dropout is switched off in the copy: it is there to stop exactly this memorizing,
     and it keeps the training loss of a batch noisy.
     """
-    sandbox = Sandbox(trainer)
+    sandbox = Sandbox(run)
     # Said only when it changes something: a built-in model has dropout modules at p = 0.
     dropout_on = any(isinstance(m, DROPOUT_TYPES) and m.p > 0 for m in sandbox.model.modules())
     set_dropout(sandbox.model, 0.0)
-    size = min(trainer.batch_size, OVERFIT_BATCH)
+    size = min(run.batch_size, OVERFIT_BATCH)
     x, target = next(sandbox.batches(size, augment=False))
-    reference, reference_what = _knows_nothing(trainer, target)
-    lr = trainer.config.optim.lr
+    reference, reference_what = _knows_nothing(run, target)
+    lr = run.config.optim.lr
     first = sandbox.step(x, target, lr)
     near_zero = OVERFIT_TARGET_FRACTION * first
     bound = f"{OVERFIT_TARGET_FRACTION:.0%} of the start"
@@ -524,7 +524,7 @@ def check_overfit_batch(trainer: BuiltRun) -> tuple[str, str]:
     while steps < OVERFIT_MAX_STEPS and math.isfinite(loss) and loss >= near_zero:
         loss = sandbox.step(x, target, lr)
         steps += 1
-    setup = (f"{trainer.config.optim.name} at lr {lr:g} on one batch of {size}"
+    setup = (f"{run.config.optim.name} at lr {lr:g} on one batch of {size}"
              + (" (dropout off)" if dropout_on else ""))
     if not math.isfinite(first):
         return FAIL, f"{setup}: the loss is not finite from the start: see init_loss"
@@ -544,13 +544,13 @@ def check_overfit_batch(trainer: BuiltRun) -> tuple[str, str]:
         "is far off (see lr_range)")
 
 
-def _knows_nothing(trainer: BuiltRun, target: torch.Tensor) -> tuple[float, str]:
+def _knows_nothing(run: BuiltRun, target: torch.Tensor) -> tuple[float, str]:
     """(loss, what it is) of a network that knows nothing, on the batch ``target``: equal
     scores for every class under cross-entropy and BCE (ln C; ln 2 per output), the best
     constant (the batch's mean or median) under a regression loss."""
-    out = torch.zeros(len(target), trainer.objective.num_outputs, device=target.device)
-    lower, lower_what, upper, upper_what = _uninformed(trainer, out, target)
-    if trainer.objective.name in ("cross_entropy", "bce_with_logits"):
+    out = torch.zeros(len(target), run.objective.num_outputs, device=target.device)
+    lower, lower_what, upper, upper_what = _uninformed(run, out, target)
+    if run.objective.name in ("cross_entropy", "bce_with_logits"):
         return upper, upper_what
     return lower, lower_what
 
@@ -558,13 +558,13 @@ def _knows_nothing(trainer: BuiltRun, target: torch.Tensor) -> tuple[float, str]
 # --- 7. batch size ----------------------------------------------------------------------------
 
 
-def check_batch_size(trainer: BuiltRun) -> tuple[str, str]:
+def check_batch_size(run: BuiltRun) -> tuple[str, str]:
     """The batch size against the number of classes, the set size and the optimizer."""
-    size, n = trainer.batch_size, len(trainer.x_train)
-    classes = trainer.data.num_classes
-    optimizer = trainer.config.optim.name
+    size, n = run.batch_size, len(run.x_train)
+    classes = run.data.num_classes
+    optimizer = run.config.optim.name
     full_batch_method = OPTIMIZERS[optimizer].full_batch
-    what = f"batch {size} of {n} training samples ({trainer.steps_per_epoch()} steps/epoch)"
+    what = f"batch {size} of {n} training samples ({run.steps_per_epoch()} steps/epoch)"
     if classes:
         what += f", {classes} classes (rule of thumb ~{BATCH_PER_CLASS * classes})"
     problems = []
@@ -590,10 +590,10 @@ def check_batch_size(trainer: BuiltRun) -> tuple[str, str]:
 # --- 8. learning rate ------------------------------------------------------------------------
 
 
-def check_lr_range(trainer: BuiltRun) -> tuple[str, str]:
+def check_lr_range(run: BuiltRun) -> tuple[str, str]:
     """The LR range test's suggestion against the configured lr."""
-    found = find_lr(trainer)
-    lr = trainer.config.optim.lr
+    found = find_lr(run)
+    lr = run.config.optim.lr
     test = (f"LR range test ({len(found.lrs)} steps from lr {found.lrs[0]:.2g} to "
             f"{found.lrs[-1]:.2g})" if found.lrs else "LR range test")
     if found.suggested_lr is None:
@@ -627,15 +627,15 @@ CHECKS: dict[str, Callable[[BuiltRun], tuple[str, str]]] = {
 """The checklist, in the order it is run and printed: check name -> (status, detail)."""
 
 
-def examine(trainer: BuiltRun) -> DoctorReport:
-    """Run every check on ``trainer``'s run as built; the run itself is not changed.
+def examine(run: BuiltRun) -> DoctorReport:
+    """Run every check on ``run`` as built; the run itself is not changed.
 
     Exceptions from user code (a forward() that raises) propagate, as in a run.
     """
     results = []
     with isolated_rng():
         for name, check in CHECKS.items():
-            status, detail = check(trainer)
+            status, detail = check(run)
             results.append(CheckResult(name, status, detail))
     return DoctorReport(tuple(results))
 
