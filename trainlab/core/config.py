@@ -498,6 +498,15 @@ class RunConfig:
     device: str = param(
         "auto", "auto (cuda when available), cpu or cuda.", choices=("auto", "cpu", "cuda")
     )
+    precision: str = param(
+        "fp32", "Arithmetic of the forward pass and the loss: fp32; bf16 (autocast to "
+        "bfloat16: about half the activation memory and faster matrix products on recent "
+        "GPUs and CPUs, no loss scaling needed); or fp16 (autocast to float16 with a loss "
+        "scaler, which skips the update of a step whose gradients overflow and lowers the "
+        "scale; not with optim.name = lbfgs). Weights, optimizer state and the layer "
+        "statistics stay fp32.",
+        choices=("fp32", "bf16", "fp16"),
+    )
     threads: int = param(
         0, "CPU threads for torch; 0 picks the number of cores minus one (at least 1).",
         low=0, high=1024,

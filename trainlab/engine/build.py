@@ -24,6 +24,7 @@ from trainlab.engine.init import init_weights
 from trainlab.engine.losses import Objective, build_objective
 from trainlab.engine.models import build_model
 from trainlab.engine.optim import LRSchedule, build_optimizer
+from trainlab.engine.precision import Precision, check_precision
 from trainlab.engine.usercode import UserCodeError
 
 
@@ -94,6 +95,9 @@ class BuiltRun:
         init_weights(self.model, config.init, config.model.activation, config.model.arch)
         self.model.to(self.device)
         self._check_model()
+        check_precision(config)
+        self.precision = Precision(run.precision, self.device)
+        """How a step computes (run.precision): autocast, and fp16's loss scaler."""
 
         self.x_train = data.x_train.to(self.device)
         self.x_val = data.x_val.to(self.device)

@@ -62,6 +62,7 @@ from trainlab.engine.models import model_summary, set_dropout
 from trainlab.engine.nonfinite import NonFinitePolicy
 from trainlab.engine.optim import OPTIMIZERS, build_optimizer, set_lr, update_hyperparameters
 from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure, take_step
+from trainlab.engine.precision import ScalerReport
 from trainlab.engine.probe import measure
 from trainlab.engine.saver import CheckpointSaver
 from trainlab.engine.stats import Instruments, first_nonfinite
@@ -132,6 +133,8 @@ class Trainer(BuiltRun):
         self.saver = CheckpointSaver(self, checkpoints)
         self.hooks = Hooks([self.tracked, self.metrics, self.nonfinite, PlateauSchedule(self),
                             EarlyStopping(self), self.saver])
+        if self.precision.scaler is not None:
+            self.hooks.add(ScalerReport(self.precision, self))
         """In the order they act at each phase: the instruments and the metrics see a
         step before the non-finite policy judges it; the saver acts last, so the
         checkpoint holds what the others did."""
@@ -214,9 +217,9 @@ class Trainer(BuiltRun):
         closure = make_closure(
             self.model, self.optimizer, self.objective.fn, self.weights, cfg.reg,
             x, target, data_losses, after_backward=self._after_backward,
-            after_first=self._after_loss)
+            after_first=self._after_loss, precision=self.precision)
         try:
-            take_step(self.optimizer, closure)
+            take_step(self.optimizer, closure, self.precision)
             applied = True
         except NonFiniteLoss:  # a hook withheld the update
             applied = False

@@ -12,11 +12,13 @@ the config asks for (L1, clipping) and the caller's hooks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from trainlab.core.config import RegConfig
+from trainlab.engine.precision import Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,6 +40,7 @@ def make_closure(
     *,
     after_backward: Callable[[], None] | None = None,
     after_first: Callable[[torch.Tensor], None] | None = None,
+    precision: Precision | None = None,
 ) -> Callable[[], torch.Tensor]:
     """The closure of one step on the batch (``x``, ``target``).
 
@@ -52,12 +55,16 @@ def make_closure(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), target)
+        with precision.autocast() if precision is not None else nullcontext():
+            loss = loss_fn(model(x), target)
         data_losses.append(loss.detach())
         total = loss
         if reg.l1:
             total = total + reg.l1 * torch.stack(torch._foreach_norm(l1_weights, 1)).sum()
-        total.backward()
+        if precision is not None:
+            precision.backward(total, optimizer)  # fp16: scaled, then unscaled
+        else:
+            total.backward()
         if after_backward is not None:
             after_backward()
         if reg.clip_norm:
@@ -71,10 +78,14 @@ def make_closure(
     return closure
 
 
-def take_step(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]) -> None:
-    """Evaluate ``closure`` and update: L-BFGS evaluates it as often as it needs, every
-    other optimizer once. A NonFiniteLoss from the closure propagates before any update."""
-    if isinstance(optimizer, torch.optim.LBFGS):
+def take_step(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor],
+              precision: Precision | None = None) -> None:
+    """Evaluate ``closure`` and update (``Precision.step``: L-BFGS evaluates it as often
+    as it needs, every other optimizer once; fp16 through its scaler). A NonFiniteLoss
+    from the closure propagates before any update."""
+    if precision is not None:
+        precision.step(optimizer, closure)
+    elif isinstance(optimizer, torch.optim.LBFGS):
         optimizer.step(closure)
     else:
         closure()

@@ -38,7 +38,8 @@ def measure(run: BuiltRun, instruments: Instruments, x: torch.Tensor, target: to
     instruments.requested = True  # with histograms
     with instruments.track(step, update=False) as tracker:
         run.optimizer.zero_grad(set_to_none=True)
-        loss = run.objective.fn(run.model(x), target)
+        with run.precision.autocast():  # the arithmetic of the run's own steps
+            loss = run.objective.fn(run.model(x), target)
         loss.backward()
         tracker.after_backward()
     snapshot = instruments.take()

@@ -24,6 +24,7 @@ from trainlab.engine.batches import Batches
 from trainlab.engine.metrics import StepMetrics
 from trainlab.engine.nonfinite import GoodState, NonFinitePolicy
 from trainlab.engine.optim import LRSchedule, update_hyperparameters
+from trainlab.engine.precision import Precision
 
 CHECKPOINT_FORMAT = 1
 """Version of the payload ``payload`` writes; ``restore`` reads only it."""
@@ -55,6 +56,7 @@ class Resumable(Protocol):
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
+    precision: Precision
     batches: Batches
     augment_generator: torch.Generator
     metrics: StepMetrics
@@ -106,6 +108,7 @@ def payload(trainer: Resumable) -> dict[str, Any]:
         "optimizer_name": trainer.config.optim.name,
         "schedule": trainer.schedule.state_dict(),
         "batches": trainer.batches.state_dict(),
+        "scaler": trainer.precision.state_dict(),  # run.precision = fp16's loss scale
         "rng": {**global_rng_state(), "augment": trainer.augment_generator.get_state()},
         "counters": {name: copy.copy(getattr(owner, name))
                      for owner, names in _counter_owners(trainer) for name in names},
@@ -156,6 +159,7 @@ def restore(trainer: Resumable, payload: dict[str, Any]) -> list[str]:
                      f"{saved_optimizer}): the optimizer starts with empty state")
 
     trainer.schedule.load_state_dict(payload["schedule"])
+    trainer.precision.load_state_dict(payload.get("scaler") or {})  # none before fp16 was
     streams = [k for k in changed if k in STREAM_KEYS
                or (k.startswith("data.") and not field_info(k).spec.hot)]
     try:

@@ -28,6 +28,7 @@ from trainlab.engine.build import BuiltRun
 from trainlab.engine.data import augment_batch
 from trainlab.engine.optim import build_optimizer, set_lr
 from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure, take_step
+from trainlab.engine.precision import Precision
 
 SEED_OFFSET = 2
 """The copy's batch draws use ``run.seed + 2`` and its augmentation ``run.seed + 3``: the
@@ -60,6 +61,7 @@ class Sandbox:
         self.run = run
         self.model = copy.deepcopy(run.model)
         self.optimizer = build_optimizer(self.model.parameters(), run.config.optim)
+        self.precision = Precision(run.precision.name, run.device)  # a scaler of its own
         self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
         """What the L1 penalty covers: weights, not biases (as in the run)."""
         seed = run.config.run.seed + SEED_OFFSET
@@ -105,8 +107,8 @@ class Sandbox:
 
         closure = make_closure(self.model, self.optimizer, self.run.objective.fn,
                                self.weights, self.run.config.reg, x, target, data_losses,
-                               after_first=read_first)
+                               after_first=read_first, precision=self.precision)
         set_lr(self.optimizer, lr)
         with contextlib.suppress(NonFiniteLoss):  # withheld; the caller sees the loss
-            take_step(self.optimizer, closure)
+            take_step(self.optimizer, closure, self.precision)
         return first[0]
