@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from textual.widgets import Markdown, TabbedContent, TabPane
+from textual.widgets import Input, Markdown, TabbedContent, TabPane
 
 from tests.fake_engine import (
     LAYERS,
@@ -598,14 +598,68 @@ async def test_fast_typing_in_a_field_keeps_every_key_and_escape_leaves_it() -> 
         await pilot.press("3")
         box = app.query_one(f"#{widget_id('model.depth')}")
         box.focus()
-        await pilot.press("end", "backspace", "backspace", "4", "5", "backspace", "7")
+        await pilot.press("enter", "end", "backspace", "backspace", "4", "5", "backspace",
+                          "7")
         await settle(pilot)
         assert box.value == "47"
         panel = app.query_one(ConfigPanel)
+        assert panel.edits == {}  # typed, not yet applied
+        await pilot.press("enter")
+        await settle(pilot)
         assert panel.edits == {"model.depth": 47}
         await pilot.press("escape", "n", "1")  # keys reach the app again
         assert box.value == "47"
         assert app.query_one("#views").active == "train"
+
+
+async def test_keys_in_a_focused_field_are_the_apps_until_enter_starts_an_edit() -> None:
+    # Issue 19: "1" to leave the view made init.std 0.011; "r" after an edit made 64r.
+    app, engines = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        panel = app.query_one(ConfigPanel)
+        std = panel.query_one(f"#{widget_id('init.std')}", Input)
+        std.focus()
+        await settle(pilot)
+        await pilot.press("1")  # a view key: the view changes, the value does not
+        await settle(pilot)
+        assert app.query_one("#views").active == "train"
+        assert std.value == "0.01" and panel.edits == {} and panel.errors == {}
+        await pilot.press("3")
+        width = panel.query_one(f"#{widget_id('model.width')}", Input)
+        width.focus()
+        await pilot.press("backspace", "delete", "ctrl+u", "ctrl+k")  # no edit: no change
+        await settle(pilot)
+        assert width.value == "128" and not width.has_class("-editing")
+        doc = str(panel.query_one("#config-doc").render())
+        assert "Enter to edit" in doc
+        await pilot.press("enter", "6", "4")  # an edit: the keys type (no view change)
+        await settle(pilot)
+        assert width.has_class("-editing") and "EDITING" in str(
+            panel.query_one("#config-doc").render())
+        assert app.query_one("#views").active == "config"
+        assert width.value == "64" and panel.edits == {}  # not applied yet
+        await pilot.press("enter")
+        await settle(pilot)
+        assert panel.edits == {"model.width": 64} and not width.has_class("-editing")
+        await pilot.press("r")  # restart: it asks; nothing typed
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert width.value == "64"
+        await pilot.press("n")
+        await settle(pilot)
+        await pilot.press("enter", "9", "9", "escape")  # an edit cancelled: as before it
+        await settle(pilot)
+        assert width.value == "64" and panel.edits == {"model.width": 64}
+        await pilot.press("enter", "0", "enter")  # invalid: the edit stays open
+        await settle(pilot)
+        assert width.has_class("-editing") and "model.width" in panel.errors
+        await pilot.press("escape")
+        await settle(pilot)
+        assert width.value == "64" and panel.errors == {}
+        assert panel.edits == {"model.width": 64}
+        assert engines.current.commands == []  # a cold field: nothing sent
 
 
 async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() -> None:

@@ -110,7 +110,7 @@ class TrainlabApp(App[int]):
         Binding("2", "view('layers')", "Layers", show=False,
                 tooltip="Layers view: layer table, signal view, histograms"),
         Binding("3", "view('config')", "Config", show=False,
-                tooltip="Config view (Escape leaves a field)"),
+                tooltip="Config view (Enter edits a field, Enter applies, Escape cancels)"),
         Binding("4", "view('log')", "Log", show=False, tooltip="Log view"),
         Binding("5", "view('alerts')", "Alerts", show=False,
                 tooltip="Alerts view: the doctor's findings, their evidence and fixes"),

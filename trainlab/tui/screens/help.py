@@ -22,8 +22,10 @@ VIEWS_TEXT = """
   setting changed) over the layer table.
 - **Layers**: the layer table, the signal view (activation and gradient std across depth,
   log scale) and histograms of the selected layer.
-- **Config**: every option; *live* ones apply to the running training (Enter), the others
-  when you restart (r).
+- **Config**: every option; *live* ones apply to the running training, the others when
+  you restart (r). Tab moves between fields; **Enter** edits the focused one (only then
+  do keys type into it), **Enter** again applies the edit, **Escape** cancels it.
+  Outside an edit every key is the app's: 1-5 switch views, r restarts.
 - **Log**: changes, checkpoints, warnings and failures with their traceback.
 - **Alerts**: the doctor's findings while the run trains, newest first: the layers, why,
   the evidence numbers and the numbered fixes (f applies the highlighted one's).

@@ -5,6 +5,11 @@ become a select, everything else an input parsed exactly as ``--set`` parses it,
 the error a user sees names the field, the value and what is allowed. Hot fields
 (marked *live*) apply to the running training when committed (Enter, or picking a
 choice); cold fields are kept as edits until the user restarts with them.
+
+A text field is typed into only in its edit mode (``ConfigInput``): Enter starts an
+edit, Enter again commits it, Escape (or leaving the field) cancels it. Outside an edit
+every key is the app's (1-5 switch views, r restarts...), so a key meant for the app
+never lands in a value.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets.input import Selection
 
 from trainlab.core import config as schema
 from trainlab.core.config import Config, ConfigError, FieldInfo
@@ -38,6 +44,103 @@ def widget_id(key: str, part: str = "field") -> str:
     """A DOM id for a dotted key's input ('optim.lr' -> 'field-optim-lr'), or for another
     ``part`` of its row ('error-optim-lr')."""
     return f"{part}-" + key.replace(".", "-")
+
+
+EDIT_HELP = ("Enter edits a field, Enter again applies, Escape cancels; outside an edit "
+             "keys are the app's (1-5, r, ...)")
+"""The rule of the fields, as the config view's help line says it."""
+
+
+class ConfigInput(Input):
+    """A field's text input that types only while it is being edited.
+
+    Focused but not editing, it takes no key that changes its text: printable keys,
+    pastes and the delete/cut/paste bindings go to the app instead (so ``1`` switches
+    the view and ``r`` restarts rather than landing in the value). Enter starts an edit
+    (the text selected: typing replaces it), Enter again posts ``Submitted`` (the panel
+    commits a valid value and ends the edit, or keeps the edit open on an error), Escape
+    or leaving the field cancels it: the text before the edit comes back.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel_edit", "Cancel edit", show=False),
+    ]
+
+    EDITING_ACTIONS = frozenset({
+        "delete_left", "delete_right", "delete_left_word", "delete_right_word",
+        "delete_left_all", "delete_right_all", "cut", "paste", "cancel_edit"})
+    """The Input's actions that change the text (and cancelling): only while editing."""
+
+    class ModeChanged(Message):
+        """The input started or ended an edit."""
+
+        def __init__(self, field: ConfigInput) -> None:
+            self.field = field
+            super().__init__()
+
+    def __init__(self, value: str, *, id: str | None = None) -> None:
+        super().__init__(value, id=id, compact=True, select_on_focus=False)
+        self.editing = False
+        self.before = value
+        """The text when the edit started: what Escape brings back."""
+
+    def start_edit(self) -> None:
+        """Type into the field from now on (its text selected)."""
+        self.before, self.editing = self.value, True
+        self._mode_changed()
+        self.selection = Selection(0, len(self.value))
+
+    def end_edit(self) -> None:
+        """Keys are the app's again (the panel committed the text)."""
+        self.editing = False
+        self.before = self.value
+        self._mode_changed()
+
+    def cancel_edit(self) -> None:
+        """Drop what was typed: the text before the edit comes back."""
+        if not self.editing:
+            return
+        self.editing = False
+        self.value = self.before  # its Changed lets the panel drop a typing error
+        self._mode_changed()
+
+    def _mode_changed(self) -> None:
+        self.set_class(self.editing, "-editing")
+        self.selection = Selection.cursor(len(self.value))  # no selection left over
+        self.post_message(self.ModeChanged(self))
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        """Printable keys are the field's only while it is edited (else the app's)."""
+        return self.editing and super().check_consume_key(key, character)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The text-changing bindings act only while editing (else the key goes on up)."""
+        if action in self.EDITING_ACTIONS and not self.editing:
+            return False
+        return super().check_action(action, parameters)
+
+    async def _on_key(self, event: events.Key) -> None:
+        if not self.editing and event.is_printable:
+            event.prevent_default()  # not typed: it bubbles up to the app's bindings
+
+    def _on_paste(self, event: events.Paste) -> None:
+        if not self.editing:
+            event.prevent_default()
+            event.stop()
+
+    def _on_blur(self, event: events.Blur) -> None:
+        self.cancel_edit()
+
+    async def action_submit(self) -> None:
+        """Enter: start an edit, or ask the panel to commit the one under way."""
+        if not self.editing:
+            self.start_edit()
+        else:
+            await super().action_submit()
+
+    def action_cancel_edit(self) -> None:
+        """Escape while editing: cancel the edit."""
+        self.cancel_edit()
 
 
 class ConfigPanel(RunView, Widget, can_focus=False):
@@ -97,7 +200,7 @@ class ConfigPanel(RunView, Widget, can_focus=False):
         if info.type is bool:
             return Select([("true", True), ("false", False)], value=value, allow_blank=False,
                           id=wid, compact=True)
-        return Input(format_value(value), id=wid, compact=True, select_on_focus=False)
+        return ConfigInput(format_value(value), id=wid)
 
     def on_mount(self) -> None:
         self._summarize()
@@ -128,14 +231,22 @@ class ConfigPanel(RunView, Widget, can_focus=False):
         if key is None:
             return
         event.stop()
+        field = event.input
+        # The text now, not the message's: an edit cancelled since must not count.
+        editing = isinstance(field, ConfigInput) and field.editing
         try:
-            value = schema.parse_value(key, event.value)
+            value = schema.parse_value(key, field.value)
         except ConfigError as exc:
             self.errors[key] = str(exc)
-            self.edits.pop(key, None)
+            if not editing:
+                self.edits.pop(key, None)
             self._show_error(key, str(exc))
         else:
-            self._record(key, value)
+            if editing:  # checked as typed; it counts only once committed (Enter)
+                self.errors.pop(key, None)
+                self._show_error(key, "")
+            else:  # set from code (not typed): an edit at once
+                self._record(key, value)
         self._summarize()
 
     @on(Input.Submitted)
@@ -144,8 +255,36 @@ class ConfigPanel(RunView, Widget, can_focus=False):
         if key is None:
             return
         event.stop()
+        field = event.input
+        try:
+            value = schema.parse_value(key, field.value)
+        except ConfigError as exc:  # the edit stays open, the error shown
+            self.errors[key] = str(exc)
+            self._show_error(key, str(exc))
+            self._summarize()
+            return
+        if isinstance(field, ConfigInput):
+            field.end_edit()
+        self._record(key, value)
+        self._summarize()
         if key in self.edits and self._fields[key].spec.hot:
             self.post_message(self.HotEdited(key, self.edits[key]))
+
+    @on(ConfigInput.ModeChanged)
+    def _mode_changed(self, event: ConfigInput.ModeChanged) -> None:
+        event.stop()
+        key = self._key_of(event.field)
+        if key is not None:
+            if not event.field.editing and key in self.errors:
+                try:  # cancelled: the text before the edit is back
+                    schema.parse_value(key, event.field.value)
+                except ConfigError:
+                    pass
+                else:
+                    self.errors.pop(key)
+                    self._show_error(key, "")
+                    self._summarize()
+            self._show_doc(key)
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
@@ -160,14 +299,24 @@ class ConfigPanel(RunView, Widget, can_focus=False):
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         key = self._key_of(event.widget)
-        if key is None:
-            return
+        if key is not None:
+            self._show_doc(key)
+
+    def _show_doc(self, key: str) -> None:
+        """The field's doc, and its mode: editing (keys type) or not (keys are the app's)."""
         info = self._fields[key]
-        when = ("live: applies to the running training at the next step (Enter)"
+        when = ("live: applies to the running training at the next step"
                 if info.spec.hot else "cold: applies when you restart")
         allowed = schema.describe_allowed(info)
+        widget = self.query_one(f"#{widget_id(key)}")
+        if isinstance(widget, ConfigInput):
+            mode = ("[b reverse] EDITING [/] keys type here: [b]Enter[/b] applies, "
+                    "[b]Escape[/b] cancels" if widget.editing else
+                    "[b]Enter[/b] to edit (until then keys are the app's: 1-5, r, ...)")
+        else:
+            mode = "[b]Enter[/b] to choose (until then keys are the app's)"
         self.query_one("#config-doc", Static).update(
-            f"[b]{key}[/b]  {info.spec.doc}\n[dim]allowed: {allowed}; default "
+            f"[b]{key}[/b]  {mode}\n{info.spec.doc}\n[dim]allowed: {allowed}; default "
             f"{format_value(info.default)}; {when}[/]")
 
     @on(Button.Pressed, "#config-restart")
@@ -250,6 +399,8 @@ class ConfigPanel(RunView, Widget, can_focus=False):
             if widget.value != value:
                 with widget.prevent(Select.Changed):
                     widget.value = value
+        elif isinstance(widget, ConfigInput) and widget.editing:
+            widget.before = format_value(value)  # not under the user's typing: on cancel
         elif isinstance(widget, Input):
             text = format_value(value)
             if widget.value != text:
@@ -266,6 +417,6 @@ class ConfigPanel(RunView, Widget, can_focus=False):
             parts.append(f"[yellow]restart to apply: {', '.join(cold)}[/]")
         if hot:
             parts.append(f"not yet applied (Enter): {', '.join(hot)}")
-        text = "; ".join(parts) or ("[dim]Edit a field; [green]live[/] ones apply at once "
-                                    "(Enter), the others on restart (r).[/]")
+        text = "; ".join(parts) or (f"[dim]{EDIT_HELP}. [green]live[/] fields apply at "
+                                    "once, the others on restart (r).[/]")
         self.query_one("#config-summary", Static).update(text)
