@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -660,6 +661,58 @@ async def test_keys_in_a_focused_field_are_the_apps_until_enter_starts_an_edit()
         assert width.value == "64" and panel.errors == {}
         assert panel.edits == {"model.width": 64}
         assert engines.current.commands == []  # a cold field: nothing sent
+
+
+async def test_restart_says_so_at_once_and_a_second_r_starts_no_other_run(
+        tmp_path: Any) -> None:
+    # Issue 19: r gave no feedback for seconds, and a second r left an orphan run
+    # ("stopped at step 0", offered for resume).
+    from trainlab.core import catalog
+
+    app, engines = make_app()
+    gate = asyncio.Event()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        first = engines.current
+
+        async def slow_stop() -> None:  # a served engine takes seconds to stop
+            first.stopped = True
+            await gate.wait()
+
+        first.stop = slow_stop  # type: ignore[method-assign]
+        await pilot.press("r")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert "restarting" in status(app) and "restarting" in app.sub_title
+        assert app.check_action("restart", ()) is None
+        await pilot.press("r", "r")  # repeats while it is under way: nothing
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmScreen) and len(engines.made) == 1
+        engines.script = []  # the next run stays starting (no event yet)
+        gate.set()
+        await settle(pilot, 6)
+        assert len(engines.made) == 2 and app.run_state.state == "starting"
+        assert "restarting" not in status(app)
+        await pilot.press("r")  # the new run has not started: r waits
+        await settle(pilot)
+        assert len(engines.made) == 2 and not engines.current.stopped
+        # Had it been stopped before its first step, its directory would be removed.
+        second = engines.current
+        second.run_dir = catalog.new_run(tmp_path, Config())  # type: ignore[assignment]
+        engines.script = None
+        second.feed(protocol.StateChanged("failed", 0, "refused"))  # r acts again
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot, 6)
+        assert len(engines.made) == 3 and second.stopped
+        for _ in range(50):
+            if not second.run_dir.exists():
+                break
+            await pilot.pause(0.05)
+        assert not second.run_dir.exists()
+        assert "removed, nothing to keep" in log_text(app)
 
 
 async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() -> None:

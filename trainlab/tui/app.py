@@ -325,7 +325,7 @@ class TrainlabApp(App[int]):
                       "save_checkpoint"):
             return s.active or None
         if action == "restart":
-            return not self.lifecycle.starting or None
+            return not self.lifecycle.restart_under_way or None
         if action == "find_lr":
             return self.lr_finder.can_find() or None
         if action == "lab":

@@ -10,17 +10,50 @@ folds it into ``RunState`` and tells the widgets what changed.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from trainlab.core import protocol, rundir
+from trainlab.core import catalog, engine_lock, protocol, rundir, store
 from trainlab.core.config import Config, ConfigError
 from trainlab.core.protocol import Command, Event, HyperChanged, SessionCommand
+from trainlab.core.serving import STOP_GRACE_S
 from trainlab.tui.bridge import Engine
 from trainlab.tui.controllers.host import AppHost
 from trainlab.tui.screens.confirm import ConfirmScreen
-from trainlab.tui.state import ALL_PARTS, RUN, RunState
+from trainlab.tui.state import ALL_PARTS, LOG, RUN, RunState
 from trainlab.tui.widgets.config_panel import ConfigPanel
+from trainlab.tui.widgets.status_bar import StatusBar
+
+RESTARTING = "restarting…"
+"""What the title and the status bar say from the restart key until the new run starts."""
+
+
+def discard_unstarted(run_dir: Path) -> bool:
+    """Remove the run in ``run_dir`` if it never took a step: a run a restart replaced
+    before its first step holds nothing to keep (its weights are its config's seed), and
+    left behind it would show as a stopped run offered for resume. Waits (a few seconds
+    at most) for its engine to exit. Only a stopped or crashed run is removed (what
+    ``trainlab runs`` would offer to resume); one still served, failed, of another user,
+    with a step, or forked from another is left alone. Returns whether it was removed.
+    """
+    deadline = time.monotonic() + STOP_GRACE_S
+    while engine_lock.engine_alive(run_dir):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    if not rundir.is_run_dir(run_dir) or rundir.not_yours(run_dir):
+        return False
+    try:
+        summary = catalog.summarize(run_dir)
+    except (store.StoreError, OSError):
+        return False
+    if summary.step > 0 or summary.parent or summary.status not in ("stopped", "crashed"):
+        return False  # e.g. a failure stays: its reason and traceback are worth keeping
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 class EngineLifecycle:
@@ -32,12 +65,16 @@ class EngineLifecycle:
         self.engine: Engine | None = None
         self.starting = False
         """A run is being started: keys that would start another wait."""
+        self.restarting = False
+        """The restart key was pressed and its restart (the question, then the start) is
+        under way: the key does nothing more until the new run has started."""
         self.pending: dict[str, Any] = {}
         """Live changes sent but not yet acknowledged: relative keys (+, o, c) pressed
         again before the engine answered build on these, not on the old value."""
         self.detached_run = ""
         """The run the app left training when it quit (the command line says so)."""
         self._pump_task: asyncio.Task[None] | None = None
+        self._discards: set[asyncio.Task[None]] = set()
         self._quitting = False
 
     # --- starting and stopping ---------------------------------------------------
@@ -50,9 +87,14 @@ class EngineLifecycle:
         try:
             await self.stop_pump()
             if self.engine is not None:
+                old, old_state = self.engine, app.run_state
+                self._say_restarting(old_state)
                 # A viewer's restart leaves the run to the client that controls it.
-                viewer = app.run_state.role == "view"
-                await (self.engine.detach() if viewer else self.engine.stop())
+                viewer = old_state.role == "view"
+                await (old.detach() if viewer else old.stop())
+                self._say_restarting(old_state, stopped=True)
+                if not viewer and old.run_dir is not None and old_state.step == 0:
+                    self._discard_later(old.run_dir)
             app.run_state = s = RunState(config)
             self.pending.clear()
             self.engine = self.factory()
@@ -76,14 +118,53 @@ class EngineLifecycle:
             self.starting = False
             app.refresh_bindings()
 
+    def _say_restarting(self, state: RunState, *, stopped: bool = False) -> None:
+        """Say at once that a restart is under way (stopping the old engine and starting
+        a new one take seconds); the new run's status replaces it."""
+        app = self.app
+        run = f"run {state.run_id}" if state.run_id else "the run"
+        doing = "starting the new run" if stopped else f"stopping {run}"
+        app.sub_title = f"{RESTARTING} ({doing})"
+        where = "" if stopped else f" at step {state.step:,}"
+        for bar in app.query(StatusBar):
+            bar.update(f"[b yellow]{RESTARTING}[/]  {doing}{where}")
+
+    def _discard_later(self, run_dir: Path) -> None:
+        """Remove ``run_dir`` off the UI's thread if it never took a step
+        (``discard_unstarted``), and say so in the new run's log."""
+        async def discard() -> None:
+            if await asyncio.to_thread(discard_unstarted, run_dir):
+                self.app.run_state.say("info", f"run {run_dir.name} was replaced before its "
+                                       "first step: removed, nothing to keep")
+                self.app.refresh_parts({LOG})
+        self._discards.add(task := asyncio.create_task(discard()))
+        task.add_done_callback(self._discards.discard)
+
+    @property
+    def restart_under_way(self) -> bool:
+        """A restart was asked for and its new run has not started yet (or the first run
+        is still starting): another restart would stop a run before its first step."""
+        return self.restarting or self.starting or (
+            self.engine is not None and self.app.run_state.state == "starting")
+
     def restart(self) -> None:
-        """A new run with the config panel's edits (asks first while training runs)."""
+        """A new run with the config panel's edits (asks first while training runs).
+        Pressed again while one is under way, it does nothing."""
+        if self.restart_under_way:  # the button bypasses check_action
+            return
+        self.restarting = True
+        self.app.refresh_bindings()
         self.app.run_worker(self._restart(), name="action_restart", group="restart")
 
     async def _restart(self) -> None:
+        try:
+            await self._restart_asked()
+        finally:
+            self.restarting = False
+            self.app.refresh_bindings()
+
+    async def _restart_asked(self) -> None:
         app = self.app
-        if self.starting:  # the button bypasses check_action; one start at a time
-            return
         panel = app.query_one(ConfigPanel)
         try:
             config = panel.edited_config()
