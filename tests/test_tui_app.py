@@ -715,6 +715,17 @@ async def test_restart_says_so_at_once_and_a_second_r_starts_no_other_run(
         assert "removed, nothing to keep" in log_text(app)
 
 
+async def test_the_app_opened_bare_trains_its_default_experiment_long_enough() -> None:
+    # Issue 19: `trainlab` alone finished in ~3 s (20 epochs) before any key was tried.
+    from trainlab.cli.main import APP_MAX_EPOCHS, app_config, build_app_parser
+
+    app, engines = make_app(app_config(build_app_parser().parse_args([])))
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        assert engines.current.config is not None
+        assert engines.current.config.run.max_epochs == APP_MAX_EPOCHS
+
+
 async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() -> None:
     from trainlab.tui.screens.lr_find import LrFindScreen
 

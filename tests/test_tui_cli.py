@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainlab.cli import main as cli
+from trainlab.core.config import Config
 
 
 @pytest.mark.parametrize(("argv", "app"), [
@@ -53,3 +54,18 @@ def test_help_names_the_app_and_the_headless_commands(capsys: pytest.CaptureFixt
 
     for command in COMMANDS:  # every command the engine's CLI has, named
         assert f" {command}" in headless, command
+
+
+def test_the_apps_default_experiment_runs_long_enough_to_steer() -> None:
+    # Issue 19: the default experiment ended in ~3 s, before a newcomer tried a key.
+    from trainlab.cli.main import APP_MAX_EPOCHS, app_config, build_app_parser
+
+    def config(*argv: str) -> Config:
+        return app_config(build_app_parser().parse_args(list(argv)))
+
+    assert config().run.max_epochs == APP_MAX_EPOCHS > 20 * Config().run.max_epochs
+    assert config().with_value("run.max_epochs", 20) == Config()  # nothing else changes
+    assert config("--set", "run.max_epochs=7").run.max_epochs == 7  # a length set wins
+    assert config("--set", "run.max_steps=50").run.max_epochs == Config().run.max_epochs
+    assert config("--preset", "init-small").run.max_epochs != APP_MAX_EPOCHS
+    assert Config().run.max_epochs == 20  # the headless default is the config's own

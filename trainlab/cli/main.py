@@ -95,12 +95,32 @@ def _finish(app: TrainlabApp) -> int:
     return result if isinstance(result, int) else exits.EXIT_OK
 
 
+APP_MAX_EPOCHS = 3000
+"""The app's default experiment trains this many epochs (1-3 minutes on a CPU) instead
+of the config's 20 (about 3 s, over before a newcomer has tried a key): long enough to
+steer it. ``trainlab run --headless`` and any CONFIG, preset or run length given keep
+the config's own."""
+
+LENGTH_KEYS = ("run.max_epochs", "run.max_steps")
+
+
+def app_config(args: argparse.Namespace) -> Config:
+    """The config the app trains: CONFIG, --preset and --set as everywhere, except that
+    the bare default experiment runs ``APP_MAX_EPOCHS`` (a length set wins)."""
+    config = engine_cli.config_from_args(args)
+    sets_length = any(override.partition("=")[0].strip() in LENGTH_KEYS
+                      for override in args.overrides)
+    if args.config or args.preset or sets_length:
+        return config
+    return config.with_value("run.max_epochs", APP_MAX_EPOCHS)
+
+
 def run_app(argv: list[str]) -> int:
     """Parse the app's arguments, load the config (or a lab), run the app until it quits."""
     args = build_app_parser().parse_args(argv)
     try:
         lab = lab_session(args)
-        config = engine_cli.config_from_args(args) if lab is None else lab.runs[0][1]
+        config = app_config(args) if lab is None else lab.runs[0][1]
     except ConfigError as exc:
         print(f"trainlab: error: {exc}", file=sys.stderr)
         return exits.EXIT_BAD_INPUT
