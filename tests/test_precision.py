@@ -175,3 +175,59 @@ def test_the_loop_runs_with_every_precision_from_a_queue() -> None:
         finished = run(tiny_config(run__precision=precision, run__max_steps=5),
                        queue.Queue(), events.append)
         assert finished.reason == "completed", of_type(events, "EngineFailed")
+
+
+# --- run.device ----------------------------------------------------------------------
+
+
+def test_run_device_takes_cuda_n_and_names_what_is_allowed() -> None:
+    from trainlab.core.config import Config, ConfigError
+
+    assert Config().with_value("run.device", "cuda:3").run.device == "cuda:3"
+    for bad in ("gpu", "cuda:", "cuda:x", "cuda:1:2"):
+        with pytest.raises(ConfigError) as caught:
+            Config().with_value("run.device", bad)
+        message = str(caught.value)
+        assert f"run.device = {bad!r}" in message
+        assert "auto, cpu, cuda, mps, or cuda:N" in message
+
+
+def test_a_device_this_machine_lacks_is_a_config_error_naming_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainlab.core.config import ConfigError
+    from trainlab.engine.build import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    for name, words in (("cuda", "no CUDA device"), ("cuda:1", "no CUDA device"),
+                        ("mps", "MPS is not available")):
+        with pytest.raises(ConfigError, match=words):
+            resolve_device(name)
+    # Two CUDA devices: cuda:1 is one of them, cuda:2 is not; auto prefers CUDA to MPS.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"has 2 CUDA device\(s\): use cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("mps")
+
+
+async def test_the_config_view_offers_a_cuda_n_device_as_it_is() -> None:
+    # A run configured for cuda:1 opens in the app: the Select shows that value too.
+    from textual.app import App, ComposeResult
+    from textual.widgets import Select
+
+    from trainlab.core.config import Config
+    from trainlab.tui.widgets.config_panel import ConfigPanel, widget_id
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield ConfigPanel(Config().with_value("run.device", "cuda:1"))
+
+    async with Host().run_test() as pilot:
+        select = pilot.app.query_one(f"#{widget_id('run.device')}", Select)
+        assert select.value == "cuda:1"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
@@ -112,6 +113,11 @@ class Spec:
     low_open: bool = False
     """True when ``low`` itself is not allowed (e.g. a learning rate must be > 0)."""
     hot: bool = False
+    pattern: str | None = None
+    """A string field: values of this form are allowed besides ``choices`` (a regular
+    expression the whole value must match)."""
+    pattern_doc: str = ""
+    """``pattern`` in words, for messages (``cuda:N``)."""
 
 
 def own_values(field_name: str) -> str:
@@ -138,9 +144,11 @@ def param(
     high: float | None = None,
     low_open: bool = False,
     hot: bool = False,
+    pattern: str | None = None,
+    pattern_doc: str = "",
 ) -> Any:
     """Declare a config field: its default, its docstring and what it allows."""
-    spec = Spec(doc, choices, low, high, low_open, hot)
+    spec = Spec(doc, choices, low, high, low_open, hot, pattern, pattern_doc)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -496,7 +504,10 @@ class RunConfig:
         low=0, hot=True,
     )
     device: str = param(
-        "auto", "auto (cuda when available), cpu or cuda.", choices=("auto", "cpu", "cuda")
+        "auto", "Where to train: auto (cuda when available, else mps on Apple silicon, "
+        "else cpu), cpu, cuda (the current CUDA device), cuda:N (CUDA device N) or mps. "
+        "The status bar shows the device in use.",
+        choices=("auto", "cpu", "cuda", "mps"), pattern=r"cuda:\d+", pattern_doc="cuda:N",
     )
     precision: str = param(
         "fp32", "Arithmetic of the forward pass and the loss: fp32; bf16 (autocast to "
@@ -684,7 +695,8 @@ def _describe_type(info: FieldInfo) -> str:
     if typing.get_origin(info.type) is tuple:
         return "a list of names from " + ", ".join(spec.choices or ())
     if spec.choices:
-        return "one of " + ", ".join(spec.choices)
+        extra = f", or {spec.pattern_doc}" if spec.pattern_doc else ""
+        return "one of " + ", ".join(spec.choices) + extra
     if info.type is bool:
         return "true or false"
     if info.type is str:
@@ -735,7 +747,8 @@ def check_value(key: str, value: Any) -> Any:
     if info.type is str:
         if not isinstance(value, str):
             raise bad()
-        if spec.choices and value not in spec.choices:
+        if spec.choices and value not in spec.choices and not (
+                spec.pattern and re.fullmatch(spec.pattern, value)):
             hint = did_you_mean(value, list(spec.choices), list_all=False)
             raise ConfigError(
                 f"{key} = {value!r} is not allowed: expected {describe_allowed(info)}{hint}")

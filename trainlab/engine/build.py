@@ -37,14 +37,23 @@ def usable_cores() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto picks CUDA when present; an explicit cuda without one is a config error."""
+    """run.device as a torch device: auto picks CUDA, then MPS, then the CPU; a device
+    that is not there is a config error naming what is."""
+    mps = torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"run.device = 'cuda' but no CUDA device is available (torch {torch.__version__}); "
-            "use auto or cpu"
-        )
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if name == "mps" and not mps:
+        raise ConfigError(f"run.device = 'mps' but MPS is not available (torch "
+                          f"{torch.__version__}, an Apple-silicon GPU): use auto or cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if count == 0:
+            raise ConfigError(f"run.device = {name!r} but no CUDA device is available "
+                              f"(torch {torch.__version__}); use auto or cpu")
+        if index >= count:
+            raise ConfigError(f"run.device = {name!r} but this machine has {count} CUDA "
+                              f"device(s): use cuda:0 to cuda:{count - 1}")
     return torch.device(name)
 
 

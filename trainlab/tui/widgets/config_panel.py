@@ -195,7 +195,9 @@ class ConfigPanel(RunView, Widget, can_focus=False):
         value = self.config.get(info.key)
         wid = widget_id(info.key)
         if info.spec.choices and info.type is str:
-            options = [(choice, choice) for choice in info.spec.choices]
+            # A value of the field's pattern (run.device = cuda:1) is offered as it is.
+            shown = (*info.spec.choices, *(() if value in info.spec.choices else (value,)))
+            options = [(choice, choice) for choice in shown]
             return Select(options, value=value, allow_blank=False, id=wid, compact=True)
         if info.type is bool:
             return Select([("true", True), ("false", False)], value=value, allow_blank=False,
