@@ -559,6 +559,46 @@ def test_find_run_by_id_prefix_path_or_newest(tmp_path, monkeypatch):
     assert [s.path for s in catalog.list_runs(tmp_path)] == dirs[::-1]
 
 
+def _runs_named(root: Path, *ids: str) -> dict[str, Path]:
+    """Runs under ``root`` with these ids (new_run draws its own: renamed after)."""
+    named = {}
+    for run_id in ids:
+        named[run_id] = catalog.new_run(root, Config()).rename(root / run_id)
+    return named
+
+
+def test_find_run_takes_every_shortened_id_the_app_shows_and_a_unique_suffix(tmp_path,
+                                                                              capsys):
+    from trainlab.tui.compare import short_names
+    runs = _runs_named(tmp_path, "20261201-100346-a439", "20261201-100346-b512",
+                       "20261201-212533-a439", "20261201-212533-c777")
+    # The compare screen's names (the shared date left out), as shown: each is a run.
+    shown = short_names(list(runs))
+    assert shown["20261201-100346-a439"] == "100346-a439"
+    for run_id, name in shown.items():
+        assert catalog.find_run(tmp_path, name) == runs[run_id]
+    # A unique suffix; a unique prefix still; the random digits alone.
+    assert catalog.find_run(tmp_path, "533-c777") == runs["20261201-212533-c777"]
+    assert catalog.find_run(tmp_path, "b512") == runs["20261201-100346-b512"]
+    assert catalog.find_run(tmp_path, "20261201-100346-b") == runs["20261201-100346-b512"]
+    assert catalog.find_run(tmp_path, "212533-c") == runs["20261201-212533-c777"]  # shown's
+    # Ambiguous, as a suffix or as a prefix: an error naming the candidates.
+    with pytest.raises(rundir.RunNotFound) as error:
+        catalog.find_run(tmp_path, "a439")
+    assert "'a439' matches 2 runs" in str(error.value)
+    assert "20261201-100346-a439" in str(error.value)
+    assert "20261201-212533-a439" in str(error.value)
+    with pytest.raises(rundir.RunNotFound, match="'20261201-100346' matches 2 runs"):
+        catalog.find_run(tmp_path, "20261201-100346")
+    # The parent column's ID@STEP names the run and where to fork from.
+    with pytest.raises(rundir.RunNotFound, match=r"name the run \(100346-a439\).*--from 400"):
+        catalog.find_run(tmp_path, "100346-a439@400")
+    # Every command that takes a run goes through find_run: export takes the short id.
+    assert main(["export", "100346-a439", "--format", "jsonl", "--out", str(tmp_path / "x"),
+                 "--dir", str(tmp_path)]) == 0
+    assert "no such run" not in capsys.readouterr().err
+
+
 def test_find_run_errors_name_the_ref_and_what_exists(tmp_path):
     with pytest.raises(rundir.RunNotFound, match="does not exist"):
         catalog.find_run(tmp_path / "none", None)

@@ -129,7 +129,8 @@ def add_run_args(p: argparse.ArgumentParser, *, default: str = "") -> None:
     """RUN and --dir: how every command that reads one run directory is told which.
     ``default`` says which run it takes without one (empty: RUN is required)."""
     p.add_argument("run", nargs="?" if default else None, metavar="RUN",
-                   help="run id, a unique prefix of one, or a run directory"
+                   help="run id, a unique prefix or suffix of one (the app's short ids), "
+                   "or a run directory"
                    + (f" (default: {default})" if default else ""))
     add_runs_dir_arg(p)
 

@@ -1,6 +1,6 @@
 """The runs under a root: creating one (its directory and store), finding one by its id
-or a prefix, summarizing one, listing them all. This module imports no torch: the app
-and ``trainlab runs`` use it."""
+or a prefix or suffix of it, summarizing one, listing them all. This module imports no
+torch: the app and ``trainlab runs`` use it."""
 
 from __future__ import annotations
 
@@ -129,12 +129,14 @@ def list_runs(root: str | Path) -> list[RunSummary]:
 
 
 def find_run(root: str | Path, ref: str | None) -> Path:
-    """The run directory ``ref`` names: a run id, a unique prefix of one, or a path to a
-    run directory (or its run.db); None names the newest run under ``root``.
+    """The run directory ``ref`` names: a run id, a unique prefix or suffix of one (so
+    every shortened form the app and the CLI show, e.g. ``212533-ab12`` without the
+    date, and a prefix of that, ``212533``), or a path to a run directory (or its
+    run.db); None names the newest run under ``root``.
 
     Raises:
-        RunNotFound: nothing matches, or a prefix matches several runs; the message names
-            ``ref`` and the runs that exist.
+        RunNotFound: nothing matches, or a prefix or suffix matches several runs; the
+            message names ``ref`` and the matching runs, or the runs that exist.
         NotYours: the run is another user's (``not_yours``); None names the newest of
             this user's runs.
     """
@@ -167,12 +169,21 @@ def _find_run(root: Path, ref: str | None) -> Path:
         return own[0].path
     if ref in runs:
         return runs[ref]
-    matches = sorted(name for name in runs if name.startswith(ref))
+    # A prefix (``20261201-2125``) or a suffix: the compare screen shows ids without
+    # their shared date (``212533-ab12``, ``short_names``), and the random digits alone
+    # name a run too; a prefix of that shorter id also (``212533``). A ref that names
+    # several runs names none.
+    matches = sorted(name for name in runs if name.startswith(ref) or name.endswith(ref)
+                     or name.partition("-")[2].startswith(ref))
     if len(matches) == 1:
         return runs[matches[0]]
     if matches:
         raise RunNotFound(f"'{ref}' matches {len(matches)} runs in {root}: "
                           f"{_listed(matches)}; give more of the id")
+    run_ref, at, step = ref.rpartition("@")
+    if at and run_ref and step.isdigit():  # the parent column's ID@STEP
+        raise RunNotFound(f"'{ref}' is a run and a step: name the run ({run_ref}); "
+                          f"fork {run_ref} --from {step} starts a run from that step")
     raise RunNotFound(f"no run '{ref}' in {root}; runs there: "
                       f"{_listed(sorted(runs, reverse=True))}")
 
