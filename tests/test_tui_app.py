@@ -757,3 +757,67 @@ async def test_a_late_lr_answer_is_a_notification_and_l_shows_it_at_that_step() 
         await settle(pilot)
         assert engines.current.commands.count(protocol.FindLr()) == 2
         assert isinstance(app.screen, LrFindScreen) and app.screen.waiting
+
+
+LONG_LOG = ("The model is overfitting: over the 12 evaluations since step 400 the validation "
+            "loss rose from 0.31 to 0.52 while the training loss kept falling; stop early, "
+            "add dropout or weight decay, or use more data")
+
+
+def _shown(log: RunLog) -> list[str]:
+    """The log's rendered lines as drawn: each cut to the log's content width."""
+    width = log.scrollable_content_region.width
+    return [line.text[:width].rstrip() for line in log.lines]
+
+
+@pytest.mark.parametrize("size", [(160, 48), (200, 60), (120, 40)])
+async def test_the_logs_wrap_a_long_line_inside_their_width(size: tuple[int, int]) -> None:
+    # The side column's log cut lines at its right edge (RichLog wraps at 78 columns at
+    # least, the column is narrower): words were lost. Every log wraps at its own width.
+    notice = protocol.Notice(200, "warning", LONG_LOG)
+    app, _ = make_app(script=[*opening(Config()), notice])
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        logs = [app.query_one("#log-side", RunLog)] if size[0] >= 160 else []
+        if logs:  # the Train view's side column
+            assert logs[0].region.width and logs[0].scrollable_content_region.width < 78
+            _assert_wrapped(logs[0])
+        await pilot.press("4")  # the Log view
+        await settle(pilot)
+        _assert_wrapped(app.query_one("#log-full", RunLog))
+
+
+def _assert_wrapped(log: RunLog) -> None:
+    width = log.scrollable_content_region.width
+    assert LONG_LOG in " ".join(" ".join(_shown(log)).split()), log.id
+    assert all(line.cell_length <= width for line in log.lines), log.id
+
+
+async def test_the_log_wraps_again_when_the_terminal_resizes() -> None:
+    notice = protocol.Notice(200, "warning", LONG_LOG)
+    app, _ = make_app(script=[*opening(Config()), notice])
+    async with app.run_test(size=(200, 60)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.resize_terminal(70, 24)
+        await settle(pilot)
+        log = app.query_one("#log-full", RunLog)
+        assert log.scrollable_content_region.width < 70
+        _assert_wrapped(log)
+
+
+async def test_the_side_log_shows_what_came_while_another_view_was_up() -> None:
+    app, engines = make_app()
+    async with app.run_test(size=(200, 60)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")  # the Train view and its side column hidden
+        await settle(pilot)
+        engines.current.feed(protocol.Notice(200, "warning", LONG_LOG))
+        await settle(pilot)
+        await pilot.press("1")
+        await settle(pilot)
+        side = app.query_one("#log-side", RunLog)
+        _assert_wrapped(side)
+        assert "started: mlp" in " ".join(_shown(side))  # once, in order
+        assert sum("started: mlp" in line for line in _shown(side)) == 1
