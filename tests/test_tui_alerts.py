@@ -3,6 +3,7 @@ Alerts view and the layer table, and fixed with one key (live or by a restart)."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -419,3 +420,20 @@ async def test_in_the_alerts_view_f_fixes_the_highlighted_alert() -> None:
         await settle(pilot)
         assert engines.current.commands == [
             protocol.SetHyper("optim.lr", 5e-4, "fix: exploding_gradients")]
+
+
+@pytest.mark.slow
+async def test_attaching_replays_no_old_range_test_notification() -> None:
+    # Like its alerts, a run's recorded range-test answer is history: kept for L, no toast.
+    found = protocol.LrFound(150, (1e-5, 1e-3, 1e-1), (2.3, 1.0, 9.0), 1e-3, "steepest descent")
+    engines = FakeEngines([*opening(Config()), found,
+                           protocol.Attached("run-1", 1, "control", 9)], replays_history=True)
+    app = TrainlabApp(Config(), engine_factory=engines)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.run_state.lr_found == found
+        assert toasts(app) == []
+        live = dataclasses.replace(found, step=250)
+        engines.current.feed(live)  # a live answer still pops up
+        await settle(pilot)
+        assert [t[0] for t in toasts(app)] == ["LR finder"]

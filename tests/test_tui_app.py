@@ -821,3 +821,42 @@ async def test_the_side_log_shows_what_came_while_another_view_was_up() -> None:
         _assert_wrapped(side)
         assert "started: mlp" in " ".join(_shown(side))  # once, in order
         assert sum("started: mlp" in line for line in _shown(side)) == 1
+
+
+# --- stale text (issue 19) ---------------------------------------------------------------
+
+
+async def test_the_chart_title_shows_an_lr_changed_while_paused() -> None:
+    app, _ = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("space", "plus")  # paused: no step records the new lr
+        await settle(pilot)
+        await pilot.pause(0.3)  # the chart's redraw timer
+        title = app.query_one(LossChart).plt.build().splitlines()[0]
+        assert "lr 2.00e-03" in title and "lr 1.00e-03" not in title
+
+
+async def test_the_stop_dialog_names_no_step_the_run_has_trained_past() -> None:
+    app, engines = make_app(script=[*opening(Config()),
+                                    protocol.Attached("run-1", 1, "control", 9)])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("x")
+        await settle(pilot)
+        engines.current.feed(metrics(201, 300))  # it trains on while asked
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        question = app.screen.question
+        assert "Stop run run-1?" in question and "200" not in question
+
+
+async def test_a_run_that_failed_before_its_first_step_is_not_waiting_for_it() -> None:
+    script = list(protocol.failure_events("config", "bad dataset: boom", ""))
+    app, _ = make_app(script=script)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.pause(0.3)
+        chart = app.query_one(LossChart).plt.build()
+        assert "waiting for the first steps" not in chart
+        assert "no steps: the run failed before its first" in chart

@@ -222,8 +222,9 @@ class TrainlabApp(App[int]):
     def _react(self, event: Event, *, live: bool) -> None:
         """What the app does about an event beyond showing it (``RunState`` folds that):
         a sent live change is settled once answered; the lr finder's answer goes to its
-        screen; a lab's finished run starts the next one; a new alert pops up when
-        ``live`` (not the recorded history of a run attached to)."""
+        screen; a lab's finished run starts the next one; a new alert and the range
+        test's answer pop up when ``live`` (not the recorded history of a run attached
+        to)."""
         match event:
             case protocol.HyperChanged():
                 self.lifecycle.acknowledged(event)
@@ -233,7 +234,8 @@ class TrainlabApp(App[int]):
                 elif event.command_type == "FindLr":
                     self.lr_finder.failed(f"the engine refused the range test: {event.reason}")
             case protocol.LrFound():
-                self.lr_finder.found(event)
+                if live:  # a recorded answer is in the run state (L shows it), not news
+                    self.lr_finder.found(event)
             case protocol.RunStarted():
                 self.labs.show_curves()  # by epoch: now the run's steps per epoch are known
             case protocol.RunFinished():

@@ -33,6 +33,8 @@ none is a colour of the current run's loss curves."""
 SUGGESTION_COLOR = "green+"
 
 WAITING_TITLE = "waiting for the first steps"
+ENDED_EMPTY_TITLE = "no steps: the run {state} before its first"
+"""The empty chart's title once the run ended (``{state}``: failed, stopped...)."""
 COMPARING_TITLE = "finished runs; the next one is starting"
 
 
@@ -50,6 +52,8 @@ def draw_loss_chart(
     overlays: Sequence[tuple[str, Series]] = (),
     train_label: str = "train",
     steps_per_epoch: int | None = None,
+    lr_now: float | None = None,
+    empty_title: str = WAITING_TITLE,
 ) -> None:
     """Clear ``plt`` and draw the loss chart of a run, ``width`` x ``height`` cells.
 
@@ -75,13 +79,17 @@ def draw_loss_chart(
       the current run and its markers, and the overlays must already be in epochs
       (runs with different batch sizes compare by epoch, not by step).
 
-    With no loss yet (and no overlay), an empty frame titled "waiting for the first
-    steps". Never raises for empty, single-point, NaN-holding or huge series.
+    - ``lr_now``: the run's learning rate now, for the title in place of the last
+      plotted one (a live change while paused comes before any step records it).
+
+    With no loss yet (and no overlay), an empty frame titled ``empty_title`` ("waiting
+    for the first steps"; the owner says when no steps will come). Never raises for
+    empty, single-point, NaN-holding or huge series.
     """
     _reset(plt, width, height)
     overlays = [(label, series) for label, series in overlays if len(series)]
     if not len(train) and not len(val_loss) and not overlays:
-        plt.title(WAITING_TITLE)
+        plt.title(_fit(empty_title, width))
         return
 
     # The current run's x unit, in steps: 1, or its steps per epoch.
@@ -156,8 +164,8 @@ def draw_loss_chart(
                     if len(ys)), default=None)
     in_x = [(step / per_x, label) for step, label in markers]
     _draw_markers(plt, in_x, x_range, loss_top, width)
-    title = _loss_title(train, val_loss, val_accuracy, lr) if len(train) or len(val_loss) \
-        else COMPARING_TITLE
+    title = _loss_title(train, val_loss, val_accuracy, lr, lr_now) \
+        if len(train) or len(val_loss) else COMPARING_TITLE
     plt.title(_fit(title + log_note, width))
 
 
@@ -360,8 +368,10 @@ def _draw_markers(
             plt.text(label, step, 1.0, color=MARKER_COLOR, alignment=alignment, yside="right")
 
 
-def _loss_title(train: Series, val_loss: Series, val_accuracy: Series, lr: Series) -> str:
-    """``step 1200 · loss 0.412 · val 0.398 · acc 87.5% · lr 3.0e-04`` from the last points."""
+def _loss_title(train: Series, val_loss: Series, val_accuracy: Series, lr: Series,
+                lr_now: float | None = None) -> str:
+    """``step 1200 · loss 0.412 · val 0.398 · acc 87.5% · lr 3.0e-04`` from the last points
+    (the lr: ``lr_now`` when given)."""
     parts: list[str] = []
     last_train = train.last()
     last_step = max(point[0] for point in (last_train, val_loss.last()) if point is not None)
@@ -372,8 +382,10 @@ def _loss_title(train: Series, val_loss: Series, val_accuracy: Series, lr: Serie
         parts.append(f"val {last_val[1]:.4g}")
     if (last_acc := val_accuracy.last()) is not None:
         parts.append(f"acc {last_acc[1]:.1%}")
-    if (last_lr := lr.last()) is not None:
-        parts.append(f"lr {last_lr[1]:.2e}")
+    if lr_now is None and (last_lr := lr.last()) is not None:
+        lr_now = last_lr[1]
+    if lr_now is not None:
+        parts.append(f"lr {lr_now:.2e}")
     return " · ".join(parts)
 
 

@@ -194,7 +194,9 @@ class EngineLifecycle:
     async def _stop_run(self) -> None:
         app = self.app
         state = app.run_state
-        question = f"Stop run {state.run_id or ''} at step {state.step:,}? It writes a " \
+        # No step in the question: the run trains on while it is asked.
+        run = f"run {state.run_id}" if state.run_id else "the run"
+        question = f"Stop {run}? It finishes the step it is on, evaluates and writes a " \
                    "checkpoint; trainlab resume can continue it later."
         if not await app.push_screen_wait(ConfirmScreen(question)) \
                 or app.run_replaced(state, "stop"):
@@ -214,8 +216,8 @@ class EngineLifecycle:
         try:
             engine, state = self.engine, app.run_state
             if state.active and engine is not None and not engine.detachable:
-                question = f"Training is {state.state} (step {state.step}) in this " \
-                           "process. Stop it and quit?"
+                question = "The run is in this process: quitting ends it (at the step " \
+                           "it is on). Stop it and quit?"
                 if not await app.push_screen_wait(ConfirmScreen(question)):
                     return
             if state.active and engine is not None and engine.detachable:

@@ -16,9 +16,9 @@ from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
 from trainlab.tui.feed import RunView
-from trainlab.tui.plotting import draw_loss_chart
+from trainlab.tui.plotting import ENDED_EMPTY_TITLE, WAITING_TITLE, draw_loss_chart
 from trainlab.tui.series import Series
-from trainlab.tui.state import CHART, RUN, RunState
+from trainlab.tui.state import CHART, RUN, STATUS, RunState
 
 
 class LossChart(RunView, PlotextPlot):
@@ -45,6 +45,9 @@ class LossChart(RunView, PlotextPlot):
         self._overlays: Sequence[tuple[str, Series]] = ()
         self._train_label = "train"
         self._steps_per_epoch: int | None = None
+        self._lr_now: float | None = None
+        """The run's lr now (the title's; a change while paused has no step yet)."""
+        self._empty_title = WAITING_TITLE
         self._dirty = False
         self._version = 0
         """Bumped whenever the picture must change: new data drawn, a new run, log_y."""
@@ -85,6 +88,13 @@ class LossChart(RunView, PlotextPlot):
                       state.markers)
         if CHART in changed:
             self.mark_dirty()
+        if STATUS in changed or RUN in changed:
+            ended = state.state in ("finished", "failed")
+            empty_title = ENDED_EMPTY_TITLE.format(state=state.shown_state) if ended \
+                else WAITING_TITLE
+            if (state.lr, empty_title) != (self._lr_now, self._empty_title):
+                self._lr_now, self._empty_title = state.lr, empty_title
+                self.mark_dirty()
 
     def compare(
         self,
@@ -142,6 +152,8 @@ class LossChart(RunView, PlotextPlot):
             overlays=self._overlays,
             train_label=self._train_label,
             steps_per_epoch=self._steps_per_epoch,
+            lr_now=self._lr_now,
+            empty_title=self._empty_title,
         )
         picture = super().render()
         self._drawn = (key, picture)
