@@ -152,10 +152,16 @@ async def test_save_key_saves_a_checkpoint_and_logs_its_path() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:
         await settle(pilot)
+        notified = record_notifications(app)
         await pilot.press("s")
         await settle(pilot)
         assert engines.current.commands == [protocol.SaveCheckpoint()]
         assert "checkpoint saved: checkpoints/step_200.pt" in log_text(app)
+        # Issue 19: the key's answer where the user looks, not only in the log.
+        assert notified == ["checkpoint saved (step 200)"]
+        engines.current.feed(protocol.CheckpointSaved(300, "checkpoints/step_300.pt"))
+        await settle(pilot)
+        assert notified == ["checkpoint saved (step 200)"]  # the engine's own: the log's
 
 
 async def test_a_finished_run_disables_the_run_actions() -> None:

@@ -231,6 +231,10 @@ class TrainlabApp(App[int]):
             case protocol.CommandRejected():
                 if event.command_type == "SetHyper":
                     self.lifecycle.forget_pending()
+                elif event.command_type == "SaveCheckpoint" and self.lifecycle.saves_asked:
+                    self.lifecycle.saves_asked -= 1
+                    self.notify(f"checkpoint not saved: {event.reason}", severity="warning",
+                                timeout=5)
                 elif event.command_type == "FindLr":
                     self.lr_finder.failed(f"the engine refused the range test: {event.reason}")
             case protocol.LrFound():
@@ -246,8 +250,12 @@ class TrainlabApp(App[int]):
             case protocol.AlertRaised():
                 if live:
                     self.fixes.notify(event)
+            case protocol.CheckpointSaved():
+                if self.lifecycle.saves_asked:  # the answer to s (the log has every save)
+                    self.lifecycle.saves_asked -= 1
+                    self.notify(f"checkpoint saved (step {event.step:,})", timeout=4)
             case (protocol.MetricsBatch() | protocol.EvalDone() | protocol.StateChanged()
-                  | protocol.CheckpointSaved() | protocol.Notice() | protocol.EngineFailed()
+                  | protocol.Notice() | protocol.EngineFailed()
                   | protocol.LayerStatsSnapshot() | protocol.NonFiniteDetected()
                   | protocol.Attached() | protocol.ControlChanged()):
                 pass  # shown from the run state alone
@@ -375,7 +383,8 @@ class TrainlabApp(App[int]):
         self.lifecycle.set_hyper("reg.clip_norm", 0.0 if clip else self.last_clip_norm)
 
     def action_save_checkpoint(self) -> None:
-        """Save a checkpoint at the next step boundary."""
+        """Save a checkpoint at the next step boundary (a notification says when)."""
+        self.lifecycle.saves_asked += 1
         self.send(protocol.SaveCheckpoint())
 
     def action_stop_run(self) -> None:

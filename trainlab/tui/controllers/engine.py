@@ -71,6 +71,9 @@ class EngineLifecycle:
         self.pending: dict[str, Any] = {}
         """Live changes sent but not yet acknowledged: relative keys (+, o, c) pressed
         again before the engine answered build on these, not on the old value."""
+        self.saves_asked = 0
+        """Checkpoints asked for (s) and not yet saved or refused: their CheckpointSaved
+        is said where the user looks, the engine's own saves only in the run log."""
         self.detached_run = ""
         """The run the app left training when it quit (the command line says so)."""
         self._pump_task: asyncio.Task[None] | None = None
@@ -97,6 +100,7 @@ class EngineLifecycle:
                     self._discard_later(old.run_dir)
             app.run_state = s = RunState(config)
             self.pending.clear()
+            self.saves_asked = 0
             self.engine = self.factory()
             app.refresh_parts({RUN})  # the screen drops the last run now, not once this one runs
             app.labs.show_curves()
