@@ -223,6 +223,29 @@ async def test_f_applies_a_live_fix_noted_with_the_alert_kind() -> None:
 
 
 @pytest.mark.slow
+async def test_the_strip_says_a_fix_was_applied_until_the_next_alert() -> None:
+    # Issue 19: after f the strip still offered the key, as if nothing had happened.
+    app, engines = make_app()
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        strip = app.query_one(AlertStrip)
+        engines.current.feed(alert("exploding_gradients", fixes=(HALVE_LR, CLIP)))
+        await settle(pilot)
+        assert "press 5 for details" in str(strip.render())
+        await pilot.press("f", "2")  # the picker: clip gradients
+        await settle(pilot)
+        text = str(strip.render())
+        assert "fix applied: reg.clip_norm = 1.0 (" \
+               f"{alert_title('exploding_gradients')})" in text, text
+        assert "f fix" not in text
+        engines.current.feed(alert("dead_units", "warning", fixes=(HALVE_LR,)))
+        await settle(pilot)
+        text = str(strip.render())
+        assert "fix applied" not in text and "f fix: halve the learning rate" in text
+        assert "press 5 for details, 2 in all" in text
+
+
+@pytest.mark.slow
 async def test_with_two_fixes_f_offers_a_list_and_sends_the_one_picked() -> None:
     app, engines = make_app()
     async with app.run_test() as pilot:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from trainlab.core import protocol
-from trainlab.core.config import Config, ConfigError, from_dict
+from trainlab.core.config import Config, ConfigError, format_setting, from_dict
 from trainlab.core.health import alert_title, severity_rank
 from trainlab.core.protocol import (
     AlertRaised,
@@ -52,6 +52,9 @@ RUN = "run"
 """Not a part an event changes: a new run replaced the state (a start or restart), so
 what shows a run drops the last one's (the chart its series, the config form its edits)."""
 
+FIX_NOTE = "fix: "
+"""How a live change sent by a one-key fix is noted ("fix: <alert kind>"): its
+acknowledgement says the fix was applied."""
 SEVERITY_LOG_LEVEL = {"info": "info", "warning": "warning", "critical": "error"}
 """The run-log level of an alert: a critical one (the run cannot learn as it is) is an
 error line, red like a failure."""
@@ -118,6 +121,10 @@ class RunState:
     role: str = "control"
     """control (this app steers the run) or view (another client does: keys that would
     change the run are disabled until TakeControl)."""
+    fix_applied: tuple[int, str, dict[str, Any]] = (-1, "", {})
+    """(number of alerts then, the alert's kind, key -> new value) of the last one-key
+    fix the engine applied (its ``HyperChanged`` noted "fix: <kind>"): the alert strip
+    says so until the next alert (``applied_fix``)."""
     lr_found: protocol.LrFound | None = None
     """The latest answer of the engine's live lr range test, kept so that ``L`` shows it
     again while the run is still at the step it tested."""
@@ -155,6 +162,15 @@ class RunState:
             if key in then and (now := current(key)) != then[key]:
                 moved[key] = (then[key], now)
         return moved
+
+    def applied_fix(self) -> str:
+        """The one-key fix the engine applied since the newest alert came, in words
+        (``fix applied: optim.lr = 0.0005``), or "" when none did."""
+        count, kind, changes = self.fix_applied
+        if not changes or count != len(self.alerts):
+            return ""
+        values = ", ".join(f"{key} = {format_setting(value)}" for key, value in changes.items())
+        return f"fix applied: {values} ({alert_title(kind)})"
 
     def handled(self, alert: protocol.AlertRaised) -> str | None:
         """How the engine already dealt with ``alert``, in words, or None: a non_finite
@@ -300,6 +316,13 @@ class RunState:
             if moved:
                 self.lr = self.config.optim.lr
         self.markers.append((e.step, label))
+        if e.note.startswith(FIX_NOTE):  # one fix's changes come one by one
+            kind = e.note.removeprefix(FIX_NOTE)
+            count, kind_then, changes = self.fix_applied
+            if count != len(self.alerts) or kind != kind_then:
+                changes = {}
+            self.fix_applied = (len(self.alerts), kind, {**changes, e.key: e.new})
+            return {CHART, STATUS, LOG, CONFIG, ALERTS}
         if e.rollback:
             self.rollbacks.append(e)
             return {CHART, STATUS, LOG, CONFIG, ALERTS}

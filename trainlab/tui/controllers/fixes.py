@@ -20,7 +20,7 @@ from trainlab.core.health import alert_title
 from trainlab.tui.controllers.host import AppHost
 from trainlab.tui.screens.confirm import ConfirmScreen
 from trainlab.tui.screens.fix_picker import FixPicker
-from trainlab.tui.state import LOG, RunState
+from trainlab.tui.state import FIX_NOTE, LOG, RunState
 from trainlab.tui.widgets.alerts_panel import AlertsPanel, describe_changes, describe_moved
 
 NOTIFY_SEVERITIES = ("warning", "critical")
@@ -120,7 +120,7 @@ class Fixes:
                        f"a running run.", title="Fix not applied", severity="warning")
             return
         for key, value in fix.changes.items():
-            lifecycle.set_hyper(key, value, note=f"fix: {alert.kind}")
+            lifecycle.set_hyper(key, value, note=f"{FIX_NOTE}{alert.kind}")
 
     async def _restart_with(self, state: RunState, alert: protocol.AlertRaised,
                             fix: protocol.Fix) -> None:

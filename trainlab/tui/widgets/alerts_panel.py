@@ -204,14 +204,16 @@ class AlertStrip(RunView, Static):
         if ALERTS in changed:
             newest = state.alerts[0] if state.alerts else None
             self.show(state.alerts, self.fixes_now(newest) if newest is not None else [],
-                      state.handled(newest) if newest is not None else None)
+                      state.handled(newest) if newest is not None else None,
+                      state.applied_fix())
 
     def show(self, alerts: Sequence[protocol.AlertRaised],
              fixes_now: Sequence[tuple[int, protocol.Fix]],
-             handled: str | None = None) -> None:
+             handled: str | None = None, applied: str = "") -> None:
         """Show ``alerts[0]``; ``fixes_now`` are its fixes that can apply at this moment,
         each with its number in the Alerts view's card; ``handled`` says how the engine
-        already dealt with it (then no fix is offered)."""
+        already dealt with it (then no fix is offered); ``applied``, the fix the engine
+        applied since it came (``RunState.applied_fix``), is said instead of the key."""
         self.display = bool(alerts)
         for severity in SEVERITIES:
             self.set_class(bool(alerts) and alerts[0].severity == severity, f"-{severity}")
@@ -227,6 +229,8 @@ class AlertStrip(RunView, Static):
         second = Text()
         if handled:
             second.append(handled, style=HANDLED_STYLE)
+        elif applied:
+            second.append(applied, style=HANDLED_STYLE)
         elif len(fixes_now) == 1:
             second.append("f", style="bold reverse")
             second.append(f" fix: {describe_fix(fixes_now[0][1])}")
@@ -239,8 +243,9 @@ class AlertStrip(RunView, Static):
         else:
             second.append("no fix to apply with a key", style="dim")
         second.append("   ")
+        second.append("press ")
         second.append("5", style="bold reverse")
         more = f", {len(alerts)} in all" if len(alerts) > 1 else ""
-        second.append(f" details{more}")
+        second.append(f" for details{more}")
         # One line each (app.tcss: no wrap, an ellipsis): the Alerts view has the rest.
         self.update(Text("\n").join((first, second)))
