@@ -498,7 +498,7 @@ async def test_histogram_follows_the_selected_layer_and_quantity() -> None:
         assert view._histogram is not None
         assert (view._histogram.layer, view._histogram.quantity) == (LAYERS[0], "weight")
         table = app.query_one("#layers-full", LayerTable)
-        table.focus()
+        assert app.focused is table  # issue 19: the arrows move its cursor, no Tab first
         await pilot.press("down")
         await settle(pilot)
         assert view._histogram.layer == LAYERS[1]

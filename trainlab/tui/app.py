@@ -474,6 +474,8 @@ class TrainlabApp(App[int]):
         if event.pane.id == "alerts":  # arrows move through the alerts at once
             self.query_one("#alerts-list", OptionList).focus()
             self.fixes.clear_toast()  # it would cover the cards it points to
+        elif event.pane.id == "layers":  # arrows move through the layers at once
+            self.query_one("#layers-full", LayerTable).focus()
         self.refresh_bindings()  # `f` acts on the newest alert, or the highlighted one
 
     # --- the command palette ----------------------------------------------------------
