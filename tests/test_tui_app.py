@@ -362,9 +362,14 @@ async def test_a_viewer_cannot_steer_until_it_takes_control() -> None:
         for action in ("toggle_pause", "step", "scale_lr", "toggle_clip", "stop_run",
                        "save_checkpoint"):
             assert app.check_action(action, ()) is None, action
+        notified = record_notifications(app)
         await pilot.press("space", "plus", "c")
         await settle(pilot)
         assert engines.current.commands == []  # the keys are disabled: nothing sent
+        # Issue 19: but not silently: each says why, and which key takes control.
+        assert notified == ["view only: press t to take control"] * 3
+        await pilot.press("n", "l")  # n: a controller could not step a running run either
+        assert len(notified) == 3
         await pilot.press("t")
         await settle(pilot)
         assert engines.current.commands == [protocol.TakeControl()]

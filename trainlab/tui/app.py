@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, assert_never
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -320,9 +320,13 @@ class TrainlabApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Disable (greyed out in the footer) what makes no sense in the run's state."""
+        if action in STEERING_ACTIONS and self.run_state.role == "view":
+            return None  # another client steers this run (on_key says so)
+        return self._possible(action)
+
+    def _possible(self, action: str) -> bool | None:
+        """``check_action`` but for the role: what a controlling app could do now."""
         s = self.run_state
-        if action in STEERING_ACTIONS and s.role == "view":
-            return None  # another client steers this run
         if action == "take_control":
             return (s.role == "view" and s.active) or None
         if action == "stop_run":
@@ -343,6 +347,30 @@ class TrainlabApp(App[int]):
         if action == "fix":
             return self.fixes.can_fix() or None
         return True
+
+    def on_key(self, event: events.Key) -> None:
+        """A viewer's steering key is disabled; say why and which key takes control,
+        rather than nothing (a key an Input or a binding took never comes here)."""
+        s = self.run_state
+        if s.role != "view" or not s.active or len(self.screen_stack) > 1:
+            return
+        action = self._bound_action(event.key)
+        if action in STEERING_ACTIONS and self._possible(action) is True:
+            take = next(b.key_display or b.key for b in self._own_bindings()
+                        if b.action == "take_control")
+            self.notify(f"view only: press {take} to take control", severity="warning",
+                        timeout=4)
+
+    def _own_bindings(self) -> list[Binding]:
+        """The app's key bindings (``BINDINGS``)."""
+        return [b for b in self.BINDINGS if isinstance(b, Binding)]
+
+    def _bound_action(self, key: str) -> str | None:
+        """The action (without its arguments) that ``key`` is bound to, if any."""
+        for binding in self._own_bindings():
+            if key in (k.strip() for k in binding.key.split(",")):
+                return binding.action.partition("(")[0]
+        return None
 
     def action_toggle_pause(self) -> None:
         """Pause a running run, resume a paused one."""
