@@ -115,7 +115,39 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the complete default configuration")
     add_run_store_args(sub)
     add_continue_args(sub)
+    add_sweep_args(sub)
     return parser
+
+
+def add_sweep_args(sub: Any) -> None:
+    """``trainlab sweep SWEEP.toml``: many runs, their settings searched by Optuna."""
+    sweep = sub.add_parser(
+        "sweep", help="search settings: many runs, sampled and pruned by Optuna",
+        description="Run a sweep: SWEEP.toml is a config file (the base of every trial) "
+        "with a [sweep] table (metric, direction, sampler tpe|random|grid|cmaes, pruner "
+        "median|hyperband|none, trials, parallel, storage) and a [sweep.space] table of "
+        "config fields to search, e.g. \"optim.lr\" = { low = 1e-4, high = 1e-1, log = "
+        "true }. Each trial is a run of its own (trainlab attach shows it); a pruned "
+        "trial stops at its next step. The study lives in its storage (an SQLite file in "
+        "<run.dir>/sweeps/NAME/ unless storage says otherwise): the same command again "
+        "goes on with it, and several processes or machines can work on one study. "
+        f"Exit codes: 0 a trial completed, {EXIT_FAILED} none did, {EXIT_BAD_INPUT} bad "
+        "input, 128 + a signal that interrupted it.")
+    sweep.add_argument("sweep_file", metavar="SWEEP.toml", help="the sweep file")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.FIELD=VALUE",
+                       help="override a field of the base config (every trial's)")
+    sweep.add_argument("--headless", action="store_true",
+                       help="run in this terminal without the app, a line per trial")
+    sweep.add_argument("--json", action="store_true",
+                       help="one JSON object per line: each trial's start and end, then the "
+                       "totals and the best trial")
+    shown = sweep.add_mutually_exclusive_group()
+    shown.add_argument("--show", action="store_true",
+                       help="print the leaderboard as it stands; train nothing")
+    shown.add_argument("--best", metavar="FILE",
+                       help="write the best trial's config as TOML to FILE (- prints it); "
+                       "train nothing")
 
 
 def add_runs_dir_arg(p: argparse.ArgumentParser) -> None:
@@ -618,6 +650,27 @@ def cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trainlab sweep SWEEP.toml``: a search over config fields
+    (``trainlab.cli.sweep_runner``)."""
+    from trainlab.core import sweep
+
+    if not (args.headless or args.json or args.show or args.best):
+        print("trainlab sweep: add --headless or --json to run the sweep without the app",
+              file=err)
+        return EXIT_BAD_INPUT
+    try:
+        spec = sweep.load(args.sweep_file, args.overrides)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    from trainlab.cli.sweep_runner import run_sweep, show_sweep
+
+    if args.show or args.best:
+        return show_sweep(spec, as_json=args.json, out=out, err=err, best_to=args.best)
+    return run_sweep(spec, as_json=args.json, out=out, err=err)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "run": cmd_run,
     "probe": cmd_probe,
@@ -629,6 +682,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "export": cmd_export,
     "resume": cmd_resume,
     "fork": cmd_fork,
+    "sweep": cmd_sweep,
 }
 
 

@@ -39,7 +39,7 @@ or with --headless / --detach without it).
 
 Headless commands (trainlab COMMAND -h for each):
   run --headless, run --detach, runs, resume, fork, export,
-  probe, doctor, lr-find, presets, config"""
+  sweep --headless, probe, doctor, lr-find, presets, config"""
 
 
 def build_app_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,9 @@ STOP_GRACE_S = 10.0
 step and say so before the app kills it, or says that the thread did not stop."""
 SERVE_MODULE = "trainlab.engine.serve"
 """``python -m SERVE_MODULE RUN_DIR`` is the detached engine."""
+TRIAL_MODULE = "trainlab.engine.trial"
+"""``python -m TRIAL_MODULE RUN_DIR`` is a sweep trial's engine: the same, reporting to
+its Optuna trial."""
 SOCKET_PATH_MAX = 100
 """sun_path holds 108 bytes on Linux (104 on macOS); a deeper run directory serves its
 socket from a short per-user directory instead (``socket_path``)."""
@@ -54,10 +57,12 @@ def _check_private(folder: Path) -> None:
                       "remove it, or give the run a shorter path")
 
 
-def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
+def spawn_detached(run_dir: str | Path, *args: str,
+                   module: str = SERVE_MODULE) -> subprocess.Popen[bytes]:
     """Start ``python -m trainlab.engine.serve RUN_DIR ARGS`` in a session of its own, its output
     appended to the run's engine.log and its input /dev/null: it outlives the terminal
-    and the app, and never writes to either.
+    and the app, and never writes to either. ``module`` is another engine that serves a
+    run the same way (a sweep's trial: ``TRIAL_MODULE``).
 
     A socket file left by an engine that was killed is removed first, so that whoever
     waits for the new engine does not take the stale file for it (``wait_until_served``).
@@ -71,7 +76,7 @@ def spawn_detached(run_dir: str | Path, *args: str) -> subprocess.Popen[bytes]:
     with os.fdopen(log_fd, "ab") as log:
         rundir.private_file(run_dir / rundir.LOG_FILE)  # one made wider before, or by the umask
         return subprocess.Popen(
-            [sys.executable, "-m", SERVE_MODULE, os.fspath(run_dir), *args],
+            [sys.executable, "-m", module, os.fspath(run_dir), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
