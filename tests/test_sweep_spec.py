@@ -192,3 +192,17 @@ def test_the_space_is_kept_to_tell_a_changed_sweep():
     c = spec_of(SPACE, overrides=("run.threads=3", "run.dir=elsewhere"))
     assert a.compared() == c.compared()
     assert config_mod.Config().with_value("run.threads", 3).run.threads == 3
+
+
+def test_a_sweep_opens_the_app_unless_told_to_run_without_it():
+    from trainlab.cli.main import _wants_app
+
+    assert _wants_app(["sweep", "s.toml"])
+    assert _wants_app(["sweep", "s.toml", "--set", "model.width=8"])
+    for flag in ("--headless", "--json", "--show", "--best"):
+        assert not _wants_app(["sweep", "s.toml", flag])
+
+
+def test_the_engine_command_asks_for_headless(tmp_path, capsys):
+    assert main(["sweep", str(EXAMPLE)]) == 2
+    assert "add --headless or --json" in capsys.readouterr().err

@@ -54,9 +54,9 @@ def build_app_parser() -> argparse.ArgumentParser:
     return parser
 
 
-APP_COMMANDS = ("run", "resume", "fork")
+APP_COMMANDS = ("run", "resume", "fork", "sweep")
 """Subcommands that open the app unless told to train without it."""
-WITHOUT_APP = {"--headless", "--json", "--detach", "-h", "--help"}
+WITHOUT_APP = {"--headless", "--json", "--detach", "-h", "--help", "--show", "--best"}
 
 
 def _wants_app(argv: list[str]) -> bool:
@@ -201,12 +201,62 @@ def run_continued(argv: list[str]) -> int:
     return attach_app(run_dir)
 
 
+SWEEP_LOG = "sweep.log"
+"""``trainlab sweep`` in the app: the sweep process's output, in the sweep's directory."""
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    """``trainlab sweep SWEEP.toml [--set ...]``: the sweep in the app."""
+    parser = argparse.ArgumentParser(
+        prog="trainlab sweep",
+        description="Run a sweep in the background and open the app on its leaderboard "
+        "(trainlab sweep -h --headless lists the sweep file's settings). q leaves the "
+        "sweep running; the same command opens it again.")
+    parser.add_argument("sweep_file", metavar="SWEEP.toml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE")
+    return parser
+
+
+def run_sweep_app(argv: list[str]) -> int:
+    """``trainlab sweep SWEEP.toml``: start the sweep's process in the background (unless
+    one of this machine works on it already), then the app on its leaderboard."""
+    from trainlab.core import rundir, sweep
+    from trainlab.core.engine_lock import engine_alive
+    from trainlab.tui.app import TrainlabApp
+    from trainlab.tui.sweep_session import SweepSession
+
+    args = build_sweep_parser().parse_args(argv)
+    try:
+        spec = sweep.load(args.sweep_file, args.overrides)
+    except ConfigError as exc:
+        print(f"trainlab: error: {exc}", file=sys.stderr)
+        return exits.EXIT_BAD_INPUT
+    if not engine_alive(spec.directory):
+        rundir.private_dirs(spec.directory)
+        log = spec.directory / SWEEP_LOG
+        rundir.private_file(log, create=True)
+        sets = [word for key in args.overrides for word in ("--set", key)]
+        with open(log, "ab") as out:
+            subprocess.Popen([sys.executable, "-m", "trainlab.cli", "sweep", args.sweep_file,
+                              "--headless", *sets], stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=out, start_new_session=True, close_fds=True)
+    result = _finish(TrainlabApp(spec.base, sweep=SweepSession(spec)))
+    if engine_alive(spec.directory):
+        print(f"sweep {spec.name} goes on in the background (its output: "
+              f"{spec.directory / SWEEP_LOG}); trainlab sweep {args.sweep_file} shows it "
+              "again")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trainlab`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     if _wants_app(argv):
         if argv and argv[0] == "attach":
             return run_attach(argv[1:])
+        if argv and argv[0] == "sweep":
+            return run_sweep_app(argv[1:])
         if argv and argv[0] in ("resume", "fork"):
             return run_continued(argv)
         return run_app(argv[1:] if argv and argv[0] == "run" else argv)

@@ -36,7 +36,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,9 +43,10 @@ from typing import Any, TextIO
 from trainlab.core import catalog, rundir, store
 from trainlab.core import config as config_mod
 from trainlab.core.config import ConfigError
-from trainlab.core.engine_lock import engine_alive
+from trainlab.core.engine_lock import EngineLock, RunBusy, engine_alive
 from trainlab.core.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from trainlab.core.serving import TRIAL_MODULE, spawn_detached
+from trainlab.core.store import StoreError
 from trainlab.core.sweep import BEST_FILE, TRIAL_META_KEY, SweepError, SweepSpec
 from trainlab.core.sweep_study import (
     EXCLUDED_ATTR,
@@ -347,7 +347,7 @@ def _run_ending(run_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event, say: Callable[[str], None]) -> Any:
+def _stop_on_signals(stop: threading.Event) -> Any:
     """The first SIGINT, SIGTERM or SIGHUP sets ``stop``; a second raises
     KeyboardInterrupt (the trials train on)."""
     received: list[int] = []
@@ -379,8 +379,22 @@ def run_sweep(spec: SweepSpec, *, as_json: bool, out: TextIO, err: TextIO) -> in
         printer.note(note)
     printer.started(len([t for t in counted(sweep.study.get_trials(deepcopy=False))
                          if t.state.is_finished()]))
+    # The sweep directory's lock says a sweep process of this machine works on it (the
+    # app starts none then); a second process goes on without it.
+    marker = EngineLock(spec.directory)
+    with contextlib.suppress(RunBusy, StoreError):
+        if not engine_alive(spec.directory):
+            marker.acquire()
+    try:
+        return _run(sweep, printer, err)
+    finally:
+        marker.release()
+
+
+def _run(sweep: Sweep, printer: SweepPrinter, err: TextIO) -> int:
+    spec = sweep.spec
     stop = threading.Event()
-    with _stop_on_signals(stop, printer.say) as received:
+    with _stop_on_signals(stop) as received:
         try:
             sweep.run(stop)
         except KeyboardInterrupt:

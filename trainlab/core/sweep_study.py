@@ -50,7 +50,7 @@ OPEN_TRIES = 5
 """Two processes starting one sweep at once both create its tables; one of them loses
 the race and tries again."""
 
-STATES = ("running", "waiting", "complete", "pruned", "failed", "excluded")
+STATES = ("complete", "pruned", "running", "waiting", "failed", "excluded")
 """A trial as the leaderboard says it: Optuna's state, with ``excluded`` for a failed
 trial the sweep gave up (not counted)."""
 

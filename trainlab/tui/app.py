@@ -33,6 +33,7 @@ from trainlab.tui.controllers.engine import EngineLifecycle
 from trainlab.tui.controllers.fixes import Fixes
 from trainlab.tui.controllers.labs import Labs
 from trainlab.tui.controllers.lr_finder import LrFinder
+from trainlab.tui.controllers.sweeps import Sweeps
 from trainlab.tui.feed import StateFeed
 from trainlab.tui.headless import CommandRunner, run_engine_command
 from trainlab.tui.lab_session import LabSession
@@ -41,6 +42,7 @@ from trainlab.tui.screens.confirm import ChoiceScreen
 from trainlab.tui.screens.doctor import DoctorScreen
 from trainlab.tui.screens.help import HelpScreen, key_help
 from trainlab.tui.state import ALERTS, STATUS, RunState
+from trainlab.tui.sweep_session import SweepSession
 from trainlab.tui.widgets.alerts_panel import AlertsPanel, AlertStrip
 from trainlab.tui.widgets.config_panel import ConfigPanel
 from trainlab.tui.widgets.histogram_view import HistogramView
@@ -132,7 +134,8 @@ class TrainlabApp(App[int]):
     def __init__(self, config: Config, *,
                  engine_factory: Callable[[], Engine] = default_engine_factory,
                  command_runner: CommandRunner = run_engine_command,
-                 lab: LabSession | None = None) -> None:
+                 lab: LabSession | None = None,
+                 sweep: SweepSession | None = None) -> None:
         super().__init__()
         self.command_runner = command_runner
         """Runs the engine's headless doctor and lr-find on a config (tests use a fake)."""
@@ -143,6 +146,7 @@ class TrainlabApp(App[int]):
         self.fixes = Fixes(self)
         self.lr_finder = LrFinder(self)
         self.labs = Labs(self, lab)
+        self.sweeps = Sweeps(self, sweep)
         self.last_clip_norm = config.reg.clip_norm or DEFAULT_CLIP_NORM
 
     @property
@@ -189,6 +193,9 @@ class TrainlabApp(App[int]):
         self._apply_width(self.size.width)
         if self.labs.waiting:  # its screen first; Enter starts it
             self.labs.show_waiting()
+            return
+        if self.sweeps.session is not None:  # its leaderboard first; Enter shows a trial
+            self.sweeps.show_waiting()
             return
         await self.lifecycle.start(self.run_state.config)
 
@@ -343,7 +350,7 @@ class TrainlabApp(App[int]):
         if action == "find_lr":
             return self.lr_finder.can_find() or None
         if action == "lab":
-            return self.labs.lab is not None or None
+            return (self.labs.lab is not None or self.sweeps.session is not None) or None
         if action == "fix":
             return self.fixes.can_fix() or None
         return True
@@ -442,8 +449,11 @@ class TrainlabApp(App[int]):
         self.lr_finder.find()
 
     def action_lab(self) -> None:
-        """The lab's screen (``Labs.open``)."""
-        self.labs.open()
+        """The lab's screen (``Labs.open``), or the sweep's (``Sweeps.open``)."""
+        if self.sweeps.session is not None:
+            self.sweeps.open()
+        else:
+            self.labs.open()
 
     def action_toggle_log_scale(self) -> None:
         """Log or linear loss axis."""

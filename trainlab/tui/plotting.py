@@ -262,6 +262,53 @@ def draw_lr_curve(
     plt.title(_fit(f"lr range test: {suggested}", width))
 
 
+SCATTER_COLORS = {"complete": "green+", "pruned": "orange+", "running": "cyan+"}
+"""A sweep's trials by state in the metric-vs-parameter view."""
+
+
+def draw_scatter(
+    plt: Plot,
+    *,
+    points: Sequence[tuple[float | str, float, str]],
+    xlabel: str,
+    ylabel: str,
+    log_x: bool,
+    width: int,
+    height: int,
+) -> None:
+    """Clear ``plt`` and draw a sweep's metric against one parameter: a point per trial
+    ``(value, metric, state)``, coloured by state (``SCATTER_COLORS``). Choices (text
+    values) sit at evenly spaced positions labelled with the choice; a log-scaled
+    parameter on a log10 axis labelled in its own units. Non-finite metrics are left
+    out. Never raises."""
+    _reset(plt, width, height)
+    kept = [(x, y, state) for x, y, state in points
+            if isinstance(y, int | float) and math.isfinite(y)]
+    if not kept:
+        plt.title(_fit(f"{ylabel} against {xlabel}: no trial has a value yet", width))
+        return
+    if all(isinstance(x, int | float) and not isinstance(x, bool) for x, _, _ in kept):
+        numbers = [float(x) for x, _, _ in kept]
+        log = log_x and all(v > 0 for v in numbers)
+        xs = [math.log10(v) for v in numbers] if log else numbers
+        ticks = _value_ticks(np.asarray(numbers), log=log, count=max(2, width // 12))
+        if ticks:
+            plt.xticks([math.log10(t) if log else t for t in ticks],
+                       [_short_value(t) for t in ticks])
+    else:
+        labels = sorted({str(x) for x, _, _ in kept})
+        xs = [float(labels.index(str(x))) for x, _, _ in kept]
+        plt.xticks([float(i) for i in range(len(labels))], labels)
+        plt.xlim(-0.5, len(labels) - 0.5)
+    for state, color in SCATTER_COLORS.items():
+        chosen = [(x, y) for x, (_, y, s) in zip(xs, kept, strict=True) if s == state]
+        if chosen:
+            plt.scatter([x for x, _ in chosen], [y for _, y in chosen], color=color,
+                        label=state, marker="dot")
+    plt.xlabel(f"{xlabel}{' (log scale)' if log_x else ''}")
+    plt.title(_fit(f"{ylabel} against {xlabel}", width))
+
+
 def _reset(plt: Plot, width: int, height: int) -> None:
     """Clear every setting and datum of ``plt`` (0.2 ms) and size it ``width`` x ``height``."""
     plt.clf()

@@ -82,8 +82,11 @@ class EngineLifecycle:
 
     # --- starting and stopping ---------------------------------------------------
 
-    async def start(self, config: Config) -> None:
-        """Stop the current engine (if any) and train ``config`` in a new one."""
+    async def start(self, config: Config, *, engine: Engine | None = None,
+                    leave: bool = False) -> None:
+        """Stop the current engine (if any) and train ``config`` in a new one: the
+        factory's, or ``engine`` (one attached to a run that trains already). ``leave``
+        leaves the current engine training instead of stopping it (a sweep's trials)."""
         app = self.app
         self.starting = True
         app.refresh_bindings()
@@ -94,14 +97,14 @@ class EngineLifecycle:
                 self._say_restarting(old_state)
                 # A viewer's restart leaves the run to the client that controls it.
                 viewer = old_state.role == "view"
-                await (old.detach() if viewer else old.stop())
+                await (old.detach() if viewer or leave else old.stop())
                 self._say_restarting(old_state, stopped=True)
-                if not viewer and old.run_dir is not None and old_state.step == 0:
+                if not (viewer or leave) and old.run_dir is not None and old_state.step == 0:
                     self._discard_later(old.run_dir)
             app.run_state = s = RunState(config)
             self.pending.clear()
             self.saves_asked = 0
-            self.engine = self.factory()
+            self.engine = engine if engine is not None else self.factory()
             app.refresh_parts({RUN})  # the screen drops the last run now, not once this one runs
             app.labs.show_curves()
             try:

@@ -26,8 +26,10 @@ class Lifecycle(Protocol):
     starting: bool
     """A start or restart is under way."""
 
-    async def start(self, config: Config) -> None:
-        """Stop the current engine, if any, and train ``config`` in a new one."""
+    async def start(self, config: Config, *, engine: Engine | None = None,
+                    leave: bool = False) -> None:
+        """Stop the current engine, if any, and train ``config`` in a new one (or show
+        ``engine``'s run; ``leave``: the current engine trains on)."""
         ...
 
     def send(self, command: Command | SessionCommand) -> None:
