@@ -158,7 +158,9 @@ def test_an_interrupted_sweep_resumes_its_trials_from_their_checkpoints(tmp_path
     out = capsys.readouterr().out
     assert "trial 0 resumes from its checkpoint" in out
     study = study_of(path)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].state.name == "COMPLETE"
+    assert study.trials[1].state.name in ("COMPLETE", "PRUNED")
+    assert study.trials[0].params != study.trials[1].params  # a resumed seed draws anew
     resumed = study.trials[0]
     assert resumed.user_attrs["steps"] == 3000
     # Reported through both engines: up to the stop, then on from the checkpoint.
@@ -182,5 +184,8 @@ def test_two_sweep_processes_share_one_study(tmp_path):
     assert len(counted) == 4
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in counted)
     assert len({t.user_attrs["driver_pid"] for t in counted}) == 2  # both worked on it
+    # The seeded sampler of the process that did not create the study was reseeded: it
+    # did not draw the other's values again.
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 4
     assert len(catalog.list_runs(tmp_path / "runs")) == 4
     assert rundir.is_run_dir(Path(counted[0].user_attrs["run_dir"]))

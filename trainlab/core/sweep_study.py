@@ -178,6 +178,11 @@ def open_study(spec: SweepSpec, *, create: bool = True) -> optuna.Study:
     """The sweep's study: created (holding what may not change) or, when it exists,
     loaded after checking that the metric, space and base config are still its own.
 
+    A seeded sampler draws the same values in every process that opens the study with
+    that seed: the one that creates the study keeps the seed (a fresh sweep is
+    reproducible), any other (a resumed sweep, a second process) reseeds its sampler
+    from the system, so it does not draw the first process's values again.
+
     Raises:
         SweepError: the study exists with another metric, space or base config; or
             (``create`` False) it does not exist; or its storage cannot be opened.
@@ -191,6 +196,7 @@ def open_study(spec: SweepSpec, *, create: bool = True) -> optuna.Study:
         _prepare_sqlite(spec.directory / STUDY_FILE)
     wanted = spec.compared()
     last: Exception | None = None
+    created = False
     for attempt in range(OPEN_TRIES):
         try:
             store = storage(spec.storage_url)
@@ -207,6 +213,7 @@ def open_study(spec: SweepSpec, *, create: bool = True) -> optuna.Study:
                         direction="maximize" if spec.direction == "maximize" else "minimize",
                         sampler=make_sampler(spec), pruner=pruner_of(spec))
                     study.set_user_attr(SPEC_ATTR, wanted)
+                    created = True
             study = optuna.load_study(study_name=spec.name, storage=store,
                                       sampler=make_sampler(spec), pruner=pruner_of(spec))
             break
@@ -230,6 +237,8 @@ def open_study(spec: SweepSpec, *, create: bool = True) -> optuna.Study:
         raise SweepError(f"the sweep '{spec.name}' in {spec.storage_url} was started with "
                          f"another experiment ({changes}): a changed sweep is a new one "
                          "(give it another sweep.name)")
+    if not created:
+        study.sampler.reseed_rng()
     return study
 
 
