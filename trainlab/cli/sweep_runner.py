@@ -42,7 +42,7 @@ from typing import Any, TextIO
 
 from trainlab.core import catalog, rundir, store
 from trainlab.core import config as config_mod
-from trainlab.core.config import ConfigError
+from trainlab.core.config import Config, ConfigError
 from trainlab.core.engine_lock import EngineLock, RunBusy, engine_alive
 from trainlab.core.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from trainlab.core.serving import TRIAL_MODULE, spawn_detached
@@ -88,7 +88,7 @@ class TrialEngine:
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return pid_alive(self.pid) and engine_alive(self.run_dir)
+        return (pid_alive(self.pid) or not self.pid) and engine_alive(self.run_dir)
 
     def stop(self) -> None:
         """SIGTERM: the engine stops at its next step boundary and writes a checkpoint."""
@@ -274,9 +274,22 @@ class Sweep:
             self.teller.tell(trial.number, state=TrialState.FAIL)
             self.printer.trial_ended(row(get_trial(self.study, trial)))
             return
-        run_dir = catalog.new_run(config.run.dir, config,
-                                  label=f"sweep {self.spec.name} #{trial.number}")
+        try:
+            run_dir = self._new_run(trial, config)
+            self._spawn(trial.number, trial_id(trial), run_dir, resume=False)
+        except (OSError, StoreError) as exc:  # run.dir unwritable, a full disk
+            trial.set_user_attr("error", f"its run could not be started: {exc}")
+            self.teller.tell(trial.number, state=TrialState.FAIL)
+            self.printer.trial_ended(row(get_trial(self.study, trial)))
+            self.asked_out = True  # the next one would fail the same way
+            return
+        self.printer.trial_started(trial.number, params, run_dir)
+
+    def _new_run(self, trial: Any, config: Config) -> Path:
+        """The trial's run directory, its store saying which trial it is."""
         s = self.spec
+        run_dir = catalog.new_run(config.run.dir, config,
+                                  label=f"sweep {s.name} #{trial.number}")
         with store.RunStore.open(run_dir, write=True) as runs:
             runs.set_meta(**{TRIAL_META_KEY: {
                 "study": s.name, "storage": s.storage_url, "trial_id": trial_id(trial),
@@ -285,8 +298,7 @@ class Sweep:
                 "prune_startup": s.prune_startup, "prune_warmup": s.prune_warmup}})
         trial.set_user_attr("run_id", run_dir.name)
         trial.set_user_attr("run_dir", os.fspath(run_dir.resolve()))
-        self._spawn(trial.number, trial_id(trial), run_dir, resume=False)
-        self.printer.trial_started(trial.number, params, run_dir)
+        return run_dir
 
     def _spawn(self, number: int, trial_id: int, run_dir: Path, *, resume: bool) -> None:
         process = spawn_detached(run_dir, *(("--resume",) if resume else ()),
