@@ -61,7 +61,7 @@ from trainlab.engine.metrics import StepMetrics
 from trainlab.engine.models import model_summary, set_dropout
 from trainlab.engine.nonfinite import NonFinitePolicy
 from trainlab.engine.optim import OPTIMIZERS, build_optimizer, set_lr, update_hyperparameters
-from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure, take_step
+from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure
 from trainlab.engine.precision import ScalerReport
 from trainlab.engine.probe import measure
 from trainlab.engine.saver import CheckpointSaver
@@ -219,7 +219,7 @@ class Trainer(BuiltRun):
             x, target, data_losses, after_backward=self._after_backward,
             after_first=self._after_loss, precision=self.precision)
         try:
-            take_step(self.optimizer, closure, self.precision)
+            self.precision.step(self.optimizer, closure)
             applied = True
         except NonFiniteLoss:  # a hook withheld the update
             applied = False

@@ -4,15 +4,15 @@ clipping, and the closure every torch optimizer accepts (L-BFGS calls it several
 The run (``trainlab.engine.loop.Trainer``) and its throwaway copies
 (``trainlab.engine.sandbox.Sandbox``:
 the LR range test, the doctor's overfit check) both step through here, so a copy
-trains exactly as a run step does. Cost: the closure is built once per step (as a
+trains exactly as a run step does; ``Precision.step`` (``trainlab.engine.precision``)
+then evaluates it and updates. Cost: the closure is built once per step (as a
 hand-written loop's would be) and does nothing a plain step does not, except what
-the config asks for (L1, clipping) and the caller's hooks.
+the config asks for (L1, clipping, autocast) and the caller's hooks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -40,31 +40,29 @@ def make_closure(
     *,
     after_backward: Callable[[], None] | None = None,
     after_first: Callable[[torch.Tensor], None] | None = None,
-    precision: Precision | None = None,
+    precision: Precision,
 ) -> Callable[[], torch.Tensor]:
     """The closure of one step on the batch (``x``, ``target``).
 
-    Each evaluation zeroes the gradients, appends the data loss (detached, still on the
-    device) to ``data_losses``, adds ``reg.l1`` times the L1 norm of ``weights``,
-    backpropagates, calls ``after_backward`` (raw gradients, before clipping), clips by
-    ``reg.clip_norm`` and ``reg.clip_value``, and on the step's first evaluation calls
-    ``after_first`` with the data loss (which may raise NonFiniteLoss to withhold the
-    update). Returns the total loss, as optimizers expect.
+    Each evaluation zeroes the gradients, computes the data loss under ``precision``'s
+    autocast and appends it (detached, still on the device) to ``data_losses``, adds
+    ``reg.l1`` times the L1 norm of ``weights``, backpropagates through ``precision``
+    (fp16: scaled, then unscaled), calls ``after_backward`` (raw gradients, before
+    clipping), clips by ``reg.clip_norm`` and ``reg.clip_value``, and on the step's first
+    evaluation calls ``after_first`` with the data loss (which may raise NonFiniteLoss to
+    withhold the update). Returns the total loss, as optimizers expect.
     """
     l1_weights = list(weights)  # the list torch's _foreach ops take
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        with precision.autocast() if precision is not None else nullcontext():
+        with precision.autocast():
             loss = loss_fn(model(x), target)
         data_losses.append(loss.detach())
         total = loss
         if reg.l1:
             total = total + reg.l1 * torch.stack(torch._foreach_norm(l1_weights, 1)).sum()
-        if precision is not None:
-            precision.backward(total, optimizer)  # fp16: scaled, then unscaled
-        else:
-            total.backward()
+        precision.backward(total, optimizer)  # fp16: scaled, then unscaled
         if after_backward is not None:
             after_backward()
         if reg.clip_norm:
@@ -76,17 +74,3 @@ def make_closure(
         return total
 
     return closure
-
-
-def take_step(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor],
-              precision: Precision | None = None) -> None:
-    """Evaluate ``closure`` and update (``Precision.step``: L-BFGS evaluates it as often
-    as it needs, every other optimizer once; fp16 through its scaler). A NonFiniteLoss
-    from the closure propagates before any update."""
-    if precision is not None:
-        precision.step(optimizer, closure)
-    elif isinstance(optimizer, torch.optim.LBFGS):
-        optimizer.step(closure)
-    else:
-        closure()
-        optimizer.step()

@@ -27,7 +27,7 @@ import torch
 from trainlab.engine.build import BuiltRun
 from trainlab.engine.data import augment_batch
 from trainlab.engine.optim import build_optimizer, set_lr
-from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure, take_step
+from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure
 from trainlab.engine.precision import Precision
 
 SEED_OFFSET = 2
@@ -110,5 +110,5 @@ class Sandbox:
                                after_first=read_first, precision=self.precision)
         set_lr(self.optimizer, lr)
         with contextlib.suppress(NonFiniteLoss):  # withheld; the caller sees the loss
-            take_step(self.optimizer, closure, self.precision)
+            self.precision.step(self.optimizer, closure)
         return first[0]
