@@ -480,18 +480,19 @@ def exit_status(signum: int | None) -> int:
 # --- the detached process -------------------------------------------------------------
 
 
-def _load_start(args: argparse.Namespace, run_dir: Path) -> tuple[Config, dict[str, Any] | None,
-                                                                  tuple[str, ...]]:
-    """The config and the checkpoint a detached engine starts from, with what to note."""
-    from trainlab.core import config as config_mod
-
-    if args.resume:
+def load_start(run_dir: Path, *, resume: bool = False, fork: bool = False
+               ) -> tuple[Config, dict[str, Any] | None, tuple[str, ...]]:
+    """The config and the checkpoint a detached engine starts from, with what to note:
+    the run's config.toml; with ``resume`` its newest loadable checkpoint's; with
+    ``fork`` its fork_start.pt. Raises ConfigError, OSError, ValueError or KeyError when
+    the run cannot start so."""
+    if resume:
         from trainlab.engine.resume import resume_notes, resume_plan
 
         config, loaded = resume_plan(run_dir)
         return config, loaded.payload, resume_notes(loaded)
-    config = config_mod.load(run_dir / rundir.CONFIG_FILE)
-    if args.fork:
+    config = rundir.run_config(run_dir)
+    if fork:
         from trainlab.engine.checkpoint import load
         from trainlab.engine.resume import fork_note
 
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir
     try:
-        config, start_from, notes = _load_start(args, run_dir)
+        config, start_from, notes = load_start(run_dir, resume=args.resume, fork=args.fork)
     except (ConfigError, OSError, ValueError, KeyError) as exc:
         message = f"cannot serve {run_dir}: {exc}"
         print(f"engine: {message}", file=sys.stderr, flush=True)

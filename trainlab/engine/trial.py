@@ -31,8 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainlab.core import protocol, rundir, store
-from trainlab.core.config import Config, ConfigError
+from trainlab.core import protocol, store
+from trainlab.core.config import ConfigError
 from trainlab.core.protocol import Command, Event
 from trainlab.core.sweep import TRIAL_META_KEY
 from trainlab.core.sweep_study import make_pruner, storage
@@ -134,16 +134,6 @@ def _tell(study: Any, trial: Any, state: str, value: float | None, note: str,
                skip_if_finished=True)
 
 
-def _start(run_dir: Path, resume: bool) -> tuple[Config, dict[str, Any] | None,
-                                                 tuple[str, ...]]:
-    if not resume:
-        return rundir.run_config(run_dir), None, ()
-    from trainlab.engine.resume import resume_notes, resume_plan
-
-    plan = resume_plan(run_dir)
-    return plan.config, plan.checkpoint.payload, resume_notes(plan.checkpoint)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Serve the trial run in RUN_DIR and tell its study how it ended. Exit status as the
     served engine's (``trainlab.engine.serve.main``): 128 + a signal that stopped it, 2 when
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from trainlab.core import engine_lock
-    from trainlab.engine.serve import AbortedBySignal, exit_status, serve
+    from trainlab.engine.serve import AbortedBySignal, exit_status, load_start, serve
 
     parser = argparse.ArgumentParser(prog="python -m trainlab.engine.trial",
                                      description="Serve one sweep trial's run.")
@@ -175,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trial.set_user_attr("engine_pid", os.getpid())
     try:
-        config, start_from, notes = _start(run_dir, args.resume)
+        config, start_from, notes = load_start(run_dir, resume=args.resume)
     except (ConfigError, OSError, ValueError, KeyError) as exc:
         message = f"cannot serve {run_dir}: {exc}"
         print(f"trial: {message}", file=sys.stderr, flush=True)
