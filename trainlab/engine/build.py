@@ -1,10 +1,11 @@
-"""Building a run: the data, objective, model, optimizer and schedule a config describes.
+"""Building a run: the data, objective, model and optimizer a config describes.
 
 ``BuiltRun(config)`` does it once, in a fixed order (seed, data, objective, model, init,
-checks, tensors on the device, optimizer, schedule), so a seeded build always gives the
-same weights. Everything that needs a run but does not train it uses a ``BuiltRun``: the
-doctor's pre-flight checks, the init probe, the LR range test and its sandbox. The loop's
-``Trainer`` is a ``BuiltRun`` with the counters of a run in progress.
+checks, tensors on the device, optimizer), so a seeded build always gives the same
+weights. The lr schedule is the Trainer's: its length follows the data order, which
+only a run in progress has. Everything that needs a run but does not train it uses a
+``BuiltRun``: the doctor's pre-flight checks, the init probe, the LR range test and its
+sandbox. The loop's ``Trainer`` is a ``BuiltRun`` with the counters of a run in progress.
 
 Build errors raise here, before any step: ``ConfigError`` for a setting that cannot work
 (named, with what is allowed), ``UserCodeError`` for a user's factory or model that raised.
@@ -23,7 +24,7 @@ from trainlab.engine.data import Dataset, load_dataset, validate_augment
 from trainlab.engine.init import init_weights
 from trainlab.engine.losses import Objective, build_objective
 from trainlab.engine.models import build_model
-from trainlab.engine.optim import LRSchedule, build_optimizer
+from trainlab.engine.optim import build_optimizer
 from trainlab.engine.precision import Precision, check_precision
 from trainlab.engine.usercode import UserCodeError
 
@@ -74,7 +75,7 @@ def check_batch_size(config: Config, n_train: int) -> None:
 
 
 class BuiltRun:
-    """The data, objective, model, optimizer and schedule of ``config``, built and checked.
+    """The data, objective, model and optimizer of ``config``, built and checked.
 
     The training and validation tensors live on the run's device, targets already in
     the objective's form. Costs one forward pass on two samples beyond the build itself
@@ -114,7 +115,6 @@ class BuiltRun:
         self.t_val = self.objective.targets(data.y_val).to(self.device)
         self.y_val = data.y_val.to(self.device)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
-        self.schedule = LRSchedule(config.schedule, self.planned_steps())
 
     @property
     def batch_size(self) -> int:
@@ -124,14 +124,6 @@ class BuiltRun:
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one pass over the training set at the current batch size."""
         return steps_per_epoch(len(self.x_train), self.batch_size)
-
-    def planned_steps(self) -> int:
-        """Where a fresh run ends: the sooner of run.max_steps and run.max_epochs."""
-        run = self.config.run
-        limits = [run.max_steps] if run.max_steps else []
-        if run.max_epochs:
-            limits.append(run.max_epochs * self.steps_per_epoch())
-        return min(limits)
 
     def _check_model(self) -> None:
         """A model that cannot train on this data fails now, with the reason, not mid-run."""

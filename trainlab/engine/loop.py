@@ -60,7 +60,13 @@ from trainlab.engine.hooks import Flushed, Hook, Hooks
 from trainlab.engine.metrics import StepMetrics
 from trainlab.engine.models import model_summary, set_dropout
 from trainlab.engine.nonfinite import NonFinitePolicy
-from trainlab.engine.optim import OPTIMIZERS, build_optimizer, set_lr, update_hyperparameters
+from trainlab.engine.optim import (
+    OPTIMIZERS,
+    LRSchedule,
+    build_optimizer,
+    set_lr,
+    update_hyperparameters,
+)
 from trainlab.engine.optimizer_step import NonFiniteLoss, make_closure
 from trainlab.engine.precision import ScalerReport
 from trainlab.engine.probe import measure
@@ -114,6 +120,8 @@ class Trainer(BuiltRun):
 
         self.instruments = Instruments(self.model, self.x_train[:2], config.stats)
         self.batches = Batches(len(self.x_train), config.run.seed, self.device)
+        self.schedule = LRSchedule(config.schedule, self.total_steps())
+        """The lr schedule over the run's length (``total_steps``: from the data order)."""
         self.augment_generator = torch.Generator(self.device).manual_seed(config.run.seed + 1)
         self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
