@@ -117,10 +117,6 @@ class Hooks:
                 getattr(h, phase) for h in self._hooks
                 if getattr(type(h), phase) is not getattr(Hook, phase))
 
-    def defines(self, phase: str) -> bool:
-        """Does any hook define ``phase``?"""
-        return bool(self._phases[phase])
-
     def before_step(self, step: int) -> None:
         for call in self._phases["before_step"]:
             call(step)
